@@ -1,0 +1,232 @@
+//! Configuration files: the chunk server's, the agent's and the cluster map.
+//!
+//! Each is TOML with kebab-case keys; unknown keys are errors. Parsing takes
+//! the file's text and the directory it lives in (relative paths resolve
+//! against it) and returns a validated config, so the rest of the code never
+//! sees a half-valid one. Commented examples live in the repository's
+//! `config/` folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement::{ClusterMap, MapError};
+use crate::{NodeId, RepoId};
+
+/// A config that does not parse or validate.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// TOML syntax or an unknown or mistyped key.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The cluster map is unusable.
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+/// One chunk server's config (`chunkserver.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ChunkserverConfig {
+    /// This node's id in the cluster map.
+    pub node_id: NodeId,
+    /// UDP address to listen on, e.g. `0.0.0.0:7401`.
+    pub listen: String,
+    /// Where blobs, the index and records live.
+    pub data_dir: PathBuf,
+    /// Cluster CA certificate, PEM.
+    pub ca_cert: PathBuf,
+    /// This node's certificate, PEM.
+    pub cert: PathBuf,
+    /// This node's private key, PEM (mode 0600).
+    pub key: PathBuf,
+    /// The cluster map file (`cluster.toml`).
+    pub cluster_map: PathBuf,
+    /// Most blobs made durable by one fsync.
+    pub group_commit_blobs: usize,
+    /// Segment file size before a new one is started, bytes.
+    pub segment_bytes: u64,
+    /// How long a coordinator waits for a replica, ms.
+    pub replica_timeout_ms: u64,
+}
+
+impl Default for ChunkserverConfig {
+    fn default() -> Self {
+        Self {
+            node_id: NodeId(1),
+            listen: "0.0.0.0:7401".into(),
+            data_dir: PathBuf::from("/var/lib/ringvault"),
+            ca_cert: PathBuf::from("ca.pem"),
+            cert: PathBuf::from("node.pem"),
+            key: PathBuf::from("node.key"),
+            cluster_map: PathBuf::from("cluster.toml"),
+            group_commit_blobs: 1024,
+            segment_bytes: 1 << 30,
+            replica_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl ChunkserverConfig {
+    /// Parses and validates; relative paths resolve against `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad key or value.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut c: Self = toml::from_str(text)?;
+        for p in [
+            &mut c.data_dir,
+            &mut c.ca_cert,
+            &mut c.cert,
+            &mut c.key,
+            &mut c.cluster_map,
+        ] {
+            *p = base.join(&*p);
+        }
+        if c.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {:?} is not an address:port",
+                c.listen
+            )));
+        }
+        if c.group_commit_blobs == 0 || c.segment_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "group-commit-blobs must be >= 1 and segment-bytes >= 1 MiB".into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// The agent's config (`agent.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentConfig {
+    /// The repository to use (must match the certificate).
+    pub repository: String,
+    /// Addresses (`host:port`) of one or more chunk servers; the rest of the
+    /// cluster is learned from their map.
+    pub servers: Vec<String>,
+    /// Cluster CA certificate, PEM.
+    pub ca_cert: PathBuf,
+    /// The agent's certificate, PEM.
+    pub cert: PathBuf,
+    /// The agent's private key, PEM (mode 0600).
+    pub key: PathBuf,
+    /// Local state: the change-detection index and the key cache. Empty means
+    /// the user's data directory.
+    pub state_dir: PathBuf,
+    /// File holding the repository password; else `RINGVAULT_PASSWORD` or a
+    /// prompt.
+    pub password_file: Option<PathBuf>,
+    /// Host name recorded in snapshots; empty means the system's.
+    pub host: String,
+    /// Blob uploads in flight at once.
+    pub upload_concurrency: usize,
+    /// Request timeout, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            repository: "default".into(),
+            servers: vec![],
+            ca_cert: PathBuf::from("ca.pem"),
+            cert: PathBuf::from("agent.pem"),
+            key: PathBuf::from("agent.key"),
+            state_dir: PathBuf::new(),
+            password_file: None,
+            host: String::new(),
+            upload_concurrency: 8,
+            request_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses and validates; relative paths resolve against `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad key or value.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut c: Self = toml::from_str(text)?;
+        for p in [&mut c.ca_cert, &mut c.cert, &mut c.key] {
+            *p = base.join(&*p);
+        }
+        if !c.state_dir.as_os_str().is_empty() {
+            c.state_dir = base.join(&c.state_dir);
+        }
+        if let Some(p) = &mut c.password_file {
+            *p = base.join(&*p);
+        }
+        RepoId::new(&c.repository).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if c.servers.is_empty() {
+            return Err(ConfigError::Invalid("servers: list at least one chunk server".into()));
+        }
+        if c.upload_concurrency == 0 || c.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "upload-concurrency and request-timeout-ms must be positive".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The repository id (validated by [`AgentConfig::parse`]).
+    pub fn repo(&self) -> RepoId {
+        // Invariant: parse() validated the name; a default config holds "default".
+        RepoId::new(&self.repository).expect("validated repository name")
+    }
+}
+
+impl ClusterMap {
+    /// Parses and validates a cluster map file (`cluster.toml`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] for bad TOML or an unusable map.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let m: Self = toml::from_str(text)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Renders as TOML.
+    pub fn to_toml(&self) -> String {
+        // Invariant: a map of plain fields always serializes.
+        toml::to_string_pretty(self).expect("map serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+        let base = Path::new("/etc/ringvault");
+        let s = ChunkserverConfig::parse(&read("chunkserver.toml"), base).unwrap();
+        assert_eq!(s.cluster_map, base.join("cluster.toml"));
+        let a = AgentConfig::parse(&read("agent.toml"), base).unwrap();
+        assert!(!a.servers.is_empty());
+        let m = ClusterMap::parse(&read("cluster.toml")).unwrap();
+        assert_eq!(m.nodes.len(), 3);
+        // Every file in config/ is one of these.
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["agent.toml", "chunkserver.toml", "cluster.toml"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(ChunkserverConfig::parse("nodeid = 3", Path::new("/")).is_err());
+        assert!(AgentConfig::parse("servers = []", Path::new("/")).is_err());
+    }
+}

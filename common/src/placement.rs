@@ -1,0 +1,273 @@
+//! The cluster map and placement of chunks on nodes.
+//!
+//! Placement is weighted rendezvous hashing (Thaler and Ravishankar, "Using
+//! Name-Based Mappings to Increase Hit Rates", IEEE/ACM ToN 1998; the
+//! weighted form `-w / ln(u)` from Schindelhauer and Schomaker, "Weighted
+//! Distributed Hash Tables", SPAA 2005) over 2^16 partitions keyed by the
+//! first two bytes of the [`ChunkId`]. Every node scores every partition; the
+//! N best, preferring distinct zones, hold it, best first. When a node joins,
+//! only the partitions it now wins move, about N/(k+1) of them; nothing else
+//! changes. Partitions are the unit of repair, rebalancing and GC.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChunkId, NodeId};
+
+/// One node as listed in the cluster map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeInfo {
+    /// The node's id, unique in the map.
+    pub id: NodeId,
+    /// `host:port` of its QUIC endpoint.
+    pub address: String,
+    /// Relative capacity (1 to 1000); a node of weight 2 gets twice the data.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failure domain; replicas prefer distinct zones.
+    #[serde(default)]
+    pub zone: String,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The cluster map: the nodes, the replication settings and an epoch that
+/// grows with every change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterMap {
+    /// Version of this map; a larger epoch replaces a smaller one.
+    pub epoch: u64,
+    /// N: copies kept of every chunk.
+    pub replicas: u32,
+    /// W: durable copies before a write is acknowledged.
+    pub write_quorum: u32,
+    /// The nodes.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// A cluster map that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    /// No nodes at all.
+    #[error("the cluster map lists no nodes")]
+    Empty,
+    /// Two nodes share an id.
+    #[error("node id {0} appears twice in the cluster map")]
+    DuplicateNode(NodeId),
+    /// W or N out of range.
+    #[error("need 1 <= write-quorum ({w}) <= replicas ({n}) <= nodes ({nodes})")]
+    Quorum {
+        /// W
+        w: u32,
+        /// N
+        n: u32,
+        /// node count
+        nodes: usize,
+    },
+    /// A weight outside 1..=1000.
+    #[error("node {0} has weight {1}; weights are 1 to 1000")]
+    Weight(NodeId, u32),
+}
+
+impl ClusterMap {
+    /// Checks the map's invariants.
+    ///
+    /// # Errors
+    /// The first [`MapError`] found.
+    pub fn validate(&self) -> Result<(), MapError> {
+        if self.nodes.is_empty() {
+            return Err(MapError::Empty);
+        }
+        let mut seen = BTreeSet::new();
+        for n in &self.nodes {
+            if !seen.insert(n.id) {
+                return Err(MapError::DuplicateNode(n.id));
+            }
+            if !(1..=1000).contains(&n.weight) {
+                return Err(MapError::Weight(n.id, n.weight));
+            }
+        }
+        let (w, n) = (self.write_quorum, self.replicas);
+        if w == 0 || w > n || n as usize > self.nodes.len() {
+            return Err(MapError::Quorum {
+                w,
+                n,
+                nodes: self.nodes.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The N nodes holding `id`, best first.
+    pub fn replicas(&self, id: &ChunkId) -> Vec<NodeId> {
+        place(&self.nodes, id.partition(), self.replicas as usize)
+    }
+
+    /// All nodes in placement order for `id` (replicas first, then the rest:
+    /// where a read or a handed-off write goes next).
+    pub fn ranked(&self, id: &ChunkId) -> Vec<NodeId> {
+        place(&self.nodes, id.partition(), self.nodes.len())
+    }
+}
+
+/// The `n` nodes that hold `partition`, best first, preferring distinct
+/// zones; fewer when there are fewer nodes.
+pub fn place(nodes: &[NodeInfo], partition: u16, n: usize) -> Vec<NodeId> {
+    let mut scored: Vec<(f64, &NodeInfo)> = nodes
+        .iter()
+        .map(|node| (score(node, partition), node))
+        .collect();
+    // Highest score first; ties broken by id so placement is a pure function.
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+    let mut chosen: Vec<NodeId> = Vec::with_capacity(n);
+    let mut zones: BTreeSet<&str> = BTreeSet::new();
+    for (_, node) in &scored {
+        if chosen.len() == n {
+            break;
+        }
+        if zones.insert(node.zone.as_str()) {
+            chosen.push(node.id);
+        }
+    }
+    for (_, node) in &scored {
+        if chosen.len() == n {
+            break;
+        }
+        if !chosen.contains(&node.id) {
+            chosen.push(node.id);
+        }
+    }
+    chosen
+}
+
+/// Weighted rendezvous score of `node` for `partition`: `w / -ln(u)` with
+/// `u` uniform in (0, 1) from a hash of (node, partition).
+fn score(node: &NodeInfo, partition: u16) -> f64 {
+    let h = mix64((u64::from(node.id.0) << 32) ^ u64::from(partition) ^ 0x5bd1_e995_0000_0000);
+    // 53 random bits, shifted into (0, 1).
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(node.weight) / -u.ln()
+}
+
+/// SplitMix64's finalizer (Steele, Lea and Flood, "Fast Splittable
+/// Pseudorandom Number Generators", OOPSLA 2014): a bijective 64-bit mix.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(k: u32, n: u32) -> ClusterMap {
+        ClusterMap {
+            epoch: 1,
+            replicas: n,
+            write_quorum: n.min(2),
+            nodes: (1..=k)
+                .map(|i| NodeInfo {
+                    id: NodeId(i),
+                    address: format!("127.0.0.1:{}", 7000 + i),
+                    weight: 1,
+                    zone: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(count: usize, seed: u64) -> Vec<ChunkId> {
+        (0..count as u64)
+            .map(|i| ChunkId(*blake3::hash(&(seed ^ i.wrapping_mul(0x9e37_79b9)).to_le_bytes()).as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn balanced_over_100k_ids_on_3_to_50_nodes() {
+        let ids = ids(100_000, 1);
+        for k in [3u32, 4, 5, 7, 10, 16, 25, 50] {
+            let m = map(k, 3);
+            let mut load = vec![0u64; k as usize + 1];
+            for id in &ids {
+                for n in m.replicas(id) {
+                    load[n.0 as usize] += 1;
+                }
+            }
+            let mean = (ids.len() * 3) as f64 / f64::from(k);
+            let max = *load.iter().max().unwrap() as f64;
+            assert!(max <= 1.10 * mean, "{k} nodes: busiest {max} vs mean {mean:.0}");
+        }
+    }
+
+    #[test]
+    fn adding_a_node_moves_its_share_only() {
+        let ids = ids(100_000, 2);
+        for k in [3u32, 4, 9, 20, 49] {
+            let (before, after) = (map(k, 3), map(k + 1, 3));
+            let moved = ids
+                .iter()
+                .filter(|id| {
+                    let a: BTreeSet<_> = before.replicas(id).into_iter().collect();
+                    let b: BTreeSet<_> = after.replicas(id).into_iter().collect();
+                    a != b
+                })
+                .count() as f64;
+            // Ideal: the new node takes its fair share of replica slots.
+            let ideal = ids.len() as f64 * 3.0 / f64::from(k + 1);
+            assert!(moved <= 1.1 * ideal, "{k}->{}: moved {moved} ideal {ideal:.0}", k + 1);
+        }
+    }
+
+    #[test]
+    fn zones_are_spread() {
+        let mut m = map(6, 3);
+        for (i, n) in m.nodes.iter_mut().enumerate() {
+            n.zone = format!("z{}", i % 3);
+        }
+        for id in ids(1000, 3) {
+            let zones: BTreeSet<_> = m.replicas(&id).iter().map(|n| m.node(*n).unwrap().zone.clone()).collect();
+            assert_eq!(zones.len(), 3);
+        }
+    }
+
+    #[test]
+    fn weights_shift_load() {
+        let mut m = map(4, 1);
+        m.nodes[0].weight = 3;
+        let mut load = [0u32; 5];
+        for id in ids(60_000, 4) {
+            load[m.replicas(&id)[0].0 as usize] += 1;
+        }
+        let share = f64::from(load[1]) / 60_000.0;
+        assert!((share - 0.5).abs() < 0.03, "weight-3 node share {share}");
+    }
+
+    proptest! {
+        #[test]
+        fn n_distinct_stable_nodes(k in 1u32..30, n in 1u32..6, seed in any::<u64>()) {
+            let n = n.min(k);
+            let m = map(k, n);
+            for id in ids(50, seed) {
+                let r = m.replicas(&id);
+                prop_assert_eq!(r.len(), n as usize);
+                prop_assert_eq!(r.iter().collect::<BTreeSet<_>>().len(), n as usize);
+                prop_assert_eq!(&r, &m.replicas(&id));
+                prop_assert_eq!(&m.ranked(&id)[..n as usize], &r[..]);
+            }
+        }
+    }
+}
