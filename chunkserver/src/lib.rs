@@ -1,1 +1,108 @@
-//! stub
+//! The ringvault chunk server.
+//!
+//! A server is a QUIC endpoint ([`net`]) in front of a [`store::ChunkStore`].
+//! Any server coordinates any write ([`server`]): it stores its own copy when
+//! placement names it, forwards the blob to the other replicas, and answers
+//! once W of N hold it durably. Snapshot records and the repository key go to
+//! every server. Who may do what is decided per request from the peer's
+//! certificate: agents act on the repository their certificate names; only
+//! node certificates may send server-to-server requests.
+//!
+//! Start one with [`serve`] (from a config) or, in tests, with
+//! [`server::Node::new`] on an endpoint bound by the caller and
+//! [`server::run`].
+
+pub mod net;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ringvault_common::config::ChunkserverConfig;
+use ringvault_common::placement::ClusterMap;
+use ringvault_common::tls::{PeerIdentity, TlsMaterial};
+
+use crate::store::{FsStore, FsStoreOptions};
+
+/// Reads a config file and everything it names, opens the store, binds the
+/// endpoint and serves until `shutdown` completes.
+///
+/// # Errors
+/// With context naming the file or setting at fault: unreadable or invalid
+/// config, map or certificates; a certificate for another node; a store
+/// another process holds; an address in use.
+pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let config = ChunkserverConfig::parse(&text, base)
+        .with_context(|| format!("invalid config {}", config_path.display()))?;
+    let map_text = std::fs::read_to_string(&config.cluster_map)
+        .with_context(|| format!("reading cluster map {}", config.cluster_map.display()))?;
+    let map = ClusterMap::parse(&map_text)
+        .with_context(|| format!("invalid cluster map {}", config.cluster_map.display()))?;
+    if map.node(config.node_id).is_none() {
+        anyhow::bail!("node-id {} is not in the cluster map {}", config.node_id.0, config.cluster_map.display());
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let tls = TlsMaterial::from_pem(&read(&config.ca_cert)?, &read(&config.cert)?, &read(&config.key)?)
+        .context("loading TLS material")?;
+    match tls.identity().context("reading this node's certificate")? {
+        PeerIdentity::Node(id) if id == config.node_id => {}
+        other => anyhow::bail!(
+            "certificate {} is for {other:?}, not node {}",
+            config.cert.display(),
+            config.node_id.0
+        ),
+    }
+    let store = FsStore::open(
+        &config.data_dir,
+        FsStoreOptions {
+            group_commit_blobs: config.group_commit_blobs,
+            segment_bytes: config.segment_bytes,
+        },
+    )
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = Arc::new(store);
+    let addr = config.listen.parse().context("listen address")?;
+    let endpoint = net::endpoint(addr, Some(net::server_config(&tls)?), net::client_config(&tls)?)
+        .with_context(|| format!("binding UDP {addr}"))?;
+    let node = server::Node::new(
+        config.node_id,
+        map,
+        store.clone(),
+        endpoint,
+        Duration::from_millis(config.replica_timeout_ms),
+    );
+    server::run(node, shutdown).await?;
+    store.close();
+    tracing::info!("store closed; bye");
+    Ok(())
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,239 @@
+//! QUIC plumbing shared by the server and the agent: endpoints with sized
+//! UDP buffers and flow-control windows, and one request/response exchange
+//! per bidirectional stream ([`call`], [`serve_stream`]'s counterpart).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, EndpointConfig, TokioRuntime, TransportConfig, VarInt};
+use ringvault_common::tls::{NODE_SERVER_NAME, PeerIdentity, TlsMaterial};
+use ringvault_common::wire::{self, FrameError, MAX_FRAME, Request, Response, WireError};
+use rustls_pki_types::CertificateDer;
+
+/// UDP socket buffer size, bytes: the kernel default (208 KiB) drops packets
+/// on loopback at QUIC speeds (CRATE-NOTES.md, pitfall 5).
+const UDP_BUFFER: usize = 8 << 20;
+/// Concurrent bidirectional streams a peer may open.
+pub const MAX_STREAMS: u32 = 256;
+
+/// Errors of one request/response exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Could not connect (address unreachable, handshake failed).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection or stream broke.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// The server refused our certificate.
+    #[error("the server refused this certificate ({0}); is it signed by the cluster's CA?")]
+    CertificateRefused(String),
+    /// The response did not decode.
+    #[error("malformed response: {0}")]
+    Frame(#[from] FrameError),
+    /// The server answered with an error.
+    #[error("server error: {0}")]
+    Remote(#[from] WireError),
+    /// No answer in time.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Transport settings for throughput on fast links: large stream and
+/// connection windows (quinn's defaults suit 100 ms x 12.5 MB/s).
+pub fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(16 << 20));
+    t.receive_window(VarInt::from_u32(128 << 20));
+    t.send_window(128 << 20);
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // Invariant: 30 s is within VarInt's range.
+    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    t
+}
+
+/// quinn server config for mutual TLS from our material.
+///
+/// # Errors
+/// If rustls refuses the material.
+pub fn server_config(tls: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(tls.server_config()?)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config()));
+    Ok(cfg)
+}
+
+/// quinn client config for mutual TLS from our material.
+///
+/// # Errors
+/// If rustls refuses the material.
+pub fn client_config(tls: &TlsMaterial) -> anyhow::Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls.client_config()?)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config()));
+    Ok(cfg)
+}
+
+/// Binds a UDP socket with large buffers and makes an endpoint on it.
+///
+/// # Errors
+/// If the socket cannot be bound.
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    client: quinn::ClientConfig,
+) -> std::io::Result<Endpoint> {
+    let socket = bind_udp(addr)?;
+    endpoint_on(socket, server, client)
+}
+
+/// Binds a UDP socket with large buffers (callers that need the port before
+/// starting a server bind first, then call [`endpoint_on`]).
+///
+/// # Errors
+/// If the socket cannot be bound.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Makes an endpoint on an already bound socket.
+///
+/// # Errors
+/// If quinn cannot use the socket.
+pub fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    client: quinn::ClientConfig,
+) -> std::io::Result<Endpoint> {
+    let mut ep = Endpoint::new(
+        EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(TokioRuntime),
+    )?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// Connects to a server at `addr` and completes the handshake.
+///
+/// # Errors
+/// [`CallError::Connect`] or [`CallError::Timeout`].
+pub async fn connect(endpoint: &Endpoint, addr: &str, timeout: Duration) -> Result<Connection, CallError> {
+    let connect_err = |reason: String| CallError::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let sock = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?
+        .next()
+        .ok_or_else(|| connect_err("address resolves to nothing".into()))?;
+    let connecting = endpoint
+        .connect(sock, NODE_SERVER_NAME)
+        .map_err(|e| connect_err(e.to_string()))?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(connect_err(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => Err(classify(e, addr)),
+        Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+fn classify(e: quinn::ConnectionError, addr: &str) -> CallError {
+    let text = e.to_string();
+    if is_cert_error(&text) {
+        CallError::CertificateRefused(text)
+    } else {
+        match e {
+            quinn::ConnectionError::TimedOut => CallError::Connect {
+                addr: addr.to_owned(),
+                reason: "no answer (is the server running?)".into(),
+            },
+            _ => CallError::Connection(text),
+        }
+    }
+}
+
+fn is_cert_error(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("certificate") || t.contains("unknownca") || t.contains("unknown ca") || t.contains("bad_certificate")
+}
+
+/// Sends one request (header and payload parts) on a new stream of `conn`
+/// and reads the whole response, within `timeout`.
+///
+/// # Errors
+/// [`CallError`]; a [`Response::Error`] becomes [`CallError::Remote`].
+pub async fn call(
+    conn: &Connection,
+    request: &Request,
+    payload: Vec<Bytes>,
+    timeout: Duration,
+) -> Result<(Response, Bytes), CallError> {
+    match tokio::time::timeout(timeout, call_inner(conn, request, payload)).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Timeout(timeout)),
+    }
+}
+
+async fn call_inner(
+    conn: &Connection,
+    request: &Request,
+    mut payload: Vec<Bytes>,
+) -> Result<(Response, Bytes), CallError> {
+    let lost = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        if is_cert_error(&text) {
+            CallError::CertificateRefused(text)
+        } else {
+            CallError::Connection(text)
+        }
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    let mut parts = Vec::with_capacity(payload.len() + 1);
+    parts.push(Bytes::from(wire::encode_header(request)));
+    parts.append(&mut payload);
+    send.write_all_chunks(&mut parts).await.map_err(|e| lost(&e))?;
+    send.finish().map_err(|e| lost(&e))?;
+    let frame = recv.read_to_end(MAX_FRAME).await.map_err(|e| lost(&e))?;
+    let frame = Bytes::from(frame);
+    let (response, payload) = wire::decode_frame::<Response>(&frame)?;
+    let start = frame.len() - payload.len();
+    match response {
+        Response::Error(e) => Err(CallError::Remote(e)),
+        r => Ok((r, frame.slice(start..))),
+    }
+}
+
+/// The verified identity of a connection's peer.
+///
+/// # Errors
+/// If the peer presented no certificate or one naming no ringvault identity.
+pub fn peer_identity(conn: &Connection) -> anyhow::Result<PeerIdentity> {
+    let any = conn
+        .peer_identity()
+        .ok_or_else(|| anyhow::anyhow!("peer presented no certificate"))?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| anyhow::anyhow!("peer identity is not a certificate chain"))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("empty certificate chain"))?;
+    Ok(PeerIdentity::from_der(first)?)
+}
