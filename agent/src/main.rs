@@ -1,1 +1,5 @@
-fn main() {}
+//! `ringvault`: see `ringvault --help`.
+
+fn main() -> std::process::ExitCode {
+    ringvault::cli::main()
+}

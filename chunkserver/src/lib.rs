@@ -46,11 +46,20 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
     let map = ClusterMap::parse(&map_text)
         .with_context(|| format!("invalid cluster map {}", config.cluster_map.display()))?;
     if map.node(config.node_id).is_none() {
-        anyhow::bail!("node-id {} is not in the cluster map {}", config.node_id.0, config.cluster_map.display());
+        anyhow::bail!(
+            "node-id {} is not in the cluster map {}",
+            config.node_id.0,
+            config.cluster_map.display()
+        );
     }
-    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let tls = TlsMaterial::from_pem(&read(&config.ca_cert)?, &read(&config.cert)?, &read(&config.key)?)
-        .context("loading TLS material")?;
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let tls = TlsMaterial::from_pem(
+        &read(&config.ca_cert)?,
+        &read(&config.cert)?,
+        &read(&config.key)?,
+    )
+    .context("loading TLS material")?;
     match tls.identity().context("reading this node's certificate")? {
         PeerIdentity::Node(id) if id == config.node_id => {}
         other => anyhow::bail!(
@@ -69,8 +78,12 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let store = Arc::new(store);
     let addr = config.listen.parse().context("listen address")?;
-    let endpoint = net::endpoint(addr, Some(net::server_config(&tls)?), net::client_config(&tls)?)
-        .with_context(|| format!("binding UDP {addr}"))?;
+    let endpoint = net::endpoint(
+        addr,
+        Some(net::server_config(&tls)?),
+        net::client_config(&tls)?,
+    )
+    .with_context(|| format!("binding UDP {addr}"))?;
     let node = server::Node::new(
         config.node_id,
         map,

@@ -135,7 +135,11 @@ pub fn endpoint_on(
 ///
 /// # Errors
 /// [`CallError::Connect`] or [`CallError::Timeout`].
-pub async fn connect(endpoint: &Endpoint, addr: &str, timeout: Duration) -> Result<Connection, CallError> {
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: &str,
+    timeout: Duration,
+) -> Result<Connection, CallError> {
     let connect_err = |reason: String| CallError::Connect {
         addr: addr.to_owned(),
         reason,
@@ -171,8 +175,13 @@ fn classify(e: quinn::ConnectionError, addr: &str) -> CallError {
 }
 
 fn is_cert_error(text: &str) -> bool {
+    // TLS alerts reach the peer as QUIC CRYPTO_ERROR (RFC 9001, 4.8), shown
+    // as "the cryptographic handshake failed: error 42/48/..."; with mutual
+    // TLS the usual cause is a certificate from another CA.
     let t = text.to_ascii_lowercase();
-    t.contains("certificate") || t.contains("unknownca") || t.contains("unknown ca") || t.contains("bad_certificate")
+    t.contains("certificate")
+        || t.contains("unknownca")
+        || t.contains("cryptographic handshake failed")
 }
 
 /// Sends one request (header and payload parts) on a new stream of `conn`
@@ -209,7 +218,9 @@ async fn call_inner(
     let mut parts = Vec::with_capacity(payload.len() + 1);
     parts.push(Bytes::from(wire::encode_header(request)));
     parts.append(&mut payload);
-    send.write_all_chunks(&mut parts).await.map_err(|e| lost(&e))?;
+    send.write_all_chunks(&mut parts)
+        .await
+        .map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
     let frame = recv.read_to_end(MAX_FRAME).await.map_err(|e| lost(&e))?;
     let frame = Bytes::from(frame);

@@ -112,7 +112,8 @@ async fn serve_connection(node: Arc<Node>, conn: Connection) {
         let node = node.clone();
         let peer = peer.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve_stream(node, peer, send, recv)).await;
+            let _ =
+                tokio::time::timeout(REQUEST_TIMEOUT, serve_stream(node, peer, send, recv)).await;
         });
     }
 }
@@ -165,9 +166,14 @@ fn store_err(e: StoreError) -> WireError {
     match e {
         StoreError::Corrupt { id } => {
             warn!(chunk = %id, "stored blob failed its checksum");
-            WireError::new(ErrorCode::Corrupt, format!("blob {id} failed its checksum on this server"))
+            WireError::new(
+                ErrorCode::Corrupt,
+                format!("blob {id} failed its checksum on this server"),
+            )
         }
-        StoreError::Exists => WireError::new(ErrorCode::Exists, "a different record is already stored"),
+        StoreError::Exists => {
+            WireError::new(ErrorCode::Exists, "a different record is already stored")
+        }
         e => {
             warn!(error = %e, "store error");
             WireError::new(ErrorCode::Internal, "storage error on the server")
@@ -207,15 +213,27 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
                 vec![],
             ))
         }
-        Request::Has { repo, ids, local_only: true } => {
+        Request::Has {
+            repo,
+            ids,
+            local_only: true,
+        } => {
             let present = blocking(move || store.has(&repo, &ids)).await?;
             Ok((Response::Has { present }, vec![]))
         }
-        Request::Has { repo, ids, local_only: false } => {
+        Request::Has {
+            repo,
+            ids,
+            local_only: false,
+        } => {
             let present = coordinate_has(node, repo, ids).await?;
             Ok((Response::Has { present }, vec![]))
         }
-        Request::PutBlobs { repo, blobs, local_only } => {
+        Request::PutBlobs {
+            repo,
+            blobs,
+            local_only,
+        } => {
             let mut items = Vec::with_capacity(blobs.len());
             let mut offset = 0usize;
             for (id, len) in blobs {
@@ -232,12 +250,30 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             };
             Ok((Response::Put { copies }, vec![]))
         }
-        Request::GetBlob { repo, id } => match blocking(move || store.get_blob(&repo, &id)).await? {
-            Some(blob) => Ok((Response::Data, vec![blob])),
-            None => Err(WireError::new(ErrorCode::NotFound, format!("no blob {id} here"))),
-        },
-        Request::PutSnapshot { repo, id, local_only } => {
-            put_record_everywhere(node, RecordKind::Snapshot, repo, id.0, payload, local_only, false).await
+        Request::GetBlob { repo, id } => {
+            match blocking(move || store.get_blob(&repo, &id)).await? {
+                Some(blob) => Ok((Response::Data, vec![blob])),
+                None => Err(WireError::new(
+                    ErrorCode::NotFound,
+                    format!("no blob {id} here"),
+                )),
+            }
+        }
+        Request::PutSnapshot {
+            repo,
+            id,
+            local_only,
+        } => {
+            put_record_everywhere(
+                node,
+                RecordKind::Snapshot,
+                repo,
+                id.0,
+                payload,
+                local_only,
+                false,
+            )
+            .await
         }
         Request::ListSnapshots { repo } => {
             let list = blocking(move || store.list_records(RecordKind::Snapshot, &repo)).await?;
@@ -247,7 +283,10 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             for (key, value) in list {
                 total += value.len();
                 if total > wire::MAX_PAYLOAD {
-                    return Err(WireError::new(ErrorCode::Internal, "too many snapshot records for one reply"));
+                    return Err(WireError::new(
+                        ErrorCode::Internal,
+                        "too many snapshot records for one reply",
+                    ));
                 }
                 records.push((ringvault_common::SnapshotId(key), value.len() as u32));
                 parts.push(Bytes::from(value));
@@ -257,11 +296,23 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
         Request::GetSnapshot { repo, id } => {
             match blocking(move || store.get_record(RecordKind::Snapshot, &repo, &id.0)).await? {
                 Some(v) => Ok((Response::Data, vec![Bytes::from(v)])),
-                None => Err(WireError::new(ErrorCode::NotFound, format!("no snapshot {id} here"))),
+                None => Err(WireError::new(
+                    ErrorCode::NotFound,
+                    format!("no snapshot {id} here"),
+                )),
             }
         }
         Request::PutKey { repo, local_only } => {
-            put_record_everywhere(node, RecordKind::Key, repo, KEY_RECORD, payload, local_only, true).await
+            put_record_everywhere(
+                node,
+                RecordKind::Key,
+                repo,
+                KEY_RECORD,
+                payload,
+                local_only,
+                true,
+            )
+            .await
         }
         Request::GetKey { repo } => {
             let name = repo.to_string();
@@ -283,7 +334,10 @@ fn authorize(peer: &PeerIdentity, request: &Request) -> Result<(), WireError> {
         PeerIdentity::Node(_) => Ok(()),
         PeerIdentity::Agent { repo, .. } => {
             if request.is_internal() {
-                return Err(WireError::new(ErrorCode::Forbidden, "agents may not send server-to-server requests"));
+                return Err(WireError::new(
+                    ErrorCode::Forbidden,
+                    "agents may not send server-to-server requests",
+                ));
             }
             match request.repo() {
                 Some(r) if r != repo => Err(WireError::new(
@@ -308,20 +362,32 @@ impl Node {
             .map
             .node(id)
             .map(|n| n.address.clone())
-            .ok_or_else(|| CallError::Connect { addr: id.to_string(), reason: "not in the cluster map".into() })?;
+            .ok_or_else(|| CallError::Connect {
+                addr: id.to_string(),
+                reason: "not in the cluster map".into(),
+            })?;
         let conn = net::connect(&self.endpoint, &addr, Duration::from_secs(5)).await?;
         peers.insert(id, conn.clone());
         Ok(conn)
     }
 
-    async fn call_peer(&self, id: NodeId, request: &Request, payload: Vec<Bytes>) -> Result<(Response, Bytes), CallError> {
+    async fn call_peer(
+        &self,
+        id: NodeId,
+        request: &Request,
+        payload: Vec<Bytes>,
+    ) -> Result<(Response, Bytes), CallError> {
         let conn = self.peer(id).await?;
         net::call(&conn, request, payload, self.replica_timeout).await
     }
 }
 
 /// Asks every replica which ids it holds; an id is present with W copies.
-async fn coordinate_has(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Result<Vec<bool>, WireError> {
+async fn coordinate_has(
+    node: &Arc<Node>,
+    repo: RepoId,
+    ids: Vec<ChunkId>,
+) -> Result<Vec<bool>, WireError> {
     let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
     for (i, id) in ids.iter().enumerate() {
         for r in node.map.replicas(id) {
@@ -338,9 +404,15 @@ async fn coordinate_has(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Re
                 let store = node.store.clone();
                 blocking(move || store.has(&repo, &sub)).await.ok()
             } else {
-                let req = Request::Has { repo, ids: sub, local_only: true };
+                let req = Request::Has {
+                    repo,
+                    ids: sub,
+                    local_only: true,
+                };
                 match node.call_peer(target, &req, vec![]).await {
-                    Ok((Response::Has { present }, _)) if present.len() == idxs.len() => Some(present),
+                    Ok((Response::Has { present }, _)) if present.len() == idxs.len() => {
+                        Some(present)
+                    }
                     Ok(_) => None,
                     Err(e) => {
                         debug!(node = %target, error = %e, "has query to replica failed");
@@ -366,7 +438,11 @@ async fn coordinate_has(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Re
 /// Stores each blob on its N replicas (locally when this node is one) and
 /// answers as soon as every blob has W durable copies, or every replica has
 /// answered. Replica writes still in flight finish in the background.
-async fn coordinate_put(node: &Arc<Node>, repo: RepoId, items: Vec<(ChunkId, Bytes)>) -> Result<Vec<u32>, WireError> {
+async fn coordinate_put(
+    node: &Arc<Node>,
+    repo: RepoId,
+    items: Vec<(ChunkId, Bytes)>,
+) -> Result<Vec<u32>, WireError> {
     let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
     for (i, (id, _)) in items.iter().enumerate() {
         for r in node.map.replicas(id) {
@@ -403,14 +479,25 @@ async fn coordinate_put(node: &Arc<Node>, repo: RepoId, items: Vec<(ChunkId, Byt
     Ok(copies)
 }
 
-async fn replicate(node: &Arc<Node>, target: NodeId, repo: RepoId, batch: Vec<(ChunkId, Bytes)>) -> bool {
+async fn replicate(
+    node: &Arc<Node>,
+    target: NodeId,
+    repo: RepoId,
+    batch: Vec<(ChunkId, Bytes)>,
+) -> bool {
     if target == node.id {
         let store = node.store.clone();
-        return blocking(move || store.put_blobs(&repo, batch)).await.is_ok();
+        return blocking(move || store.put_blobs(&repo, batch))
+            .await
+            .is_ok();
     }
     let blobs = batch.iter().map(|(id, b)| (*id, b.len() as u32)).collect();
     let payload = batch.into_iter().map(|(_, b)| b).collect();
-    let req = Request::PutBlobs { repo, blobs, local_only: true };
+    let req = Request::PutBlobs {
+        repo,
+        blobs,
+        local_only: true,
+    };
     match node.call_peer(target, &req, payload).await {
         Ok((Response::Put { .. }, _)) => true,
         Ok(other) => {
@@ -442,7 +529,13 @@ async fn put_record_everywhere(
         return Ok((Response::Ok, vec![]));
     }
     let mut sends = FuturesUnordered::new();
-    for other in node.map.nodes.iter().map(|n| n.id).filter(|&n| n != node.id) {
+    for other in node
+        .map
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&n| n != node.id)
+    {
         let node = node.clone();
         let req = match kind {
             RecordKind::Snapshot => Request::PutSnapshot {
@@ -450,7 +543,10 @@ async fn put_record_everywhere(
                 id: ringvault_common::SnapshotId(key),
                 local_only: true,
             },
-            RecordKind::Key => Request::PutKey { repo: repo.clone(), local_only: true },
+            RecordKind::Key => Request::PutKey {
+                repo: repo.clone(),
+                local_only: true,
+            },
         };
         let value = value.clone();
         sends.push(tokio::spawn(async move {

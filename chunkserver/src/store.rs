@@ -310,7 +310,9 @@ impl FsStore {
     fn location(&self, repo: &RepoId, id: &ChunkId) -> Result<Option<Location>, StoreError> {
         let txn = self.db.begin_read().map_err(index_err)?;
         let table = txn.open_table(BLOBS).map_err(index_err)?;
-        let found = table.get(blob_key(repo, id).as_slice()).map_err(index_err)?;
+        let found = table
+            .get(blob_key(repo, id).as_slice())
+            .map_err(index_err)?;
         match found {
             None => Ok(None),
             Some(v) => Location::decode(v.value())
@@ -531,7 +533,9 @@ impl SegmentWriter {
                     buf.extend_from_slice(&checksum);
                     let offset = self.size + buf.len() as u64;
                     let file = self.file.as_mut().ok_or(StoreError::Closed)?;
-                    file.write_all(&buf).and_then(|()| file.write_all(blob)).map_err(|e| self.io(e))?;
+                    file.write_all(&buf)
+                        .and_then(|()| file.write_all(blob))
+                        .map_err(|e| self.io(e))?;
                     self.size = offset + blob.len() as u64;
                     let loc = Location {
                         segment: self.segment,
@@ -606,7 +610,10 @@ impl ChunkStore for MemStore {
 
     fn has(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
         let map = self.blobs.lock().map_err(|_| StoreError::Closed)?;
-        Ok(ids.iter().map(|id| map.contains_key(&(repo.clone(), *id))).collect())
+        Ok(ids
+            .iter()
+            .map(|id| map.contains_key(&(repo.clone(), *id)))
+            .collect())
     }
 
     fn put_record(
@@ -635,7 +642,12 @@ impl ChunkStore for MemStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        Ok(self.records.lock().map_err(|_| StoreError::Closed)?.get(&k).cloned())
+        Ok(self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .get(&k)
+            .cloned())
     }
 
     fn list_records(
@@ -686,15 +698,28 @@ mod tests {
             store.get_blob(&repo(), &ChunkId([3; 32])).unwrap().unwrap(),
             Bytes::from(vec![3u8; 103])
         );
-        assert!(store.get_blob(&repo(), &ChunkId([99; 32])).unwrap().is_none());
-        store.put_record(RecordKind::Key, &repo(), &[0; 32], b"k1", true).unwrap();
-        store.put_record(RecordKind::Key, &repo(), &[0; 32], b"k1", true).unwrap();
+        assert!(
+            store
+                .get_blob(&repo(), &ChunkId([99; 32]))
+                .unwrap()
+                .is_none()
+        );
+        store
+            .put_record(RecordKind::Key, &repo(), &[0; 32], b"k1", true)
+            .unwrap();
+        store
+            .put_record(RecordKind::Key, &repo(), &[0; 32], b"k1", true)
+            .unwrap();
         assert!(matches!(
             store.put_record(RecordKind::Key, &repo(), &[0; 32], b"k2", true),
             Err(StoreError::Exists)
         ));
-        store.put_record(RecordKind::Snapshot, &repo(), &[1; 32], b"s1", false).unwrap();
-        store.put_record(RecordKind::Snapshot, &other, &[2; 32], b"s2", false).unwrap();
+        store
+            .put_record(RecordKind::Snapshot, &repo(), &[1; 32], b"s1", false)
+            .unwrap();
+        store
+            .put_record(RecordKind::Snapshot, &other, &[2; 32], b"s2", false)
+            .unwrap();
         let list = store.list_records(RecordKind::Snapshot, &repo()).unwrap();
         assert_eq!(list, vec![([1u8; 32], b"s1".to_vec())]);
     }
@@ -713,8 +738,18 @@ mod tests {
         }
         let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
         assert_eq!(s.stats().unwrap().0, 12);
-        assert_eq!(s.get_blob(&repo(), &ChunkId([5; 32])).unwrap().unwrap().len(), 105);
-        s.put_blobs(&repo(), vec![(ChunkId([200; 32]), Bytes::from_static(b"new"))]).unwrap();
+        assert_eq!(
+            s.get_blob(&repo(), &ChunkId([5; 32]))
+                .unwrap()
+                .unwrap()
+                .len(),
+            105
+        );
+        s.put_blobs(
+            &repo(),
+            vec![(ChunkId([200; 32]), Bytes::from_static(b"new"))],
+        )
+        .unwrap();
         drop(s);
         // Flip a byte of every blob body in the first segment.
         let seg = dir.path().join("segments/00000001.seg");
@@ -727,7 +762,10 @@ mod tests {
             s.get_blob(&repo(), &ChunkId([11; 32])),
             Err(StoreError::Corrupt { .. })
         ));
-        assert_eq!(&s.get_blob(&repo(), &ChunkId([200; 32])).unwrap().unwrap()[..], b"new");
+        assert_eq!(
+            &s.get_blob(&repo(), &ChunkId([200; 32])).unwrap().unwrap()[..],
+            b"new"
+        );
     }
 
     #[test]
@@ -760,8 +798,10 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..50u8 {
                         let mut id = ChunkId([0; 32]);
-                        id.0[..2].copy_from_slice(&(u16::from(t) * 50 + u16::from(i)).to_le_bytes());
-                        s.put_blobs(&repo(), vec![(id, Bytes::from(vec![t; 64]))]).unwrap();
+                        id.0[..2]
+                            .copy_from_slice(&(u16::from(t) * 50 + u16::from(i)).to_le_bytes());
+                        s.put_blobs(&repo(), vec![(id, Bytes::from(vec![t; 64]))])
+                            .unwrap();
                     }
                 })
             })

@@ -39,7 +39,9 @@ impl Default for ChunkerParams {
 
 /// Chunker settings outside what FastCDC accepts.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid chunker settings {0:?}: sizes must be even, min in 64..=1MiB, avg in 256..=4MiB, max in 1KiB..=16MiB, min <= avg <= max, level <= 3")]
+#[error(
+    "invalid chunker settings {0:?}: sizes must be even, min in 64..=1MiB, avg in 256..=4MiB, max in 1KiB..=16MiB, min <= avg <= max, level <= 3"
+)]
 pub struct ChunkerParamsError(pub ChunkerParams);
 
 impl ChunkerParams {
@@ -62,7 +64,11 @@ impl ChunkerParams {
             && avg % 2 == 0
             && max % 2 == 0
             && self.normalization <= 3;
-        if ok { Ok(()) } else { Err(ChunkerParamsError(*self)) }
+        if ok {
+            Ok(())
+        } else {
+            Err(ChunkerParamsError(*self))
+        }
     }
 }
 
@@ -199,8 +205,8 @@ mod tests {
 
     const GOLDEN: &[usize] = &[
         8293, 4190, 4951, 2538, 8961, 2583, 7439, 6096, 2917, 4191, 2227, 3694, 5995, 1762, 6424,
-        5092, 5364, 3120, 6847, 4393, 10156, 4099, 4869, 1774, 11074, 5353, 6885, 5940, 5086,
-        6285, 2054, 5319, 4002, 4415, 1435, 1980, 4634, 1144, 4164, 6823, 5312, 120,
+        5092, 5364, 3120, 6847, 4393, 10156, 4099, 4869, 1774, 11074, 5353, 6885, 5940, 5086, 6285,
+        2054, 5319, 4002, 4415, 1435, 1980, 4634, 1144, 4164, 6823, 5312, 120,
     ];
 
     #[test]

@@ -165,7 +165,9 @@ impl AgentConfig {
         }
         RepoId::new(&c.repository).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if c.servers.is_empty() {
-            return Err(ConfigError::Invalid("servers: list at least one chunk server".into()));
+            return Err(ConfigError::Invalid(
+                "servers: list at least one chunk server".into(),
+            ));
         }
         if c.upload_concurrency == 0 || c.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

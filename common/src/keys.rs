@@ -286,6 +286,9 @@ mod tests {
     fn derived_keys_differ() {
         let k = RepoKeys::derive(&MasterKey::from_bytes([3; 32]));
         assert_ne!(k.chunk_id_key(), k.seal_key());
-        assert_ne!(k.chunk_id(b"a"), RepoKeys::derive(&MasterKey::from_bytes([4; 32])).chunk_id(b"a"));
+        assert_ne!(
+            k.chunk_id(b"a"),
+            RepoKeys::derive(&MasterKey::from_bytes([4; 32])).chunk_id(b"a")
+        );
     }
 }

@@ -192,7 +192,11 @@ mod tests {
 
     fn ids(count: usize, seed: u64) -> Vec<ChunkId> {
         (0..count as u64)
-            .map(|i| ChunkId(*blake3::hash(&(seed ^ i.wrapping_mul(0x9e37_79b9)).to_le_bytes()).as_bytes()))
+            .map(|i| {
+                ChunkId(
+                    *blake3::hash(&(seed ^ i.wrapping_mul(0x9e37_79b9)).to_le_bytes()).as_bytes(),
+                )
+            })
             .collect()
     }
 
@@ -209,7 +213,10 @@ mod tests {
             }
             let mean = (ids.len() * 3) as f64 / f64::from(k);
             let max = *load.iter().max().unwrap() as f64;
-            assert!(max <= 1.10 * mean, "{k} nodes: busiest {max} vs mean {mean:.0}");
+            assert!(
+                max <= 1.10 * mean,
+                "{k} nodes: busiest {max} vs mean {mean:.0}"
+            );
         }
     }
 
@@ -228,7 +235,11 @@ mod tests {
                 .count() as f64;
             // Ideal: the new node takes its fair share of replica slots.
             let ideal = ids.len() as f64 * 3.0 / f64::from(k + 1);
-            assert!(moved <= 1.1 * ideal, "{k}->{}: moved {moved} ideal {ideal:.0}", k + 1);
+            assert!(
+                moved <= 1.1 * ideal,
+                "{k}->{}: moved {moved} ideal {ideal:.0}",
+                k + 1
+            );
         }
     }
 
@@ -239,7 +250,11 @@ mod tests {
             n.zone = format!("z{}", i % 3);
         }
         for id in ids(1000, 3) {
-            let zones: BTreeSet<_> = m.replicas(&id).iter().map(|n| m.node(*n).unwrap().zone.clone()).collect();
+            let zones: BTreeSet<_> = m
+                .replicas(&id)
+                .iter()
+                .map(|n| m.node(*n).unwrap().zone.clone())
+                .collect();
             assert_eq!(zones.len(), 3);
         }
     }

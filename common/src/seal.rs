@@ -180,7 +180,12 @@ mod tests {
     #[test]
     fn round_trip_compressible_and_not() {
         let k = keys();
-        for data in [vec![0u8; 100_000], (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()] {
+        for data in [
+            vec![0u8; 100_000],
+            (0..100_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        ] {
             let id = k.chunk_id(&data);
             let blob = seal(&k, &id, &data, [1; 24], true).unwrap();
             assert_eq!(open(&k, &id, &blob).unwrap(), data);

@@ -129,7 +129,11 @@ pub fn issue_node(ca: &PemPair, node: NodeId, hosts: &[String]) -> Result<PemPai
 /// [`TlsError`] if the CA does not load or the agent id is not a valid URI
 /// segment.
 pub fn issue_agent(ca: &PemPair, repo: &RepoId, agent: &str) -> Result<PemPair, TlsError> {
-    if agent.is_empty() || !agent.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+    if agent.is_empty()
+        || !agent
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
         return Err(TlsError::Identity(format!("bad agent id {agent:?}")));
     }
     let mut params = CertificateParams::default();
@@ -220,7 +224,9 @@ impl TlsMaterial {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
         if chain.is_empty() {
-            return Err(TlsError::Pem("certificate file holds no certificate".into()));
+            return Err(TlsError::Pem(
+                "certificate file holds no certificate".into(),
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
             .map_err(|e| TlsError::Pem(format!("private key: {e}")))?;
@@ -295,7 +301,10 @@ mod tests {
         let m = TlsMaterial::from_pem(&ca.cert, &agent.cert, &agent.key).unwrap();
         assert_eq!(
             m.identity().unwrap(),
-            PeerIdentity::Agent { repo, agent: "laptop".into() }
+            PeerIdentity::Agent {
+                repo,
+                agent: "laptop".into()
+            }
         );
         m.client_config().unwrap();
         assert_eq!(fingerprint(&m.chain[0]).len(), 64);

@@ -218,7 +218,11 @@ mod tests {
     fn round_trip() {
         let mut t = Tree {
             entries: vec![
-                entry(b"z\xff\n name", EntryKind::File, Content::Chunks(vec![ChunkId([1; 32])])),
+                entry(
+                    b"z\xff\n name",
+                    EntryKind::File,
+                    Content::Chunks(vec![ChunkId([1; 32])]),
+                ),
                 entry(b"a", EntryKind::Dir, Content::Subtree(ChunkId([2; 32]))),
                 entry(b"l", EntryKind::Symlink, Content::Symlink(b"../x".to_vec())),
             ],
@@ -233,7 +237,10 @@ mod tests {
             let t = Tree {
                 entries: vec![entry(name, EntryKind::File, Content::Chunks(vec![]))],
             };
-            assert!(matches!(Tree::decode(&t.encode()), Err(TreeError::BadName(_))), "{name:?}");
+            assert!(
+                matches!(Tree::decode(&t.encode()), Err(TreeError::BadName(_))),
+                "{name:?}"
+            );
         }
         let dup = Tree {
             entries: vec![
@@ -241,7 +248,10 @@ mod tests {
                 entry(b"a", EntryKind::File, Content::Chunks(vec![])),
             ],
         };
-        assert!(matches!(Tree::decode(&dup.encode()), Err(TreeError::Order(_))));
+        assert!(matches!(
+            Tree::decode(&dup.encode()),
+            Err(TreeError::Order(_))
+        ));
     }
 
     proptest! {

@@ -298,10 +298,19 @@ impl Request {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            Request::Has { local_only: true, .. }
-                | Request::PutBlobs { local_only: true, .. }
-                | Request::PutSnapshot { local_only: true, .. }
-                | Request::PutKey { local_only: true, .. }
+            Request::Has {
+                local_only: true,
+                ..
+            } | Request::PutBlobs {
+                local_only: true,
+                ..
+            } | Request::PutSnapshot {
+                local_only: true,
+                ..
+            } | Request::PutKey {
+                local_only: true,
+                ..
+            }
         )
     }
 
@@ -336,9 +345,20 @@ mod tests {
     fn request_round_trip() {
         let repo = RepoId::new("r").unwrap();
         let reqs = vec![
-            Request::Hello { protocol: 1, epoch: 3 },
-            Request::Has { repo: repo.clone(), ids: vec![ChunkId([1; 32])], local_only: false },
-            Request::PutBlobs { repo: repo.clone(), blobs: vec![(ChunkId([2; 32]), 3)], local_only: true },
+            Request::Hello {
+                protocol: 1,
+                epoch: 3,
+            },
+            Request::Has {
+                repo: repo.clone(),
+                ids: vec![ChunkId([1; 32])],
+                local_only: false,
+            },
+            Request::PutBlobs {
+                repo: repo.clone(),
+                blobs: vec![(ChunkId([2; 32]), 3)],
+                local_only: true,
+            },
             Request::GetKey { repo },
         ];
         for r in reqs {
@@ -364,7 +384,10 @@ mod tests {
     fn oversized_header_is_refused() {
         let mut f = ((MAX_HEADER + 1) as u32).to_le_bytes().to_vec();
         f.extend_from_slice(&[0; 16]);
-        assert!(matches!(decode_frame::<Request>(&f), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            decode_frame::<Request>(&f),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     proptest! {

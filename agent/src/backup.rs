@@ -1,0 +1,632 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! walker thread: scan (lstat, readdir) -> index lookup -> read + FastCDC + BLAKE3
+//!      | chunks, bounded by a byte budget (UPLOAD_BUDGET)
+//! uploader task: dedup (seen set) -> batched has-query -> seal (blocking pool) -> put
+//! ```
+//!
+//! The walker builds each directory's tree bottom-up and hands trees to the
+//! uploader like chunks, so the root tree id is known when the walk ends.
+//! The snapshot record is written only after every chunk and tree has W
+//! durable copies, and the local index is updated only after that: a crash
+//! at any point leaves no snapshot that names missing data.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use ringvault_common::chunker::Chunker;
+use ringvault_common::seal;
+use ringvault_common::snapshot::{Snapshot, Summary};
+use ringvault_common::tree::{Content, Entry, EntryKind, Tree};
+use ringvault_common::{ChunkId, SnapshotId};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::fsutil::times;
+use crate::index::{FileRecord, IndexReader, LocalIndex};
+use crate::repo::{Repo, random};
+
+/// Bytes of chunk plaintext waiting for upload at most (memory bound).
+const UPLOAD_BUDGET: usize = 64 << 20;
+/// A batch is sent when it holds this many chunks...
+const BATCH_CHUNKS: usize = 512;
+/// ...or this many bytes.
+const BATCH_BYTES: usize = 8 << 20;
+/// Read size for large files, bytes.
+const READ_BLOCK: usize = 4 << 20;
+/// A file modified this close to its read is "racy": recorded in the
+/// snapshot but not in the index, so the next backup reads it again (git's
+/// racy-clean rule; 2 s covers file systems with coarse timestamps).
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
+/// Tries to read a file that keeps changing before giving up on it.
+const READ_ATTEMPTS: usize = 3;
+/// The seen-set is cleared past this many ids (a bounded cache: forgetting
+/// only costs a has-query).
+const SEEN_LIMIT: usize = 1 << 20;
+
+/// What to back up.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Source paths.
+    pub paths: Vec<PathBuf>,
+    /// Tags for the snapshot.
+    pub tags: Vec<String>,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// What a backup did.
+#[derive(Debug)]
+pub struct BackupReport {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The snapshot record.
+    pub snapshot: Snapshot,
+    /// Files and directories skipped, with why.
+    pub errors: Vec<(PathBuf, String)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    bytes: AtomicU64,
+    bytes_read: AtomicU64,
+    new_bytes: AtomicU64,
+    sent_bytes: AtomicU64,
+}
+
+/// Runs one backup of `opts.paths` into the repository.
+///
+/// # Errors
+/// When a source path cannot be read at all, the cluster cannot take the
+/// data (quorum not reached, unreachable), or the snapshot cannot be stored.
+/// Unreadable files inside the sources are reported in the result instead.
+pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<BackupReport> {
+    let started = Instant::now();
+    let time_ns = now_ns();
+    let mut sources = Vec::new();
+    for p in &opts.paths {
+        let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+        let name = abs
+            .file_name()
+            .with_context(|| format!("{} has no last component to name it by", abs.display()))?
+            .as_bytes()
+            .to_vec();
+        std::fs::symlink_metadata(&abs)
+            .with_context(|| format!("cannot read {}", abs.display()))?;
+        if sources.iter().any(|(_, n): &(PathBuf, Vec<u8>)| *n == name) {
+            bail!(
+                "two source paths end in {:?}; back them up separately",
+                String::from_utf8_lossy(&name)
+            );
+        }
+        sources.push((abs, name));
+    }
+    let host = host_name(&repo.config.host);
+    let paths: Vec<serde_bytes::ByteBuf> = sources
+        .iter()
+        .map(|(p, _)| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
+        .collect();
+    let parent = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.host == host && s.paths == paths)
+        .map(|(id, _)| id);
+
+    let index = Arc::new(LocalIndex::open(&repo.state_dir)?);
+    let counters = Arc::new(Counters::default());
+    let budget = Arc::new(Semaphore::new(UPLOAD_BUDGET >> 10));
+    let (tx, rx) = mpsc::channel::<Upload>(1024);
+    let uploader = tokio::spawn(upload_loop(repo.clone(), rx, counters.clone()));
+    let progress = opts.progress.then(|| Progress::start(counters.clone()));
+
+    let walker = {
+        let repo = repo.clone();
+        let index = index.clone();
+        let counters = counters.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut w = Walker {
+                chunker: Chunker::new(repo.chunker)?,
+                repo,
+                index: index.reader()?,
+                tx,
+                budget,
+                handle,
+                counters,
+                updates: Vec::new(),
+                errors: Vec::new(),
+            };
+            let mut root = Tree::default();
+            for (path, name) in &sources {
+                let meta = std::fs::symlink_metadata(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                match w.entry(path, name.clone(), &meta) {
+                    Ok(Some(e)) => root.entries.push(e),
+                    Ok(None) => {}
+                    Err(WalkError::Fatal(e)) => return Err(e),
+                    Err(WalkError::Skip(e)) => bail!("cannot back up {}: {e}", path.display()),
+                }
+            }
+            root.sort();
+            let root_id = w.store_tree(&root)?;
+            Ok((root_id, w.updates, w.errors))
+        })
+    };
+    let walked = walker.await.context("the scanner stopped")?;
+    // The walker dropped its sender: the uploader drains and ends.
+    let uploaded = uploader.await.context("the uploader stopped")?;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let (root, updates, errors) = walked?;
+    uploaded?;
+
+    let c = &counters;
+    let snapshot = Snapshot {
+        time_ns,
+        host,
+        agent: repo.agent.clone(),
+        paths,
+        root,
+        parent,
+        tags: opts.tags.clone(),
+        summary: Summary {
+            files: c.files.load(Ordering::Relaxed),
+            dirs: c.dirs.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            bytes_read: c.bytes_read.load(Ordering::Relaxed),
+            new_bytes: c.new_bytes.load(Ordering::Relaxed),
+            sent_bytes: c.sent_bytes.load(Ordering::Relaxed),
+            duration_ns: started.elapsed().as_nanos() as u64,
+            errors: errors.len() as u64,
+        },
+    };
+    let (id, record) = snapshot.seal(&repo.keys, random());
+    repo.cluster
+        .put_snapshot(id, Bytes::from(record))
+        .await
+        .context("storing the snapshot record")?;
+    tokio::task::spawn_blocking(move || index.commit(&updates))
+        .await
+        .context("index task")?
+        .context("updating the local index")?;
+    Ok(BackupReport {
+        id,
+        snapshot,
+        errors,
+    })
+}
+
+/// A chunk (or tree) on its way to the cluster, holding its share of the
+/// upload budget until it is stored or found present.
+struct Upload {
+    id: ChunkId,
+    data: Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+enum WalkError {
+    /// Skip this entry, report it, go on.
+    Skip(String),
+    /// Stop the backup.
+    Fatal(anyhow::Error),
+}
+
+impl From<std::io::Error> for WalkError {
+    fn from(e: std::io::Error) -> Self {
+        WalkError::Skip(e.to_string())
+    }
+}
+
+struct Walker {
+    repo: Arc<Repo>,
+    chunker: Chunker,
+    index: IndexReader,
+    tx: mpsc::Sender<Upload>,
+    budget: Arc<Semaphore>,
+    handle: tokio::runtime::Handle,
+    counters: Arc<Counters>,
+    updates: Vec<(Vec<u8>, FileRecord)>,
+    errors: Vec<(PathBuf, String)>,
+}
+
+impl Walker {
+    /// Hands a chunk to the uploader, waiting for room in the budget.
+    fn send(&self, id: ChunkId, data: Bytes) -> Result<(), WalkError> {
+        let permits = u32::try_from(data.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let permit = self
+            .handle
+            .block_on(self.budget.clone().acquire_many_owned(permits))
+            .map_err(|_| WalkError::Fatal(anyhow::anyhow!("upload budget closed")))?;
+        self.tx
+            .blocking_send(Upload {
+                id,
+                data,
+                _permit: permit,
+            })
+            .map_err(|_| WalkError::Fatal(anyhow::anyhow!("the uploader stopped (see its error)")))
+    }
+
+    fn store_tree(&self, tree: &Tree) -> anyhow::Result<ChunkId> {
+        let encoded = tree.encode();
+        if encoded.len() > seal::MAX_PLAINTEXT {
+            bail!(
+                "a directory with {} entries is too large for one tree blob",
+                tree.entries.len()
+            );
+        }
+        let id = self.repo.keys.chunk_id(&encoded);
+        match self.send(id, Bytes::from(encoded)) {
+            Ok(()) => Ok(id),
+            Err(WalkError::Fatal(e)) => Err(e),
+            Err(WalkError::Skip(e)) => Err(anyhow::anyhow!(e)),
+        }
+    }
+
+    /// The tree entry for `path`, or `None` when it is skipped (reported).
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: Vec<u8>,
+        meta: &std::fs::Metadata,
+    ) -> Result<Option<Entry>, WalkError> {
+        let ft = meta.file_type();
+        let (mtime_ns, ctime_ns) = times(meta);
+        let mut entry = Entry {
+            name,
+            kind: EntryKind::File,
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime_ns,
+            ctime_ns,
+            size: meta.len(),
+            inode: meta.ino(),
+            device: meta.dev(),
+            rdev: meta.rdev(),
+            xattrs: Vec::new(),
+            content: Content::None,
+        };
+        if ft.is_file() {
+            match self.file(path, meta) {
+                Ok(chunks) => {
+                    entry.content = Content::Chunks(chunks);
+                    self.counters.files.fetch_add(1, Ordering::Relaxed);
+                    self.counters.bytes.fetch_add(meta.len(), Ordering::Relaxed);
+                }
+                Err(WalkError::Skip(e)) => {
+                    self.skip(path, e);
+                    return Ok(None);
+                }
+                Err(fatal) => return Err(fatal),
+            }
+        } else if ft.is_dir() {
+            entry.kind = EntryKind::Dir;
+            entry.size = 0;
+            match self.dir(path) {
+                Ok(id) => entry.content = Content::Subtree(id),
+                Err(WalkError::Skip(e)) => {
+                    self.skip(path, e);
+                    return Ok(None);
+                }
+                Err(fatal) => return Err(fatal),
+            }
+        } else if ft.is_symlink() {
+            entry.kind = EntryKind::Symlink;
+            match std::fs::read_link(path) {
+                Ok(t) => entry.content = Content::Symlink(t.into_os_string().into_vec()),
+                Err(e) => {
+                    self.skip(path, e.to_string());
+                    return Ok(None);
+                }
+            }
+        } else {
+            entry.kind = if ft.is_fifo() {
+                EntryKind::Fifo
+            } else if ft.is_char_device() {
+                EntryKind::CharDevice
+            } else if ft.is_block_device() {
+                EntryKind::BlockDevice
+            } else {
+                EntryKind::Socket
+            };
+            entry.size = 0;
+        }
+        Ok(Some(entry))
+    }
+
+    fn skip(&mut self, path: &Path, why: String) {
+        tracing::warn!(path = %path.display(), error = %why, "skipped");
+        self.errors.push((path.to_owned(), why));
+    }
+
+    fn dir(&mut self, path: &Path) -> Result<ChunkId, WalkError> {
+        let mut children: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| (e.file_name().into_vec(), e.path())))
+            .collect::<Result<_, _>>()?;
+        children.sort();
+        let mut tree = Tree::default();
+        for (name, child) in children {
+            let meta = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.skip(&child, e.to_string());
+                    continue;
+                }
+            };
+            if let Some(e) = self.entry(&child, name, &meta)? {
+                tree.entries.push(e);
+            }
+        }
+        self.counters.dirs.fetch_add(1, Ordering::Relaxed);
+        self.store_tree(&tree).map_err(WalkError::Fatal)
+    }
+
+    /// A file's chunk list: from the index when its fingerprint is
+    /// unchanged, else by reading it.
+    fn file(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<Vec<ChunkId>, WalkError> {
+        let key = path.as_os_str().as_bytes();
+        let (mtime_ns, ctime_ns) = times(meta);
+        let now = fingerprint(meta, Vec::new());
+        if let Some(rec) = self.index.get(key) {
+            if rec.same_file(&now) {
+                return Ok(rec.chunks);
+            }
+        }
+        for _ in 0..READ_ATTEMPTS {
+            let read_start = now_ns();
+            let (chunks, before, after) = self.read_chunks(path)?;
+            if fingerprint(&before, Vec::new()).same_file(&fingerprint(&after, Vec::new())) {
+                let racy = mtime_ns.max(ctime_ns) >= read_start - RACY_WINDOW_NS;
+                if !racy {
+                    self.updates
+                        .push((key.to_vec(), fingerprint(&after, chunks.clone())));
+                }
+                return Ok(chunks);
+            }
+            tracing::debug!(path = %path.display(), "changed while read; reading again");
+        }
+        Err(WalkError::Skip(format!(
+            "kept changing while read ({READ_ATTEMPTS} attempts)"
+        )))
+    }
+
+    /// Reads, chunks and hands over a file; returns its chunks and its
+    /// metadata before and after the read.
+    fn read_chunks(
+        &mut self,
+        path: &Path,
+    ) -> Result<(Vec<ChunkId>, std::fs::Metadata, std::fs::Metadata), WalkError> {
+        let mut f = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let before = f.metadata()?;
+        if !before.is_file() {
+            return Err(WalkError::Skip("no longer a regular file".into()));
+        }
+        let max = self.chunker.max_size();
+        let first = usize::try_from(before.len())
+            .unwrap_or(usize::MAX)
+            .min(READ_BLOCK)
+            + 1;
+        let mut buf = BytesMut::with_capacity(first);
+        let mut eof = false;
+        let mut chunks = Vec::new();
+        loop {
+            while !eof && buf.len() < max {
+                let old = buf.len();
+                let want = if old == 0 { first } else { READ_BLOCK };
+                buf.resize(old + want, 0);
+                let n = read_full(&mut f, &mut buf[old..])?;
+                buf.truncate(old + n);
+                eof = n < want;
+                self.counters
+                    .bytes_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let Some(len) = self.chunker.cut(&buf, eof) else {
+                break;
+            };
+            let data = buf.split_to(len).freeze();
+            let id = self.repo.keys.chunk_id(&data);
+            self.send(id, data)?;
+            chunks.push(id);
+        }
+        let after = f.metadata()?;
+        Ok((chunks, before, after))
+    }
+}
+
+fn read_full(f: &mut File, mut buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut total = 0;
+    while !buf.is_empty() {
+        match f.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+fn fingerprint(m: &std::fs::Metadata, chunks: Vec<ChunkId>) -> FileRecord {
+    let (mtime_ns, ctime_ns) = times(m);
+    FileRecord {
+        size: m.len(),
+        mtime_ns,
+        ctime_ns,
+        inode: m.ino(),
+        device: m.dev(),
+        chunks,
+    }
+}
+
+/// Receives chunks, skips those seen or held by the cluster, seals and
+/// stores the rest, several batches at once.
+async fn upload_loop(
+    repo: Arc<Repo>,
+    mut rx: mpsc::Receiver<Upload>,
+    counters: Arc<Counters>,
+) -> anyhow::Result<()> {
+    let mut seen: HashSet<ChunkId> = HashSet::new();
+    let mut batch: Vec<Upload> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut inflight: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let limit = repo.config.upload_concurrency;
+    loop {
+        let next = rx.recv().await;
+        let done = next.is_none();
+        if let Some(u) = next {
+            if seen.len() >= SEEN_LIMIT {
+                seen.clear();
+            }
+            if seen.insert(u.id) {
+                batch_bytes += u.data.len();
+                batch.push(u);
+            }
+        }
+        if !batch.is_empty() && (done || batch.len() >= BATCH_CHUNKS || batch_bytes >= BATCH_BYTES)
+        {
+            while inflight.len() >= limit {
+                if let Some(r) = inflight.join_next().await {
+                    r.context("upload task")??;
+                }
+            }
+            let work = std::mem::take(&mut batch);
+            batch_bytes = 0;
+            inflight.spawn(upload_batch(repo.clone(), work, counters.clone()));
+        }
+        if done {
+            break;
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        r.context("upload task")??;
+    }
+    Ok(())
+}
+
+async fn upload_batch(
+    repo: Arc<Repo>,
+    batch: Vec<Upload>,
+    counters: Arc<Counters>,
+) -> anyhow::Result<()> {
+    let ids: Vec<ChunkId> = batch.iter().map(|u| u.id).collect();
+    let present = repo
+        .cluster
+        .has(&ids)
+        .await
+        .context("asking the cluster which chunks it holds")?;
+    let missing: Vec<Upload> = batch
+        .into_iter()
+        .zip(present)
+        .filter(|(_, p)| !p)
+        .map(|(u, _)| u)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let keys_repo = repo.clone();
+    let sealed =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(ChunkId, Bytes, usize)>> {
+            missing
+                .iter()
+                .map(|u| {
+                    let blob = seal::seal(&keys_repo.keys, &u.id, &u.data, random(), true)?;
+                    Ok((u.id, Bytes::from(blob), u.data.len()))
+                })
+                .collect()
+        })
+        .await
+        .context("sealing task")??;
+    let plain: u64 = sealed.iter().map(|(_, _, n)| *n as u64).sum();
+    let sent: u64 = sealed.iter().map(|(_, b, _)| b.len() as u64).sum();
+    repo.cluster
+        .put(sealed.into_iter().map(|(id, b, _)| (id, b)).collect())
+        .await
+        .context("storing chunks")?;
+    counters.new_bytes.fetch_add(plain, Ordering::Relaxed);
+    counters.sent_bytes.fetch_add(sent, Ordering::Relaxed);
+    Ok(())
+}
+
+struct Progress {
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(counters: Arc<Counters>) -> Self {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        let b = bar.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                let c = &counters;
+                b.set_message(format!(
+                    "{} files, {} read, {} new, {} sent",
+                    c.files.load(Ordering::Relaxed),
+                    indicatif::HumanBytes(c.bytes_read.load(Ordering::Relaxed)),
+                    indicatif::HumanBytes(c.new_bytes.load(Ordering::Relaxed)),
+                    indicatif::HumanBytes(c.sent_bytes.load(Ordering::Relaxed)),
+                ));
+                b.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { bar, ticker }
+    }
+
+    fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The host name for snapshots: the configured one, else the system's.
+pub fn host_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Lossy display of raw name bytes.
+pub fn display_name(name: &[u8]) -> String {
+    OsStr::from_bytes(name).to_string_lossy().into_owned()
+}

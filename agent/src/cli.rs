@@ -1,0 +1,509 @@
+//! The `ringvault` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ringvault_common::SnapshotId;
+use ringvault_common::keys::KdfParams;
+use ringvault_common::snapshot::Snapshot;
+use ringvault_common::tree::{Content, Entry, EntryKind};
+use serde_json::json;
+
+use crate::backup::{self, BackupOptions, display_name};
+use crate::client::ClientError;
+use crate::cluster::{self, ClusterInit};
+use crate::quickstart;
+use crate::repo::{self, WrongPassword};
+use crate::restore;
+
+/// Exit code: the backup or restore finished but skipped some entries.
+pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit code: the cluster could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 10;
+/// Exit code: the password does not open the repository.
+pub const EXIT_WRONG_PASSWORD: u8 = 12;
+
+/// ringvault: continuous, deduplicating, encrypted backup to a replicated
+/// cluster of chunk servers.
+#[derive(Parser, Debug)]
+#[command(name = "ringvault", version, about)]
+pub struct Cli {
+    /// Agent config file [default: $RINGVAULT_CONFIG, the user's
+    /// config dir's agent.toml, or the quickstart's].
+    #[arg(long, global = true, env = "RINGVAULT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Read the repository password from this file.
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Set up a local three-node cluster and a repository, and back up DIR.
+    Quickstart {
+        /// The directory to back up.
+        #[arg(required_unless_present = "stop")]
+        dir: Option<PathBuf>,
+        /// Stop the quickstart's servers instead.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Create the repository on the cluster.
+    Init,
+    /// Back up files and directories into a new snapshot.
+    Backup {
+        /// Files and directories to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Tag the snapshot (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List snapshots.
+    Snapshots,
+    /// List a directory of a snapshot.
+    Ls {
+        /// Snapshot id (a unique prefix) or `latest`.
+        snapshot: String,
+        /// Path inside the snapshot, `/`-separated.
+        path: Option<String>,
+    },
+    /// Restore a snapshot (or part of it) into a directory.
+    Restore {
+        /// Snapshot id (a unique prefix) or `latest`.
+        snapshot: String,
+        /// Restore only this path inside the snapshot.
+        #[arg(long)]
+        path: Option<String>,
+        /// Directory to restore into (created if missing).
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// Cluster administration.
+    Cluster {
+        /// Cluster subcommand.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// `ringvault cluster ...`
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Make a CA, node and agent certificates, configs and the cluster map.
+    Init(ClusterInitArgs),
+}
+
+/// Arguments of `cluster init`.
+#[derive(Args, Debug)]
+pub struct ClusterInitArgs {
+    /// Output directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Host name or IP of each node (repeat once per node, or once for all).
+    #[arg(long = "host", default_value = "127.0.0.1")]
+    hosts: Vec<String>,
+    /// Port of node 1; node i listens on base-port + i - 1.
+    #[arg(long, default_value_t = 7401)]
+    base_port: u16,
+    /// Repository named in the agent certificate.
+    #[arg(long, default_value = "default")]
+    repository: String,
+    /// Agent id named in the agent certificate.
+    #[arg(long, default_value = "agent-1")]
+    agent_id: String,
+    /// N: copies of every chunk [default: min(3, nodes)].
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// W: durable copies before a write is acknowledged [default: min(2, N)].
+    #[arg(long)]
+    write_quorum: Option<u32>,
+}
+
+/// Runs the CLI: parses arguments, runs the command, prints errors with
+/// their causes, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGVAULT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<WrongPassword>() {
+            return EXIT_WRONG_PASSWORD;
+        }
+        if let Some(ClientError::Unreachable(_)) = cause.downcast_ref::<ClientError>() {
+            return EXIT_UNREACHABLE;
+        }
+    }
+    1
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let progress = !cli.no_progress && !cli.json && std::io::stderr().is_terminal();
+    match &cli.command {
+        Command::Quickstart { dir, stop } => {
+            if *stop {
+                let n = quickstart::stop(&quickstart::home()?)?;
+                println!("stopped {n} quickstart server(s)");
+                return Ok(0);
+            }
+            let dir = dir.as_deref().context("quickstart needs a directory")?;
+            run_quickstart(&cli, dir, progress).await
+        }
+        Command::Init => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let password = repo::password(&loaded.config, cli.password_file.as_deref(), true)?;
+            repo::init(&loaded.config, &password, KdfParams::default()).await?;
+            println!(
+                "created repository {} on the cluster",
+                loaded.config.repository
+            );
+            Ok(0)
+        }
+        Command::Backup { paths, tags } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let report = backup::backup(
+                r.clone(),
+                BackupOptions {
+                    paths: paths.clone(),
+                    tags: tags.clone(),
+                    progress,
+                },
+            )
+            .await?;
+            r.cluster.close().await;
+            print_backup(&cli, &report);
+            Ok(if report.errors.is_empty() {
+                0
+            } else {
+                EXIT_INCOMPLETE
+            })
+        }
+        Command::Snapshots => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let snaps = r.snapshots().await?;
+            r.cluster.close().await;
+            print_snapshots(&cli, &snaps);
+            Ok(0)
+        }
+        Command::Ls { snapshot, path } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let (id, snap) = r.find_snapshot(snapshot).await?;
+            let root = r.read_tree(snap.root).await?;
+            let entries = match path
+                .as_deref()
+                .map(|p| p.trim_matches('/'))
+                .filter(|p| !p.is_empty())
+            {
+                None => root.entries,
+                Some(p) => {
+                    let e = restore::find_entry(&r, root.entries, p).await?;
+                    match e.content {
+                        Content::Subtree(t) => r.read_tree(t).await?.entries,
+                        _ => vec![e],
+                    }
+                }
+            };
+            r.cluster.close().await;
+            print_ls(&cli, &id, &entries);
+            Ok(0)
+        }
+        Command::Restore {
+            snapshot,
+            path,
+            target,
+        } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let (id, snap) = r.find_snapshot(snapshot).await?;
+            let report = restore::restore(r.clone(), &snap, path.as_deref(), target).await?;
+            r.cluster.close().await;
+            for b in &report.bad_copies {
+                eprintln!(
+                    "warning: bad copy of chunk {} on {}: {} (read from another replica)",
+                    b.chunk, b.node, b.reason
+                );
+            }
+            for (p, e) in &report.errors {
+                eprintln!("error: {}: {e}", p.display());
+            }
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "snapshot": id.to_hex(), "files": report.files, "dirs": report.dirs,
+                        "bytes": report.bytes, "errors": report.errors.len(),
+                        "bad_copies": report.bad_copies.iter().map(|b| json!({
+                            "chunk": b.chunk.to_hex(), "node": b.node.0, "reason": b.reason})).collect::<Vec<_>>(),
+                    })
+                );
+            } else {
+                println!(
+                    "restored snapshot {} to {}: {} files, {} directories, {}{}",
+                    id.short(),
+                    target.display(),
+                    report.files,
+                    report.dirs,
+                    indicatif::HumanBytes(report.bytes),
+                    if report.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} errors", report.errors.len())
+                    }
+                );
+            }
+            Ok(if report.errors.is_empty() {
+                0
+            } else {
+                EXIT_INCOMPLETE
+            })
+        }
+        Command::Cluster {
+            command: ClusterCommand::Init(a),
+        } => {
+            let replicas = a.replicas.unwrap_or(a.nodes.min(3));
+            let layout = cluster::init(&ClusterInit {
+                dir: a.dir.clone(),
+                nodes: a.nodes,
+                hosts: a.hosts.clone(),
+                ports: vec![],
+                base_port: a.base_port,
+                repository: a.repository.clone(),
+                agent_id: a.agent_id.clone(),
+                replicas,
+                write_quorum: a.write_quorum.unwrap_or(replicas.min(2)),
+            })?;
+            println!("cluster map: {}", layout.map.display());
+            for c in &layout.node_configs {
+                println!(
+                    "node config: {}   (run: ringvault-chunkserver --config {})",
+                    c.display(),
+                    c.display()
+                );
+            }
+            println!(
+                "agent config: {}   (use: ringvault --config {} init)",
+                layout.agent_config.display(),
+                layout.agent_config.display()
+            );
+            println!(
+                "keep {} offline: it signs new certificates",
+                a.dir.join("ca.key").display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool) -> anyhow::Result<u8> {
+    let home = quickstart::home()?;
+    let agent_path = quickstart::ensure_layout(&home)?;
+    let loaded = repo::load_config(Some(&agent_path))?;
+    let started = quickstart::start_servers(&home, &loaded.config).await?;
+    if started > 0 {
+        eprintln!(
+            "started {started} chunk server(s) on {}",
+            loaded.config.servers.join(", ")
+        );
+    } else {
+        eprintln!(
+            "reusing the running chunk servers on {}",
+            loaded.config.servers.join(", ")
+        );
+    }
+    if quickstart::ensure_repository(&loaded.config).await? {
+        eprintln!(
+            "created the repository; its password is in {} (keep a copy elsewhere)",
+            home.join("password").display()
+        );
+    }
+    let r = repo::open(&loaded.config, None).await?;
+    let report = backup::backup(
+        r.clone(),
+        BackupOptions {
+            paths: vec![dir.to_owned()],
+            tags: vec![],
+            progress,
+        },
+    )
+    .await?;
+    r.cluster.close().await;
+    print_backup(cli, &report);
+    if !cli.json {
+        let cfg = agent_path.display();
+        println!();
+        println!("Your files are in a three-node cluster on this machine. Next:");
+        println!("  ringvault --config {cfg} snapshots");
+        println!("  ringvault --config {cfg} ls latest");
+        println!("  ringvault --config {cfg} restore latest --target /tmp/ringvault-restore");
+        println!("  ringvault quickstart --stop        # stop the local cluster");
+        println!("(--config may be left out: ringvault finds the quickstart's config by itself)");
+    }
+    Ok(if report.errors.is_empty() {
+        0
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
+fn print_backup(cli: &Cli, report: &backup::BackupReport) {
+    for (p, e) in &report.errors {
+        eprintln!("warning: skipped {}: {e}", p.display());
+    }
+    let s = &report.snapshot.summary;
+    if cli.json {
+        println!(
+            "{}",
+            json!({ "snapshot": report.id.to_hex(), "summary": summary_json(&report.snapshot) })
+        );
+        return;
+    }
+    println!("snapshot {} saved", report.id.short());
+    println!(
+        "  files: {}{}, read: {}, new: {}, sent: {}, took {:.1} s",
+        s.files,
+        if s.errors > 0 {
+            format!(" ({} skipped)", s.errors)
+        } else {
+            String::new()
+        },
+        indicatif::HumanBytes(s.bytes_read),
+        indicatif::HumanBytes(s.new_bytes),
+        indicatif::HumanBytes(s.sent_bytes),
+        s.duration_ns as f64 / 1e9
+    );
+}
+
+fn summary_json(s: &Snapshot) -> serde_json::Value {
+    let m = &s.summary;
+    json!({
+        "files": m.files, "dirs": m.dirs, "bytes": m.bytes, "bytes_read": m.bytes_read,
+        "new_bytes": m.new_bytes, "sent_bytes": m.sent_bytes, "duration_ns": m.duration_ns,
+        "errors": m.errors,
+    })
+}
+
+fn format_time(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {
+    let paths = |s: &Snapshot| s.paths.iter().map(|p| display_name(p)).collect::<Vec<_>>();
+    if cli.json {
+        let list: Vec<_> = snaps
+            .iter()
+            .map(|(id, s)| {
+                json!({
+                    "id": id.to_hex(), "short_id": id.short(), "time": format_time(s.time_ns),
+                    "host": s.host, "agent": s.agent, "paths": paths(s), "tags": s.tags,
+                    "root": s.root.to_hex(), "parent": s.parent.map(|p| p.to_hex()),
+                    "summary": summary_json(s),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    println!(
+        "{:<8}  {:<20}  {:<12}  {:>8}  {:>10}  PATHS",
+        "ID", "TIME", "HOST", "FILES", "SIZE"
+    );
+    for (id, s) in snaps {
+        println!(
+            "{:<8}  {:<20}  {:<12}  {:>8}  {:>10}  {}",
+            id.short(),
+            format_time(s.time_ns),
+            s.host,
+            s.summary.files,
+            indicatif::HumanBytes(s.summary.bytes).to_string(),
+            paths(s).join(", ")
+        );
+    }
+    println!("{} snapshot(s)", snaps.len());
+}
+
+fn kind_name(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Fifo => "fifo",
+        EntryKind::CharDevice => "chardev",
+        EntryKind::BlockDevice => "blockdev",
+        EntryKind::Socket => "socket",
+    }
+}
+
+fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
+    if cli.json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "name": display_name(&e.name), "kind": kind_name(e.kind), "mode": e.mode & 0o7777,
+                    "size": e.size, "mtime": format_time(e.mtime_ns), "uid": e.uid, "gid": e.gid,
+                    "target": match &e.content { Content::Symlink(t) => Some(display_name(t)), _ => None },
+                })
+            })
+            .collect();
+        println!("{}", json!({ "snapshot": id.to_hex(), "entries": list }));
+        return;
+    }
+    for e in entries {
+        let suffix = match (&e.kind, &e.content) {
+            (EntryKind::Dir, _) => "/".to_owned(),
+            (_, Content::Symlink(t)) => format!(" -> {}", display_name(t)),
+            _ => String::new(),
+        };
+        println!(
+            "{:<8} {:o} {:>12} {}  {}{}",
+            kind_name(e.kind),
+            e.mode & 0o7777,
+            e.size,
+            format_time(e.mtime_ns),
+            display_name(&e.name).escape_debug(),
+            suffix
+        );
+    }
+}

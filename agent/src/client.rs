@@ -1,0 +1,534 @@
+//! The agent's view of the cluster: connections to the servers, the cluster
+//! map learned at hello, and requests routed by placement with failover.
+//!
+//! A server that fails to answer is marked down for [`DOWN_FOR`] and routed
+//! around: blobs go to their first live replica, reads try replicas in
+//! placement order, records go to any live server.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use quinn::{Connection, Endpoint};
+use ringvault_chunkserver::net::{self, CallError};
+use ringvault_common::placement::ClusterMap;
+use ringvault_common::wire::{ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response};
+use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
+
+/// How long a server that failed stays routed around.
+pub const DOWN_FOR: Duration = Duration::from_secs(20);
+
+/// Errors talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No configured server answered.
+    #[error("cluster unreachable: no server answered ({0})")]
+    Unreachable(String),
+    /// A server refused our certificate.
+    #[error("{0}")]
+    CertificateRefused(String),
+    /// Too few replicas stored a write.
+    #[error(
+        "write quorum not reached: chunk {chunk} has {copies} durable copies, {needed} required ({reason})"
+    )]
+    QuorumNotReached {
+        /// A chunk that fell short.
+        chunk: ChunkId,
+        /// Copies it has.
+        copies: u32,
+        /// W.
+        needed: u32,
+        /// What the servers said.
+        reason: String,
+    },
+    /// No live server holds the blob or record.
+    #[error("{0} not found on any reachable server")]
+    NotFound(String),
+    /// A server answered with an error.
+    #[error("server {node}: {error}")]
+    Server {
+        /// Which server.
+        node: NodeId,
+        /// Its error.
+        error: CallError,
+    },
+    /// The servers speak another protocol.
+    #[error("protocol mismatch: {0}")]
+    Protocol(String),
+}
+
+/// A copy of a blob that a server held but that was not good.
+#[derive(Clone, Debug)]
+pub struct BadCopy {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// The server holding the bad copy.
+    pub node: NodeId,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// Connections to a cluster, for one repository.
+pub struct Cluster {
+    endpoint: Endpoint,
+    repo: RepoId,
+    map: ClusterMap,
+    conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
+    down: Mutex<HashMap<NodeId, Instant>>,
+    bad_copies: Mutex<Vec<BadCopy>>,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// Connects to the first of `servers` that answers hello and learns the
+    /// cluster map from it.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] listing why each server failed,
+    /// [`ClientError::CertificateRefused`], [`ClientError::Protocol`].
+    pub async fn connect(
+        endpoint: Endpoint,
+        repo: RepoId,
+        servers: &[String],
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut reasons = Vec::new();
+        let connect_timeout = timeout.min(Duration::from_secs(5));
+        for addr in servers {
+            let conn = match net::connect(&endpoint, addr, connect_timeout).await {
+                Ok(c) => c,
+                Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
+                Err(e) => {
+                    reasons.push(format!("{addr}: {e}"));
+                    continue;
+                }
+            };
+            let hello = Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                epoch: 0,
+            };
+            match net::call(&conn, &hello, vec![], connect_timeout).await {
+                Ok((Response::Hello { node, map, .. }, _)) => {
+                    map.validate().map_err(|e| {
+                        ClientError::Protocol(format!("server sent a bad map: {e}"))
+                    })?;
+                    let mut conns = HashMap::new();
+                    conns.insert(node, conn);
+                    return Ok(Self {
+                        endpoint,
+                        repo,
+                        map,
+                        conns: tokio::sync::Mutex::new(conns),
+                        down: Mutex::new(HashMap::new()),
+                        bad_copies: Mutex::new(Vec::new()),
+                        timeout,
+                    });
+                }
+                Ok((other, _)) => reasons.push(format!("{addr}: unexpected hello reply {other:?}")),
+                Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
+                Err(CallError::Remote(e)) if e.code == ErrorCode::VersionMismatch => {
+                    return Err(ClientError::Protocol(e.message));
+                }
+                Err(e) => reasons.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(ClientError::Unreachable(reasons.join("; ")))
+    }
+
+    /// The cluster map.
+    pub fn map(&self) -> &ClusterMap {
+        &self.map
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &RepoId {
+        &self.repo
+    }
+
+    /// Bad copies met by reads so far.
+    pub fn bad_copies(&self) -> Vec<BadCopy> {
+        self.bad_copies
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Notes a bad copy (reported at the end of a restore).
+    pub fn report_bad_copy(&self, chunk: ChunkId, node: NodeId, reason: String) {
+        tracing::warn!(chunk = %chunk, node = %node, %reason, "bad copy");
+        if let Ok(mut v) = self.bad_copies.lock() {
+            v.push(BadCopy {
+                chunk,
+                node,
+                reason,
+            });
+        }
+    }
+
+    /// Closes connections and waits briefly for them to drain.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    fn is_down(&self, node: NodeId) -> bool {
+        self.down
+            .lock()
+            .map(|d| d.get(&node).is_some_and(|t| t.elapsed() < DOWN_FOR))
+            .unwrap_or(false)
+    }
+
+    fn mark_down(&self, node: NodeId, why: &dyn std::fmt::Display) {
+        tracing::warn!(node = %node, reason = %why, "server unreachable; routing around it");
+        if let Ok(mut d) = self.down.lock() {
+            d.insert(node, Instant::now());
+        }
+    }
+
+    /// Live nodes in map order.
+    fn live_nodes(&self) -> Vec<NodeId> {
+        self.map
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|&n| !self.is_down(n))
+            .collect()
+    }
+
+    async fn conn(&self, node: NodeId) -> Result<Connection, CallError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&node) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let addr = self
+            .map
+            .node(node)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| CallError::Connect {
+                addr: node.to_string(),
+                reason: "not in the cluster map".into(),
+            })?;
+        let conn = net::connect(
+            &self.endpoint,
+            &addr,
+            self.timeout.min(Duration::from_secs(5)),
+        )
+        .await?;
+        conns.insert(node, conn.clone());
+        Ok(conn)
+    }
+
+    /// One request to one server; connection failures mark it down.
+    async fn call(
+        &self,
+        node: NodeId,
+        req: &Request,
+        payload: Vec<Bytes>,
+    ) -> Result<(Response, Bytes), ClientError> {
+        let result = match self.conn(node).await {
+            Ok(conn) => net::call(&conn, req, payload, self.timeout).await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|error| {
+            match &error {
+                CallError::CertificateRefused(e) => return refused(&node.to_string(), e),
+                CallError::Connect { .. } | CallError::Connection(_) | CallError::Timeout(_) => {
+                    self.mark_down(node, &error);
+                }
+                CallError::Frame(_) | CallError::Remote(_) => {}
+            }
+            ClientError::Server { node, error }
+        })
+    }
+
+    /// One request to any live server, moving on to the next when one is
+    /// unreachable. Errors the server itself returns are final.
+    async fn call_any(
+        &self,
+        req: &Request,
+        payload: Vec<Bytes>,
+    ) -> Result<(NodeId, Response, Bytes), ClientError> {
+        let mut reasons = Vec::new();
+        for node in self.live_nodes() {
+            match self.call(node, req, payload.clone()).await {
+                Ok((r, p)) => return Ok((node, r, p)),
+                Err(ClientError::Server {
+                    node,
+                    error: CallError::Remote(e),
+                }) => {
+                    return Err(ClientError::Server {
+                        node,
+                        error: CallError::Remote(e),
+                    });
+                }
+                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        Err(ClientError::Unreachable(if reasons.is_empty() {
+            "every server is marked down".into()
+        } else {
+            reasons.join("; ")
+        }))
+    }
+
+    /// Which of `ids` the cluster holds with at least W copies.
+    ///
+    /// # Errors
+    /// [`ClientError`] when no server answers.
+    pub async fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, ClientError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(MAX_HAS_IDS) {
+            let req = Request::Has {
+                repo: self.repo.clone(),
+                ids: part.to_vec(),
+                local_only: false,
+            };
+            match self.call_any(&req, vec![]).await? {
+                (_, Response::Has { present }, _) if present.len() == part.len() => {
+                    out.extend(present)
+                }
+                (node, other, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "{node} answered has with {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores sealed blobs: each goes once, to its first live replica, which
+    /// replicates it; succeeds when every blob has W durable copies.
+    ///
+    /// # Errors
+    /// [`ClientError::QuorumNotReached`], or unreachable servers.
+    pub async fn put(&self, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), ClientError> {
+        let mut pending = blobs;
+        // Each round routes around the servers the last one found down.
+        for _round in 0..=self.map.nodes.len() {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut groups: HashMap<NodeId, Vec<(ChunkId, Bytes)>> = HashMap::new();
+            for (id, blob) in pending.drain(..) {
+                let Some(target) = self
+                    .map
+                    .replicas(&id)
+                    .into_iter()
+                    .find(|n| !self.is_down(*n))
+                else {
+                    return Err(ClientError::QuorumNotReached {
+                        chunk: id,
+                        copies: 0,
+                        needed: self.map.write_quorum,
+                        reason: "every replica is down".into(),
+                    });
+                };
+                groups.entry(target).or_default().push((id, blob));
+            }
+            let mut calls: FuturesUnordered<_> = groups
+                .into_iter()
+                .map(|(node, batch)| async move {
+                    let req = Request::PutBlobs {
+                        repo: self.repo.clone(),
+                        blobs: batch.iter().map(|(id, b)| (*id, b.len() as u32)).collect(),
+                        local_only: false,
+                    };
+                    let payload = batch.iter().map(|(_, b)| b.clone()).collect();
+                    (node, batch, self.call(node, &req, payload).await)
+                })
+                .collect();
+            while let Some((node, batch, result)) = calls.next().await {
+                match result {
+                    Ok((Response::Put { copies }, _)) if copies.len() == batch.len() => {
+                        let w = self.map.write_quorum;
+                        if let Some(i) = copies.iter().position(|&c| c < w) {
+                            return Err(ClientError::QuorumNotReached {
+                                chunk: batch[i].0,
+                                copies: copies[i],
+                                needed: w,
+                                reason: format!("coordinated by {node}; replicas unreachable"),
+                            });
+                        }
+                    }
+                    Ok((other, _)) => {
+                        return Err(ClientError::Protocol(format!(
+                            "{node} answered put with {other:?}"
+                        )));
+                    }
+                    // Unreachable coordinator: retry its blobs elsewhere.
+                    Err(ClientError::Server {
+                        error:
+                            CallError::Connect { .. } | CallError::Connection(_) | CallError::Timeout(_),
+                        ..
+                    }) => {
+                        pending.extend(batch);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        match pending.first() {
+            None => Ok(()),
+            Some((id, _)) => Err(ClientError::QuorumNotReached {
+                chunk: *id,
+                copies: 0,
+                needed: self.map.write_quorum,
+                reason: "no replica answered".into(),
+            }),
+        }
+    }
+
+    /// Fetches a blob, trying servers in placement order; `accept` checks it
+    /// (decrypts and verifies) and a copy it rejects is reported as bad and
+    /// the next server is tried.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] when no live server has a good copy.
+    pub async fn get<T>(
+        &self,
+        id: &ChunkId,
+        accept: impl Fn(Bytes) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let mut notes = Vec::new();
+        for node in self.map.ranked(id) {
+            if self.is_down(node) {
+                continue;
+            }
+            let req = Request::GetBlob {
+                repo: self.repo.clone(),
+                id: *id,
+            };
+            match self.call(node, &req, vec![]).await {
+                Ok((Response::Data, blob)) => match accept(blob) {
+                    Ok(v) => return Ok(v),
+                    Err(reason) => self.report_bad_copy(*id, node, reason),
+                },
+                Ok((other, _)) => notes.push(format!("{node}: unexpected {other:?}")),
+                Err(ClientError::Server {
+                    error: CallError::Remote(e),
+                    ..
+                }) if e.code == ErrorCode::NotFound => {}
+                Err(ClientError::Server {
+                    error: CallError::Remote(e),
+                    ..
+                }) if e.code == ErrorCode::Corrupt => {
+                    self.report_bad_copy(*id, node, e.message);
+                }
+                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(e) => notes.push(e.to_string()),
+            }
+        }
+        Err(ClientError::NotFound(if notes.is_empty() {
+            format!("chunk {id}")
+        } else {
+            format!("chunk {id} ({})", notes.join("; "))
+        }))
+    }
+
+    /// Stores a sealed snapshot record on the cluster (W servers at least).
+    ///
+    /// # Errors
+    /// [`ClientError`] when no server takes it.
+    pub async fn put_snapshot(&self, id: SnapshotId, record: Bytes) -> Result<(), ClientError> {
+        let req = Request::PutSnapshot {
+            repo: self.repo.clone(),
+            id,
+            local_only: false,
+        };
+        self.call_any(&req, vec![record]).await.map(|_| ())
+    }
+
+    /// Every snapshot record held by any live server, deduplicated by id.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] when no server answers.
+    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Bytes)>, ClientError> {
+        let req = Request::ListSnapshots {
+            repo: self.repo.clone(),
+        };
+        let nodes = self.live_nodes();
+        let mut asks: FuturesUnordered<_> =
+            nodes.iter().map(|&n| self.call(n, &req, vec![])).collect();
+        let mut all: HashMap<SnapshotId, Bytes> = HashMap::new();
+        let mut answered = 0;
+        let mut reasons = Vec::new();
+        while let Some(r) = asks.next().await {
+            match r {
+                Ok((Response::Snapshots { records }, payload)) => {
+                    answered += 1;
+                    let mut off = 0usize;
+                    for (id, len) in records {
+                        let end = off + len as usize;
+                        if end > payload.len() {
+                            break;
+                        }
+                        all.entry(id).or_insert_with(|| payload.slice(off..end));
+                        off = end;
+                    }
+                }
+                Ok(_) => {}
+                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        if answered == 0 {
+            return Err(ClientError::Unreachable(reasons.join("; ")));
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Stores the wrapped repository key on every server (W at least).
+    ///
+    /// # Errors
+    /// [`ClientError`]; a server holding a different key answers `Exists`.
+    pub async fn put_key(&self, key: Bytes) -> Result<(), ClientError> {
+        let req = Request::PutKey {
+            repo: self.repo.clone(),
+            local_only: false,
+        };
+        self.call_any(&req, vec![key]).await.map(|_| ())
+    }
+
+    /// The wrapped repository key, from the first server that has it.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] when no live server has one.
+    pub async fn get_key(&self) -> Result<Bytes, ClientError> {
+        let req = Request::GetKey {
+            repo: self.repo.clone(),
+        };
+        let mut reasons = Vec::new();
+        for node in self.live_nodes() {
+            match self.call(node, &req, vec![]).await {
+                Ok((Response::Data, key)) => return Ok(key),
+                Ok(_) => {}
+                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(ClientError::Server {
+                    error: CallError::Remote(e),
+                    ..
+                }) if e.code == ErrorCode::NotFound => {}
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        if reasons.len() == self.map.nodes.len() {
+            return Err(ClientError::Unreachable(reasons.join("; ")));
+        }
+        Err(ClientError::NotFound(format!(
+            "the key of repository {} (run `ringvault init` first)",
+            self.repo
+        )))
+    }
+}
+
+fn refused(addr: &str, detail: &str) -> ClientError {
+    ClientError::CertificateRefused(format!(
+        "certificate refused by {addr}: the server does not accept this agent's certificate, or this agent does not trust the server's (are both signed by the same cluster CA?) [{detail}]"
+    ))
+}

@@ -1,0 +1,213 @@
+//! `ringvault quickstart DIR`: the whole system on one machine.
+//!
+//! Under `<data dir>/quickstart` it makes (once) a cluster CA, three node
+//! configs on free loopback ports, an agent config and a random repository
+//! password (mode 0600); starts three `ringvault-chunkserver` processes in
+//! the background (or reuses those already answering); initializes the
+//! repository if needed; and backs up DIR. `--stop` stops the servers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ringvault_common::config::AgentConfig;
+use ringvault_common::keys::KdfParams;
+
+use crate::client::{ClientError, Cluster};
+use crate::cluster::{self, ClusterInit};
+use crate::fsutil::write_private;
+use crate::repo;
+
+/// Nodes in the quickstart cluster.
+const NODES: u32 = 3;
+
+/// The quickstart's home: `<data dir>/quickstart`.
+///
+/// # Errors
+/// When no data directory can be found.
+pub fn home() -> anyhow::Result<PathBuf> {
+    Ok(repo::data_dir()?.join("quickstart"))
+}
+
+/// Makes the quickstart's files if they do not exist yet; returns the agent
+/// config path.
+///
+/// # Errors
+/// When files cannot be written or no free port is found.
+pub fn ensure_layout(home: &Path) -> anyhow::Result<PathBuf> {
+    let agent = home.join("agent").join("agent.toml");
+    if agent.exists() {
+        return Ok(agent);
+    }
+    if home.join("ca.pem").exists() {
+        bail!(
+            "{} is incomplete (no agent/agent.toml); move it aside to start afresh",
+            home.display()
+        );
+    }
+    let ports = free_udp_ports(NODES as usize)?;
+    let layout = cluster::init(&ClusterInit {
+        dir: home.to_owned(),
+        nodes: NODES,
+        hosts: vec!["127.0.0.1".into()],
+        ports,
+        base_port: 0,
+        repository: "default".into(),
+        agent_id: "quickstart".into(),
+        replicas: 3,
+        write_quorum: 2,
+    })?;
+    let password: String = repo::random::<18>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_private(&home.join("password"), password.as_bytes())
+        .context("writing the password file")?;
+    let mut cfg = std::fs::read_to_string(&layout.agent_config)?;
+    cfg.push_str("password-file = \"../password\"\n");
+    std::fs::write(&layout.agent_config, cfg)?;
+    Ok(layout.agent_config)
+}
+
+fn free_udp_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    // Hold all sockets at once so the ports differ; they are released
+    // before the servers bind them.
+    let sockets = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free UDP ports")?;
+    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+/// Finds `ringvault-chunkserver`: next to this executable, then on PATH.
+///
+/// # Errors
+/// When it is in neither place.
+pub fn chunkserver_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    if let Some(dir) = exe.parent() {
+        let beside = dir.join("ringvault-chunkserver");
+        if beside.is_file() {
+            return Ok(beside);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("ringvault-chunkserver");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "cannot find ringvault-chunkserver next to {} or on PATH; build both with `cargo build --release --locked`",
+        exe.display()
+    )
+}
+
+/// Starts every node of the layout that does not answer yet, and waits
+/// until all answer. Returns how many it started.
+///
+/// # Errors
+/// When a server cannot be started or does not come up within 20 s (its
+/// log is named).
+pub async fn start_servers(home: &Path, agent: &AgentConfig) -> anyhow::Result<usize> {
+    let (endpoint_cfg, repo_id) = (agent.clone(), agent.repo());
+    let mut started = 0;
+    for (i, addr) in agent.servers.iter().enumerate() {
+        if answers(&endpoint_cfg, addr).await {
+            continue;
+        }
+        let node_dir = home.join(format!("node-{}", i + 1));
+        let log = std::fs::File::create(node_dir.join("server.log"))?;
+        let child = Command::new(chunkserver_binary()?)
+            .arg("--config")
+            .arg(node_dir.join("chunkserver.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting ringvault-chunkserver")?;
+        std::fs::write(node_dir.join("pid"), child.id().to_string())?;
+        started += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, addr) in agent.servers.iter().enumerate() {
+        while !answers(&endpoint_cfg, addr).await {
+            if Instant::now() > deadline {
+                bail!(
+                    "server {addr} ({}) did not come up; see {}",
+                    repo_id,
+                    home.join(format!("node-{}/server.log", i + 1)).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(started)
+}
+
+use std::os::unix::process::CommandExt;
+
+async fn answers(config: &AgentConfig, addr: &str) -> bool {
+    let mut one = config.clone();
+    one.servers = vec![addr.to_owned()];
+    one.request_timeout_ms = 1000;
+    match repo::connect(&one).await {
+        Ok((cluster, _)) => {
+            cluster.close().await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Stops the quickstart's servers (SIGTERM to the recorded pids).
+///
+/// # Errors
+/// When the quickstart has not been set up.
+pub fn stop(home: &Path) -> anyhow::Result<usize> {
+    let mut stopped = 0;
+    for i in 1..=NODES {
+        let pid_file = home.join(format!("node-{i}/pid"));
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+            continue;
+        };
+        let pid = pid.trim();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let ok = Command::new("kill")
+            .args(["-TERM", pid])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            stopped += 1;
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+    Ok(stopped)
+}
+
+/// Initializes the repository unless the cluster already has its key.
+///
+/// # Errors
+/// Connection or init errors.
+pub async fn ensure_repository(config: &AgentConfig) -> anyhow::Result<bool> {
+    let (cluster, _): (Cluster, _) = repo::connect(config).await?;
+    let exists = match cluster.get_key().await {
+        Ok(_) => true,
+        Err(ClientError::NotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    cluster.close().await;
+    if exists {
+        return Ok(false);
+    }
+    let password = repo::password(config, None, false)?;
+    repo::init(config, &password, KdfParams::default()).await?;
+    Ok(true)
+}
