@@ -381,7 +381,7 @@ impl Walker {
     /// unchanged, else by reading it.
     fn file(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<Vec<ChunkId>, WalkError> {
         let key = path.as_os_str().as_bytes();
-        let (mtime_ns, ctime_ns) = times(meta);
+        let (mtime_ns, _) = times(meta);
         let now = fingerprint(meta, Vec::new());
         if let Some(rec) = self.index.get(key) {
             if rec.same_file(&now) {
@@ -392,7 +392,7 @@ impl Walker {
             let read_start = now_ns();
             let (chunks, before, after) = self.read_chunks(path)?;
             if fingerprint(&before, Vec::new()).same_file(&fingerprint(&after, Vec::new())) {
-                let racy = mtime_ns.max(ctime_ns) >= read_start - RACY_WINDOW_NS;
+                let racy = mtime_ns >= read_start - RACY_WINDOW_NS;
                 if !racy {
                     self.updates
                         .push((key.to_vec(), fingerprint(&after, chunks.clone())));

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ringvault_common::SnapshotId;
+use ringvault_common::chunker::ChunkerParams;
 use ringvault_common::keys::KdfParams;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind};
@@ -62,7 +63,12 @@ pub enum Command {
         stop: bool,
     },
     /// Create the repository on the cluster.
-    Init,
+    Init {
+        /// Chunk sizes MIN,AVG,MAX in bytes, fixed for the repository's life
+        /// [default: 524288,1048576,8388608, as restic].
+        #[arg(long, value_parser = parse_chunker_params)]
+        chunker_params: Option<ChunkerParams>,
+    },
     /// Back up files and directories into a new snapshot.
     Backup {
         /// Files and directories to back up.
@@ -163,6 +169,24 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn parse_chunker_params(s: &str) -> Result<ChunkerParams, String> {
+    let parts: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let [min_size, avg_size, max_size] = parts[..] else {
+        return Err("expected MIN,AVG,MAX in bytes".into());
+    };
+    let params = ChunkerParams {
+        min_size,
+        avg_size,
+        max_size,
+        ..ChunkerParams::default()
+    };
+    params.validate().map_err(|e| e.to_string())?;
+    Ok(params)
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<WrongPassword>() {
@@ -187,10 +211,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let dir = dir.as_deref().context("quickstart needs a directory")?;
             run_quickstart(&cli, dir, progress).await
         }
-        Command::Init => {
+        Command::Init { chunker_params } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
             let password = repo::password(&loaded.config, cli.password_file.as_deref(), true)?;
-            repo::init(&loaded.config, &password, KdfParams::default()).await?;
+            let chunker = chunker_params.unwrap_or_default();
+            repo::init(&loaded.config, &password, KdfParams::default(), chunker).await?;
             println!(
                 "created repository {} on the cluster",
                 loaded.config.repository

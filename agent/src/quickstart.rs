@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ringvault_common::chunker::ChunkerParams;
 use ringvault_common::config::AgentConfig;
 use ringvault_common::keys::KdfParams;
 
@@ -208,6 +209,12 @@ pub async fn ensure_repository(config: &AgentConfig) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let password = repo::password(config, None, false)?;
-    repo::init(config, &password, KdfParams::default()).await?;
+    repo::init(
+        config,
+        &password,
+        KdfParams::default(),
+        ChunkerParams::default(),
+    )
+    .await?;
     Ok(true)
 }

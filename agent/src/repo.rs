@@ -199,7 +199,13 @@ pub fn random<const N: usize>() -> [u8; N] {
 ///
 /// # Errors
 /// When the repository exists already, or the cluster refuses the key.
-pub async fn init(config: &AgentConfig, password: &str, kdf: KdfParams) -> anyhow::Result<()> {
+pub async fn init(
+    config: &AgentConfig,
+    password: &str,
+    kdf: KdfParams,
+    chunker: ChunkerParams,
+) -> anyhow::Result<()> {
+    chunker.validate()?;
     let (cluster, _) = connect(config).await?;
     match cluster.get_key().await {
         Ok(_) => bail!(
@@ -211,7 +217,7 @@ pub async fn init(config: &AgentConfig, password: &str, kdf: KdfParams) -> anyho
     }
     let secret = RepoSecret {
         master_key: random(),
-        chunker: ChunkerParams::default(),
+        chunker,
     };
     let kf = KeyFile::wrap(&secret, password.as_bytes(), kdf, random(), random())?;
     let encoded = kf.encode();

@@ -56,9 +56,11 @@ pub fn transport_config() -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(16 << 20));
     t.receive_window(VarInt::from_u32(128 << 20));
     t.send_window(128 << 20);
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    // Invariant: 30 s is within VarInt's range.
-    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    // A peer silent for 10 s is gone: keep-alives every 2 s keep a healthy
+    // but idle connection open.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    // Invariant: 10 s is within VarInt's range.
+    t.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("10 s fits")));
     t
 }
 
@@ -206,29 +208,39 @@ async fn call_inner(
     request: &Request,
     mut payload: Vec<Bytes>,
 ) -> Result<(Response, Bytes), CallError> {
-    let lost = |e: &dyn std::fmt::Display| {
-        let text = e.to_string();
-        if is_cert_error(&text) {
-            CallError::CertificateRefused(text)
-        } else {
-            CallError::Connection(text)
-        }
-    };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(conn, &e))?;
     let mut parts = Vec::with_capacity(payload.len() + 1);
     parts.push(Bytes::from(wire::encode_header(request)));
     parts.append(&mut payload);
     send.write_all_chunks(&mut parts)
         .await
-        .map_err(|e| lost(&e))?;
-    send.finish().map_err(|e| lost(&e))?;
-    let frame = recv.read_to_end(MAX_FRAME).await.map_err(|e| lost(&e))?;
+        .map_err(|e| lost(conn, &e))?;
+    send.finish().map_err(|e| lost(conn, &e))?;
+    let frame = recv
+        .read_to_end(MAX_FRAME)
+        .await
+        .map_err(|e| lost(conn, &e))?;
     let frame = Bytes::from(frame);
     let (response, payload) = wire::decode_frame::<Response>(&frame)?;
     let start = frame.len() - payload.len();
     match response {
         Response::Error(e) => Err(CallError::Remote(e)),
         r => Ok((r, frame.slice(start..))),
+    }
+}
+
+/// Classifies a stream failure, preferring the connection's own close
+/// reason, which says more than the stream's "connection lost" (a TLS
+/// alert, for one).
+fn lost(conn: &Connection, e: &(impl std::fmt::Display + std::fmt::Debug)) -> CallError {
+    let text = match conn.close_reason() {
+        Some(reason) => reason.to_string(),
+        None => format!("{e} [{e:?}]"),
+    };
+    if is_cert_error(&text) {
+        CallError::CertificateRefused(text)
+    } else {
+        CallError::Connection(text)
     }
 }
 

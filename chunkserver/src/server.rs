@@ -36,8 +36,15 @@ pub struct Node {
     store: Arc<dyn ChunkStore>,
     endpoint: Endpoint,
     peers: Mutex<HashMap<NodeId, Connection>>,
+    /// Peers that failed recently, and when: not retried for [`PEER_DOWN_FOR`].
+    down: std::sync::Mutex<HashMap<NodeId, std::time::Instant>>,
     replica_timeout: Duration,
 }
+
+/// How long a peer that failed to connect is not tried again.
+const PEER_DOWN_FOR: Duration = Duration::from_secs(10);
+/// How long connecting to a peer may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Node {
     /// Makes a node. `endpoint` is used both to serve and to reach peers.
@@ -54,6 +61,7 @@ impl Node {
             store,
             endpoint,
             peers: Mutex::new(HashMap::new()),
+            down: std::sync::Mutex::new(HashMap::new()),
             replica_timeout,
         })
     }
@@ -351,9 +359,11 @@ fn authorize(peer: &PeerIdentity, request: &Request) -> Result<(), WireError> {
 }
 
 impl Node {
+    /// A live connection to peer `id`: the cached one, or a new one. A peer
+    /// that failed within [`PEER_DOWN_FOR`] fails at once, so a dead node
+    /// costs one connect timeout, not one per request.
     async fn peer(&self, id: NodeId) -> Result<Connection, CallError> {
-        let mut peers = self.peers.lock().await;
-        if let Some(c) = peers.get(&id) {
+        if let Some(c) = self.peers.lock().await.get(&id) {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -366,9 +376,29 @@ impl Node {
                 addr: id.to_string(),
                 reason: "not in the cluster map".into(),
             })?;
-        let conn = net::connect(&self.endpoint, &addr, Duration::from_secs(5)).await?;
-        peers.insert(id, conn.clone());
-        Ok(conn)
+        let recently_down = self
+            .down
+            .lock()
+            .map(|d| d.get(&id).is_some_and(|t| t.elapsed() < PEER_DOWN_FOR))
+            .unwrap_or(false);
+        if recently_down {
+            return Err(CallError::Connect {
+                addr,
+                reason: "recently unreachable".into(),
+            });
+        }
+        match net::connect(&self.endpoint, &addr, PEER_CONNECT_TIMEOUT).await {
+            Ok(conn) => {
+                self.peers.lock().await.insert(id, conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if let Ok(mut d) = self.down.lock() {
+                    d.insert(id, std::time::Instant::now());
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn call_peer(
@@ -378,7 +408,21 @@ impl Node {
         payload: Vec<Bytes>,
     ) -> Result<(Response, Bytes), CallError> {
         let conn = self.peer(id).await?;
-        net::call(&conn, request, payload, self.replica_timeout).await
+        // Has-queries are cheap: a replica slower than this is treated as
+        // not holding the chunk rather than stalling the agent's request.
+        let timeout = match request {
+            Request::Has { .. } => self.replica_timeout.min(Duration::from_secs(5)),
+            _ => self.replica_timeout,
+        };
+        let result = net::call(&conn, request, payload, timeout).await;
+        if let Err(CallError::Timeout(_) | CallError::Connection(_)) = &result {
+            // Drop the connection and route around the peer for a while.
+            self.peers.lock().await.remove(&id);
+            if let Ok(mut d) = self.down.lock() {
+                d.insert(id, std::time::Instant::now());
+            }
+        }
+        result
     }
 }
 

@@ -1,1 +1,319 @@
-//! stub
+//! The cluster harness for ringvault's end-to-end tests.
+//!
+//! [`TestCluster`] makes a CA and configs with `ringvault cluster init`'s
+//! library code, starts real `ringvault-chunkserver` processes on loopback
+//! ports in a temporary directory, and runs the real `ringvault` binary
+//! against them. Servers are killed when the cluster is dropped.
+//!
+//! The binaries are looked up beside the test executable's `target/<profile>`
+//! directory; `cargo test --workspace` builds them (each package that owns
+//! one has integration tests, which makes cargo build it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ringvault::cluster::{self, ClusterInit, ClusterLayout};
+
+/// The repository password every test uses.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Path of one of the workspace's binaries in the current target directory.
+///
+/// # Panics
+/// When the binary has not been built (a harness setup error, with advice).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; run the tests with `cargo test --workspace` (which builds it) or `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A running cluster of real chunk-server processes.
+pub struct TestCluster {
+    /// The temporary directory holding everything (kept until drop).
+    pub dir: tempfile::TempDir,
+    /// Paths of the generated configs.
+    pub layout: ClusterLayout,
+    procs: Vec<Option<Child>>,
+}
+
+impl TestCluster {
+    /// Makes configs for `nodes` servers with N = `replicas`, W = `quorum`,
+    /// starts them all and waits until each listens.
+    ///
+    /// # Errors
+    /// When configs cannot be made or a server does not start.
+    pub fn start(nodes: u32, replicas: u32, quorum: u32) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports = free_ports(nodes as usize)?;
+        let layout = cluster::init(&ClusterInit {
+            dir: dir.path().join("cluster"),
+            nodes,
+            hosts: vec!["127.0.0.1".into()],
+            ports,
+            base_port: 0,
+            repository: "test".into(),
+            agent_id: "tester".into(),
+            replicas,
+            write_quorum: quorum,
+        })?;
+        // Agents keep their state (index, key cache) inside the test dir.
+        let agent_cfg = std::fs::read_to_string(&layout.agent_config)?;
+        std::fs::write(
+            &layout.agent_config,
+            format!("{agent_cfg}state-dir = \"state\"\nrequest-timeout-ms = 20000\n"),
+        )?;
+        for cfg in &layout.node_configs {
+            let text = std::fs::read_to_string(cfg)?;
+            std::fs::write(cfg, format!("{text}replica-timeout-ms = 5000\n"))?;
+        }
+        std::fs::create_dir_all(dir.path().join("home"))?;
+        let mut c = Self {
+            dir,
+            layout,
+            procs: Vec::new(),
+        };
+        for i in 0..nodes as usize {
+            c.procs.push(None);
+            c.restart(i)?;
+        }
+        Ok(c)
+    }
+
+    /// The agent config file.
+    pub fn agent_config(&self) -> &Path {
+        &self.layout.agent_config
+    }
+
+    /// Node `i`'s (0-based) directory, holding its config, log and `data/`.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.layout.node_configs[i]
+            .parent()
+            .expect("node dir")
+            .to_owned()
+    }
+
+    /// Kills node `i` with SIGKILL (no chance to clean up).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.procs[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM to node `i` and returns its exit status.
+    ///
+    /// # Errors
+    /// When it does not exit within 10 s.
+    pub fn terminate(&mut self, i: usize) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.procs[i].take().context("node not running")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node {i} did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// (Re)starts node `i` and waits until it listens.
+    ///
+    /// # Errors
+    /// When it exits or does not listen within 15 s (its log is included).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        let dir = self.node_dir(i);
+        let log_path = dir.join("server.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(bin("ringvault-chunkserver"))
+            .arg("--config")
+            .arg(&self.layout.node_configs[i])
+            .env("RINGVAULT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("chunk server listening") {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("node {i} exited ({status}) at start:\n{text}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node {i} did not start within 15 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.procs[i] = Some(child);
+        Ok(())
+    }
+
+    /// A `ringvault` command for this cluster's agent, with the test
+    /// password, a private HOME, and warnings logged.
+    pub fn ringvault(&self) -> Command {
+        self.ringvault_with(self.agent_config())
+    }
+
+    /// Like [`TestCluster::ringvault`] with another agent config.
+    pub fn ringvault_with(&self, config: &Path) -> Command {
+        let mut cmd = Command::new(bin("ringvault"));
+        cmd.arg("--config")
+            .arg(config)
+            .env("RINGVAULT_PASSWORD", PASSWORD)
+            .env("HOME", self.dir.path().join("home"))
+            .env_remove("RINGVAULT_CONFIG")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CONFIG_HOME")
+            .env("RINGVAULT_LOG", "warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `ringvault ARGS`, bounded to 120 s.
+    ///
+    /// # Errors
+    /// When it cannot be started or runs too long.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run_bounded(self.ringvault().args(args), Duration::from_secs(120))
+    }
+
+    /// Runs `ringvault ARGS` and fails unless it exits 0; returns stdout.
+    ///
+    /// # Errors
+    /// When it fails, with its output.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "ringvault {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Runs a command with a time limit, killing it when exceeded.
+///
+/// # Errors
+/// When it cannot start or exceeds `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let out_t = std::thread::spawn(move || read_all(stdout));
+    let err_t = std::thread::spawn(move || read_all(stderr));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} ran longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
+}
+
+fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+/// `n` distinct free UDP ports on 127.0.0.1.
+///
+/// # Errors
+/// When sockets cannot be bound.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let sockets = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+/// Compares two directory trees: names, kinds, file bytes, symlink targets,
+/// permission bits and file mtimes. Returns the first difference.
+pub fn tree_diff(a: &Path, b: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ma = std::fs::symlink_metadata(a).ok()?;
+    let Ok(mb) = std::fs::symlink_metadata(b) else {
+        return Some(format!("{} missing", b.display()));
+    };
+    if ma.file_type() != mb.file_type() {
+        return Some(format!("{}: kind differs", b.display()));
+    }
+    if ma.file_type().is_symlink() {
+        return (std::fs::read_link(a).ok() != std::fs::read_link(b).ok())
+            .then(|| format!("{}: link target differs", b.display()));
+    }
+    if ma.mode() & 0o7777 != mb.mode() & 0o7777 {
+        return Some(format!(
+            "{}: mode {:o} vs {:o}",
+            b.display(),
+            ma.mode() & 0o7777,
+            mb.mode() & 0o7777
+        ));
+    }
+    if ma.is_file() {
+        if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
+            return Some(format!("{}: mtime differs", b.display()));
+        }
+        return (std::fs::read(a).ok() != std::fs::read(b).ok())
+            .then(|| format!("{}: content differs", b.display()));
+    }
+    let names = |p: &Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let (na, nb) = (names(a), names(b));
+    if na != nb {
+        return Some(format!("{}: entries {:?} vs {:?}", b.display(), na, nb));
+    }
+    na.iter().find_map(|n| tree_diff(&a.join(n), &b.join(n)))
+}
