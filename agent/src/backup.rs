@@ -383,10 +383,10 @@ impl Walker {
         let key = path.as_os_str().as_bytes();
         let (mtime_ns, _) = times(meta);
         let now = fingerprint(meta, Vec::new());
-        if let Some(rec) = self.index.get(key) {
-            if rec.same_file(&now) {
-                return Ok(rec.chunks);
-            }
+        if let Some(rec) = self.index.get(key)
+            && rec.same_file(&now)
+        {
+            return Ok(rec.chunks);
         }
         for _ in 0..READ_ATTEMPTS {
             let read_start = now_ns();

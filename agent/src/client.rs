@@ -198,12 +198,14 @@ impl Cluster {
             .collect()
     }
 
+    /// The cached connection to `node`, or a new one. The lock is not held
+    /// while connecting, so one dead server does not stall requests to the
+    /// others.
     async fn conn(&self, node: NodeId) -> Result<Connection, CallError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&node) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.conns.lock().await.get(&node)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
         }
         let addr = self
             .map
@@ -213,13 +215,9 @@ impl Cluster {
                 addr: node.to_string(),
                 reason: "not in the cluster map".into(),
             })?;
-        let conn = net::connect(
-            &self.endpoint,
-            &addr,
-            self.timeout.min(Duration::from_secs(5)),
-        )
-        .await?;
-        conns.insert(node, conn.clone());
+        let timeout = self.timeout.min(Duration::from_secs(5));
+        let conn = net::connect(&self.endpoint, &addr, timeout).await?;
+        self.conns.lock().await.insert(node, conn.clone());
         Ok(conn)
     }
 

@@ -363,10 +363,10 @@ impl Node {
     /// that failed within [`PEER_DOWN_FOR`] fails at once, so a dead node
     /// costs one connect timeout, not one per request.
     async fn peer(&self, id: NodeId) -> Result<Connection, CallError> {
-        if let Some(c) = self.peers.lock().await.get(&id) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.peers.lock().await.get(&id)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
         }
         let addr = self
             .map

@@ -72,6 +72,9 @@ pub enum RecordKind {
     Key = 2,
 }
 
+/// A small record as listed: its 32-byte key and its value.
+pub type Record = ([u8; 32], Vec<u8>);
+
 /// What a server stores. All calls block; async callers use
 /// `spawn_blocking`.
 pub trait ChunkStore: Send + Sync + 'static {
@@ -123,11 +126,7 @@ pub trait ChunkStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError`].
-    fn list_records(
-        &self,
-        kind: RecordKind,
-        repo: &RepoId,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError>;
+    fn list_records(&self, kind: RecordKind, repo: &RepoId) -> Result<Vec<Record>, StoreError>;
 
     /// Number of blobs and their total bytes.
     ///
@@ -397,12 +396,11 @@ impl ChunkStore for FsStore {
         let txn = self.db.begin_write().map_err(index_err)?;
         {
             let mut table = txn.open_table(RECORDS).map_err(index_err)?;
-            if exclusive {
-                if let Some(old) = table.get(k.as_slice()).map_err(index_err)? {
-                    if old.value() != value {
-                        return Err(StoreError::Exists);
-                    }
-                }
+            if exclusive
+                && let Some(old) = table.get(k.as_slice()).map_err(index_err)?
+                && old.value() != value
+            {
+                return Err(StoreError::Exists);
             }
             table.insert(k.as_slice(), value).map_err(index_err)?;
         }
@@ -425,11 +423,7 @@ impl ChunkStore for FsStore {
             .map(|v| v.value().to_vec()))
     }
 
-    fn list_records(
-        &self,
-        kind: RecordKind,
-        repo: &RepoId,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError> {
+    fn list_records(&self, kind: RecordKind, repo: &RepoId) -> Result<Vec<Record>, StoreError> {
         let prefix = record_prefix(kind, repo);
         let txn = self.db.begin_read().map_err(index_err)?;
         let table = txn.open_table(RECORDS).map_err(index_err)?;
@@ -650,11 +644,7 @@ impl ChunkStore for MemStore {
             .cloned())
     }
 
-    fn list_records(
-        &self,
-        kind: RecordKind,
-        repo: &RepoId,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError> {
+    fn list_records(&self, kind: RecordKind, repo: &RepoId) -> Result<Vec<Record>, StoreError> {
         let prefix = record_prefix(kind, repo);
         let map = self.records.lock().map_err(|_| StoreError::Closed)?;
         let mut out: Vec<_> = map

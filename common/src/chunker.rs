@@ -211,12 +211,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        let mut p = ChunkerParams::default();
-        p.avg_size = 3;
-        assert!(Chunker::new(p).is_err());
-        p = ChunkerParams::default();
-        p.max_size = 64 * 1024 * 1024;
-        assert!(Chunker::new(p).is_err());
+        let odd = ChunkerParams {
+            avg_size: 3,
+            ..ChunkerParams::default()
+        };
+        assert!(Chunker::new(odd).is_err());
+        let huge = ChunkerParams {
+            max_size: 64 * 1024 * 1024,
+            ..ChunkerParams::default()
+        };
+        assert!(Chunker::new(huge).is_err());
     }
 
     proptest! {

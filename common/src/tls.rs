@@ -173,10 +173,10 @@ impl PeerIdentity {
             .map_err(|e| TlsError::Identity(e.to_string()))?
             .ok_or_else(|| TlsError::Identity("no subject alternative names".into()))?;
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(id) = Self::from_uri(uri) {
-                    return Ok(id);
-                }
+            if let GeneralName::URI(uri) = name
+                && let Some(id) = Self::from_uri(uri)
+            {
+                return Ok(id);
             }
         }
         Err(TlsError::Identity("no ringvault:// URI".into()))
