@@ -52,14 +52,17 @@ fn stages(c: &mut Criterion) {
     });
     g.bench_function("blake3-raw", |b| b.iter(|| blake3::hash(black_box(&data))));
     g.bench_function("chunk-ids-keyed-blake3", |b| {
-        b.iter(|| chunks.iter().map(|c| keys.chunk_id(c)).last())
+        b.iter(|| {
+            for c in &chunks {
+                black_box(keys.chunk_id(c));
+            }
+        })
     });
     g.bench_function("seal", |b| {
         b.iter(|| {
-            chunks
-                .iter()
-                .map(|c| seal::seal(&keys, &ChunkId([0; 32]), c, [1; 24], true).map(|v| v.len()))
-                .last()
+            for c in &chunks {
+                let _ = black_box(seal::seal(&keys, &ChunkId([0; 32]), c, [1; 24], true));
+            }
         })
     });
     let sealed: Vec<(ChunkId, Vec<u8>)> = chunks
