@@ -282,6 +282,21 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Ok(kf) = KeyFile::decode(&bytes) {
+                let _ = kf.unwrap_secret(b"pw");
+            }
+            let mut framed = KEY_MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            if let Ok(mut kf) = KeyFile::decode(&framed) {
+                kf.kdf = cheap();
+                let _ = kf.unwrap_secret(b"pw");
+            }
+        }
+    }
+
     #[test]
     fn derived_keys_differ() {
         let k = RepoKeys::derive(&MasterKey::from_bytes([3; 32]));
