@@ -34,18 +34,19 @@ run() { # label, then the command
     cat "$work/err.txt" >&2; exit 1; }
   read -r wall rss user sys <"$work/time.txt"
   local json; json=$(grep '^{' "$work/out.json" | tail -n 1)
-  local read sent
+  local read sent wire
   read=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["summary"]["bytes_read"])' "$json")
   sent=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["summary"]["sent_bytes"])' "$json")
-  printf '| %s | %s | %.0f | %.1f | %s | %s | %.0f |\n' "$label" "$wall" \
+  wire=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["wire_bytes"])' "$json")
+  printf '| %s | %s | %.0f | %.1f | %s | %s | %s | %.0f |\n' "$label" "$wall" \
     "$(echo "$bytes / $wall / 1000000" | bc -l)" "$(echo "$user + $sys" | bc -l)" \
-    "$read" "$sent" "$(echo "$rss / 1024" | bc -l)"
+    "$read" "$sent" "$wire" "$(echo "$rss / 1024" | bc -l)"
 }
 
 echo "dataset: $bytes bytes, $(find "$work/data" -type f | wc -l) files; $(nproc) cores"
 echo
-echo "| phase | wall s | MB/s of dataset | client CPU s | bytes read | bytes sent | client peak RSS MiB |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| phase | wall s | MB/s of dataset | client CPU s | bytes read | sealed bytes sent | UDP bytes sent | client peak RSS MiB |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 run "first snapshot (quickstart)" "$rv" quickstart "$work/data"
 run "no change" "$rv" backup "$work/data"
 "$shared/bench/mutate-dataset.sh" "$work/data" 1 >"$work/mutate.log"

@@ -38,11 +38,11 @@ use crate::index::{FileRecord, IndexReader, LocalIndex};
 use crate::repo::{Repo, random};
 
 /// Bytes of chunk plaintext waiting for upload at most (memory bound).
-const UPLOAD_BUDGET: usize = 64 << 20;
+const UPLOAD_BUDGET: usize = 32 << 20;
 /// A batch is sent when it holds this many chunks...
 const BATCH_CHUNKS: usize = 512;
 /// ...or this many bytes.
-const BATCH_BYTES: usize = 8 << 20;
+const BATCH_BYTES: usize = 4 << 20;
 /// Read size for large files, bytes.
 const READ_BLOCK: usize = 4 << 20;
 /// A file modified this close to its read is "racy": recorded in the
@@ -75,6 +75,9 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Files and directories skipped, with why.
     pub errors: Vec<(PathBuf, String)>,
+    /// UDP bytes the agent sent during the backup (all requests, QUIC
+    /// overhead included).
+    pub wire_bytes: u64,
 }
 
 #[derive(Default)]
@@ -96,6 +99,7 @@ struct Counters {
 pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
     let time_ns = now_ns();
+    let wire_before = repo.cluster.wire_bytes_sent().await;
     let mut sources = Vec::new();
     for p in &opts.paths {
         let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
@@ -201,6 +205,11 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         .put_snapshot(id, Bytes::from(record))
         .await
         .context("storing the snapshot record")?;
+    let wire_bytes = repo
+        .cluster
+        .wire_bytes_sent()
+        .await
+        .saturating_sub(wire_before);
     tokio::task::spawn_blocking(move || index.commit(&updates))
         .await
         .context("index task")?
@@ -209,6 +218,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         id,
         snapshot,
         errors,
+        wire_bytes,
     })
 }
 

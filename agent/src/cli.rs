@@ -419,13 +419,17 @@ fn print_backup(cli: &Cli, report: &backup::BackupReport) {
     if cli.json {
         println!(
             "{}",
-            json!({ "snapshot": report.id.to_hex(), "summary": summary_json(&report.snapshot) })
+            json!({
+                "snapshot": report.id.to_hex(),
+                "summary": summary_json(&report.snapshot),
+                "wire_bytes": report.wire_bytes,
+            })
         );
         return;
     }
     println!("snapshot {} saved", report.id.short());
     println!(
-        "  files: {}{}, read: {}, new: {}, sent: {}, took {:.1} s",
+        "  files: {}{}, read: {}, new: {}, sent: {} ({} on the wire), took {:.1} s",
         s.files,
         if s.errors > 0 {
             format!(" ({} skipped)", s.errors)
@@ -435,6 +439,7 @@ fn print_backup(cli: &Cli, report: &backup::BackupReport) {
         indicatif::HumanBytes(s.bytes_read),
         indicatif::HumanBytes(s.new_bytes),
         indicatif::HumanBytes(s.sent_bytes),
+        indicatif::HumanBytes(report.wire_bytes),
         s.duration_ns as f64 / 1e9
     );
 }

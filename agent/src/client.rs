@@ -168,6 +168,18 @@ impl Cluster {
         }
     }
 
+    /// UDP payload bytes sent so far on the current connections (QUIC
+    /// packets, headers and retransmissions included): what the agent put
+    /// on the wire.
+    pub async fn wire_bytes_sent(&self) -> u64 {
+        self.conns
+            .lock()
+            .await
+            .values()
+            .map(|c| c.stats().udp_tx.bytes)
+            .sum()
+    }
+
     /// Closes connections and waits briefly for them to drain.
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"bye");

@@ -53,9 +53,9 @@ pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(16 << 20));
-    t.receive_window(VarInt::from_u32(128 << 20));
-    t.send_window(128 << 20);
+    t.stream_receive_window(VarInt::from_u32(8 << 20));
+    t.receive_window(VarInt::from_u32(32 << 20));
+    t.send_window(16 << 20);
     // A peer silent for 10 s is gone: keep-alives every 2 s keep a healthy
     // but idle connection open.
     t.keep_alive_interval(Some(Duration::from_secs(2)));
