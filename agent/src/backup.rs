@@ -177,8 +177,12 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
     if let Some(p) = progress {
         p.finish();
     }
-    let (root, updates, errors) = walked?;
-    uploaded?;
+    // An uploader failure (quorum not reached, say) also stops the walker;
+    // report the cause, not the walker's "uploader stopped".
+    let (root, updates, errors) = match (walked, uploaded) {
+        (_, Err(e)) => return Err(e),
+        (walked, Ok(())) => walked?,
+    };
 
     let c = &counters;
     let snapshot = Snapshot {

@@ -80,6 +80,7 @@ pub struct Cluster {
     down: Mutex<HashMap<NodeId, Instant>>,
     bad_copies: Mutex<Vec<BadCopy>>,
     timeout: Duration,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Cluster {
@@ -125,6 +126,7 @@ impl Cluster {
                         down: Mutex::new(HashMap::new()),
                         bad_copies: Mutex::new(Vec::new()),
                         timeout,
+                        next: std::sync::atomic::AtomicUsize::new(0),
                     });
                 }
                 Ok((other, _)) => reasons.push(format!("{addr}: unexpected hello reply {other:?}")),
@@ -210,6 +212,17 @@ impl Cluster {
             .collect()
     }
 
+    /// Live nodes, starting at a different one on each call, so requests
+    /// any server can answer (has-queries, records) spread over the cluster.
+    fn live_nodes_rotated(&self) -> Vec<NodeId> {
+        let mut nodes = self.live_nodes();
+        if !nodes.is_empty() {
+            let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % nodes.len();
+            nodes.rotate_left(start);
+        }
+        nodes
+    }
+
     /// The cached connection to `node`, or a new one. The lock is not held
     /// while connecting, so one dead server does not stall requests to the
     /// others.
@@ -264,7 +277,7 @@ impl Cluster {
         payload: Vec<Bytes>,
     ) -> Result<(NodeId, Response, Bytes), ClientError> {
         let mut reasons = Vec::new();
-        for node in self.live_nodes() {
+        for node in self.live_nodes_rotated() {
             match self.call(node, req, payload.clone()).await {
                 Ok((r, p)) => return Ok((node, r, p)),
                 Err(ClientError::Server {

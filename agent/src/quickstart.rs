@@ -177,7 +177,10 @@ pub fn stop(home: &Path) -> anyhow::Result<usize> {
             continue;
         };
         let pid = pid.trim();
-        if pid.parse::<u32>().is_err() {
+        if pid.parse::<u32>().is_err() || !is_chunkserver(pid) {
+            // Stale pid file: the server is gone, and the pid may now be
+            // another program's.
+            let _ = std::fs::remove_file(pid_file);
             continue;
         }
         let ok = Command::new("kill")
@@ -191,6 +194,15 @@ pub fn stop(home: &Path) -> anyhow::Result<usize> {
         let _ = std::fs::remove_file(pid_file);
     }
     Ok(stopped)
+}
+
+/// Whether process `pid` runs `ringvault-chunkserver` (asks `ps`, which
+/// Linux and macOS both have).
+fn is_chunkserver(pid: &str) -> bool {
+    Command::new("ps")
+        .args(["-p", pid, "-o", "args="])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ringvault-chunkserver"))
 }
 
 /// Initializes the repository unless the cluster already has its key.

@@ -479,6 +479,12 @@ impl SegmentWriter {
                 }
             }
             let result = self.commit(&jobs);
+            if result.is_err() {
+                // A failed append may have left part of a record behind, so
+                // the file's length no longer matches our offsets: continue
+                // in a fresh segment. The bytes already there are unindexed.
+                self.file = None;
+            }
             for job in jobs {
                 let r = match &result {
                     Ok(()) => Ok(()),
@@ -502,7 +508,7 @@ impl SegmentWriter {
     /// Appends every new blob of `jobs`, fsyncs the segment once, then
     /// commits their index entries in one transaction.
     fn commit(&mut self, jobs: &[WriteJob]) -> Result<(), StoreError> {
-        if self.size >= self.options.segment_bytes {
+        if self.file.is_none() || self.size >= self.options.segment_bytes {
             self.rotate()?;
         }
         let txn = self.db.begin_write().map_err(index_err)?;
