@@ -99,7 +99,7 @@ struct Counters {
 pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
     let time_ns = now_ns();
-    let wire_before = repo.cluster.wire_bytes_sent().await;
+    let wire_before = repo.cluster.wire_bytes_sent();
     let mut sources = Vec::new();
     for p in &opts.paths {
         let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
@@ -209,11 +209,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         .put_snapshot(id, Bytes::from(record))
         .await
         .context("storing the snapshot record")?;
-    let wire_bytes = repo
-        .cluster
-        .wire_bytes_sent()
-        .await
-        .saturating_sub(wire_before);
+    let wire_bytes = repo.cluster.wire_bytes_sent().saturating_sub(wire_before);
     tokio::task::spawn_blocking(move || index.commit(&updates))
         .await
         .context("index task")?

@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use quinn::{Connection, Endpoint};
-use ringvault_chunkserver::net::{self, CallError};
+use quinn::Endpoint;
+use ringvault_chunkserver::net::{self, CallError, Peers};
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::wire::{ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response};
 use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
@@ -73,11 +73,9 @@ pub struct BadCopy {
 
 /// Connections to a cluster, for one repository.
 pub struct Cluster {
-    endpoint: Endpoint,
+    peers: Peers,
     repo: RepoId,
     map: ClusterMap,
-    conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
-    down: Mutex<HashMap<NodeId, Instant>>,
     bad_copies: Mutex<Vec<BadCopy>>,
     timeout: Duration,
     next: std::sync::atomic::AtomicUsize,
@@ -116,14 +114,12 @@ impl Cluster {
                     map.validate().map_err(|e| {
                         ClientError::Protocol(format!("server sent a bad map: {e}"))
                     })?;
-                    let mut conns = HashMap::new();
-                    conns.insert(node, conn);
+                    let peers = Peers::new(endpoint, connect_timeout, DOWN_FOR);
+                    peers.insert(node, conn);
                     return Ok(Self {
-                        endpoint,
+                        peers,
                         repo,
                         map,
-                        conns: tokio::sync::Mutex::new(conns),
-                        down: Mutex::new(HashMap::new()),
                         bad_copies: Mutex::new(Vec::new()),
                         timeout,
                         next: std::sync::atomic::AtomicUsize::new(0),
@@ -170,36 +166,21 @@ impl Cluster {
         }
     }
 
-    /// UDP payload bytes sent so far on the current connections (QUIC
-    /// packets, headers and retransmissions included): what the agent put
-    /// on the wire.
-    pub async fn wire_bytes_sent(&self) -> u64 {
-        self.conns
-            .lock()
-            .await
-            .values()
-            .map(|c| c.stats().udp_tx.bytes)
-            .sum()
+    /// UDP payload bytes sent so far (QUIC packets, headers and
+    /// retransmissions included): what the agent put on the wire.
+    pub fn wire_bytes_sent(&self) -> u64 {
+        self.peers.udp_bytes_sent()
     }
 
     /// Closes connections and waits briefly for them to drain.
     pub async fn close(&self) {
-        self.endpoint.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let endpoint = self.peers.endpoint();
+        endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
 
     fn is_down(&self, node: NodeId) -> bool {
-        self.down
-            .lock()
-            .map(|d| d.get(&node).is_some_and(|t| t.elapsed() < DOWN_FOR))
-            .unwrap_or(false)
-    }
-
-    fn mark_down(&self, node: NodeId, why: &dyn std::fmt::Display) {
-        tracing::warn!(node = %node, reason = %why, "server unreachable; routing around it");
-        if let Ok(mut d) = self.down.lock() {
-            d.insert(node, Instant::now());
-        }
+        self.peers.is_down(node)
     }
 
     /// Live nodes in map order.
@@ -223,29 +204,6 @@ impl Cluster {
         nodes
     }
 
-    /// The cached connection to `node`, or a new one. The lock is not held
-    /// while connecting, so one dead server does not stall requests to the
-    /// others.
-    async fn conn(&self, node: NodeId) -> Result<Connection, CallError> {
-        if let Some(c) = self.conns.lock().await.get(&node)
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
-        }
-        let addr = self
-            .map
-            .node(node)
-            .map(|n| n.address.clone())
-            .ok_or_else(|| CallError::Connect {
-                addr: node.to_string(),
-                reason: "not in the cluster map".into(),
-            })?;
-        let timeout = self.timeout.min(Duration::from_secs(5));
-        let conn = net::connect(&self.endpoint, &addr, timeout).await?;
-        self.conns.lock().await.insert(node, conn.clone());
-        Ok(conn)
-    }
-
     /// One request to one server; connection failures mark it down.
     async fn call(
         &self,
@@ -253,17 +211,18 @@ impl Cluster {
         req: &Request,
         payload: Vec<Bytes>,
     ) -> Result<(Response, Bytes), ClientError> {
-        let result = match self.conn(node).await {
-            Ok(conn) => net::call(&conn, req, payload, self.timeout).await,
-            Err(e) => Err(e),
-        };
+        let addr = self
+            .map
+            .node(node)
+            .map(|n| n.address.clone())
+            .unwrap_or_else(|| node.to_string());
+        let result = self
+            .peers
+            .call(node, &addr, req, payload, self.timeout)
+            .await;
         result.map_err(|error| {
-            match &error {
-                CallError::CertificateRefused(e) => return refused(&node.to_string(), e),
-                CallError::Connect { .. } | CallError::Connection(_) | CallError::Timeout(_) => {
-                    self.mark_down(node, &error);
-                }
-                CallError::Frame(_) | CallError::Remote(_) => {}
+            if let CallError::CertificateRefused(e) = &error {
+                return refused(&addr, e);
             }
             ClientError::Server { node, error }
         })

@@ -14,7 +14,7 @@ use ringvault_common::config::AgentConfig;
 use ringvault_common::keys::{KdfParams, KeyError, KeyFile, MasterKey, RepoKeys, RepoSecret};
 use ringvault_common::seal;
 use ringvault_common::snapshot::Snapshot;
-use ringvault_common::tls::{PeerIdentity, TlsMaterial};
+use ringvault_common::tls::PeerIdentity;
 use ringvault_common::tree::Tree;
 use ringvault_common::{ChunkId, SnapshotId};
 use zeroize::Zeroizing;
@@ -100,14 +100,7 @@ pub fn state_dir(config: &AgentConfig) -> anyhow::Result<PathBuf> {
 /// Unreadable TLS files, a certificate for another repository, or
 /// [`ClientError`]s from connecting.
 pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, String)> {
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let tls = TlsMaterial::from_pem(
-        &read(&config.ca_cert)?,
-        &read(&config.cert)?,
-        &read(&config.key)?,
-    )
-    .context("loading the agent's TLS material")?;
+    let tls = net::load_tls(&config.ca_cert, &config.cert, &config.key)?;
     let agent = match tls.identity().context("reading the agent certificate")? {
         PeerIdentity::Agent { repo, agent } if repo == config.repo() => agent,
         PeerIdentity::Agent { repo, .. } => bail!(

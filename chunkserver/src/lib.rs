@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ringvault_common::config::ChunkserverConfig;
 use ringvault_common::placement::ClusterMap;
-use ringvault_common::tls::{PeerIdentity, TlsMaterial};
+use ringvault_common::tls::PeerIdentity;
 
 use crate::store::{FsStore, FsStoreOptions};
 
@@ -52,14 +52,7 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
             config.cluster_map.display()
         );
     }
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let tls = TlsMaterial::from_pem(
-        &read(&config.ca_cert)?,
-        &read(&config.cert)?,
-        &read(&config.key)?,
-    )
-    .context("loading TLS material")?;
+    let tls = net::load_tls(&config.ca_cert, &config.cert, &config.key)?;
     match tls.identity().context("reading this node's certificate")? {
         PeerIdentity::Node(id) if id == config.node_id => {}
         other => anyhow::bail!(
@@ -95,6 +88,20 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
     store.close();
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+/// Installs the process's log subscriber: stderr (journald keeps it under
+/// systemd), filter from `RINGVAULT_LOG`, else `default_filter`. Call once,
+/// from `main`.
+pub fn init_logging(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGVAULT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, EndpointConfig, TokioRuntime, TransportConfig, VarInt};
+use ringvault_common::NodeId;
 use ringvault_common::tls::{NODE_SERVER_NAME, PeerIdentity, TlsMaterial};
 use ringvault_common::wire::{self, FrameError, MAX_FRAME, Request, Response, WireError};
 use rustls_pki_types::CertificateDer;
@@ -62,6 +63,30 @@ pub fn transport_config() -> TransportConfig {
     // Invariant: 10 s is within VarInt's range.
     t.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("10 s fits")));
     t
+}
+
+/// Reads TLS material from PEM files: the cluster CA certificate, our
+/// certificate, our private key.
+///
+/// # Errors
+/// Naming the file that cannot be read or parsed.
+pub fn load_tls(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<TlsMaterial> {
+    use anyhow::Context;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    TlsMaterial::from_pem(&read(ca)?, &read(cert)?, &read(key)?).with_context(|| {
+        format!(
+            "loading TLS material ({}, {}, {})",
+            ca.display(),
+            cert.display(),
+            key.display()
+        )
+    })
 }
 
 /// quinn server config for mutual TLS from our material.
@@ -259,4 +284,142 @@ pub fn peer_identity(conn: &Connection) -> anyhow::Result<PeerIdentity> {
         .first()
         .ok_or_else(|| anyhow::anyhow!("empty certificate chain"))?;
     Ok(PeerIdentity::from_der(first)?)
+}
+
+/// Connections to cluster nodes by id, with the nodes that failed lately:
+/// the agent's view of the servers, and each server's view of its peers.
+///
+/// The cache lock is never held while connecting, so one dead node does not
+/// stall requests to the others; a node that failed is not tried again for
+/// `down_for`, so it costs one timeout, not one per request.
+pub struct Peers {
+    endpoint: Endpoint,
+    conns: std::sync::Mutex<std::collections::HashMap<NodeId, Connection>>,
+    down: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+    connect_timeout: Duration,
+    down_for: Duration,
+    /// UDP bytes sent on connections since dropped.
+    retired_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Peers {
+    /// An empty pool on `endpoint`.
+    pub fn new(endpoint: Endpoint, connect_timeout: Duration, down_for: Duration) -> Self {
+        Self {
+            endpoint,
+            conns: std::sync::Mutex::default(),
+            down: std::sync::Mutex::default(),
+            connect_timeout,
+            down_for,
+            retired_bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The endpoint connections are made from.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Adds a connection made elsewhere (the agent's first hello).
+    pub fn insert(&self, node: NodeId, conn: Connection) {
+        if let Ok(mut c) = self.conns.lock()
+            && let Some(old) = c.insert(node, conn)
+        {
+            self.retire(&old);
+        }
+    }
+
+    /// Whether `node` failed within `down_for`.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.down
+            .lock()
+            .map(|d| d.get(&node).is_some_and(|t| t.elapsed() < self.down_for))
+            .unwrap_or(false)
+    }
+
+    /// Routes around `node` for `down_for` and drops its connection.
+    pub fn mark_down(&self, node: NodeId, why: &dyn std::fmt::Display) {
+        tracing::warn!(node = %node, reason = %why, "unreachable; routing around it");
+        if let Ok(mut d) = self.down.lock() {
+            d.insert(node, std::time::Instant::now());
+        }
+        if let Ok(mut c) = self.conns.lock()
+            && let Some(conn) = c.remove(&node)
+        {
+            self.retire(&conn);
+        }
+    }
+
+    fn retire(&self, conn: &Connection) {
+        self.retired_bytes.fetch_add(
+            conn.stats().udp_tx.bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The cached live connection to `node`, or a new one to `addr`.
+    ///
+    /// # Errors
+    /// [`CallError::Connect`] when it is down or does not answer (then it
+    /// is marked down), [`CallError::CertificateRefused`].
+    pub async fn connection(&self, node: NodeId, addr: &str) -> Result<Connection, CallError> {
+        let cached = self.conns.lock().ok().and_then(|c| c.get(&node).cloned());
+        if let Some(c) = cached
+            && c.close_reason().is_none()
+        {
+            return Ok(c);
+        }
+        if self.is_down(node) {
+            return Err(CallError::Connect {
+                addr: addr.to_owned(),
+                reason: "recently unreachable".into(),
+            });
+        }
+        match connect(&self.endpoint, addr, self.connect_timeout).await {
+            Ok(conn) => {
+                self.insert(node, conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if !matches!(e, CallError::CertificateRefused(_)) {
+                    self.mark_down(node, &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One request to `node` at `addr`; a connection failure or timeout
+    /// marks it down.
+    ///
+    /// # Errors
+    /// As [`call`] and [`Peers::connection`].
+    pub async fn call(
+        &self,
+        node: NodeId,
+        addr: &str,
+        request: &Request,
+        payload: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<(Response, Bytes), CallError> {
+        let conn = self.connection(node, addr).await?;
+        let result = call(&conn, request, payload, timeout).await;
+        if let Err(e @ (CallError::Timeout(_) | CallError::Connection(_))) = &result {
+            self.mark_down(node, e);
+        }
+        result
+    }
+
+    /// UDP payload bytes sent on every connection this pool has held (QUIC
+    /// framing and retransmissions included).
+    pub fn udp_bytes_sent(&self) -> u64 {
+        let live: u64 = self
+            .conns
+            .lock()
+            .map(|c| c.values().map(|c| c.stats().udp_tx.bytes).sum())
+            .unwrap_or(0);
+        live + self
+            .retired_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

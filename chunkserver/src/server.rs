@@ -16,7 +16,6 @@ use ringvault_common::wire::{
     self, ErrorCode, MAX_FRAME, PROTOCOL_VERSION, Request, Response, WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
-use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::net::{self, CallError};
@@ -34,10 +33,7 @@ pub struct Node {
     id: NodeId,
     map: ClusterMap,
     store: Arc<dyn ChunkStore>,
-    endpoint: Endpoint,
-    peers: Mutex<HashMap<NodeId, Connection>>,
-    /// Peers that failed recently, and when: not retried for [`PEER_DOWN_FOR`].
-    down: std::sync::Mutex<HashMap<NodeId, std::time::Instant>>,
+    peers: net::Peers,
     replica_timeout: Duration,
 }
 
@@ -59,9 +55,7 @@ impl Node {
             id,
             map,
             store,
-            endpoint,
-            peers: Mutex::new(HashMap::new()),
-            down: std::sync::Mutex::new(HashMap::new()),
+            peers: net::Peers::new(endpoint, PEER_CONNECT_TIMEOUT, PEER_DOWN_FOR),
             replica_timeout,
         })
     }
@@ -78,7 +72,7 @@ impl Node {
 /// # Errors
 /// Never in practice; the signature leaves room for fatal endpoint errors.
 pub async fn run(node: Arc<Node>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let endpoint = node.endpoint.clone();
+    let endpoint = node.peers.endpoint().clone();
     info!(node = %node.id, addr = ?endpoint.local_addr().ok(), "chunk server listening");
     tokio::pin!(shutdown);
     loop {
@@ -359,15 +353,12 @@ fn authorize(peer: &PeerIdentity, request: &Request) -> Result<(), WireError> {
 }
 
 impl Node {
-    /// A live connection to peer `id`: the cached one, or a new one. A peer
-    /// that failed within [`PEER_DOWN_FOR`] fails at once, so a dead node
-    /// costs one connect timeout, not one per request.
-    async fn peer(&self, id: NodeId) -> Result<Connection, CallError> {
-        if let Some(c) = self.peers.lock().await.get(&id)
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
-        }
+    async fn call_peer(
+        &self,
+        id: NodeId,
+        request: &Request,
+        payload: Vec<Bytes>,
+    ) -> Result<(Response, Bytes), CallError> {
         let addr = self
             .map
             .node(id)
@@ -376,53 +367,13 @@ impl Node {
                 addr: id.to_string(),
                 reason: "not in the cluster map".into(),
             })?;
-        let recently_down = self
-            .down
-            .lock()
-            .map(|d| d.get(&id).is_some_and(|t| t.elapsed() < PEER_DOWN_FOR))
-            .unwrap_or(false);
-        if recently_down {
-            return Err(CallError::Connect {
-                addr,
-                reason: "recently unreachable".into(),
-            });
-        }
-        match net::connect(&self.endpoint, &addr, PEER_CONNECT_TIMEOUT).await {
-            Ok(conn) => {
-                self.peers.lock().await.insert(id, conn.clone());
-                Ok(conn)
-            }
-            Err(e) => {
-                if let Ok(mut d) = self.down.lock() {
-                    d.insert(id, std::time::Instant::now());
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn call_peer(
-        &self,
-        id: NodeId,
-        request: &Request,
-        payload: Vec<Bytes>,
-    ) -> Result<(Response, Bytes), CallError> {
-        let conn = self.peer(id).await?;
         // Has-queries are cheap: a replica slower than this is treated as
         // not holding the chunk rather than stalling the agent's request.
         let timeout = match request {
             Request::Has { .. } => self.replica_timeout.min(Duration::from_secs(5)),
             _ => self.replica_timeout,
         };
-        let result = net::call(&conn, request, payload, timeout).await;
-        if let Err(CallError::Timeout(_) | CallError::Connection(_)) = &result {
-            // Drop the connection and route around the peer for a while.
-            self.peers.lock().await.remove(&id);
-            if let Ok(mut d) = self.down.lock() {
-                d.insert(id, std::time::Instant::now());
-            }
-        }
-        result
+        self.peers.call(id, &addr, request, payload, timeout).await
     }
 }
 
