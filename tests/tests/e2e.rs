@@ -311,6 +311,12 @@ fn unreadable_file_is_reported_and_skipped() {
     let mut cmd = c.ringvault();
     if as_root {
         // Root reads anything: run the agent as nobody, who cannot.
+        assert!(
+            std::process::Command::new("setpriv").arg("--version").output().is_ok(),
+            "running as root, this test needs setpriv (util-linux) to drop to nobody"
+        );
+        let exe = c.dir.path().join("ringvault");
+        std::fs::copy(cmd.get_program(), &exe).unwrap();
         let status = std::process::Command::new("chown")
             .args(["-R", "65534:65534"])
             .arg(c.dir.path())
@@ -318,9 +324,11 @@ fn unreadable_file_is_reported_and_skipped() {
             .unwrap();
         assert!(status.success());
         std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // nobody may not reach the build directory: run the copy made in
+        // the test's own directory above.
         let mut wrapped = std::process::Command::new("setpriv");
         wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        wrapped.arg(cmd.get_program()).args(cmd.get_args());
+        wrapped.arg(&exe).args(cmd.get_args());
         for (k, v) in cmd.get_envs() {
             match v {
                 Some(v) => wrapped.env(k, v),
