@@ -312,7 +312,10 @@ fn unreadable_file_is_reported_and_skipped() {
     if as_root {
         // Root reads anything: run the agent as nobody, who cannot.
         assert!(
-            std::process::Command::new("setpriv").arg("--version").output().is_ok(),
+            std::process::Command::new("setpriv")
+                .arg("--version")
+                .output()
+                .is_ok(),
             "running as root, this test needs setpriv (util-linux) to drop to nobody"
         );
         let exe = c.dir.path().join("ringvault");
@@ -413,4 +416,173 @@ fn cluster_init_configs_run_a_node_that_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
     assert!(log.contains("store closed"), "{log}");
+}
+
+#[test]
+fn a_file_rewritten_during_backup_is_never_recorded_torn() {
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    init(&c);
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let path = src.join("busy");
+    const LEN: usize = 32 << 20;
+    std::fs::write(&path, vec![0u8; LEN]).unwrap();
+    // Rewrite the file in place, all 0x00 then all 0xff, 64 KiB at a time,
+    // for as long as the backup runs (at most 60 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            use std::io::{Seek, Write};
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut f = std::fs::File::options().write(true).open(&path).unwrap();
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                let byte = if rounds.is_multiple_of(2) { 0xff } else { 0x00 };
+                f.seek(std::io::SeekFrom::Start(0)).unwrap();
+                for _ in 0..LEN / 65536 {
+                    f.write_all(&[byte; 65536]).unwrap();
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let out = c.run(&["--json", "backup", src.to_str().unwrap()]).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 0);
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let target = c.dir.path().join("restore");
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    match std::fs::read(target.join("src/busy")) {
+        // Recorded: then as one whole version, never a mix of two.
+        Ok(bytes) => {
+            assert_eq!(bytes.len(), LEN);
+            assert!(
+                bytes.iter().all(|&b| b == bytes[0]),
+                "a torn version was recorded"
+            );
+        }
+        // Or skipped as "kept changing", and said so.
+        Err(_) => {
+            assert_eq!(out.status.code(), Some(3));
+            assert_eq!(b["summary"]["errors"], 1);
+            assert!(String::from_utf8_lossy(&out.stderr).contains("kept changing"));
+        }
+    }
+}
+
+#[test]
+fn restore_refuses_hostile_names_and_writes_nothing_outside_its_target() {
+    use ringvault_common::snapshot::{Snapshot, Summary};
+    use ringvault_common::tree::{Content, Entry, EntryKind, Tree};
+
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    init(&c);
+    let password_file = c.dir.path().join("password");
+    std::fs::write(&password_file, ringvault_tests::PASSWORD).unwrap();
+    let entry = |name: &[u8], kind, content| Entry {
+        name: name.to_vec(),
+        kind,
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        size: 4,
+        inode: 0,
+        device: 0,
+        rdev: 0,
+        xattrs: vec![],
+        content,
+    };
+    // A snapshot made by a hostile writer, straight through the library.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let loaded = ringvault::repo::load_config(Some(c.agent_config())).unwrap();
+        let repo = ringvault::repo::open(&loaded.config, Some(&password_file))
+            .await
+            .unwrap();
+        let mut blobs = Vec::new();
+        let mut store = |plain: Vec<u8>| {
+            let id = repo.keys.chunk_id(&plain);
+            let blob =
+                ringvault_common::seal::seal(&repo.keys, &id, &plain, [7; 24], true).unwrap();
+            blobs.push((id, bytes::Bytes::from(blob)));
+            id
+        };
+        let data = store(b"evil".to_vec());
+        let mut trees = Vec::new();
+        for name in [&b".."[..], b"../escaped", b"/tmp/absolute", b"a\0b", b"."] {
+            let t = Tree {
+                entries: vec![entry(name, EntryKind::File, Content::Chunks(vec![data]))],
+            };
+            trees.push(store(t.encode()));
+        }
+        let dup = Tree {
+            entries: vec![
+                entry(
+                    b"twice",
+                    EntryKind::Symlink,
+                    Content::Symlink(b"/etc".to_vec()),
+                ),
+                entry(b"twice", EntryKind::File, Content::Chunks(vec![data])),
+            ],
+        };
+        trees.push(store(dup.encode()));
+        let mut root = Tree {
+            entries: vec![entry(b"good", EntryKind::File, Content::Chunks(vec![data]))],
+        };
+        for (i, t) in trees.iter().enumerate() {
+            let mut e = entry(
+                format!("hostile-{i}").as_bytes(),
+                EntryKind::Dir,
+                Content::Subtree(*t),
+            );
+            e.mode = 0o40755;
+            root.entries.push(e);
+        }
+        root.sort();
+        let root_id = store(root.encode());
+        repo.cluster.put(blobs).await.unwrap();
+        let snap = Snapshot {
+            time_ns: 1,
+            host: "evil".into(),
+            agent: "evil".into(),
+            paths: vec![],
+            root: root_id,
+            parent: None,
+            tags: vec![],
+            summary: Summary::default(),
+        };
+        let (id, record) = snap.seal(&repo.keys, [9; 24]);
+        repo.cluster
+            .put_snapshot(id, bytes::Bytes::from(record))
+            .await
+            .unwrap();
+        repo.cluster.close().await;
+    });
+
+    let outer = c.dir.path().join("outer");
+    let target = outer.join("target");
+    let out = c
+        .run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(std::fs::read(target.join("good")).unwrap(), b"evil");
+    assert!(stderr.contains("not allowed"), "{stderr}");
+    assert!(stderr.contains("out of order or duplicated"), "{stderr}");
+    // Nothing but the target itself appeared beside it.
+    let beside: Vec<_> = std::fs::read_dir(&outer)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, [std::ffi::OsString::from("target")]);
+    assert!(!std::path::Path::new("/tmp/absolute").exists());
+    assert!(!target.join("escaped").exists());
 }
