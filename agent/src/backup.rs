@@ -2,9 +2,16 @@
 //!
 //! ```text
 //! walker thread: scan (lstat, readdir) -> index lookup -> read + FastCDC + BLAKE3
-//!      | chunks, bounded by a byte budget (UPLOAD_BUDGET)
+//!      | chunks: slices of read buffers, which hold a byte budget (UPLOAD_BUDGET)
 //! uploader task: dedup (seen set) -> batched has-query -> seal (blocking pool) -> put
 //! ```
+//!
+//! Memory stays flat whatever the data: read buffers (and the chunks cut
+//! from them, which share them) hold at most `UPLOAD_BUDGET` bytes, sealed
+//! batches in flight at most `upload-concurrency` x `BATCH_BYTES`, the set
+//! of chunk ids seen at most `SEEN_LIMIT` ids. What still grows with the
+//! data is the list of changed files' fingerprints (about 150 bytes each),
+//! kept until the snapshot is stored and then written to the local index.
 //!
 //! The walker builds each directory's tree bottom-up and hands trees to the
 //! uploader like chunks, so the root tree id is known when the walk ends.
@@ -24,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ringvault_common::chunker::Chunker;
 use ringvault_common::seal;
 use ringvault_common::snapshot::{Snapshot, Summary};
@@ -37,12 +44,15 @@ use crate::fsutil::times;
 use crate::index::{FileRecord, IndexReader, LocalIndex};
 use crate::repo::{Repo, random};
 
-/// Bytes of chunk plaintext waiting for upload at most (memory bound).
+/// Bytes of read buffers (and the chunks cut from them) waiting for upload,
+/// at most.
 const UPLOAD_BUDGET: usize = 32 << 20;
 /// A batch is sent when it holds this many chunks...
 const BATCH_CHUNKS: usize = 512;
 /// ...or this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
+/// How long a partial batch waits for more chunks before it is sent.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// Read size for large files, bytes.
 const READ_BLOCK: usize = 4 << 20;
 /// A file modified this close to its read is "racy": recorded in the
@@ -53,7 +63,7 @@ const RACY_WINDOW_NS: i64 = 2_000_000_000;
 const READ_ATTEMPTS: usize = 3;
 /// The seen-set is cleared past this many ids (a bounded cache: forgetting
 /// only costs a has-query).
-const SEEN_LIMIT: usize = 1 << 20;
+const SEEN_LIMIT: usize = 1 << 18;
 
 /// What to back up.
 #[derive(Clone, Debug, Default)]
@@ -222,12 +232,25 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
     })
 }
 
-/// A chunk (or tree) on its way to the cluster, holding its share of the
-/// upload budget until it is stored or found present.
+/// A chunk (or tree) on its way to the cluster. Its bytes share a [`Pinned`]
+/// buffer, which holds its share of the upload budget until the last chunk
+/// cut from it is stored or found present.
 struct Upload {
     id: ChunkId,
     data: Bytes,
+}
+
+/// A read buffer and the budget it occupies: what memory the pipeline
+/// really pins, whole buffers rather than the chunks cut from them.
+struct Pinned {
+    data: Vec<u8>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 enum WalkError {
@@ -256,19 +279,20 @@ struct Walker {
 }
 
 impl Walker {
-    /// Hands a chunk to the uploader, waiting for room in the budget.
-    fn send(&self, id: ChunkId, data: Bytes) -> Result<(), WalkError> {
-        let permits = u32::try_from(data.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        let permit = self
-            .handle
+    /// Waits for room for a buffer of `bytes` in the upload budget.
+    fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, WalkError> {
+        // The budget is counted in KiB; one buffer never waits for more than
+        // the whole budget.
+        let permits = bytes.div_ceil(1024).clamp(1, UPLOAD_BUDGET >> 10) as u32;
+        self.handle
             .block_on(self.budget.clone().acquire_many_owned(permits))
-            .map_err(|_| WalkError::Fatal(anyhow::anyhow!("upload budget closed")))?;
+            .map_err(|_| WalkError::Fatal(anyhow::anyhow!("upload budget closed")))
+    }
+
+    /// Hands a chunk to the uploader.
+    fn send(&self, id: ChunkId, data: Bytes) -> Result<(), WalkError> {
         self.tx
-            .blocking_send(Upload {
-                id,
-                data,
-                _permit: permit,
-            })
+            .blocking_send(Upload { id, data })
             .map_err(|_| WalkError::Fatal(anyhow::anyhow!("the uploader stopped (see its error)")))
     }
 
@@ -281,7 +305,14 @@ impl Walker {
             );
         }
         let id = self.repo.keys.chunk_id(&encoded);
-        match self.send(id, Bytes::from(encoded)) {
+        let sent = self.reserve(encoded.len()).and_then(|permit| {
+            let data = Bytes::from_owner(Pinned {
+                data: encoded,
+                _permit: permit,
+            });
+            self.send(id, data)
+        });
+        match sent {
             Ok(()) => Ok(id),
             Err(WalkError::Fatal(e)) => Err(e),
             Err(WalkError::Skip(e)) => Err(anyhow::anyhow!(e)),
@@ -430,33 +461,50 @@ impl Walker {
         if !before.is_file() {
             return Err(WalkError::Skip("no longer a regular file".into()));
         }
-        let max = self.chunker.max_size();
-        let first = usize::try_from(before.len())
-            .unwrap_or(usize::MAX)
-            .min(READ_BLOCK)
-            + 1;
-        let mut buf = BytesMut::with_capacity(first);
-        let mut eof = false;
+        // Each block: the tail of the last one that held no boundary yet,
+        // then up to READ_BLOCK fresh bytes (a small file's whole size).
+        let mut remaining = before.len();
+        let mut carry = Bytes::new();
         let mut chunks = Vec::new();
         loop {
-            while !eof && buf.len() < max {
-                let old = buf.len();
-                let want = if old == 0 { first } else { READ_BLOCK };
-                buf.resize(old + want, 0);
-                let n = read_full(&mut f, &mut buf[old..])?;
-                buf.truncate(old + n);
-                eof = n < want;
-                self.counters
-                    .bytes_read
-                    .fetch_add(n as u64, Ordering::Relaxed);
+            // One byte past the expected size, to see the end without another
+            // read; a file that grew since its stat is read on in full blocks.
+            let expected = usize::try_from(remaining).unwrap_or(usize::MAX);
+            let want = if expected == 0 {
+                READ_BLOCK
+            } else {
+                expected.min(READ_BLOCK)
+            } + 1;
+            let permit = self.reserve(carry.len() + want)?;
+            let mut block = Vec::with_capacity(carry.len() + want);
+            block.extend_from_slice(&carry);
+            // The old block's budget is released once its last chunk is.
+            drop(std::mem::take(&mut carry));
+            let start = block.len();
+            block.resize(start + want, 0);
+            let n = read_full(&mut f, &mut block[start..])?;
+            block.truncate(start + n);
+            let eof = n < want;
+            remaining = remaining.saturating_sub(n as u64);
+            self.counters
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let block_bytes = Bytes::from_owner(Pinned {
+                data: block,
+                _permit: permit,
+            });
+            let mut offset = 0;
+            while let Some(len) = self.chunker.cut(&block_bytes[offset..], eof) {
+                let data = block_bytes.slice(offset..offset + len);
+                offset += len;
+                let id = self.repo.keys.chunk_id(&data);
+                self.send(id, data)?;
+                chunks.push(id);
             }
-            let Some(len) = self.chunker.cut(&buf, eof) else {
+            if eof {
                 break;
-            };
-            let data = buf.split_to(len).freeze();
-            let id = self.repo.keys.chunk_id(&data);
-            self.send(id, data)?;
-            chunks.push(id);
+            }
+            carry = block_bytes.slice(offset..);
         }
         let after = f.metadata()?;
         Ok((chunks, before, after))
@@ -504,8 +552,13 @@ async fn upload_loop(
     let mut inflight: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let limit = repo.config.upload_concurrency;
     loop {
-        let next = rx.recv().await;
-        let done = next.is_none();
+        // A partial batch goes out when the walker pauses (it may be waiting
+        // for budget this very batch holds) as well as when it fills up.
+        let (next, idle) = match tokio::time::timeout(BATCH_LINGER, rx.recv()).await {
+            Ok(next) => (next, false),
+            Err(_) => (None, true),
+        };
+        let done = next.is_none() && !idle;
         if let Some(u) = next {
             if seen.len() >= SEEN_LIMIT {
                 seen.clear();
@@ -515,7 +568,8 @@ async fn upload_loop(
                 batch.push(u);
             }
         }
-        if !batch.is_empty() && (done || batch.len() >= BATCH_CHUNKS || batch_bytes >= BATCH_BYTES)
+        if !batch.is_empty()
+            && (done || idle || batch.len() >= BATCH_CHUNKS || batch_bytes >= BATCH_BYTES)
         {
             while inflight.len() >= limit {
                 if let Some(r) = inflight.join_next().await {

@@ -4,9 +4,9 @@
 //!
 //! [`Chunker`] is push-based: the caller keeps a buffer that starts at a chunk
 //! boundary, asks [`Chunker::cut`] where the chunk ends, and refills. A
-//! boundary is only reported once it cannot move with more data (the buffer
-//! holds at least `max` bytes past the chunk start, or the input has ended),
-//! so boundaries do not depend on how the input was split into reads.
+//! boundary is only reported once more data cannot move it, so boundaries do
+//! not depend on how the input was split into reads (a property test checks
+//! this).
 
 use fastcdc::v2020::{self, Normalization};
 use serde::{Deserialize, Serialize};
@@ -102,19 +102,21 @@ impl Chunker {
         })
     }
 
-    /// Largest chunk, bytes: a caller's buffer must hold this much past a
-    /// chunk start for [`Chunker::cut`] to decide.
+    /// Largest chunk, bytes: a buffer holding this much past a chunk start
+    /// always lets [`Chunker::cut`] decide.
     pub fn max_size(&self) -> usize {
         self.max
     }
 
     /// Where the chunk starting at `data[0]` ends, as a length.
     ///
-    /// Returns `None` when more input could move the boundary (fewer than
-    /// `max` bytes buffered and `eof` false); at `eof`, the rest of `data`
-    /// (when shorter than a chunk) is the final chunk. Empty data has no chunk.
+    /// A boundary found inside `data` is final: FastCDC takes the first
+    /// position past `min` whose rolling hash matches, so more input cannot
+    /// move it. When none is found, the chunk ends at `max` if `data` holds
+    /// that much, at the end of `data` if `eof`; otherwise more input is
+    /// needed and the answer is `None`. Empty data has no chunk.
     pub fn cut(&self, data: &[u8], eof: bool) -> Option<usize> {
-        if data.is_empty() || (!eof && data.len() < self.max) {
+        if data.is_empty() {
             return None;
         }
         let window = &data[..data.len().min(self.max)];
@@ -129,7 +131,8 @@ impl Chunker {
             mask_s << 1,
             mask_l << 1,
         );
-        Some(len.max(1).min(window.len()))
+        let len = len.clamp(1, window.len());
+        (len < window.len() || window.len() == self.max || eof).then_some(len)
     }
 
     /// Cuts a whole in-memory buffer (a file that fits in memory) into chunk

@@ -141,7 +141,7 @@ impl Default for AgentConfig {
             state_dir: PathBuf::new(),
             password_file: None,
             host: String::new(),
-            upload_concurrency: 8,
+            upload_concurrency: 4,
             request_timeout_ms: 60_000,
         }
     }

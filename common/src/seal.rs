@@ -102,6 +102,11 @@ pub fn seal(
         .encrypt_in_place_detached(XNonce::from_slice(&head[HEADER_LEN..]), &aad, body)
         .map_err(|_| SealError::TooLarge(plaintext.len()))?;
     out.extend_from_slice(&tag);
+    // Compression may have left most of the plaintext-sized allocation
+    // unused; blobs wait in upload queues, so give it back.
+    if out.capacity() > out.len() + out.len() / 4 {
+        out.shrink_to_fit();
+    }
     Ok(out)
 }
 
