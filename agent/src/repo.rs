@@ -174,7 +174,8 @@ pub struct Repo {
     pub config: AgentConfig,
     /// This agent's id, from its certificate.
     pub agent: String,
-    /// Per-repository local state directory.
+    /// Local state for this repository (the change-detection index):
+    /// `<state dir>/<name>/<repository id>`.
     pub state_dir: PathBuf,
 }
 
@@ -227,42 +228,52 @@ fn write_key_cache(dir: &Path, encoded: &[u8]) -> anyhow::Result<()> {
     crate::fsutil::write_private(&dir.join("key"), encoded).context("caching the repository key")
 }
 
-/// Opens the repository: connects, fetches (or reads the cached) wrapped
-/// key, and unlocks it with the password.
+/// Opens the repository: connects, fetches the wrapped key from the
+/// cluster (the local cache stands in only when no server can hand it out),
+/// and unlocks it with the password.
+///
+/// The cluster's key is the truth: a cache left by another repository of
+/// the same name (a quickstart made afresh, another cluster) is replaced,
+/// never used. Local state that depends on the keys (the change-detection
+/// index) lives under the repository's id, derived from its master key, so
+/// it is never shared between two repositories either.
 ///
 /// # Errors
 /// Connection errors, a missing repository, or a wrong password.
 pub async fn open(config: &AgentConfig, password_file: Option<&Path>) -> anyhow::Result<Arc<Repo>> {
     let (cluster, agent) = connect(config).await?;
-    let dir = state_dir(config)?;
-    let cache = dir.join("key");
-    let cached = std::fs::read(&cache)
-        .ok()
-        .and_then(|b| KeyFile::decode(&b).ok());
-    let password = password(config, password_file, false)?;
-    let secret = match cached.map(|kf| kf.unwrap_secret(password.as_bytes())) {
-        Some(Ok(s)) => s,
-        // No cache, or the cached key does not open: ask the cluster.
-        _ => {
-            let bytes = cluster.get_key().await?;
-            let kf = KeyFile::decode(&bytes).context("the cluster's key record")?;
-            let secret = match kf.unwrap_secret(password.as_bytes()) {
-                Ok(s) => s,
-                Err(KeyError::WrongPassword) => return Err(WrongPassword.into()),
-                Err(e) => return Err(e.into()),
-            };
-            write_key_cache(&dir, &bytes)?;
-            secret
+    let base = state_dir(config)?;
+    let cached = std::fs::read(base.join("key")).ok();
+    let bytes = match (cluster.get_key().await, cached) {
+        (Ok(remote), cached) => {
+            if cached.as_deref() != Some(&remote[..]) {
+                write_key_cache(&base, &remote)?;
+            }
+            remote.to_vec()
         }
+        (Err(e @ ClientError::NotFound(_)), _) => return Err(e.into()),
+        (Err(e), Some(cached)) => {
+            tracing::warn!(error = %e, "no server handed out the repository key; using the cached copy");
+            cached
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
+    let kf = KeyFile::decode(&bytes).context("the repository key record")?;
+    let password = password(config, password_file, false)?;
+    let secret = match kf.unwrap_secret(password.as_bytes()) {
+        Ok(s) => s,
+        Err(KeyError::WrongPassword) => return Err(WrongPassword.into()),
+        Err(e) => return Err(e.into()),
     };
     let keys = RepoKeys::derive(&MasterKey::from_bytes(secret.master_key));
+    let state_dir = base.join(keys.repository_id());
     Ok(Arc::new(Repo {
         cluster,
         keys,
         chunker: secret.chunker,
         config: config.clone(),
         agent,
-        state_dir: dir,
+        state_dir,
     }))
 }
 

@@ -52,6 +52,7 @@ impl std::fmt::Debug for MasterKey {
 pub struct RepoKeys {
     chunk_id_key: [u8; 32],
     seal_key: [u8; 32],
+    repository_id: [u8; 16],
 }
 
 impl std::fmt::Debug for RepoKeys {
@@ -63,10 +64,20 @@ impl std::fmt::Debug for RepoKeys {
 impl RepoKeys {
     /// Derives the working keys. The context strings are part of the format.
     pub fn derive(master: &MasterKey) -> Self {
+        let id = blake3::derive_key("ringvault 2026-11 repository id", &master.0);
+        let mut repository_id = [0u8; 16];
+        repository_id.copy_from_slice(&id[..16]);
         Self {
             chunk_id_key: blake3::derive_key("ringvault 2026-11 chunk id", &master.0),
             seal_key: blake3::derive_key("ringvault 2026-11 blob seal", &master.0),
+            repository_id,
         }
+    }
+
+    /// A public name for the repository (32 hex digits), the same for every
+    /// password: it tells two repositories apart without revealing a key.
+    pub fn repository_id(&self) -> String {
+        hex::encode(self.repository_id)
     }
 
     /// The key for chunk ids: BLAKE3 keyed hashing of plaintext.

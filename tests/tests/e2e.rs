@@ -586,3 +586,40 @@ fn restore_refuses_hostile_names_and_writes_nothing_outside_its_target() {
     assert!(!std::path::Path::new("/tmp/absolute").exists());
     assert!(!target.join("escaped").exists());
 }
+
+#[test]
+fn a_new_repository_never_reuses_another_ones_local_state() {
+    // Two clusters, each with a repository named "test", and one agent
+    // state directory: as when a quickstart is made afresh.
+    let a = TestCluster::start(3, 3, 2).unwrap();
+    let b = TestCluster::start(3, 3, 2).unwrap();
+    let shared_state = a.agent_config().parent().unwrap().join("state");
+    let b_cfg = std::fs::read_to_string(b.agent_config()).unwrap().replace(
+        "state-dir = \"state\"",
+        &format!("state-dir = {:?}", shared_state.to_str().unwrap()),
+    );
+    std::fs::write(b.agent_config(), b_cfg).unwrap();
+    init(&a);
+    let src = a.dir.path().join("src");
+    awkward_tree(&src);
+    // Old enough to be trusted by the index.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("a/big.bin"))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    backup_json(&a, &src);
+
+    init(&b);
+    let first_in_b = backup_json(&b, &src);
+    assert!(
+        first_in_b["summary"]["bytes_read"].as_u64().unwrap() >= 12 << 20,
+        "repository b reused repository a's index: {first_in_b}"
+    );
+    let target = b.dir.path().join("restore");
+    b.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(tree_diff(&src, &target.join("src")), None);
+}
