@@ -335,7 +335,9 @@ impl Cluster {
                                 chunk: batch[i].0,
                                 copies: copies[i],
                                 needed: w,
-                                reason: format!("coordinated by {node}; replicas unreachable"),
+                                reason: format!(
+                                    "coordinated by {node}; the other replicas are down or failed to write it (see their logs)"
+                                ),
                             });
                         }
                     }

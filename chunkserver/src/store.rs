@@ -61,6 +61,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// A group commit failed (the whole batch was not stored).
+    #[error("group commit failed: {0}")]
+    Commit(String),
 }
 
 /// Kinds of small records kept beside blobs.
@@ -488,7 +491,7 @@ impl SegmentWriter {
             for job in jobs {
                 let r = match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Index(format!("group commit failed: {e}"))),
+                    Err(e) => Err(StoreError::Commit(e.to_string())),
                 };
                 let _ = job.done.send(r);
             }
