@@ -35,7 +35,7 @@ use bytes::Bytes;
 use ringvault_common::chunker::Chunker;
 use ringvault_common::seal;
 use ringvault_common::snapshot::{Snapshot, Summary};
-use ringvault_common::tree::{Content, Entry, EntryKind, Tree};
+use ringvault_common::tree::{Content, Entry, EntryKind, TREE_PART_BYTES, Tree};
 use ringvault_common::{ChunkId, SnapshotId};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -177,7 +177,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
                 }
             }
             root.sort();
-            let root_id = w.store_tree(&root)?;
+            let root_id = w.store_tree(root)?;
             Ok((root_id, w.updates, w.errors))
         })
     };
@@ -296,12 +296,28 @@ impl Walker {
             .map_err(|_| WalkError::Fatal(anyhow::anyhow!("the uploader stopped (see its error)")))
     }
 
-    fn store_tree(&self, tree: &Tree) -> anyhow::Result<ChunkId> {
+    /// Stores a directory's tree, in several parts when it is too large
+    /// for one (see [`Tree::split`]); returns the id the directory entry names.
+    fn store_tree(&self, tree: Tree) -> anyhow::Result<ChunkId> {
         let encoded = tree.encode();
+        if encoded.len() <= TREE_PART_BYTES {
+            return self.store_blob(encoded);
+        }
+        let mut parts = tree.split(TREE_PART_BYTES);
+        let mut head = parts.remove(0);
+        head.more = parts
+            .into_iter()
+            .map(|p| self.store_blob(p.encode()))
+            .collect::<anyhow::Result<_>>()?;
+        self.store_blob(head.encode())
+    }
+
+    /// Hands an encoded tree (or tree part) to the uploader; returns its id.
+    fn store_blob(&self, encoded: Vec<u8>) -> anyhow::Result<ChunkId> {
         if encoded.len() > seal::MAX_PLAINTEXT {
             bail!(
-                "a directory with {} entries is too large for one tree blob",
-                tree.entries.len()
+                "a tree of {} bytes is too large for one blob",
+                encoded.len()
             );
         }
         let id = self.repo.keys.chunk_id(&encoded);
@@ -415,7 +431,7 @@ impl Walker {
             }
         }
         self.counters.dirs.fetch_add(1, Ordering::Relaxed);
-        self.store_tree(&tree).map_err(WalkError::Fatal)
+        self.store_tree(tree).map_err(WalkError::Fatal)
     }
 
     /// A file's chunk list: from the index when its fingerprint is

@@ -297,11 +297,24 @@ impl Repo {
             .await
     }
 
-    /// Fetches and decodes a tree.
+    /// Fetches and decodes a directory's tree, with its further parts when
+    /// it spans several blobs.
     ///
     /// # Errors
     /// When no good copy is reachable or the tree does not decode.
     pub async fn read_tree(self: &Arc<Self>, id: ChunkId) -> anyhow::Result<Tree> {
+        let head = self.read_tree_part(id).await?;
+        if head.more.is_empty() {
+            return Ok(head);
+        }
+        let mut parts = Vec::with_capacity(head.more.len());
+        for part in &head.more {
+            parts.push(self.read_tree_part(*part).await?);
+        }
+        Tree::join(head, parts).with_context(|| format!("tree {id}"))
+    }
+
+    async fn read_tree_part(self: &Arc<Self>, id: ChunkId) -> anyhow::Result<Tree> {
         let bytes = self.read_chunk(id).await?;
         Tree::decode(&bytes).with_context(|| format!("tree {id}"))
     }

@@ -4,6 +4,12 @@
 //! sorted by raw name bytes and unique; names are non-empty, hold neither
 //! `/` nor NUL, and are neither `.` nor `..`. [`Tree::decode`] enforces all of
 //! it, so restore never sees a name that could escape its target.
+//!
+//! A directory too large for one blob spans several ([`Tree::split`]): the
+//! blob the directory entry names holds the first entries and, in `more`,
+//! the ids of further parts, each a tree with the next entries and no
+//! `more` of its own; names ascend across all parts. [`Tree::join`] puts
+//! them back together and checks the whole.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,12 +90,19 @@ pub struct Entry {
     pub content: Content,
 }
 
-/// One directory: entries sorted by name bytes.
+/// One directory (or one part of a large one): entries sorted by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     /// The entries, strictly ascending by `name`.
     pub entries: Vec<Entry>,
+    /// Ids of the further parts of a directory that spans several blobs, in
+    /// order; empty for most directories and in every part.
+    pub more: Vec<ChunkId>,
 }
+
+/// Largest encoded part of a tree, bytes: [`Tree::split`] cuts a directory
+/// into parts of at most this size (4 MiB, a quarter of the blob limit).
+pub const TREE_PART_BYTES: usize = 4 << 20;
 
 /// Errors from decoding or checking a tree.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -182,6 +195,55 @@ impl Tree {
         Ok(tree)
     }
 
+    /// Cuts a (sorted) directory into parts whose encodings stay within
+    /// `part_bytes` (one entry per part at least). Returns the parts in
+    /// order; store all but the first, then set the first's `more` to their
+    /// ids. A directory that fits is one part.
+    pub fn split(self, part_bytes: usize) -> Vec<Tree> {
+        let mut parts = vec![Tree::default()];
+        let mut size = 0usize;
+        for entry in self.entries {
+            // Invariant: postcard serialization of plain data cannot fail.
+            let len = postcard::experimental::serialized_size(&entry).expect("entry size");
+            let current = parts.last_mut().expect("parts is never empty");
+            if !current.entries.is_empty() && size + len > part_bytes {
+                parts.push(Tree::default());
+                size = 0;
+            }
+            size += len;
+            parts
+                .last_mut()
+                .expect("parts is never empty")
+                .entries
+                .push(entry);
+        }
+        parts
+    }
+
+    /// Puts a directory back together from its first part and the parts its
+    /// `more` names, fetched in that order, and checks the whole.
+    ///
+    /// # Errors
+    /// [`TreeError::Format`] for a part that names parts of its own or a
+    /// count that does not match; [`TreeError::Order`] when names do not
+    /// ascend across parts.
+    pub fn join(mut head: Tree, parts: Vec<Tree>) -> Result<Tree, TreeError> {
+        if parts.len() != head.more.len() {
+            return Err(TreeError::Format("missing tree parts".into()));
+        }
+        for part in parts {
+            if !part.more.is_empty() {
+                return Err(TreeError::Format(
+                    "a tree part names parts of its own".into(),
+                ));
+            }
+            head.entries.extend(part.entries);
+        }
+        head.more.clear();
+        head.validate()?;
+        Ok(head)
+    }
+
     /// Finds an entry by name.
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
         self.entries
@@ -217,6 +279,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut t = Tree {
+            more: vec![],
             entries: vec![
                 entry(
                     b"z\xff\n name",
@@ -232,10 +295,36 @@ mod tests {
     }
 
     #[test]
+    fn join_refuses_disorder_and_nesting() {
+        let part = |names: &[&[u8]]| Tree {
+            entries: names
+                .iter()
+                .map(|n| entry(n, EntryKind::File, Content::Chunks(vec![])))
+                .collect(),
+            more: vec![],
+        };
+        let mut head = part(&[b"m"]);
+        head.more = vec![ChunkId([1; 32])];
+        assert!(matches!(
+            Tree::join(head.clone(), vec![part(&[b"a"])]),
+            Err(TreeError::Order(_))
+        ));
+        assert!(Tree::join(head.clone(), vec![]).is_err());
+        let mut nested = part(&[b"z"]);
+        nested.more = vec![ChunkId([2; 32])];
+        assert!(Tree::join(head.clone(), vec![nested]).is_err());
+        assert_eq!(
+            Tree::join(head, vec![part(&[b"z"])]).unwrap().entries.len(),
+            2
+        );
+    }
+
+    #[test]
     fn hostile_names_are_refused() {
         for name in [&b".."[..], b".", b"", b"a/b", b"/etc", b"a\0b"] {
             let t = Tree {
                 entries: vec![entry(name, EntryKind::File, Content::Chunks(vec![]))],
+                more: vec![],
             };
             assert!(
                 matches!(Tree::decode(&t.encode()), Err(TreeError::BadName(_))),
@@ -247,6 +336,7 @@ mod tests {
                 entry(b"a", EntryKind::File, Content::Chunks(vec![])),
                 entry(b"a", EntryKind::File, Content::Chunks(vec![])),
             ],
+            more: vec![],
         };
         assert!(matches!(
             Tree::decode(&dup.encode()),
@@ -269,8 +359,23 @@ mod tests {
                 let mut e = entry(n.as_bytes(), EntryKind::File, Content::Chunks(vec![ChunkId([3; 32])]));
                 e.size = size;
                 e
-            }).collect() };
+            }).collect(), more: vec![] };
             prop_assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
+        }
+
+        #[test]
+        fn split_then_join_is_identity(names in proptest::collection::btree_set("[a-z]{1,40}", 0..300),
+                                       part_bytes in 1usize..3000) {
+            let t = Tree { entries: names.iter().map(|n| entry(n.as_bytes(), EntryKind::File, Content::Chunks(vec![]))).collect(), more: vec![] };
+            let mut parts = t.clone().split(part_bytes);
+            for p in &parts {
+                let fits = p.encode().len() <= part_bytes + 16 || p.entries.len() == 1;
+                prop_assert!(fits, "part of {} bytes", p.encode().len());
+                prop_assert_eq!(&Tree::decode(&p.encode()).unwrap(), p);
+            }
+            let mut head = parts.remove(0);
+            head.more = (0..parts.len()).map(|i| ChunkId([i as u8; 32])).collect();
+            prop_assert_eq!(Tree::join(head, parts).unwrap(), t);
         }
     }
 }

@@ -520,6 +520,7 @@ fn restore_refuses_hostile_names_and_writes_nothing_outside_its_target() {
         for name in [&b".."[..], b"../escaped", b"/tmp/absolute", b"a\0b", b"."] {
             let t = Tree {
                 entries: vec![entry(name, EntryKind::File, Content::Chunks(vec![data]))],
+                more: vec![],
             };
             trees.push(store(t.encode()));
         }
@@ -532,10 +533,12 @@ fn restore_refuses_hostile_names_and_writes_nothing_outside_its_target() {
                 ),
                 entry(b"twice", EntryKind::File, Content::Chunks(vec![data])),
             ],
+            more: vec![],
         };
         trees.push(store(dup.encode()));
         let mut root = Tree {
             entries: vec![entry(b"good", EntryKind::File, Content::Chunks(vec![data]))],
+            more: vec![],
         };
         for (i, t) in trees.iter().enumerate() {
             let mut e = entry(
@@ -620,6 +623,30 @@ fn a_new_repository_never_reuses_another_ones_local_state() {
     );
     let target = b.dir.path().join("restore");
     b.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(tree_diff(&src, &target.join("src")), None);
+}
+
+#[test]
+fn a_directory_too_large_for_one_tree_blob_spans_several() {
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    init(&c);
+    let src = c.dir.path().join("src");
+    let big = src.join("big dir");
+    std::fs::create_dir_all(&big).unwrap();
+    // 40,000 entries with 100-byte names: about 5 MiB of tree, more than
+    // one 4 MiB part.
+    let pad = "x".repeat(94);
+    for i in 0..40_000 {
+        std::fs::File::create(big.join(format!("{i:06}{pad}"))).unwrap();
+    }
+    std::fs::write(big.join("zzz-last"), b"the last entry").unwrap();
+    backup_json(&c, &src);
+    let ls = c.ok(&["--json", "ls", "latest", "src/big dir"]).unwrap();
+    let ls: Value = serde_json::from_str(&ls).unwrap();
+    assert_eq!(ls["entries"].as_array().unwrap().len(), 40_001);
+    let target = c.dir.path().join("restore");
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
         .unwrap();
     assert_eq!(tree_diff(&src, &target.join("src")), None);
 }
