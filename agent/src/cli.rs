@@ -392,10 +392,15 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool) -> anyhow::Result
         let cfg = agent_path.display();
         println!();
         println!("Your files are in a three-node cluster on this machine. Next:");
-        println!("  ringvault --config {cfg} snapshots");
-        println!("  ringvault --config {cfg} ls latest");
-        println!("  ringvault --config {cfg} restore latest --target /tmp/ringvault-restore");
-        println!("  ringvault quickstart --stop        # stop the local cluster");
+        // The program as it was invoked (./target/release/ringvault, say), so
+        // the commands work as printed.
+        let rv = std::env::args()
+            .next()
+            .unwrap_or_else(|| "ringvault".into());
+        println!("  {rv} --config {cfg} snapshots");
+        println!("  {rv} --config {cfg} ls latest");
+        println!("  {rv} --config {cfg} restore latest --target /tmp/ringvault-restore");
+        println!("  {rv} quickstart --stop        # stop the local cluster");
         println!("(--config may be left out: ringvault finds the quickstart's config by itself)");
     }
     Ok(if report.errors.is_empty() {

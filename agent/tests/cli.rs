@@ -75,7 +75,26 @@ fn quickstart_backs_up_and_prints_commands_that_work() {
             "missing `{command}` in:\n{stdout}"
         );
     }
-    // The printed commands work without --config.
+    // The printed commands work as printed.
+    for wanted in ["snapshots", "ls latest"] {
+        let line = stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.ends_with(wanted))
+            .unwrap_or_else(|| panic!("no `{wanted}` command in:\n{stdout}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let out = Command::new(words[0])
+            .args(&words[1..])
+            .env("HOME", home.dir.path().join("home"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // And without --config.
     let list = home.run(&["--json", "snapshots"]);
     let snaps: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
