@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Writes `data` to `path` durably and privately (mode 0600): a temporary
@@ -31,8 +31,6 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// Nanoseconds since the epoch of a metadata time (seconds, nanoseconds).
 pub fn ns(secs: i64, nsec: i64) -> i64 {

@@ -6,6 +6,7 @@
 //! the background (or reuses those already answering); initializes the
 //! repository if needed; and backs up DIR. `--stop` stops the servers.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,10 +115,9 @@ pub fn chunkserver_binary() -> anyhow::Result<PathBuf> {
 /// When a server cannot be started or does not come up within 20 s (its
 /// log is named).
 pub async fn start_servers(home: &Path, agent: &AgentConfig) -> anyhow::Result<usize> {
-    let (endpoint_cfg, repo_id) = (agent.clone(), agent.repo());
     let mut started = 0;
     for (i, addr) in agent.servers.iter().enumerate() {
-        if answers(&endpoint_cfg, addr).await {
+        if answers(agent, addr).await {
             continue;
         }
         let node_dir = home.join(format!("node-{}", i + 1));
@@ -136,11 +136,10 @@ pub async fn start_servers(home: &Path, agent: &AgentConfig) -> anyhow::Result<u
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     for (i, addr) in agent.servers.iter().enumerate() {
-        while !answers(&endpoint_cfg, addr).await {
+        while !answers(agent, addr).await {
             if Instant::now() > deadline {
                 bail!(
-                    "server {addr} ({}) did not come up; see {}",
-                    repo_id,
+                    "server {addr} did not come up; see {}",
                     home.join(format!("node-{}/server.log", i + 1)).display()
                 );
             }
@@ -149,8 +148,6 @@ pub async fn start_servers(home: &Path, agent: &AgentConfig) -> anyhow::Result<u
     }
     Ok(started)
 }
-
-use std::os::unix::process::CommandExt;
 
 async fn answers(config: &AgentConfig, addr: &str) -> bool {
     let mut one = config.clone();

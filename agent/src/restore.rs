@@ -256,7 +256,6 @@ async fn restore_file(repo: &Arc<Repo>, job: &FileJob) -> anyhow::Result<u64> {
             job.entry.size
         );
     }
-    file.sync_data().ok();
     drop(file);
     set_metadata(&job.dest, &job.entry)?;
     Ok(written)
