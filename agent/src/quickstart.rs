@@ -193,9 +193,15 @@ pub fn stop(home: &Path) -> anyhow::Result<usize> {
     Ok(stopped)
 }
 
-/// Whether process `pid` runs `ringvault-chunkserver` (asks `ps`, which
-/// Linux and macOS both have).
+/// Whether process `pid` runs `ringvault-chunkserver`: from
+/// `/proc/<pid>/cmdline` on Linux, else from `ps` (macOS).
 fn is_chunkserver(pid: &str) -> bool {
+    if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+        return String::from_utf8_lossy(&cmdline).contains("ringvault-chunkserver");
+    }
+    if Path::new("/proc/self").exists() {
+        return false; // Linux, and no such process
+    }
     Command::new("ps")
         .args(["-p", pid, "-o", "args="])
         .output()
