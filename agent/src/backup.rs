@@ -359,39 +359,17 @@ impl Walker {
             xattrs: Vec::new(),
             content: Content::None,
         };
-        if ft.is_file() {
-            match self.file(path, meta) {
-                Ok(chunks) => {
-                    entry.content = Content::Chunks(chunks);
-                    self.counters.files.fetch_add(1, Ordering::Relaxed);
-                    self.counters.bytes.fetch_add(meta.len(), Ordering::Relaxed);
-                }
-                Err(WalkError::Skip(e)) => {
-                    self.skip(path, e);
-                    return Ok(None);
-                }
-                Err(fatal) => return Err(fatal),
-            }
+        let content = if ft.is_file() {
+            self.file(path, meta).map(Content::Chunks)
         } else if ft.is_dir() {
             entry.kind = EntryKind::Dir;
             entry.size = 0;
-            match self.dir(path) {
-                Ok(id) => entry.content = Content::Subtree(id),
-                Err(WalkError::Skip(e)) => {
-                    self.skip(path, e);
-                    return Ok(None);
-                }
-                Err(fatal) => return Err(fatal),
-            }
+            self.dir(path).map(Content::Subtree)
         } else if ft.is_symlink() {
             entry.kind = EntryKind::Symlink;
-            match std::fs::read_link(path) {
-                Ok(t) => entry.content = Content::Symlink(t.into_os_string().into_vec()),
-                Err(e) => {
-                    self.skip(path, e.to_string());
-                    return Ok(None);
-                }
-            }
+            std::fs::read_link(path)
+                .map(|t| Content::Symlink(t.into_os_string().into_vec()))
+                .map_err(WalkError::from)
         } else {
             entry.kind = if ft.is_fifo() {
                 EntryKind::Fifo
@@ -403,6 +381,19 @@ impl Walker {
                 EntryKind::Socket
             };
             entry.size = 0;
+            Ok(Content::None)
+        };
+        match content {
+            Ok(content) => entry.content = content,
+            Err(WalkError::Skip(e)) => {
+                self.skip(path, e);
+                return Ok(None);
+            }
+            Err(fatal) => return Err(fatal),
+        }
+        if ft.is_file() {
+            self.counters.files.fetch_add(1, Ordering::Relaxed);
+            self.counters.bytes.fetch_add(meta.len(), Ordering::Relaxed);
         }
         Ok(Some(entry))
     }

@@ -213,9 +213,8 @@ impl Cluster {
     ) -> Result<(Response, Bytes), ClientError> {
         let addr = self
             .map
-            .node(node)
-            .map(|n| n.address.clone())
-            .unwrap_or_else(|| node.to_string());
+            .address(node)
+            .map_or_else(|| node.to_string(), str::to_owned);
         let result = self
             .peers
             .call(node, &addr, req, payload, self.timeout)

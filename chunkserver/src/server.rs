@@ -1,7 +1,6 @@
 //! The request loop: accepts connections, checks who is calling, answers
 //! requests, and coordinates replicated writes.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -359,21 +358,17 @@ impl Node {
         request: &Request,
         payload: Vec<Bytes>,
     ) -> Result<(Response, Bytes), CallError> {
-        let addr = self
-            .map
-            .node(id)
-            .map(|n| n.address.clone())
-            .ok_or_else(|| CallError::Connect {
-                addr: id.to_string(),
-                reason: "not in the cluster map".into(),
-            })?;
+        let addr = self.map.address(id).ok_or_else(|| CallError::Connect {
+            addr: id.to_string(),
+            reason: "not in the cluster map".into(),
+        })?;
         // Has-queries are cheap: a replica slower than this is treated as
         // not holding the chunk rather than stalling the agent's request.
         let timeout = match request {
             Request::Has { .. } => self.replica_timeout.min(Duration::from_secs(5)),
             _ => self.replica_timeout,
         };
-        self.peers.call(id, &addr, request, payload, timeout).await
+        self.peers.call(id, addr, request, payload, timeout).await
     }
 }
 
@@ -383,12 +378,7 @@ async fn coordinate_has(
     repo: RepoId,
     ids: Vec<ChunkId>,
 ) -> Result<Vec<bool>, WireError> {
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
-    for (i, id) in ids.iter().enumerate() {
-        for r in node.map.replicas(id) {
-            by_node.entry(r).or_default().push(i);
-        }
-    }
+    let by_node = node.map.group_by_replica(&ids);
     let mut asks = FuturesUnordered::new();
     for (target, idxs) in by_node {
         let node = node.clone();
@@ -438,12 +428,7 @@ async fn coordinate_put(
     repo: RepoId,
     items: Vec<(ChunkId, Bytes)>,
 ) -> Result<Vec<u32>, WireError> {
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
-    for (i, (id, _)) in items.iter().enumerate() {
-        for r in node.map.replicas(id) {
-            by_node.entry(r).or_default().push(i);
-        }
-    }
+    let by_node = node.map.group_by_replica(items.iter().map(|(id, _)| id));
     let mut writes = FuturesUnordered::new();
     for (target, idxs) in by_node {
         let node = node.clone();

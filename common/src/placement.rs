@@ -109,6 +109,26 @@ impl ClusterMap {
         self.nodes.iter().find(|n| n.id == id)
     }
 
+    /// `host:port` of node `id`.
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.node(id).map(|n| n.address.as_str())
+    }
+
+    /// For each node, the positions in `ids` of the chunks it is a replica
+    /// of: how a coordinator fans one batched request out to the replicas.
+    pub fn group_by_replica<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a ChunkId>,
+    ) -> std::collections::HashMap<NodeId, Vec<usize>> {
+        let mut groups: std::collections::HashMap<NodeId, Vec<usize>> = Default::default();
+        for (i, id) in ids.into_iter().enumerate() {
+            for node in self.replicas(id) {
+                groups.entry(node).or_default().push(i);
+            }
+        }
+        groups
+    }
+
     /// The N nodes holding `id`, best first.
     pub fn replicas(&self, id: &ChunkId) -> Vec<NodeId> {
         place(&self.nodes, id.partition(), self.replicas as usize)
@@ -240,6 +260,17 @@ mod tests {
                 "{k}->{}: moved {moved} ideal {ideal:.0}",
                 k + 1
             );
+        }
+    }
+
+    #[test]
+    fn groups_list_each_chunk_under_each_replica() {
+        let m = map(5, 3);
+        let ids = ids(200, 5);
+        let groups = m.group_by_replica(&ids);
+        assert_eq!(groups.values().map(Vec::len).sum::<usize>(), 600);
+        for (node, idxs) in &groups {
+            assert!(idxs.iter().all(|&i| m.replicas(&ids[i]).contains(node)));
         }
     }
 
