@@ -147,7 +147,7 @@ pub struct ClusterInitArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     ringvault_chunkserver::init_logging("warn");
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -161,6 +161,20 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The async runtime: a worker per core, and a blocking pool of two
+/// threads per core for the scan and for sealing and opening chunks. tokio's
+/// default of 512 blocking threads let a restore open a chunk on 16 threads
+/// at once, and glibc's per-thread arenas then kept 120-150 MiB resident for
+/// about 20 MiB of live heap (massif); with 4 threads on 2 cores the peak is
+/// the key derivation's 64 MiB and the restore is no slower.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(2 * cores)
+        .build()
 }
 
 fn parse_chunker_params(s: &str) -> Result<ChunkerParams, String> {

@@ -369,16 +369,19 @@ impl Cluster {
     }
 
     /// Fetches a blob, trying servers in placement order; `accept` checks it
-    /// (decrypts and verifies) and a copy it rejects is reported as bad and
-    /// the next server is tried.
+    /// (decrypts and verifies, typically on the blocking pool) and a copy it
+    /// rejects is reported as bad and the next server is tried.
     ///
     /// # Errors
     /// [`ClientError::NotFound`] when no live server has a good copy.
-    pub async fn get<T>(
+    pub async fn get<T, F>(
         &self,
         id: &ChunkId,
-        accept: impl Fn(Bytes) -> Result<T, String>,
-    ) -> Result<T, ClientError> {
+        accept: impl Fn(Bytes) -> F,
+    ) -> Result<T, ClientError>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
         let mut notes = Vec::new();
         for node in self.map.ranked(id) {
             if self.is_down(node) {
@@ -389,7 +392,7 @@ impl Cluster {
                 id: *id,
             };
             match self.call(node, &req, vec![]).await {
-                Ok((Response::Data, blob)) => match accept(blob) {
+                Ok((Response::Data, blob)) => match accept(blob).await {
                     Ok(v) => return Ok(v),
                     Err(reason) => self.report_bad_copy(*id, node, reason),
                 },

@@ -1,17 +1,17 @@
 //! Restore: a snapshot (or one path in it) back into a target directory.
 //!
 //! Trees are walked first (directories and symlinks made as they are met),
-//! then files are fetched several at a time, each file's chunks fetched
-//! ahead in order and opened off the async threads; directory metadata is
+//! then files are restored several at a time, each by its own task, its
+//! chunks fetched ahead and opened on the blocking pool and written in
+//! order, long zero runs left as holes; directory metadata is
 //! set last, deepest first. Nothing is ever written outside the target:
 //! tree names are checked when trees are decoded (no `/`, NUL, `.`, `..`),
 //! files are opened with `O_NOFOLLOW`, and an existing non-directory where a
 //! directory should be is an error rather than something to follow.
 
 use std::fs::{DirBuilder, OpenOptions};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,14 +20,21 @@ use futures::StreamExt;
 use ringvault_common::ChunkId;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind, valid_name};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::client::BadCopy;
 use crate::repo::Repo;
 
 /// Files restored at once.
-const FILES_AT_ONCE: usize = 8;
+const FILES_AT_ONCE: usize = 16;
 /// Chunks of one file fetched ahead.
 const CHUNKS_AHEAD: usize = 4;
+/// Chunks fetched or being written at once, over all files: this bounds
+/// the memory of a restore to this many chunks, each held sealed and
+/// opened: about 2 MiB per chunk on average, 32 MiB at most.
+const CHUNKS_IN_FLIGHT: usize = 16;
+/// Files found by the walk and waiting for a task.
+const FILE_QUEUE: usize = 1024;
 
 /// What a restore did.
 #[derive(Debug, Default)]
@@ -74,40 +81,62 @@ pub async fn restore(
         None => root.entries,
         Some(p) => vec![find_entry(&repo, root.entries, p).await?],
     };
-    let mut report = RestoreReport::default();
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for entry in top {
-        walk(
-            &repo,
-            entry,
-            target.to_owned(),
-            &mut files,
-            &mut dirs,
-            &mut report,
-        )
-        .await;
+    // The walk runs ahead in its own task, handing files over as it meets
+    // them; each file is then restored by its own task, so that chunks are
+    // fetched, opened and written on every core at once.
+    let (file_tx, mut file_rx) = tokio::sync::mpsc::channel(FILE_QUEUE);
+    // In a JoinSet so that it is stopped if this function returns early.
+    let mut walker = tokio::task::JoinSet::new();
+    {
+        let repo = repo.clone();
+        let target = target.to_owned();
+        walker.spawn(async move {
+            let mut walked = Walked::default();
+            for entry in top {
+                walk(&repo, entry, target.clone(), &file_tx, &mut walked).await;
+            }
+            walked
+        });
     }
-    let results: Vec<_> = futures::stream::iter(files)
-        .map(|job| {
-            let repo = repo.clone();
-            async move {
-                let r = restore_file(&repo, &job).await;
-                (job, r)
+    let in_flight = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT));
+    let mut report = RestoreReport::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut walking = true;
+    while walking || !tasks.is_empty() {
+        tokio::select! {
+            job = file_rx.recv(), if walking && tasks.len() < FILES_AT_ONCE => match job {
+                Some(job) => {
+                    let (repo, in_flight) = (repo.clone(), in_flight.clone());
+                    tasks.spawn(async move {
+                        let r = restore_file(&repo, &job, &in_flight).await;
+                        (job.dest, r)
+                    });
+                }
+                None => walking = false,
+            },
+            Some(joined) = tasks.join_next() => {
+                let (dest, r) = joined.context("a restore task failed")?;
+                match r {
+                    Ok(n) => {
+                        report.files += 1;
+                        report.bytes += n;
+                    }
+                    Err(e) => report.errors.push((dest, format!("{e:#}"))),
+                }
             }
-        })
-        .buffer_unordered(FILES_AT_ONCE)
-        .collect()
-        .await;
-    for (job, r) in results {
-        match r {
-            Ok(n) => {
-                report.files += 1;
-                report.bytes += n;
-            }
-            Err(e) => report.errors.push((job.dest, format!("{e:#}"))),
         }
     }
+    let Walked {
+        dirs,
+        dir_count,
+        errors,
+    } = walker
+        .join_next()
+        .await
+        .context("the restore walk vanished")?
+        .context("the restore walk failed")?;
+    report.dirs = dir_count;
+    report.errors.extend(errors);
     for (dest, entry) in dirs.iter().rev() {
         if let Err(e) = set_metadata(dest, entry) {
             report.errors.push((dest.clone(), format!("{e:#}")));
@@ -143,20 +172,28 @@ pub async fn find_entry(
     bail!("empty path")
 }
 
-/// Makes directories and symlinks under `parent`, collecting files and
-/// directories for later. Errors are recorded, never fatal.
+/// What the walk gathered besides the files it handed over.
+#[derive(Default)]
+struct Walked {
+    /// Directories made, parents first, for their metadata at the end.
+    dirs: Vec<(PathBuf, Entry)>,
+    dir_count: u64,
+    errors: Vec<(PathBuf, String)>,
+}
+
+/// Makes directories and symlinks under `parent` and hands files to
+/// `files`. Errors are recorded, never fatal.
 async fn walk(
     repo: &Arc<Repo>,
     entry: Entry,
     parent: PathBuf,
-    files: &mut Vec<FileJob>,
-    dirs: &mut Vec<(PathBuf, Entry)>,
-    report: &mut RestoreReport,
+    files: &mpsc::Sender<FileJob>,
+    walked: &mut Walked,
 ) {
     // Names were checked when their tree was decoded; checked again here
     // because this is the line that keeps writes inside the target.
     if !valid_name(&entry.name) {
-        report.errors.push((
+        walked.errors.push((
             parent,
             format!(
                 "refused entry name {:?}",
@@ -170,19 +207,21 @@ async fn walk(
         match (&entry.kind, &entry.content) {
             (EntryKind::Dir, Content::Subtree(id)) => {
                 make_dir(&dest)?;
-                report.dirs += 1;
+                walked.dir_count += 1;
                 let tree = repo.read_tree(*id).await?;
-                dirs.push((dest.clone(), entry.clone()));
+                walked.dirs.push((dest.clone(), entry.clone()));
                 for child in tree.entries {
-                    Box::pin(walk(repo, child, dest.clone(), files, dirs, report)).await;
+                    Box::pin(walk(repo, child, dest.clone(), files, walked)).await;
                 }
                 Ok(())
             }
             (EntryKind::File, Content::Chunks(_)) => {
-                files.push(FileJob {
+                let job = FileJob {
                     dest: dest.clone(),
                     entry: entry.clone(),
-                });
+                };
+                // A closed channel means the restore is failing already.
+                let _ = files.send(job).await;
                 Ok(())
             }
             (EntryKind::Symlink, Content::Symlink(target)) => {
@@ -200,7 +239,7 @@ async fn walk(
     }
     .await;
     if let Err(e) = result {
-        report.errors.push((dest, format!("{e:#}")));
+        walked.errors.push((dest, format!("{e:#}")));
     }
 }
 
@@ -221,11 +260,15 @@ fn make_dir(dest: &Path) -> anyhow::Result<()> {
     }
 }
 
-async fn restore_file(repo: &Arc<Repo>, job: &FileJob) -> anyhow::Result<u64> {
+async fn restore_file(
+    repo: &Arc<Repo>,
+    job: &FileJob,
+    in_flight: &Arc<Semaphore>,
+) -> anyhow::Result<u64> {
     let Content::Chunks(chunks) = &job.entry.content else {
         bail!("not a file");
     };
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
@@ -235,21 +278,29 @@ async fn restore_file(repo: &Arc<Repo>, job: &FileJob) -> anyhow::Result<u64> {
         .with_context(|| format!("creating {}", job.dest.display()))?;
     let mut fetches = futures::stream::iter(chunks.iter().copied())
         .map(|id: ChunkId| {
-            let repo = repo.clone();
+            let (repo, in_flight) = (repo.clone(), in_flight.clone());
             async move {
-                repo.read_chunk(id)
+                // Held until the chunk is written. The semaphore is fair, so
+                // a file's earlier chunk never waits behind its later ones.
+                let permit = in_flight.acquire_owned().await?;
+                let data = repo
+                    .read_chunk(id)
                     .await
-                    .with_context(|| format!("chunk {id}"))
+                    .with_context(|| format!("chunk {id}"))?;
+                anyhow::Ok((data, permit))
             }
         })
         .buffered(CHUNKS_AHEAD);
     let mut written = 0u64;
-    while let Some(data) = fetches.next().await {
-        let data = data?;
-        file.write_all(&data)
+    while let Some(fetched) = fetches.next().await {
+        let (data, _permit) = fetched?;
+        write_sparse(&file, &data, written)
             .with_context(|| format!("writing {}", job.dest.display()))?;
         written += data.len() as u64;
     }
+    // A trailing hole was skipped, not written: give the file its length.
+    file.set_len(written)
+        .with_context(|| format!("writing {}", job.dest.display()))?;
     if written != job.entry.size {
         bail!(
             "restored {written} bytes, the snapshot says {}",
@@ -259,6 +310,31 @@ async fn restore_file(repo: &Arc<Repo>, job: &FileJob) -> anyhow::Result<u64> {
     drop(file);
     set_metadata(&job.dest, &job.entry)?;
     Ok(written)
+}
+
+/// Zero runs at least this long (bytes) are left as holes rather than
+/// written, so sparse files stay sparse (and long zero runs in dense files
+/// become holes, as with restic's `--sparse` and GNU cp's default).
+const HOLE_BYTES: usize = 64 * 1024;
+
+/// Writes `data` at `offset` of a freshly created file, skipping zero runs
+/// of at least [`HOLE_BYTES`] that start on a [`HOLE_BYTES`] boundary of
+/// the data.
+///
+/// # Errors
+/// The write's I/O error.
+fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut start = 0; // first byte not yet written
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + HOLE_BYTES).min(data.len());
+        if end - at == HOLE_BYTES && data[at..end].iter().all(|&b| b == 0) {
+            file.write_all_at(&data[start..at], offset + start as u64)?;
+            start = end;
+        }
+        at = end;
+    }
+    file.write_all_at(&data[start..], offset + start as u64)
 }
 
 /// Sets mode and mtime on a restored file or directory. Ownership is not

@@ -650,3 +650,36 @@ fn a_directory_too_large_for_one_tree_blob_spans_several() {
         .unwrap();
     assert_eq!(tree_diff(&src, &target.join("src")), None);
 }
+
+#[test]
+fn a_sparse_file_is_restored_sparse_and_equal() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    init(&c);
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 1 MiB of data, a 32 MiB hole, 1 MiB of data, a 16 MiB trailing hole.
+    let f = std::fs::File::create(src.join("disk.img")).unwrap();
+    f.write_all_at(&random_bytes(1 << 20, 1), 0).unwrap();
+    f.write_all_at(&random_bytes(1 << 20, 2), 33 << 20).unwrap();
+    f.set_len(50 << 20).unwrap();
+    drop(f);
+    let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    assert!(
+        allocated(&src.join("disk.img")) < 4 << 20,
+        "the test directory's file system does not keep holes"
+    );
+    backup_json(&c, &src);
+
+    let target = c.dir.path().join("restore");
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    let restored = target.join("src/disk.img");
+    assert_eq!(tree_diff(&src, &target.join("src")), None);
+    assert_eq!(std::fs::metadata(&restored).unwrap().len(), 50 << 20);
+    assert!(
+        allocated(&restored) < 4 << 20,
+        "restored file allocates {} bytes for 2 MiB of data",
+        allocated(&restored)
+    );
+}
