@@ -278,17 +278,6 @@ class Ringvault(Tool):
         return self.measured_rv(["restore", "latest", "--target", target])[0]
 
 
-def restore_dir(work: Path) -> Path:
-    """Where restores go: tmpfs when it has room. On ext4, creating files
-    right after another tool's restore was deleted spends up to a third of
-    the restore in the inode allocator's recently_deleted() scan (perf), which
-    would favour whichever tool runs first."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and shutil.disk_usage(shm).free > 6 * 10**9:
-        return shm / f"ringvault-compare-{os.getpid()}"
-    return work / "restore"
-
-
 def one_round(tools: list, r: int, dataset: Path, work: Path, shared: Path, log: Path) -> dict:
     """Runs every phase for every tool; returns {phase: {tool: Run}}."""
     data = work / "data"
@@ -308,12 +297,18 @@ def one_round(tools: list, r: int, dataset: Path, work: Path, shared: Path, log:
                            stdout=open(work / "mutate.log", "w"))
         for t in order:
             if phase == "restore":
-                target = restore_dir(work)
+                # Each tool restores into its own new directory on the disk
+                # that holds the data, all deleted at the end of the round:
+                # on ext4, creating files just after another tool's restore
+                # was deleted spends up to a third of the restore in the
+                # inode allocator (recently_deleted(), seen with perf). sync
+                # first, so that no tool pays for another's writeback.
+                target = work / f"restore-{t.repo.name}"
                 if target.exists():
                     shutil.rmtree(target)
+                subprocess.run(["sync"], check=True)
                 run = t.restore(target)
                 run.verified = same_tree(data, restored_root(target, data))
-                shutil.rmtree(target)
             else:
                 run = t.backup(data, phase)
             run.stored = t.stored()
@@ -322,6 +317,7 @@ def one_round(tools: list, r: int, dataset: Path, work: Path, shared: Path, log:
                   + (f"  verified={run.verified}" if run.verified is not None else ""), file=sys.stderr)
     for t in tools:
         t.stop()
+        shutil.rmtree(work / f"restore-{t.repo.name}", ignore_errors=True)
     return results
 
 
@@ -348,9 +344,11 @@ def report(rounds: list, tools: list, meta: dict) -> str:
     w("Ratios in parentheses: ringvault's figure divided by the best of restic, borg and rustic in the"
       " same run (peak RSS: divided by restic's). Stored bytes are per replica for ringvault"
       " (all servers / N), ratio to restic's repository.\n")
-    w("Restores go to tmpfs (`/dev/shm`) when it has room, so that no tool pays for the previous"
-      " tool's deleted restore in ext4's inode allocator.\n")
-    w("Produced by `bench/compare.sh`.\n")
+    w("Restores go to new directories on the data's disk (ext4 here), after `sync`, and are deleted"
+      " only at the end of the round, so that no tool pays for another's writeback or for ext4's"
+      " handling of just-deleted inodes.\n")
+    w("Produced by `bench/compare.sh`. What limits these figures, with profiles:"
+      " [performance.md](performance.md).\n")
     med_of = {}
     for phase, title in PHASES:
         cells = {n: [rd[phase][n] for rd in rounds] for n in names}
