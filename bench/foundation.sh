@@ -47,7 +47,7 @@ echo "dataset: $bytes bytes, $(find "$work/data" -type f | wc -l) files; $(nproc
 echo
 echo "| phase | wall s | MB/s of dataset | client CPU s | bytes read | sealed bytes sent | UDP bytes sent | client peak RSS MiB |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-run "first snapshot (quickstart)" "$rv" quickstart "$work/data"
+run "first snapshot (quickstart)" "$rv" quickstart --once "$work/data"
 run "no change" "$rv" backup "$work/data"
 "$shared/bench/mutate-dataset.sh" "$work/data" 1 >"$work/mutate.log"
 run "after mutate-dataset.sh 1" "$rv" backup "$work/data"

@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 use crate::fsutil::times;
 use crate::index::{FileRecord, IndexReader, LocalIndex, UpdateLog};
 use crate::repo::{Repo, random};
+use crate::watch::DirtySet;
 
 /// Bytes of read buffers (and the chunks cut from them) waiting for upload,
 /// at most.
@@ -81,6 +82,10 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Only these paths changed since the last snapshot of the same paths
+    /// (from a watcher): everything else is taken from that snapshot's
+    /// trees without being listed. `None` scans everything.
+    pub dirty: Option<DirtySet>,
 }
 
 /// What a backup did.
@@ -145,8 +150,19 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         .await?
         .into_iter()
         .rev()
-        .find(|(_, s)| s.host == host && s.paths == paths)
-        .map(|(id, _)| id);
+        .find(|(_, s)| s.host == host && s.paths == paths);
+    // With a dirty set, unchanged subtrees come from the parent's trees.
+    let previous = match (&opts.dirty, &parent) {
+        (Some(_), Some((_, snap))) => Some(
+            repo.read_tree(snap.root)
+                .await
+                .context("reading the previous snapshot's root tree")?
+                .entries,
+        ),
+        _ => None,
+    };
+    let dirty = opts.dirty.clone().filter(|_| previous.is_some());
+    let parent = parent.map(|(id, _)| id);
 
     let index = Arc::new(LocalIndex::open(&repo.state_dir)?);
     let counters = Arc::new(Counters::default());
@@ -173,12 +189,15 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
                 updates,
                 errors: Vec::new(),
                 pack: None,
+                dirty,
             };
+            let previous = previous.unwrap_or_default();
             let mut root = Tree::default();
             for (path, name) in &sources {
                 let meta = std::fs::symlink_metadata(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                match w.entry(path, name.clone(), &meta) {
+                let prev = previous.iter().find(|e| e.name == *name);
+                match w.entry(path, name.clone(), &meta, prev) {
                     Ok(Some(e)) => root.entries.push(e),
                     Ok(None) => {}
                     Err(WalkError::Fatal(e)) => return Err(e),
@@ -296,6 +315,8 @@ struct Walker {
     updates: UpdateLog,
     errors: Vec<(PathBuf, String)>,
     pack: Option<Pack>,
+    /// What changed since the previous snapshot, when a watcher knows.
+    dirty: Option<DirtySet>,
 }
 
 /// A read buffer being filled with small files and trees. Their ids are
@@ -445,13 +466,27 @@ impl Walker {
     }
 
     /// The tree entry for `path`, or `None` when it is skipped (reported).
+    /// `prev` is its entry in the previous snapshot, when the walk has a
+    /// dirty set: an unchanged directory is then taken from it whole.
     fn entry(
         &mut self,
         path: &Path,
         name: Vec<u8>,
         meta: &std::fs::Metadata,
+        prev: Option<&Entry>,
     ) -> Result<Option<Entry>, WalkError> {
         let ft = meta.file_type();
+        if let (Some(dirty), Some(prev)) = (&self.dirty, prev)
+            && ft.is_dir()
+            && prev.kind == EntryKind::Dir
+            && !dirty.touches(path)
+        {
+            return Ok(Some(prev.clone()));
+        }
+        let prev_subtree = match prev.map(|p| &p.content) {
+            Some(Content::Subtree(id)) if self.dirty.is_some() => Some(*id),
+            _ => None,
+        };
         let (mtime_ns, ctime_ns) = times(meta);
         let mut entry = Entry {
             name,
@@ -473,7 +508,7 @@ impl Walker {
         } else if ft.is_dir() {
             entry.kind = EntryKind::Dir;
             entry.size = 0;
-            self.dir(path).map(Content::Subtree)
+            self.dir(path, prev_subtree).map(Content::Subtree)
         } else if ft.is_symlink() {
             entry.kind = EntryKind::Symlink;
             std::fs::read_link(path)
@@ -512,7 +547,19 @@ impl Walker {
         self.errors.push((path.to_owned(), why));
     }
 
-    fn dir(&mut self, path: &Path) -> Result<ChunkId, WalkError> {
+    fn dir(&mut self, path: &Path, prev: Option<ChunkId>) -> Result<ChunkId, WalkError> {
+        let prev: Vec<Entry> = match prev {
+            Some(id) => {
+                let read = self.handle.block_on(self.repo.read_tree(id));
+                read.map_err(|e| {
+                    WalkError::Fatal(
+                        e.context(format!("reading the previous tree of {}", path.display())),
+                    )
+                })?
+                .entries
+            }
+            None => Vec::new(),
+        };
         let mut children: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(path)?
             .map(|e| e.map(|e| (e.file_name().into_vec(), e.path())))
             .collect::<Result<_, _>>()?;
@@ -526,7 +573,12 @@ impl Walker {
                     continue;
                 }
             };
-            if let Some(e) = self.entry(&child, name, &meta)? {
+            // Both lists are sorted by name.
+            let p = prev
+                .binary_search_by(|e| e.name.as_slice().cmp(&name))
+                .ok()
+                .map(|i| &prev[i]);
+            if let Some(e) = self.entry(&child, name, &meta, p)? {
                 tree.entries.push(e);
             }
         }

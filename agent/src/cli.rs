@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::backup::{self, BackupOptions, display_name};
 use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
+use crate::daemon;
 use crate::quickstart;
 use crate::repo::{self, WrongPassword};
 use crate::restore;
@@ -61,6 +62,9 @@ pub enum Command {
         /// Stop the quickstart's servers instead.
         #[arg(long)]
         stop: bool,
+        /// Exit after the first snapshot instead of watching DIR.
+        #[arg(long)]
+        once: bool,
     },
     /// Create the repository on the cluster.
     Init {
@@ -78,6 +82,9 @@ pub enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+    /// Watch the config's `paths` and take a snapshot whenever they change
+    /// (runs until SIGTERM or Ctrl-C).
+    Agent,
     /// List snapshots.
     Snapshots,
     /// List a directory of a snapshot.
@@ -210,14 +217,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let progress = !cli.no_progress && !cli.json && std::io::stderr().is_terminal();
     match &cli.command {
-        Command::Quickstart { dir, stop } => {
+        Command::Quickstart { dir, stop, once } => {
             if *stop {
                 let n = quickstart::stop(&quickstart::home()?)?;
                 println!("stopped {n} quickstart server(s)");
                 return Ok(0);
             }
             let dir = dir.as_deref().context("quickstart needs a directory")?;
-            run_quickstart(&cli, dir, progress).await
+            run_quickstart(&cli, dir, progress, *once).await
         }
         Command::Init { chunker_params } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
@@ -239,6 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     paths: paths.clone(),
                     tags: tags.clone(),
                     progress,
+                    dirty: None,
                 },
             )
             .await?;
@@ -249,6 +257,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 EXIT_INCOMPLETE
             })
+        }
+        Command::Agent => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let watching =
+                daemon::Watching::start(&loaded.config.paths, loaded.config.event_queue)?;
+            daemon::run(r.clone(), watching, true).await?;
+            r.cluster.close().await;
+            Ok(0)
         }
         Command::Snapshots => {
             let loaded = repo::load_config(cli.config.as_deref())?;
@@ -368,7 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool) -> anyhow::Result<u8> {
+async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> anyhow::Result<u8> {
     let home = quickstart::home()?;
     let agent_path = quickstart::ensure_layout(&home)?;
     let loaded = repo::load_config(Some(&agent_path))?;
@@ -391,16 +408,21 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool) -> anyhow::Result
         );
     }
     let r = repo::open(&loaded.config, None).await?;
+    // Watching starts before the first snapshot, so that nothing changed
+    // during it is missed.
+    let watching = (!once)
+        .then(|| daemon::Watching::start(&[dir.to_owned()], loaded.config.event_queue))
+        .transpose()?;
     let report = backup::backup(
         r.clone(),
         BackupOptions {
             paths: vec![dir.to_owned()],
             tags: vec![],
             progress,
+            dirty: None,
         },
     )
     .await?;
-    r.cluster.close().await;
     print_backup(cli, &report);
     if !cli.json {
         let cfg = agent_path.display();
@@ -417,6 +439,14 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool) -> anyhow::Result
         println!("  {rv} quickstart --stop        # stop the local cluster");
         println!("(--config may be left out: ringvault finds the quickstart's config by itself)");
     }
+    if let Some(watching) = watching {
+        eprintln!(
+            "\nwatching {} and taking a snapshot whenever it changes; Ctrl-C to stop watching (the servers keep running)",
+            dir.display()
+        );
+        daemon::run(r.clone(), watching, false).await?;
+    }
+    r.cluster.close().await;
     Ok(if report.errors.is_empty() {
         0
     } else {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringvault");
 
@@ -61,7 +62,7 @@ fn quickstart_backs_up_and_prints_commands_that_work() {
     std::fs::write(home.src().join("notes/todo.txt"), b"write the README\n").unwrap();
     std::fs::write(home.src().join("report.bin"), vec![7u8; 3_000_000]).unwrap();
 
-    let out = home.run(&["quickstart", home.src().to_str().unwrap()]);
+    let out = home.run(&["quickstart", "--once", home.src().to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -111,12 +112,53 @@ fn quickstart_backs_up_and_prints_commands_that_work() {
     );
 
     // Again: reuses the servers and repository, takes a second snapshot.
-    let again = home.run(&["quickstart", home.src().to_str().unwrap()]);
+    let again = home.run(&["quickstart", "--once", home.src().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("reusing the running chunk servers"));
     let list = home.run(&["--json", "snapshots"]);
     let snaps: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 2);
     assert_eq!(snaps[1]["summary"]["sent_bytes"], 0);
+
+    // Without --once it goes on watching, and a change makes a snapshot.
+    let log = home.dir.path().join("watching.log");
+    let mut watching = home
+        .cmd()
+        .args(["quickstart", home.src().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let snapshots = || -> usize {
+        let list = home.run(&["--json", "snapshots"]);
+        let snaps: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        snaps.as_array().unwrap().len()
+    };
+    let until = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("the first snapshot", &mut || snapshots() == 3);
+    std::fs::write(
+        home.src().join("notes/later.txt"),
+        b"written while watched\n",
+    )
+    .unwrap();
+    until("a snapshot of the change", &mut || snapshots() == 4);
+    Command::new("kill")
+        .args(["-INT", &watching.id().to_string()])
+        .status()
+        .unwrap();
+    until("quickstart to stop on Ctrl-C", &mut || {
+        watching.try_wait().unwrap().is_some()
+    });
+    assert!(watching.wait().unwrap().success());
 
     let stop = home.run(&["quickstart", "--stop"]);
     assert!(String::from_utf8_lossy(&stop.stdout).contains("stopped 3"));

@@ -128,6 +128,18 @@ pub struct AgentConfig {
     pub upload_concurrency: usize,
     /// Request timeout, ms.
     pub request_timeout_ms: u64,
+    /// Directories `ringvault agent` watches and backs up.
+    pub paths: Vec<PathBuf>,
+    /// `ringvault agent` snapshots once no change came for this long, ms.
+    pub quiet_ms: u64,
+    /// ...or once the oldest unsaved change is this old, ms.
+    pub max_delay_ms: u64,
+    /// A full scan against the local index this often, s, in case a change
+    /// went unreported (0: never).
+    pub full_scan_interval_s: u64,
+    /// File-system events buffered between the watcher and the agent; past
+    /// this many the agent scans its paths instead.
+    pub event_queue: usize,
 }
 
 impl Default for AgentConfig {
@@ -143,6 +155,11 @@ impl Default for AgentConfig {
             host: String::new(),
             upload_concurrency: 4,
             request_timeout_ms: 60_000,
+            paths: Vec::new(),
+            quiet_ms: 2_000,
+            max_delay_ms: 30_000,
+            full_scan_interval_s: 24 * 3600,
+            event_queue: 65_536,
         }
     }
 }
@@ -162,6 +179,14 @@ impl AgentConfig {
         }
         if let Some(p) = &mut c.password_file {
             *p = base.join(&*p);
+        }
+        for p in &mut c.paths {
+            *p = base.join(&*p);
+        }
+        if c.event_queue == 0 || c.quiet_ms == 0 || c.max_delay_ms < c.quiet_ms {
+            return Err(ConfigError::Invalid(
+                "event-queue and quiet-ms must be positive, max-delay-ms at least quiet-ms".into(),
+            ));
         }
         RepoId::new(&c.repository).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if c.servers.is_empty() {

@@ -220,6 +220,102 @@ impl TestCluster {
     }
 }
 
+/// A running `ringvault agent`, killed when dropped. Its stderr (logged at
+/// info) goes to a file.
+pub struct AgentProcess {
+    child: std::process::Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for it to exit.
+    ///
+    /// # Errors
+    /// When it does not exit in time.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not stop within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestCluster {
+    /// Starts `ringvault agent` with `config` (an agent config listing
+    /// `paths`), logging at info to `<test dir>/<name>.log`.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn start_agent(&self, config: &Path, name: &str) -> anyhow::Result<AgentProcess> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = self
+            .ringvault_with(config)
+            .arg("agent")
+            .env("RINGVAULT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(AgentProcess { child, log })
+    }
+
+    /// The repository's snapshots (`ringvault --json snapshots`), oldest
+    /// first.
+    ///
+    /// # Errors
+    /// When the command fails or prints something else.
+    pub fn snapshots(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.ok(&["--json", "snapshots"])?;
+        match serde_json::from_str(&out)? {
+            serde_json::Value::Array(list) => Ok(list),
+            other => bail!("snapshots printed {other}"),
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
+///
+/// # Errors
+/// When `limit` passes first, naming `what`.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting {limit:?} for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for i in 0..self.procs.len() {

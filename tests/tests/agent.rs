@@ -1,0 +1,153 @@
+//! `ringvault agent`: a real agent process watching real directories,
+//! against real chunk servers on loopback. Every wait is bounded.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringvault_tests::{TestCluster, tree_diff, wait_for};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// An agent config watching `roots`, with a short quiet period.
+fn watching_config(c: &TestCluster, roots: &[&Path], extra: &str) -> PathBuf {
+    let base = std::fs::read_to_string(c.agent_config()).unwrap();
+    let list: Vec<String> = roots
+        .iter()
+        .map(|p| format!("{:?}", p.to_str().unwrap()))
+        .collect();
+    let cfg = c.agent_config().with_file_name("watching.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}paths = [{}]\nquiet-ms = 300\nmax-delay-ms = 3000\n{extra}",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Whether the latest snapshot restores to exactly `roots` as they are now.
+fn latest_matches(c: &TestCluster, roots: &[&Path], attempt: &mut u32) -> bool {
+    *attempt += 1;
+    let target = c.dir.path().join(format!("check-{attempt}"));
+    if c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .is_err()
+    {
+        return false;
+    }
+    roots
+        .iter()
+        .all(|r| tree_diff(r, &target.join(r.file_name().unwrap())).is_none())
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn the_agent_snapshots_every_kind_of_change_and_nothing_while_idle() {
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    c.ok(&["init"]).unwrap();
+    let docs = c.dir.path().join("docs");
+    let code = c.dir.path().join("code");
+    write(&docs.join("notes.txt"), "notes");
+    write(&docs.join("sub/deep.txt"), "deep");
+    write(&docs.join("old-name.txt"), "renamed later");
+    write(&docs.join("doomed.txt"), "deleted later");
+    write(&docs.join("mode.sh"), "#!/bin/sh\n");
+    write(&code.join("main.rs"), "fn main() {}\n");
+    let cfg = watching_config(&c, &[&docs, &code], "");
+    let mut agent = c.start_agent(&cfg, "agent").unwrap();
+
+    wait_for("the first snapshot", WAIT, || {
+        (c.snapshots().ok()?.len() == 1).then_some(())
+    })
+    .unwrap();
+    // Nothing changes: no scan, no snapshot.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.snapshots().unwrap().len(), 1, "{}", agent.log_text());
+
+    write(&docs.join("new.txt"), "created");
+    write(&docs.join("notes.txt"), "notes, modified");
+    std::fs::rename(docs.join("old-name.txt"), docs.join("sub/new-name.txt")).unwrap();
+    std::fs::rename(docs.join("sub"), docs.join("sub-renamed")).unwrap();
+    std::fs::remove_file(docs.join("doomed.txt")).unwrap();
+    std::fs::set_permissions(docs.join("mode.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("notes.txt", docs.join("link")).unwrap();
+    // Across watched roots, and a directory moved in from outside them.
+    std::fs::rename(code.join("main.rs"), docs.join("main.rs")).unwrap();
+    write(&c.dir.path().join("outside/tree/x.txt"), "moved in");
+    std::fs::rename(c.dir.path().join("outside/tree"), code.join("tree")).unwrap();
+
+    let mut attempt = 0;
+    wait_for("a snapshot holding every change", WAIT, || {
+        latest_matches(&c, &[&docs, &code], &mut attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(c.snapshots().unwrap().len() >= 2);
+
+    let status = agent.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}: {}", agent.log_text());
+}
+
+#[test]
+fn changes_are_captured_when_events_are_lost() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    c.ok(&["init"]).unwrap();
+    let src = c.dir.path().join("src");
+    write(&src.join("first.txt"), "first");
+    // A one-event queue: a burst of changes overflows it.
+    let cfg = watching_config(&c, &[&src], "event-queue = 1\n");
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    wait_for("the first snapshot", WAIT, || {
+        (c.snapshots().ok()?.len() == 1).then_some(())
+    })
+    .unwrap();
+
+    for d in 0..10 {
+        for f in 0..30 {
+            write(&src.join(format!("d{d}/f{f}.txt")), &format!("{d}/{f}"));
+        }
+    }
+    let mut attempt = 0;
+    wait_for("a snapshot holding the burst", WAIT, || {
+        latest_matches(&c, &[&src], &mut attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(
+        agent.log_text().contains("events lost"),
+        "the queue never overflowed, so this test showed nothing:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn unchanged_subtrees_are_taken_from_the_previous_snapshot_unlisted() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    c.ok(&["init"]).unwrap();
+    let src = c.dir.path().join("src");
+    for d in 0..20 {
+        write(&src.join(format!("d{d}/inner/f.txt")), &format!("{d}"));
+    }
+    let cfg = watching_config(&c, &[&src], "");
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    wait_for("the first snapshot", WAIT, || {
+        (c.snapshots().ok()?.len() == 1).then_some(())
+    })
+    .unwrap();
+    // 41 directories under src, all listed by the first, full scan.
+    assert_eq!(c.snapshots().unwrap()[0]["summary"]["dirs"], 41);
+
+    write(&src.join("d7/inner/f.txt"), "changed");
+    let mut attempt = 0;
+    wait_for("a snapshot holding the change", WAIT, || {
+        latest_matches(&c, &[&src], &mut attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    // Only the path down to the change was listed: src, d7, d7/inner.
+    let snaps = c.snapshots().unwrap();
+    assert_eq!(snaps.last().unwrap()["summary"]["dirs"], 3, "{snaps:?}");
+}
