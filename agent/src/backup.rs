@@ -40,6 +40,7 @@ use ringvault_common::{ChunkId, SnapshotId};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::exclude::Excludes;
 use crate::fsutil::times;
 use crate::index::{FileRecord, IndexReader, LocalIndex, UpdateLog};
 use crate::repo::{Repo, random};
@@ -178,6 +179,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let updates = UpdateLog::new(&repo.state_dir)?;
+            let excludes = Excludes::new(&repo.config, vec![crate::repo::state_dir(&repo.config)?]);
             let mut w = Walker {
                 chunker: Chunker::new(repo.chunker)?,
                 repo,
@@ -190,12 +192,16 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
                 errors: Vec::new(),
                 pack: None,
                 dirty,
+                excludes,
             };
             let previous = previous.unwrap_or_default();
             let mut root = Tree::default();
             for (path, name) in &sources {
                 let meta = std::fs::symlink_metadata(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
+                w.excludes
+                    .enter_root(path, meta.dev())
+                    .map_err(anyhow::Error::from)?;
                 let prev = previous.iter().find(|e| e.name == *name);
                 match w.entry(path, name.clone(), &meta, prev) {
                     Ok(Some(e)) => root.entries.push(e),
@@ -317,6 +323,7 @@ struct Walker {
     pack: Option<Pack>,
     /// What changed since the previous snapshot, when a watcher knows.
     dirty: Option<DirtySet>,
+    excludes: Excludes,
 }
 
 /// A read buffer being filled with small files and trees. Their ids are
@@ -564,6 +571,14 @@ impl Walker {
             .map(|e| e.map(|e| (e.file_name().into_vec(), e.path())))
             .collect::<Result<_, _>>()?;
         children.sort();
+        let pushed = match self.excludes.enter_dir(path) {
+            Ok(pushed) => pushed,
+            Err(e) => {
+                // Back up more rather than less: go on without that file.
+                self.skip(&path.join(crate::exclude::IGNORE_FILE), e.to_string());
+                false
+            }
+        };
         let mut tree = Tree::default();
         for (name, child) in children {
             let meta = match std::fs::symlink_metadata(&child) {
@@ -573,6 +588,9 @@ impl Walker {
                     continue;
                 }
             };
+            if self.excludes.skips(&child, &meta) {
+                continue;
+            }
             // Both lists are sorted by name.
             let p = prev
                 .binary_search_by(|e| e.name.as_slice().cmp(&name))
@@ -582,6 +600,7 @@ impl Walker {
                 tree.entries.push(e);
             }
         }
+        self.excludes.leave_dir(pushed);
         self.counters.dirs.fetch_add(1, Ordering::Relaxed);
         self.store_tree(tree).map_err(WalkError::Fatal)
     }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod exclude;
 pub mod fsutil;
 pub mod index;
 pub mod quickstart;

@@ -26,9 +26,17 @@ pub struct DirtySet {
 }
 
 impl DirtySet {
-    /// Marks `path` and everything below it.
+    /// Marks `path` and everything below it. A changed ignore file marks
+    /// its whole directory: what it excludes may have changed anywhere below.
     pub fn mark(&mut self, path: PathBuf) {
-        self.paths.insert(path);
+        match path.parent() {
+            Some(dir) if path.file_name() == Some(crate::exclude::IGNORE_FILE.as_ref()) => {
+                self.paths.insert(dir.to_owned());
+            }
+            _ => {
+                self.paths.insert(path);
+            }
+        }
     }
 
     /// Whether nothing is marked.

@@ -239,6 +239,14 @@ impl FsStore {
         };
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir).map_err(io(&seg_dir))?;
+        let tag = dir.join(ringvault_common::DATA_DIR_TAG);
+        if !tag.exists() {
+            std::fs::write(
+                &tag,
+                "This directory holds a ringvault chunk server's data; ringvault's agent does not back it up.\n",
+            )
+            .map_err(io(&tag))?;
+        }
         let db_path = dir.join("index.redb");
         let db = Database::create(&db_path).map_err(index_err)?;
         {

@@ -140,6 +140,15 @@ pub struct AgentConfig {
     /// File-system events buffered between the watcher and the agent; past
     /// this many the agent scans its paths instead.
     pub event_queue: usize,
+    /// gitignore-style patterns of paths not to back up, relative to each
+    /// backed-up path (`.ringvaultignore` files in directories add more).
+    pub exclude: Vec<String>,
+    /// Skip directories holding a `CACHEDIR.TAG` (bford.info/cachedir).
+    pub exclude_caches: bool,
+    /// Skip files larger than this, bytes (0: no limit).
+    pub exclude_larger_than: u64,
+    /// Do not descend into other file systems than each path's own.
+    pub one_file_system: bool,
 }
 
 impl Default for AgentConfig {
@@ -160,6 +169,10 @@ impl Default for AgentConfig {
             max_delay_ms: 30_000,
             full_scan_interval_s: 24 * 3600,
             event_queue: 65_536,
+            exclude: Vec::new(),
+            exclude_caches: false,
+            exclude_larger_than: 0,
+            one_file_system: false,
         }
     }
 }

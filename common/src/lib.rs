@@ -40,4 +40,8 @@ pub mod tls;
 pub mod tree;
 pub mod wire;
 
+/// A file a chunk server keeps in its data directory, so that backup tools
+/// (ringvault's agent among them) know to skip the directory.
+pub const DATA_DIR_TAG: &str = "RINGVAULT-DATA.TAG";
+
 pub use id::{ChunkId, NodeId, RepoId, SnapshotId};

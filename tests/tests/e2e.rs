@@ -5,7 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use ringvault_tests::{TestCluster, tree_diff};
+use std::time::Duration;
+
+use ringvault_tests::{TestCluster, run_bounded, tree_diff};
 use serde_json::Value;
 
 /// Small chunks so that test files span many of them.
@@ -682,4 +684,72 @@ fn a_sparse_file_is_restored_sparse_and_equal() {
         "restored file allocates {} bytes for 2 MiB of data",
         allocated(&restored)
     );
+}
+
+#[test]
+fn excluded_paths_are_not_backed_up_and_everything_else_is() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    init(&c);
+    let src = c.dir.path().join("src");
+    let files = [
+        "keep.txt",
+        "notes.tmp",
+        "a/.ringvaultignore",
+        "a/drop.log",
+        "a/keep.log",
+        "a/b/deep.log",
+        "node_modules/pkg/index.js",
+        "cache/CACHEDIR.TAG",
+        "cache/blob",
+        "server/RINGVAULT-DATA.TAG",
+        "server/segments/00000001.seg",
+        "huge.bin",
+    ];
+    for f in files {
+        let p = src.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, f).unwrap();
+    }
+    std::fs::write(src.join("a/.ringvaultignore"), "*.log\n!keep.log\n").unwrap();
+    std::fs::write(
+        src.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("huge.bin"), vec![1u8; 100_000]).unwrap();
+    let cfg = c.agent_config().with_file_name("excluding.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}exclude = [\"*.tmp\", \"node_modules/\"]\nexclude-caches = true\nexclude-larger-than = 50000\n",
+            std::fs::read_to_string(c.agent_config()).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = run_bounded(
+        c.ringvault_with(&cfg)
+            .args(["backup", src.to_str().unwrap()]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let target = c.dir.path().join("restore");
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    let restored = |f: &str| target.join("src").join(f).exists();
+    for kept in ["keep.txt", "a/.ringvaultignore", "a/keep.log"] {
+        assert!(restored(kept), "{kept} is missing");
+    }
+    for dropped in [
+        "notes.tmp",
+        "a/drop.log",
+        "a/b/deep.log",
+        "node_modules",
+        "cache",
+        "server",
+        "huge.bin",
+    ] {
+        assert!(!restored(dropped), "{dropped} was backed up");
+    }
 }
