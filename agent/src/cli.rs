@@ -20,6 +20,7 @@ use crate::daemon;
 use crate::quickstart;
 use crate::repo::{self, WrongPassword};
 use crate::restore;
+use crate::service;
 
 /// Exit code: the backup or restore finished but skipped some entries.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -105,11 +106,40 @@ pub enum Command {
         #[arg(long)]
         target: PathBuf,
     },
+    /// Run the agent as a service of this user (systemd, or launchd on
+    /// macOS).
+    Service {
+        /// Service subcommand.
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Cluster administration.
     Cluster {
         /// Cluster subcommand.
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+}
+
+/// `ringvault service ...`
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Write the agent's unit (with this binary and config) and enable and
+    /// start it; prints each step.
+    Install {
+        /// As a user service (the default and only mode; system units: see
+        /// systemd/ in the source).
+        #[arg(long)]
+        user: bool,
+        /// Print the unit instead of installing it.
+        #[arg(long)]
+        print: bool,
+        /// Write the unit into this directory instead of the user's.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Write the unit but do not enable or start it.
+        #[arg(long)]
+        no_start: bool,
     },
 }
 
@@ -265,6 +295,41 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 daemon::Watching::start(&loaded.config.paths, loaded.config.event_queue)?;
             daemon::run(r.clone(), watching, true).await?;
             r.cluster.close().await;
+            Ok(0)
+        }
+        Command::Service {
+            command:
+                ServiceCommand::Install {
+                    user: _,
+                    print,
+                    dir,
+                    no_start,
+                },
+        } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            anyhow::ensure!(
+                !loaded.config.paths.is_empty(),
+                "{} lists no `paths` for the agent to watch",
+                loaded.path.display()
+            );
+            let opts = service::InstallOptions {
+                exe: std::env::current_exe().context("finding this program's path")?,
+                config: std::path::absolute(&loaded.path)?,
+                state_dir: repo::state_dir(&loaded.config)?,
+                dir: dir.clone(),
+                start: !no_start,
+            };
+            if *print {
+                if cfg!(target_os = "macos") {
+                    print!("{}", service::launchd_plist(&opts));
+                } else {
+                    print!("{}", service::systemd_unit(&opts));
+                }
+                return Ok(0);
+            }
+            for step in service::install(&opts)? {
+                println!("{step}");
+            }
             Ok(0)
         }
         Command::Snapshots => {

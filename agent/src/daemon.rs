@@ -22,6 +22,9 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use ringvault_chunkserver::service;
+use ringvault_common::SnapshotId;
+
 use crate::backup::{self, BackupOptions};
 use crate::repo::Repo;
 use crate::watch::{Change, DirtySet, Watcher};
@@ -85,8 +88,10 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
     tokio::pin!(shutdown);
     // The snapshot being made, and the dirty set it covers (kept to retry
     // with if it fails). Changes go on being collected meanwhile.
-    let mut running: Option<(JoinHandle<anyhow::Result<()>>, DirtySet)> = None;
+    let mut running: Option<(JoinHandle<anyhow::Result<SnapshotId>>, DirtySet)> = None;
     tracing::info!(paths = ?paths, "agent watching");
+    service::ready(&format!("watching {} path(s)", paths.len()));
+    service::spawn_watchdog();
     loop {
         let due = first_change.map(|first| (last_change + quiet).min(first + max_delay));
         let full_scan_due = full_scan.map(|every| last_full_scan + every);
@@ -123,7 +128,10 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
             result = finished(&mut running) => {
                 let Some((_, work)) = running.take() else { continue };
                 let failure = match result {
-                    Ok(Ok(())) => None,
+                    Ok(Ok(id)) => {
+                        service::status(&format!("last snapshot {} at {}", id.short(), humantime::format_rfc3339_seconds(std::time::SystemTime::now())));
+                        None
+                    }
                     Ok(Err(e)) => Some(format!("{e:#}")),
                     Err(e) => Some(format!("the snapshot task failed: {e}")),
                 };
@@ -137,6 +145,7 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
             }
         }
     }
+    service::stopping();
     if let Some((task, _)) = running {
         tracing::info!("finishing the snapshot in progress before stopping");
         match tokio::time::timeout(STOP_GRACE, task).await {
@@ -154,15 +163,19 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
 async fn finished(
-    running: &mut Option<(JoinHandle<anyhow::Result<()>>, DirtySet)>,
-) -> Result<anyhow::Result<()>, tokio::task::JoinError> {
+    running: &mut Option<(JoinHandle<anyhow::Result<SnapshotId>>, DirtySet)>,
+) -> Result<anyhow::Result<SnapshotId>, tokio::task::JoinError> {
     match running {
         Some((task, _)) => task.await,
         None => std::future::pending().await,
     }
 }
 
-async fn snapshot(repo: Arc<Repo>, paths: Vec<PathBuf>, dirty: DirtySet) -> anyhow::Result<()> {
+async fn snapshot(
+    repo: Arc<Repo>,
+    paths: Vec<PathBuf>,
+    dirty: DirtySet,
+) -> anyhow::Result<SnapshotId> {
     let (full, changed) = (dirty.rescan_all, dirty.len());
     let report = backup::backup(
         repo.clone(),
@@ -183,7 +196,7 @@ async fn snapshot(repo: Arc<Repo>, paths: Vec<PathBuf>, dirty: DirtySet) -> anyh
         errors = report.errors.len(),
         "snapshot saved"
     );
-    Ok(())
+    Ok(report.id)
 }
 
 fn merge(into: &mut DirtySet, from: DirtySet) {

@@ -25,4 +25,5 @@ pub mod index;
 pub mod quickstart;
 pub mod repo;
 pub mod restore;
+pub mod service;
 pub mod watch;

@@ -14,6 +14,7 @@
 
 pub mod net;
 pub mod server;
+pub mod service;
 pub mod store;
 
 use std::future::Future;
@@ -84,7 +85,13 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         endpoint,
         Duration::from_millis(config.replica_timeout_ms),
     );
-    server::run(node, shutdown).await?;
+    service::ready(&format!("serving on {addr}"));
+    service::spawn_watchdog();
+    server::run(node, async {
+        shutdown.await;
+        service::stopping();
+    })
+    .await?;
     store.close();
     tracing::info!("store closed; bye");
     Ok(())

@@ -151,3 +151,45 @@ fn unchanged_subtrees_are_taken_from_the_previous_snapshot_unlisted() {
     let snaps = c.snapshots().unwrap();
     assert_eq!(snaps.last().unwrap()["summary"]["dirs"], 3, "{snaps:?}");
 }
+
+#[test]
+fn service_install_writes_a_unit_running_this_agent() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let cfg = watching_config(&c, &[&src], "");
+    let units = c.dir.path().join("units");
+    let out = c
+        .ringvault_with(&cfg)
+        .args(["service", "install", "--user", "--no-start", "--dir"])
+        .arg(&units)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let written = if cfg!(target_os = "macos") {
+        units.join("com.ringvault.agent.plist")
+    } else {
+        units.join("ringvault-agent.service")
+    };
+    assert!(
+        stdout.contains(&format!("wrote {}", written.display())),
+        "{stdout}"
+    );
+    let unit = std::fs::read_to_string(&written).unwrap();
+    assert!(unit.contains(cfg.to_str().unwrap()), "{unit}");
+    assert!(
+        unit.contains(ringvault_tests::bin("ringvault").to_str().unwrap()),
+        "{unit}"
+    );
+
+    // Without paths to watch there is nothing to install.
+    let out = c
+        .ringvault()
+        .args(["service", "install", "--no-start", "--dir"])
+        .arg(&units)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lists no `paths`"));
+}
