@@ -87,6 +87,8 @@ pub struct BackupOptions {
     /// (from a watcher): everything else is taken from that snapshot's
     /// trees without being listed. `None` scans everything.
     pub dirty: Option<DirtySet>,
+    /// Where to keep the running totals, for someone else to read.
+    pub counters: Option<Arc<Counters>>,
 }
 
 /// What a backup did.
@@ -103,14 +105,21 @@ pub struct BackupReport {
     pub wire_bytes: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    files: AtomicU64,
-    dirs: AtomicU64,
-    bytes: AtomicU64,
-    bytes_read: AtomicU64,
-    new_bytes: AtomicU64,
-    sent_bytes: AtomicU64,
+/// A backup's running totals, readable while it runs.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Files scanned.
+    pub files: AtomicU64,
+    /// Directories listed.
+    pub dirs: AtomicU64,
+    /// Bytes in the files scanned.
+    pub bytes: AtomicU64,
+    /// Bytes read from files.
+    pub bytes_read: AtomicU64,
+    /// Bytes of chunks the cluster lacked.
+    pub new_bytes: AtomicU64,
+    /// Sealed bytes sent.
+    pub sent_bytes: AtomicU64,
 }
 
 /// Runs one backup of `opts.paths` into the repository.
@@ -166,7 +175,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
     let parent = parent.map(|(id, _)| id);
 
     let index = Arc::new(LocalIndex::open(&repo.state_dir)?);
-    let counters = Arc::new(Counters::default());
+    let counters = opts.counters.clone().unwrap_or_default();
     let budget = Arc::new(Semaphore::new(UPLOAD_BUDGET >> 10));
     let (tx, rx) = mpsc::channel::<Upload>(1024);
     let uploader = tokio::spawn(upload_loop(repo.clone(), rx, counters.clone()));

@@ -21,6 +21,7 @@ use crate::quickstart;
 use crate::repo::{self, WrongPassword};
 use crate::restore;
 use crate::service;
+use crate::status;
 
 /// Exit code: the backup or restore finished but skipped some entries.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -86,6 +87,9 @@ pub enum Command {
     /// Watch the config's `paths` and take a snapshot whenever they change
     /// (runs until SIGTERM or Ctrl-C).
     Agent,
+    /// What the running agent is doing (asks it over its control socket;
+    /// needs no password).
+    Status,
     /// List snapshots.
     Snapshots,
     /// List a directory of a snapshot.
@@ -277,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     tags: tags.clone(),
                     progress,
                     dirty: None,
+                    counters: None,
                 },
             )
             .await?;
@@ -330,6 +335,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             for step in service::install(&opts)? {
                 println!("{step}");
             }
+            Ok(0)
+        }
+        Command::Status => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let answer = status::ask(&status::socket_path(&loaded.config)?).await?;
+            print_status(&cli, &answer);
             Ok(0)
         }
         Command::Snapshots => {
@@ -485,6 +496,7 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
             tags: vec![],
             progress,
             dirty: None,
+            counters: None,
         },
     )
     .await?;
@@ -564,6 +576,61 @@ fn summary_json(s: &Snapshot) -> serde_json::Value {
 fn format_time(ns: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn print_status(cli: &Cli, s: &status::AgentStatus) {
+    if cli.json {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+        return;
+    }
+    println!(
+        "agent (pid {}) backing up into {}, watching: {}",
+        s.pid,
+        s.repository,
+        s.paths.join(", ")
+    );
+    match (&s.in_progress, s.dirty_paths, s.full_scan_pending) {
+        (Some(p), _, _) => println!(
+            "snapshot in progress for {:.1} s{}: {} files, {} read, {} sent",
+            p.elapsed_ms as f64 / 1000.0,
+            if p.full_scan { " (full scan)" } else { "" },
+            p.files,
+            indicatif::HumanBytes(p.bytes_read),
+            indicatif::HumanBytes(p.sent_bytes)
+        ),
+        (None, 0, false) => println!("up to date: nothing waiting"),
+        (None, n, full) => println!(
+            "waiting: {n} changed path(s){}{}",
+            if full { ", a full scan" } else { "" },
+            s.next_snapshot_in_ms
+                .map(|ms| format!(", snapshot in {:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_default()
+        ),
+    }
+    match &s.last_snapshot {
+        Some(l) => println!(
+            "last snapshot: {} at {}",
+            &l.id[..8.min(l.id.len())],
+            l.time
+        ),
+        None => println!("last snapshot: none yet"),
+    }
+    if let Some(e) = &s.last_error {
+        println!("last attempt failed: {e}");
+    }
+    let up: Vec<String> = s
+        .servers
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} ({})",
+                v.node,
+                v.address,
+                if v.up { "up" } else { "down" }
+            )
+        })
+        .collect();
+    println!("servers: {}", up.join(", "));
 }
 
 fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {

@@ -179,6 +179,16 @@ impl Cluster {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     }
 
+    /// Every server of the map with its address and whether it is thought
+    /// up (not failed in the last few seconds).
+    pub fn servers(&self) -> Vec<(NodeId, String, bool)> {
+        self.map
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.address.clone(), !self.is_down(n.id)))
+            .collect()
+    }
+
     fn is_down(&self, node: NodeId) -> bool {
         self.peers.is_down(node)
     }

@@ -15,7 +15,7 @@
 //! point leaves no partial snapshot.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use ringvault_chunkserver::service;
 use ringvault_common::SnapshotId;
 
-use crate::backup::{self, BackupOptions};
+use crate::backup::{self, BackupOptions, Counters};
 use crate::repo::Repo;
+use crate::status;
 use crate::watch::{Change, DirtySet, Watcher};
 
 /// Paths under watch, and the watcher's changes.
@@ -89,12 +90,28 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
     // The snapshot being made, and the dirty set it covers (kept to retry
     // with if it fails). Changes go on being collected meanwhile.
     let mut running: Option<(JoinHandle<anyhow::Result<SnapshotId>>, DirtySet)> = None;
-    tracing::info!(paths = ?paths, "agent watching");
+    let shared = Arc::new(Mutex::new(status::Shared {
+        status: status::AgentStatus {
+            pid: std::process::id(),
+            repository: cfg.repository.clone(),
+            paths: paths.iter().map(|p| p.display().to_string()).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    let socket = status::socket_path(cfg)?;
+    let listener = status::listen(&socket, shared.clone(), repo.clone()).await?;
+    tracing::info!(paths = ?paths, socket = %socket.display(), "agent watching");
     service::ready(&format!("watching {} path(s)", paths.len()));
     service::spawn_watchdog();
     loop {
         let due = first_change.map(|first| (last_change + quiet).min(first + max_delay));
         let full_scan_due = full_scan.map(|every| last_full_scan + every);
+        if let Ok(mut s) = shared.lock() {
+            s.status.dirty_paths = dirty.len();
+            s.status.full_scan_pending = dirty.rescan_all;
+            s.due = due;
+        }
         tokio::select! {
             () = &mut shutdown => break,
             change = changes.recv() => {
@@ -122,19 +139,32 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
                 if work.rescan_all {
                     last_full_scan = Instant::now();
                 }
-                let task = tokio::spawn(snapshot(repo.clone(), paths.clone(), work.clone()));
+                let counters = Arc::new(Counters::default());
+                if let Ok(mut s) = shared.lock() {
+                    s.running = Some((Instant::now(), work.rescan_all, counters.clone()));
+                }
+                let task = tokio::spawn(snapshot(repo.clone(), paths.clone(), work.clone(), counters));
                 running = Some((task, work));
             }
             result = finished(&mut running) => {
                 let Some((_, work)) = running.take() else { continue };
                 let failure = match result {
                     Ok(Ok(id)) => {
-                        service::status(&format!("last snapshot {} at {}", id.short(), humantime::format_rfc3339_seconds(std::time::SystemTime::now())));
+                        let time = status::now_rfc3339();
+                        service::status(&format!("last snapshot {} at {time}", id.short()));
+                        if let Ok(mut s) = shared.lock() {
+                            s.status.last_snapshot = Some(status::LastSnapshot { id: id.to_hex(), time });
+                            s.status.last_error = None;
+                        }
                         None
                     }
                     Ok(Err(e)) => Some(format!("{e:#}")),
                     Err(e) => Some(format!("the snapshot task failed: {e}")),
                 };
+                if let Ok(mut s) = shared.lock() {
+                    s.running = None;
+                    s.status.last_error.clone_from(&failure);
+                }
                 if let Some(e) = failure {
                     // Keep what was dirty for the next attempt.
                     tracing::error!(error = %e, "snapshot failed; retrying after the quiet period");
@@ -155,6 +185,8 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
             }
         }
     }
+    listener.abort();
+    let _ = std::fs::remove_file(&socket);
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -175,6 +207,7 @@ async fn snapshot(
     repo: Arc<Repo>,
     paths: Vec<PathBuf>,
     dirty: DirtySet,
+    counters: Arc<Counters>,
 ) -> anyhow::Result<SnapshotId> {
     let (full, changed) = (dirty.rescan_all, dirty.len());
     let report = backup::backup(
@@ -184,6 +217,7 @@ async fn snapshot(
             tags: vec![],
             progress: false,
             dirty: (!dirty.rescan_all).then_some(dirty),
+            counters: Some(counters),
         },
     )
     .await?;

@@ -26,4 +26,5 @@ pub mod quickstart;
 pub mod repo;
 pub mod restore;
 pub mod service;
+pub mod status;
 pub mod watch;

@@ -70,6 +70,39 @@ fn the_agent_snapshots_every_kind_of_change_and_nothing_while_idle() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.snapshots().unwrap().len(), 1, "{}", agent.log_text());
 
+    // `status` asks the agent over its socket, which only its user may use.
+    let status = |c: &TestCluster| {
+        let out = c
+            .ringvault_with(&cfg)
+            .args(["--json", "status"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).ok(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, answer, err) = status(&c);
+    assert!(ok, "{err}");
+    let answer = answer.unwrap();
+    assert_eq!(answer["pid"], agent.pid());
+    assert_eq!(answer["paths"][0], docs.to_str().unwrap());
+    assert_eq!(answer["dirty_paths"], 0);
+    let first = c.snapshots().unwrap()[0]["id"].clone();
+    assert_eq!(answer["last_snapshot"]["id"], first);
+    assert_eq!(answer["servers"].as_array().unwrap().len(), 3);
+    assert!(
+        answer["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["up"] == true)
+    );
+    let socket = c.agent_config().with_file_name("state/test/agent.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+
     write(&docs.join("new.txt"), "created");
     write(&docs.join("notes.txt"), "notes, modified");
     std::fs::rename(docs.join("old-name.txt"), docs.join("sub/new-name.txt")).unwrap();
@@ -89,8 +122,11 @@ fn the_agent_snapshots_every_kind_of_change_and_nothing_while_idle() {
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     assert!(c.snapshots().unwrap().len() >= 2);
 
-    let status = agent.terminate(Duration::from_secs(30)).unwrap();
-    assert!(status.success(), "{status}: {}", agent.log_text());
+    let stopped = agent.terminate(Duration::from_secs(30)).unwrap();
+    assert!(stopped.success(), "{stopped}: {}", agent.log_text());
+    let (ok, _, err) = status(&c);
+    assert!(!ok && err.contains("no agent is running"), "{err}");
+    assert!(!socket.exists(), "the socket outlived the agent");
 }
 
 #[test]
