@@ -239,6 +239,14 @@ impl AgentProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, and waits for it.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for the killed agent: {e}"))
+    }
+
     /// Sends SIGTERM and waits up to `limit` for it to exit.
     ///
     /// # Errors

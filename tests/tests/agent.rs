@@ -143,8 +143,8 @@ fn changes_are_captured_when_events_are_lost() {
     })
     .unwrap();
 
-    for d in 0..10 {
-        for f in 0..30 {
+    for d in 0..30 {
+        for f in 0..100 {
             write(&src.join(format!("d{d}/f{f}.txt")), &format!("{d}/{f}"));
         }
     }
@@ -228,4 +228,65 @@ fn service_install_writes_a_unit_running_this_agent() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lists no `paths`"));
+}
+
+#[test]
+fn an_agent_killed_mid_snapshot_lists_no_partial_snapshot_and_finishes_after_restart() {
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    c.ok(&["init", "--chunker-params", "16384,65536,262144"])
+        .unwrap();
+    let src = c.dir.path().join("src");
+    for d in 0u32..8 {
+        for f in 0u32..40 {
+            let mut data = format!("{d}/{f} ").repeat(20_000).into_bytes();
+            data.extend_from_slice(&(d * 1000 + f).to_le_bytes());
+            std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+            std::fs::write(src.join(format!("d{d}/f{f}")), data).unwrap();
+        }
+    }
+    let cfg = watching_config(&c, &[&src], "");
+    // Killed at several points of the first snapshot: as soon as the agent
+    // reports it in progress, and once it has sent some or most bytes.
+    let mut killed_mid_snapshot = 0;
+    for (round, sent_at_least) in [0u64, 1, 8 << 20].into_iter().enumerate() {
+        let mut agent = c.start_agent(&cfg, &format!("agent-{round}")).unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            let out = c
+                .ringvault_with(&cfg)
+                .args(["--json", "status"])
+                .output()
+                .unwrap();
+            let s: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            if s["in_progress"]["sent_bytes"]
+                .as_u64()
+                .is_some_and(|b| b >= sent_at_least)
+                || s["last_snapshot"].is_object()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agent.kill();
+        let log = agent.log_text();
+        if log.contains("agent watching") && !log.contains("snapshot saved") {
+            killed_mid_snapshot += 1;
+        }
+        // Whatever is listed restores whole.
+        for (i, snap) in c.snapshots().unwrap().iter().enumerate() {
+            let target = c.dir.path().join(format!("killed-{round}-{i}"));
+            let id = snap["id"].as_str().unwrap();
+            c.ok(&["restore", id, "--target", target.to_str().unwrap()])
+                .unwrap();
+            assert_eq!(tree_diff(&src, &target.join("src")), None);
+        }
+    }
+    assert!(killed_mid_snapshot > 0, "no kill landed inside a snapshot");
+    let agent = c.start_agent(&cfg, "agent-last").unwrap();
+    let mut attempt = 0;
+    wait_for("a snapshot after the restarts", WAIT, || {
+        latest_matches(&c, &[&src], &mut attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
 }
