@@ -10,8 +10,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher as _};
@@ -80,7 +80,17 @@ pub enum Change {
 
 /// A recursive watch on the agent's paths. Dropping it stops watching.
 pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+    _inner: Arc<Mutex<notify::RecommendedWatcher>>,
+    /// Follows mounts on Linux; stopped on drop.
+    mounts: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mounts {
+            m.abort();
+        }
+    }
 }
 
 impl Watcher {
@@ -117,13 +127,113 @@ impl Watcher {
             if let Err(e) = inner.watch(root, RecursiveMode::Recursive) {
                 tracing::warn!(path = %root.display(), error = %e, "cannot watch; relying on scans");
                 let _ = tx.try_send(Change::Lost(format!(
-                    "cannot watch {}: {e}",
+                    "cannot watch {}: {e} (on Linux, raise fs.inotify.max_user_watches)",
                     root.display()
                 )));
             }
         }
-        Ok((Self { _inner: inner }, rx))
+        let inner = Arc::new(Mutex::new(inner));
+        let mounts = follow_mounts(roots.to_vec(), Arc::downgrade(&inner), tx);
+        Ok((
+            Self {
+                _inner: inner,
+                mounts,
+            },
+            rx,
+        ))
     }
+}
+
+/// On Linux, follows mounts and unmounts (the kernel flags
+/// `/proc/self/mountinfo` with a priority event on each, proc(5)): a mount
+/// point that appears or goes under a watched path is watched afresh and
+/// marked dirty with its subtree, since the watch on the directory beneath
+/// sees nothing of the new file system. `None` where there is no such file.
+fn follow_mounts(
+    roots: Vec<PathBuf>,
+    watcher: std::sync::Weak<Mutex<notify::RecommendedWatcher>>,
+    tx: mpsc::Sender<Change>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    const MOUNTINFO: &str = "/proc/self/mountinfo";
+    let file = std::fs::File::open(MOUNTINFO).ok()?;
+    // Deprecated in tokio 1.54 for types that could close or replace their
+    // fd while registered; an owned File, moved in, does neither (the
+    // replacement, `register_with_interest`, is `unsafe`, which this
+    // workspace denies).
+    #[allow(deprecated)]
+    let fd = AsyncFd::with_interest(file, Interest::PRIORITY).ok()?;
+    let mut known = mount_points(&std::fs::read_to_string(MOUNTINFO).ok()?);
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = fd.ready(Interest::PRIORITY).await else {
+                return;
+            };
+            ready.clear_ready();
+            let Ok(text) = std::fs::read_to_string(MOUNTINFO) else {
+                return;
+            };
+            let now = mount_points(&text);
+            let changed: Vec<PathBuf> = now
+                .symmetric_difference(&known)
+                .filter(|m| roots.iter().any(|r| m.starts_with(r)))
+                .cloned()
+                .collect();
+            known = now;
+            if changed.is_empty() {
+                continue;
+            }
+            let Some(watcher) = watcher.upgrade() else {
+                return;
+            };
+            for m in &changed {
+                tracing::info!(path = %m.display(), "mount changed under a watched path");
+                if m.is_dir()
+                    && let Ok(mut w) = watcher.lock()
+                    && let Err(e) = w.watch(m, RecursiveMode::Recursive)
+                {
+                    tracing::warn!(path = %m.display(), error = %e, "cannot watch the new mount");
+                }
+            }
+            if tx.send(Change::Paths(changed)).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// The mount points in a `/proc/self/mountinfo` text (the fifth field,
+/// with `\NNN` octal escapes decoded), proc(5).
+fn mount_points(mountinfo: &str) -> BTreeSet<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| {
+            let mut out = Vec::with_capacity(field.len());
+            let b = field.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b.get(i + 1..i + 4).and_then(|d| {
+                    std::str::from_utf8(d)
+                        .ok()
+                        .and_then(|d| u8::from_str_radix(d, 8).ok())
+                });
+                match (b[i], octal) {
+                    (b'\\', Some(v)) => {
+                        out.push(v);
+                        i += 4;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .collect()
 }
 
 /// Hands a change to the agent without ever blocking the watcher's thread:
@@ -161,6 +271,16 @@ mod tests {
         assert!(!d.touches(Path::new("/other")));
         d.rescan_all = true;
         assert!(d.touches(Path::new("/other")));
+    }
+
+    #[test]
+    fn mount_points_are_read_with_their_escapes() {
+        let text = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    42 27 0:39 / /home/me/my\\040disk rw,relatime - tmpfs tmpfs rw\n";
+        let m = mount_points(text);
+        assert!(m.contains(Path::new("/proc")));
+        assert!(m.contains(Path::new("/home/me/my disk")), "{m:?}");
+        assert_eq!(m.len(), 2);
     }
 
     #[test]

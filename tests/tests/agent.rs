@@ -290,3 +290,62 @@ fn an_agent_killed_mid_snapshot_lists_no_partial_snapshot_and_finishes_after_res
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
 }
+
+#[test]
+fn a_file_system_mounted_under_a_watched_path_is_scanned_and_watched() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    c.ok(&["init"]).unwrap();
+    let src = c.dir.path().join("src");
+    let mnt = src.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    write(&src.join("before.txt"), "before");
+    let cfg = watching_config(&c, &[&src], "");
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    wait_for("the first snapshot", WAIT, || {
+        (c.snapshots().ok()?.len() == 1).then_some(())
+    })
+    .unwrap();
+    // A tmpfs that already holds a file when it appears under src.
+    let staged = c.dir.path().join("staged");
+    std::fs::create_dir_all(&staged).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&staged)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::process::Command::new("umount").arg(p).status();
+            }
+        }
+    }
+    let _unmount = Unmount(vec![mnt.clone(), staged.clone()]);
+    write(
+        &staged.join("on-the-mount.txt"),
+        "was there before the mount",
+    );
+    let moved = std::process::Command::new("mount")
+        .arg("--move")
+        .arg(&staged)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(moved.success());
+    let mut attempt = 0;
+    wait_for("a snapshot holding the mounted file system", WAIT, || {
+        latest_matches(&c, &[&src], &mut attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    // And changes inside it are seen from now on.
+    write(&mnt.join("later.txt"), "written on the mount");
+    wait_for("a snapshot holding a change on the mount", WAIT, || {
+        latest_matches(&c, &[&src], &mut attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+}
