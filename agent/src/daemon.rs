@@ -33,7 +33,7 @@ use crate::watch::{Change, DirtySet, Watcher};
 /// Paths under watch, and the watcher's changes.
 pub struct Watching {
     paths: Vec<PathBuf>,
-    _watcher: Watcher,
+    watcher: Watcher,
     changes: tokio::sync::mpsc::Receiver<Change>,
 }
 
@@ -55,7 +55,7 @@ impl Watching {
         let (watcher, changes) = Watcher::start(&paths, queue)?;
         Ok(Self {
             paths,
-            _watcher: watcher,
+            watcher,
             changes,
         })
     }
@@ -77,7 +77,7 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
         (cfg.full_scan_interval_s > 0).then(|| Duration::from_secs(cfg.full_scan_interval_s));
     let Watching {
         paths,
-        _watcher,
+        watcher,
         mut changes,
     } = watching;
     let mut dirty = DirtySet::default();
@@ -106,7 +106,13 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
     service::spawn_watchdog();
     loop {
         let due = first_change.map(|first| (last_change + quiet).min(first + max_delay));
-        let full_scan_due = full_scan.map(|every| last_full_scan + every);
+        // With paths the watcher could not cover, scans are all there is.
+        let scan_every = if watcher.degraded() {
+            Some(full_scan.map_or(DEGRADED_SCAN, |every| every.min(DEGRADED_SCAN)))
+        } else {
+            full_scan
+        };
+        let full_scan_due = scan_every.map(|every| last_full_scan + every);
         if let Ok(mut s) = shared.lock() {
             s.status.dirty_paths = dirty.len();
             s.status.full_scan_pending = dirty.rescan_all;
@@ -190,6 +196,9 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
     tracing::info!("agent stopped");
     Ok(())
 }
+
+/// The full-scan interval at most while some path is not watched.
+const DEGRADED_SCAN: Duration = Duration::from_secs(300);
 
 /// How long a stopping agent waits for the snapshot in progress.
 const STOP_GRACE: Duration = Duration::from_secs(60);

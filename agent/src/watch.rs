@@ -81,8 +81,18 @@ pub enum Change {
 /// A recursive watch on the agent's paths. Dropping it stops watching.
 pub struct Watcher {
     _inner: Arc<Mutex<notify::RecommendedWatcher>>,
+    /// Some path could not be watched (the watch limit, say).
+    degraded: Arc<AtomicBool>,
     /// Follows mounts on Linux; stopped on drop.
     mounts: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Whether some path could not be watched: its changes are then seen
+    /// only by scans.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Watcher {
@@ -108,7 +118,9 @@ impl Watcher {
     ) -> anyhow::Result<(Self, mpsc::Receiver<Change>)> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let overflowed = Arc::new(AtomicBool::new(false));
+        let degraded = Arc::new(AtomicBool::new(false));
         let sink = tx.clone();
+        let degraded_cb = degraded.clone();
         let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let change = match res {
                 // Opening and closing (our own reads among them) change
@@ -118,7 +130,11 @@ impl Watcher {
                     Change::Lost("the kernel's event queue overflowed".into())
                 }
                 Ok(e) => Change::Paths(e.paths),
-                Err(e) => Change::Lost(format!("watcher error: {e}")),
+                Err(e) => {
+                    // A directory created past the watch limit, say.
+                    degraded_cb.store(true, Ordering::Release);
+                    Change::Lost(format!("watcher error: {e}"))
+                }
             };
             send(&sink, &overflowed, change);
         })
@@ -126,6 +142,7 @@ impl Watcher {
         for root in roots {
             if let Err(e) = inner.watch(root, RecursiveMode::Recursive) {
                 tracing::warn!(path = %root.display(), error = %e, "cannot watch; relying on scans");
+                degraded.store(true, Ordering::Release);
                 let _ = tx.try_send(Change::Lost(format!(
                     "cannot watch {}: {e} (on Linux, raise fs.inotify.max_user_watches)",
                     root.display()
@@ -137,6 +154,7 @@ impl Watcher {
         Ok((
             Self {
                 _inner: inner,
+                degraded,
                 mounts,
             },
             rx,

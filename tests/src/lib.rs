@@ -283,10 +283,24 @@ impl TestCluster {
     /// # Errors
     /// When it cannot be started.
     pub fn start_agent(&self, config: &Path, name: &str) -> anyhow::Result<AgentProcess> {
+        self.start_agent_with(config, name, &[])
+    }
+
+    /// Like [`TestCluster::start_agent`], with more environment variables.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn start_agent_with(
+        &self,
+        config: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<AgentProcess> {
         let log = self.dir.path().join(format!("{name}.log"));
         let child = self
             .ringvault_with(config)
             .arg("agent")
+            .envs(env.iter().copied())
             .env("RINGVAULT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -349,3 +349,61 @@ fn a_file_system_mounted_under_a_watched_path_is_scanned_and_watched() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
 }
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    c.ok(&["init"]).unwrap();
+    let src = c.dir.path().join("src");
+    write(&src.join("a.txt"), "a");
+    let cfg = watching_config(&c, &[&src], "");
+    // Stands in for systemd's notification socket (sd_notify(3)).
+    let socket_path = c.dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let agent = c
+        .start_agent_with(
+            &cfg,
+            "agent",
+            &[
+                ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+                ("WATCHDOG_USEC", "400000"),
+            ],
+        )
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(seen.contains("READY=1")
+        && seen.contains("WATCHDOG=1")
+        && seen.contains("STATUS=last snapshot"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "got {seen:?}\n{}",
+            agent.log_text()
+        );
+        if let Ok(n) = systemd.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    }
+}
+
+#[test]
+fn the_agent_scans_everything_every_full_scan_interval() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    c.ok(&["init"]).unwrap();
+    let src = c.dir.path().join("src");
+    write(&src.join("a.txt"), "a");
+    let cfg = watching_config(&c, &[&src], "full-scan-interval-s = 1\n");
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    // The scan at start, then at least two periodic ones, with no change.
+    wait_for("three full scans", WAIT, || {
+        (agent.log_text().matches("full_scan=true").count() >= 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+}
