@@ -29,31 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import die, free_udp_base_port  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "agent-benchmark"
-
-
-def die(msg):
-    print(f"agent bench: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def free_base_port(n):
-    for _ in range(200):
-        base = random.randint(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    die("no free UDP ports")
 
 
 def status(sock_path):
@@ -115,7 +95,7 @@ def main():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     env = dict(os.environ, HOME=str(work / "home"), RINGVAULT_PASSWORD=PASSWORD, RINGVAULT_LOG="warn")
-    base = free_base_port(3)
+    base = free_udp_base_port(3)
     cluster = work / "cluster"
     subprocess.run([rv, "cluster", "init", "--dir", cluster, "--nodes", "3", "--base-port", str(base)],
                    env=env, check=True, stdout=subprocess.DEVNULL)

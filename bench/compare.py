@@ -22,9 +22,7 @@ import datetime
 import json
 import os
 import platform
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import die, free_udp_base_port  # noqa: E402
 
 ANCHORS = ["restic", "borg", "rustic"]
 PHASES = [
@@ -67,11 +68,6 @@ class Run:
     sealed: int | None = None  # bytes, sealed new chunks
     wire: int | None = None  # bytes, UDP datagrams the agent sent
     verified: bool | None = None  # restore equal to the source
-
-
-def die(msg: str) -> None:
-    print(f"compare: {msg}", file=sys.stderr)
-    sys.exit(1)
 
 
 def measured(cmd: list, env: dict, cwd: Path | None = None, log: Path | None = None) -> tuple[Run, str]:
@@ -123,25 +119,6 @@ def restored_root(target: Path, source: Path) -> Path:
         if (cand / ".bench-dataset").exists():
             return cand
     die(f"cannot find the restored dataset under {target}")
-
-
-def free_udp_ports(n: int) -> int:
-    """A base port such that base..base+n-1 are free for UDP on loopback."""
-    for _ in range(200):
-        base = random.randint(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    die("no free UDP ports")
 
 
 class Tool:
@@ -219,7 +196,7 @@ class Ringvault(Tool):
         self.cpu_before = 0.0
 
     def init(self):
-        base = free_udp_ports(self.replicas)
+        base = free_udp_base_port(self.replicas)
         self.run([self.rv, "cluster", "init", "--dir", self.repo, "--nodes", self.replicas,
                   "--base-port", base, "--replicas", self.replicas, "--write-quorum", self.quorum])
         self.config = self.repo / "agent" / "agent.toml"

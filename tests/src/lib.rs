@@ -256,16 +256,9 @@ impl AgentProcess {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not stop within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("the agent to stop after SIGTERM", limit, || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 }
 
