@@ -89,13 +89,19 @@ pub struct BackupOptions {
     pub dirty: Option<DirtySet>,
     /// Where to keep the running totals, for someone else to read.
     pub counters: Option<Arc<Counters>>,
+    /// Store no snapshot when the tree is the previous snapshot's (the
+    /// agent's periodic and lost-event scans); the report says `unchanged`.
+    pub skip_unchanged: bool,
 }
 
 /// What a backup did.
 #[derive(Debug)]
 pub struct BackupReport {
-    /// The new snapshot's id.
+    /// The new snapshot's id (the previous one's when `unchanged`).
     pub id: SnapshotId,
+    /// Nothing differed from the previous snapshot and, as asked, none was
+    /// stored.
+    pub unchanged: bool,
     /// The snapshot record.
     pub snapshot: Snapshot,
     /// Files and directories skipped, with why.
@@ -172,6 +178,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         _ => None,
     };
     let dirty = opts.dirty.clone().filter(|_| previous.is_some());
+    let parent_snapshot = parent.clone();
     let parent = parent.map(|(id, _)| id);
 
     let index = Arc::new(LocalIndex::open(&repo.state_dir)?);
@@ -238,6 +245,24 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         (walked, Ok(())) => walked?,
     };
 
+    if let Some((parent_id, parent_snapshot)) = parent_snapshot
+        && opts.skip_unchanged
+        && parent_snapshot.root == root
+    {
+        // The same tree: everything it names is stored already, so the
+        // index may vouch for what was read.
+        tokio::task::spawn_blocking(move || index.commit(updates))
+            .await
+            .context("index task")?
+            .context("updating the local index")?;
+        return Ok(BackupReport {
+            id: parent_id,
+            unchanged: true,
+            snapshot: parent_snapshot,
+            errors,
+            wire_bytes: repo.cluster.wire_bytes_sent().saturating_sub(wire_before),
+        });
+    }
     let c = &counters;
     let snapshot = Snapshot {
         time_ns,
@@ -270,6 +295,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         .context("updating the local index")?;
     Ok(BackupReport {
         id,
+        unchanged: false,
         snapshot,
         errors,
         wire_bytes,

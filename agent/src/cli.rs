@@ -282,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     progress,
                     dirty: None,
                     counters: None,
+                    skip_unchanged: false,
                 },
             )
             .await?;
@@ -497,6 +498,7 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
             progress,
             dirty: None,
             counters: None,
+            skip_unchanged: false,
         },
     )
     .await?;

@@ -83,13 +83,16 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
     let mut dirty = DirtySet::default();
     dirty.rescan_all = scan_first;
     let mut first_change = scan_first.then(Instant::now);
-    let mut last_change = Instant::now() - quiet;
+    // As if the last change were a quiet period ago: a first scan starts now.
+    let mut last_change = Instant::now()
+        .checked_sub(quiet)
+        .unwrap_or_else(Instant::now);
     let mut last_full_scan = Instant::now();
     let shutdown = ringvault_chunkserver::shutdown_signal();
     tokio::pin!(shutdown);
     // The snapshot being made, and the dirty set it covers (kept to retry
     // with if it fails). Changes go on being collected meanwhile.
-    let mut running: Option<(JoinHandle<anyhow::Result<SnapshotId>>, DirtySet)> = None;
+    let mut running: Option<(JoinHandle<anyhow::Result<Option<SnapshotId>>>, DirtySet)> = None;
     let shared = Arc::new(Mutex::new(status::Shared {
         status: status::AgentStatus {
             pid: std::process::id(),
@@ -99,6 +102,7 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
         },
         ..Default::default()
     }));
+    let state = crate::repo::state_dir(cfg)?;
     let socket = status::socket_path(cfg)?;
     let listener = status::listen(&socket, shared.clone(), repo.clone()).await?;
     tracing::info!(paths = ?paths, socket = %socket.display(), "agent watching");
@@ -125,7 +129,11 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
                     anyhow::bail!("the file-system watcher stopped");
                 };
                 match change {
-                    Change::Paths(p) => p.into_iter().for_each(|p| dirty.mark(p)),
+                    // The agent's own writes (index, key cache) are no change.
+                    Change::Paths(p) => p
+                        .into_iter()
+                        .filter(|p| !p.starts_with(&state))
+                        .for_each(|p| dirty.mark(p)),
                     Change::Lost(why) => {
                         tracing::warn!(reason = %why, "file-system events lost; the next snapshot scans everything");
                         dirty.rescan_all = true;
@@ -155,7 +163,8 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
             result = finished(&mut running) => {
                 let Some((_, work)) = running.take() else { continue };
                 let failure = match result {
-                    Ok(Ok(id)) => {
+                    Ok(Ok(None)) => None,
+                    Ok(Ok(Some(id))) => {
                         let time = status::now_rfc3339();
                         service::status(&format!("last snapshot {} at {time}", id.short()));
                         if let Ok(mut s) = shared.lock() {
@@ -204,8 +213,8 @@ const DEGRADED_SCAN: Duration = Duration::from_secs(300);
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
 async fn finished(
-    running: &mut Option<(JoinHandle<anyhow::Result<SnapshotId>>, DirtySet)>,
-) -> Result<anyhow::Result<SnapshotId>, tokio::task::JoinError> {
+    running: &mut Option<(JoinHandle<anyhow::Result<Option<SnapshotId>>>, DirtySet)>,
+) -> Result<anyhow::Result<Option<SnapshotId>>, tokio::task::JoinError> {
     match running {
         Some((task, _)) => task.await,
         None => std::future::pending().await,
@@ -217,7 +226,7 @@ async fn snapshot(
     paths: Vec<PathBuf>,
     dirty: DirtySet,
     counters: Arc<Counters>,
-) -> anyhow::Result<SnapshotId> {
+) -> anyhow::Result<Option<SnapshotId>> {
     let (full, changed) = (dirty.rescan_all, dirty.len());
     let report = backup::backup(
         repo.clone(),
@@ -227,9 +236,19 @@ async fn snapshot(
             progress: false,
             dirty: (!dirty.rescan_all).then_some(dirty),
             counters: Some(counters),
+            skip_unchanged: true,
         },
     )
     .await?;
+    if report.unchanged {
+        tracing::info!(
+            snapshot = %report.id.short(),
+            full_scan = full,
+            changed_paths = changed,
+            "nothing changed since the last snapshot; none stored"
+        );
+        return Ok(None);
+    }
     tracing::info!(
         snapshot = %report.id.short(),
         full_scan = full,
@@ -239,7 +258,7 @@ async fn snapshot(
         errors = report.errors.len(),
         "snapshot saved"
     );
-    Ok(report.id)
+    Ok(Some(report.id))
 }
 
 fn merge(into: &mut DirtySet, from: DirtySet) {

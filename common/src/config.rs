@@ -196,9 +196,15 @@ impl AgentConfig {
         for p in &mut c.paths {
             *p = base.join(&*p);
         }
-        if c.event_queue == 0 || c.quiet_ms == 0 || c.max_delay_ms < c.quiet_ms {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        if c.event_queue == 0
+            || c.quiet_ms == 0
+            || c.max_delay_ms < c.quiet_ms
+            || c.max_delay_ms > DAY_MS
+            || c.full_scan_interval_s > 366 * DAY_MS / 1000
+        {
             return Err(ConfigError::Invalid(
-                "event-queue and quiet-ms must be positive, max-delay-ms at least quiet-ms".into(),
+                "event-queue and quiet-ms must be positive, max-delay-ms between quiet-ms and a day, full-scan-interval-s at most a year".into(),
             ));
         }
         RepoId::new(&c.repository).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -262,6 +268,22 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["agent.toml", "chunkserver.toml", "cluster.toml"]);
+    }
+
+    #[test]
+    fn agent_timings_out_of_range_are_errors() {
+        let base = "servers = [\"127.0.0.1:7401\"]\n";
+        let parse = |extra: &str| AgentConfig::parse(&format!("{base}{extra}"), Path::new("/"));
+        assert!(parse("").is_ok());
+        for bad in [
+            "quiet-ms = 0",
+            "quiet-ms = 5000\nmax-delay-ms = 1000",
+            "max-delay-ms = 18446744073709551615",
+            "full-scan-interval-s = 18446744073709551615",
+            "event-queue = 0",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -407,3 +407,25 @@ fn the_agent_scans_everything_every_full_scan_interval() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
 }
+
+#[test]
+fn neither_the_agents_own_state_nor_unchanged_scans_make_snapshots() {
+    let c = TestCluster::start(1, 1, 1).unwrap();
+    c.ok(&["init"]).unwrap();
+    // Watch the directory that holds the agent's state directory.
+    let home = c.agent_config().parent().unwrap().to_owned();
+    write(&home.join("notes.txt"), "notes");
+    let cfg = watching_config(&c, &[&home], "full-scan-interval-s = 1\n");
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    wait_for("two scans that found nothing new", WAIT, || {
+        (agent.log_text().matches("none stored").count() >= 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert_eq!(c.snapshots().unwrap().len(), 1, "{}", agent.log_text());
+    // A real change still makes one.
+    write(&home.join("notes.txt"), "notes, changed");
+    wait_for("a snapshot of the change", WAIT, || {
+        (c.snapshots().ok()?.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+}
