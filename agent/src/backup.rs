@@ -92,6 +92,9 @@ pub struct BackupOptions {
     /// Store no snapshot when the tree is the previous snapshot's (the
     /// agent's periodic and lost-event scans); the report says `unchanged`.
     pub skip_unchanged: bool,
+    /// The previous snapshot of these paths from this host, when the caller
+    /// knows it (the agent): spares listing every snapshot to find it.
+    pub parent: Option<(SnapshotId, Snapshot)>,
 }
 
 /// What a backup did.
@@ -161,12 +164,15 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         .iter()
         .map(|(p, _)| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
         .collect();
-    let parent = repo
-        .snapshots()
-        .await?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.host == host && s.paths == paths);
+    let parent = match &opts.parent {
+        Some((id, s)) if s.host == host && s.paths == paths => Some((*id, s.clone())),
+        _ => repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.host == host && s.paths == paths),
+    };
     // With a dirty set, unchanged subtrees come from the parent's trees.
     let previous = match (&opts.dirty, &parent) {
         (Some(_), Some((_, snap))) => Some(

@@ -283,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     dirty: None,
                     counters: None,
                     skip_unchanged: false,
+                    parent: None,
                 },
             )
             .await?;
@@ -499,6 +500,7 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
             dirty: None,
             counters: None,
             skip_unchanged: false,
+            parent: None,
         },
     )
     .await?;

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use ringvault_chunkserver::service;
 use ringvault_common::SnapshotId;
+use ringvault_common::snapshot::Snapshot;
 
 use crate::backup::{self, BackupOptions, Counters};
 use crate::repo::Repo;
@@ -92,7 +93,9 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
     tokio::pin!(shutdown);
     // The snapshot being made, and the dirty set it covers (kept to retry
     // with if it fails). Changes go on being collected meanwhile.
-    let mut running: Option<(JoinHandle<anyhow::Result<Option<SnapshotId>>>, DirtySet)> = None;
+    let mut running: Option<(JoinHandle<anyhow::Result<Taken>>, DirtySet)> = None;
+    // The latest snapshot of these paths, once known: the next one's parent.
+    let mut last: Option<(SnapshotId, Snapshot)> = None;
     let shared = Arc::new(Mutex::new(status::Shared {
         status: status::AgentStatus {
             pid: std::process::id(),
@@ -157,19 +160,29 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
                 if let Ok(mut s) = shared.lock() {
                     s.running = Some((Instant::now(), work.rescan_all, counters.clone()));
                 }
-                let task = tokio::spawn(snapshot(repo.clone(), paths.clone(), work.clone(), counters));
+                let task = tokio::spawn(snapshot(
+                    repo.clone(),
+                    paths.clone(),
+                    work.clone(),
+                    counters,
+                    last.clone(),
+                ));
                 running = Some((task, work));
             }
             result = finished(&mut running) => {
                 let Some((_, work)) = running.take() else { continue };
                 let failure = match result {
-                    Ok(Ok(None)) => None,
-                    Ok(Ok(Some(id))) => {
-                        let time = status::now_rfc3339();
-                        service::status(&format!("last snapshot {} at {time}", id.short()));
-                        if let Ok(mut s) = shared.lock() {
-                            s.status.last_snapshot = Some(status::LastSnapshot { id: id.to_hex(), time });
-                            s.status.last_error = None;
+                    Ok(Ok(taken)) => {
+                        let id = taken.parent.0;
+                        let stored = taken.stored;
+                        last = Some(taken.parent);
+                        if stored {
+                            let time = status::now_rfc3339();
+                            service::status(&format!("last snapshot {} at {time}", id.short()));
+                            if let Ok(mut s) = shared.lock() {
+                                s.status.last_snapshot =
+                                    Some(status::LastSnapshot { id: id.to_hex(), time });
+                            }
                         }
                         None
                     }
@@ -213,12 +226,19 @@ const DEGRADED_SCAN: Duration = Duration::from_secs(300);
 const STOP_GRACE: Duration = Duration::from_secs(60);
 
 async fn finished(
-    running: &mut Option<(JoinHandle<anyhow::Result<Option<SnapshotId>>>, DirtySet)>,
-) -> Result<anyhow::Result<Option<SnapshotId>>, tokio::task::JoinError> {
+    running: &mut Option<(JoinHandle<anyhow::Result<Taken>>, DirtySet)>,
+) -> Result<anyhow::Result<Taken>, tokio::task::JoinError> {
     match running {
         Some((task, _)) => task.await,
         None => std::future::pending().await,
     }
+}
+
+/// What a snapshot attempt gives the loop: whether one was stored, and the
+/// snapshot that is now the parent of the next.
+struct Taken {
+    stored: bool,
+    parent: (SnapshotId, Snapshot),
 }
 
 async fn snapshot(
@@ -226,7 +246,8 @@ async fn snapshot(
     paths: Vec<PathBuf>,
     dirty: DirtySet,
     counters: Arc<Counters>,
-) -> anyhow::Result<Option<SnapshotId>> {
+    parent: Option<(SnapshotId, Snapshot)>,
+) -> anyhow::Result<Taken> {
     let (full, changed) = (dirty.rescan_all, dirty.len());
     let report = backup::backup(
         repo.clone(),
@@ -237,6 +258,7 @@ async fn snapshot(
             dirty: (!dirty.rescan_all).then_some(dirty),
             counters: Some(counters),
             skip_unchanged: true,
+            parent,
         },
     )
     .await?;
@@ -247,18 +269,21 @@ async fn snapshot(
             changed_paths = changed,
             "nothing changed since the last snapshot; none stored"
         );
-        return Ok(None);
+    } else {
+        tracing::info!(
+            snapshot = %report.id.short(),
+            full_scan = full,
+            changed_paths = changed,
+            bytes_read = report.snapshot.summary.bytes_read,
+            sent = report.snapshot.summary.sent_bytes,
+            errors = report.errors.len(),
+            "snapshot saved"
+        );
     }
-    tracing::info!(
-        snapshot = %report.id.short(),
-        full_scan = full,
-        changed_paths = changed,
-        bytes_read = report.snapshot.summary.bytes_read,
-        sent = report.snapshot.summary.sent_bytes,
-        errors = report.errors.len(),
-        "snapshot saved"
-    );
-    Ok(Some(report.id))
+    Ok(Taken {
+        stored: !report.unchanged,
+        parent: (report.id, report.snapshot),
+    })
 }
 
 fn merge(into: &mut DirtySet, from: DirtySet) {

@@ -17,6 +17,10 @@ use anyhow::Context;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
+/// Most paths a [`DirtySet`] holds before it asks for a full scan instead
+/// (about 100 bytes each).
+pub const MAX_DIRTY_PATHS: usize = 100_000;
+
 /// Paths whose subtrees the next snapshot reads again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirtySet {
@@ -28,7 +32,17 @@ pub struct DirtySet {
 impl DirtySet {
     /// Marks `path` and everything below it. A changed ignore file marks
     /// its whole directory: what it excludes may have changed anywhere below.
+    /// Past [`MAX_DIRTY_PATHS`] paths the set gives up on paths and asks
+    /// for a full scan instead, so that its memory stays bounded.
     pub fn mark(&mut self, path: PathBuf) {
+        if self.rescan_all {
+            return;
+        }
+        if self.paths.len() >= MAX_DIRTY_PATHS {
+            self.paths.clear();
+            self.rescan_all = true;
+            return;
+        }
         match path.parent() {
             Some(dir) if path.file_name() == Some(crate::exclude::IGNORE_FILE.as_ref()) => {
                 self.paths.insert(dir.to_owned());
@@ -289,6 +303,19 @@ mod tests {
         assert!(!d.touches(Path::new("/other")));
         d.rescan_all = true;
         assert!(d.touches(Path::new("/other")));
+    }
+
+    #[test]
+    fn too_many_dirty_paths_become_a_full_scan() {
+        let mut d = DirtySet::default();
+        for i in 0..MAX_DIRTY_PATHS {
+            d.mark(PathBuf::from(format!("/data/{i}")));
+        }
+        assert!(!d.rescan_all);
+        assert_eq!(d.len(), MAX_DIRTY_PATHS);
+        d.mark(PathBuf::from("/data/one-more"));
+        assert!(d.rescan_all);
+        assert_eq!(d.len(), 0);
     }
 
     #[test]
