@@ -28,6 +28,28 @@ fn watching_config(c: &TestCluster, roots: &[&Path], extra: &str) -> PathBuf {
     cfg
 }
 
+/// Waits until the agent has stored its first snapshot.
+fn wait_first_snapshot(c: &TestCluster, agent: &ringvault_tests::AgentProcess) {
+    wait_for("the first snapshot", WAIT, || {
+        (c.snapshots().ok()?.len() == 1).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+}
+
+/// Waits until the latest snapshot restores to exactly `roots`.
+fn wait_until_latest_matches(
+    c: &TestCluster,
+    agent: &ringvault_tests::AgentProcess,
+    roots: &[&Path],
+    attempt: &mut u32,
+    what: &str,
+) {
+    wait_for(what, WAIT, || {
+        latest_matches(c, roots, attempt).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+}
+
 /// Whether the latest snapshot restores to exactly `roots` as they are now.
 fn latest_matches(c: &TestCluster, roots: &[&Path], attempt: &mut u32) -> bool {
     *attempt += 1;
@@ -62,10 +84,7 @@ fn the_agent_snapshots_every_kind_of_change_and_nothing_while_idle() {
     let cfg = watching_config(&c, &[&docs, &code], "");
     let mut agent = c.start_agent(&cfg, "agent").unwrap();
 
-    wait_for("the first snapshot", WAIT, || {
-        (c.snapshots().ok()?.len() == 1).then_some(())
-    })
-    .unwrap();
+    wait_first_snapshot(&c, &agent);
     // Nothing changes: no scan, no snapshot.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.snapshots().unwrap().len(), 1, "{}", agent.log_text());
@@ -116,10 +135,13 @@ fn the_agent_snapshots_every_kind_of_change_and_nothing_while_idle() {
     std::fs::rename(c.dir.path().join("outside/tree"), code.join("tree")).unwrap();
 
     let mut attempt = 0;
-    wait_for("a snapshot holding every change", WAIT, || {
-        latest_matches(&c, &[&docs, &code], &mut attempt).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    wait_until_latest_matches(
+        &c,
+        &agent,
+        &[&docs, &code],
+        &mut attempt,
+        "a snapshot holding every change",
+    );
     assert!(c.snapshots().unwrap().len() >= 2);
 
     let stopped = agent.terminate(Duration::from_secs(30)).unwrap();
@@ -138,10 +160,7 @@ fn changes_are_captured_when_events_are_lost() {
     // A one-event queue: a burst of changes overflows it.
     let cfg = watching_config(&c, &[&src], "event-queue = 1\n");
     let agent = c.start_agent(&cfg, "agent").unwrap();
-    wait_for("the first snapshot", WAIT, || {
-        (c.snapshots().ok()?.len() == 1).then_some(())
-    })
-    .unwrap();
+    wait_first_snapshot(&c, &agent);
 
     for d in 0..30 {
         for f in 0..100 {
@@ -149,10 +168,13 @@ fn changes_are_captured_when_events_are_lost() {
         }
     }
     let mut attempt = 0;
-    wait_for("a snapshot holding the burst", WAIT, || {
-        latest_matches(&c, &[&src], &mut attempt).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    wait_until_latest_matches(
+        &c,
+        &agent,
+        &[&src],
+        &mut attempt,
+        "a snapshot holding the burst",
+    );
     assert!(
         agent.log_text().contains("events lost"),
         "the queue never overflowed, so this test showed nothing:\n{}",
@@ -170,19 +192,19 @@ fn unchanged_subtrees_are_taken_from_the_previous_snapshot_unlisted() {
     }
     let cfg = watching_config(&c, &[&src], "");
     let agent = c.start_agent(&cfg, "agent").unwrap();
-    wait_for("the first snapshot", WAIT, || {
-        (c.snapshots().ok()?.len() == 1).then_some(())
-    })
-    .unwrap();
+    wait_first_snapshot(&c, &agent);
     // 41 directories under src, all listed by the first, full scan.
     assert_eq!(c.snapshots().unwrap()[0]["summary"]["dirs"], 41);
 
     write(&src.join("d7/inner/f.txt"), "changed");
     let mut attempt = 0;
-    wait_for("a snapshot holding the change", WAIT, || {
-        latest_matches(&c, &[&src], &mut attempt).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    wait_until_latest_matches(
+        &c,
+        &agent,
+        &[&src],
+        &mut attempt,
+        "a snapshot holding the change",
+    );
     // Only the path down to the change was listed: src, d7, d7/inner.
     let snaps = c.snapshots().unwrap();
     assert_eq!(snaps.last().unwrap()["summary"]["dirs"], 3, "{snaps:?}");
@@ -285,10 +307,13 @@ fn an_agent_killed_mid_snapshot_lists_no_partial_snapshot_and_finishes_after_res
     assert!(killed_mid_snapshot > 0, "no kill landed inside a snapshot");
     let agent = c.start_agent(&cfg, "agent-last").unwrap();
     let mut attempt = 0;
-    wait_for("a snapshot after the restarts", WAIT, || {
-        latest_matches(&c, &[&src], &mut attempt).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    wait_until_latest_matches(
+        &c,
+        &agent,
+        &[&src],
+        &mut attempt,
+        "a snapshot after the restarts",
+    );
 }
 
 #[test]
@@ -301,10 +326,7 @@ fn a_file_system_mounted_under_a_watched_path_is_scanned_and_watched() {
     write(&src.join("before.txt"), "before");
     let cfg = watching_config(&c, &[&src], "");
     let agent = c.start_agent(&cfg, "agent").unwrap();
-    wait_for("the first snapshot", WAIT, || {
-        (c.snapshots().ok()?.len() == 1).then_some(())
-    })
-    .unwrap();
+    wait_first_snapshot(&c, &agent);
     // A tmpfs that already holds a file when it appears under src.
     let staged = c.dir.path().join("staged");
     std::fs::create_dir_all(&staged).unwrap();
@@ -338,16 +360,22 @@ fn a_file_system_mounted_under_a_watched_path_is_scanned_and_watched() {
         .unwrap();
     assert!(moved.success());
     let mut attempt = 0;
-    wait_for("a snapshot holding the mounted file system", WAIT, || {
-        latest_matches(&c, &[&src], &mut attempt).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    wait_until_latest_matches(
+        &c,
+        &agent,
+        &[&src],
+        &mut attempt,
+        "a snapshot holding the mounted file system",
+    );
     // And changes inside it are seen from now on.
     write(&mnt.join("later.txt"), "written on the mount");
-    wait_for("a snapshot holding a change on the mount", WAIT, || {
-        latest_matches(&c, &[&src], &mut attempt).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    wait_until_latest_matches(
+        &c,
+        &agent,
+        &[&src],
+        &mut attempt,
+        "a snapshot holding a change on the mount",
+    );
 }
 
 #[test]
