@@ -219,14 +219,21 @@ fn follow_mounts(
             let Some(watcher) = watcher.upgrade() else {
                 return;
             };
-            for m in &changed {
-                tracing::info!(path = %m.display(), "mount changed under a watched path");
-                if m.is_dir()
-                    && let Ok(mut w) = watcher.lock()
-                    && let Err(e) = w.watch(m, RecursiveMode::Recursive)
-                {
-                    tracing::warn!(path = %m.display(), error = %e, "cannot watch the new mount");
+            // Watching a large new tree takes a while: off the async workers.
+            let mounts = changed.clone();
+            let rewatched = tokio::task::spawn_blocking(move || {
+                for m in &mounts {
+                    tracing::info!(path = %m.display(), "mount changed under a watched path");
+                    if m.is_dir()
+                        && let Ok(mut w) = watcher.lock()
+                        && let Err(e) = w.watch(m, RecursiveMode::Recursive)
+                    {
+                        tracing::warn!(path = %m.display(), error = %e, "cannot watch the new mount");
+                    }
                 }
+            });
+            if rewatched.await.is_err() {
+                return;
             }
             if tx.send(Change::Paths(changed)).await.is_err() {
                 return;
