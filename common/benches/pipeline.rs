@@ -1,6 +1,6 @@
 //! Per-stage throughput of the backup pipeline's CPU work, in bytes/s:
 //! FastCDC chunking, keyed BLAKE3 chunk ids (beside raw BLAKE3 on the same
-//! input), sealing (zstd level 1 + XChaCha20-Poly1305) and opening, and
+//! input), sealing (zstd at the blob level, 2, then XChaCha20-Poly1305) and opening, and
 //! placement lookups.
 //!
 //! Input: `RINGVAULT_BENCH_FILE` (a real file, first 64 MiB) if set, else
