@@ -280,10 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     paths: paths.clone(),
                     tags: tags.clone(),
                     progress,
-                    dirty: None,
-                    counters: None,
-                    skip_unchanged: false,
-                    parent: None,
+                    ..BackupOptions::default()
                 },
             )
             .await?;
@@ -495,12 +492,8 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
         r.clone(),
         BackupOptions {
             paths: vec![dir.to_owned()],
-            tags: vec![],
             progress,
-            dirty: None,
-            counters: None,
-            skip_unchanged: false,
-            parent: None,
+            ..BackupOptions::default()
         },
     )
     .await?;

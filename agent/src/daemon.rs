@@ -253,12 +253,11 @@ async fn snapshot(
         repo.clone(),
         BackupOptions {
             paths,
-            tags: vec![],
-            progress: false,
             dirty: (!dirty.rescan_all).then_some(dirty),
             counters: Some(counters),
             skip_unchanged: true,
             parent,
+            ..BackupOptions::default()
         },
     )
     .await?;

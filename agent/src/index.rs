@@ -137,6 +137,8 @@ const MAX_LOG_ITEM: usize = 32 << 20;
 pub struct UpdateLog {
     file: std::io::BufWriter<std::fs::File>,
     count: u64,
+    /// Where the file is, for error messages.
+    dir: std::path::PathBuf,
 }
 
 impl UpdateLog {
@@ -151,6 +153,7 @@ impl UpdateLog {
         Ok(Self {
             file: std::io::BufWriter::with_capacity(256 << 10, file),
             count: 0,
+            dir: dir.to_owned(),
         })
     }
 
@@ -165,8 +168,15 @@ impl UpdateLog {
                 .ok()
                 .filter(|&n| n as usize <= MAX_LOG_ITEM);
             let len = len.context("a path or chunk list too large for the update log")?;
-            self.file.write_all(&len.to_le_bytes())?;
-            self.file.write_all(item)?;
+            let written = self.file.write_all(&len.to_le_bytes());
+            written
+                .and_then(|()| self.file.write_all(item))
+                .with_context(|| {
+                    format!(
+                        "writing the list of changed files to {}",
+                        self.dir.display()
+                    )
+                })?;
         }
         self.count += 1;
         Ok(())
@@ -183,8 +193,15 @@ impl UpdateLog {
     }
 
     fn into_reader(self) -> anyhow::Result<LogReader> {
-        let mut file = self.file.into_inner().map_err(|e| e.into_error())?;
-        file.seek(std::io::SeekFrom::Start(0))?;
+        let dir = self.dir;
+        let context = || format!("writing the list of changed files to {}", dir.display());
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(context)?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .with_context(context)?;
         Ok(LogReader {
             file: std::io::BufReader::with_capacity(256 << 10, file),
             left: self.count,
