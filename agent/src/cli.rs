@@ -508,6 +508,9 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
             .next()
             .unwrap_or_else(|| "ringvault".into());
         println!("  {rv} --config {cfg} snapshots");
+        if !once {
+            println!("  {rv} --config {cfg} status      # what the watching agent is doing");
+        }
         println!("  {rv} --config {cfg} ls latest");
         println!("  {rv} --config {cfg} restore latest --target /tmp/ringvault-restore");
         println!("  {rv} quickstart --stop        # stop the local cluster");
