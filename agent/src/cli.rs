@@ -14,6 +14,7 @@ use ringvault_common::tree::{Content, Entry, EntryKind};
 use serde_json::json;
 
 use crate::backup::{self, BackupOptions, display_name};
+use crate::check;
 use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
 use crate::daemon;
@@ -25,6 +26,8 @@ use crate::status;
 
 /// Exit code: the backup or restore finished but skipped some entries.
 pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit code of `check`: every chunk has a healthy copy, some fewer than N.
+pub const EXIT_DEGRADED: u8 = 4;
 /// Exit code: the cluster could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 10;
 /// Exit code: the password does not open the repository.
@@ -117,6 +120,14 @@ pub enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Verify that every chunk reachable from every snapshot has N healthy
+    /// copies (metadata only unless --read-data). Exit 0: all healthy; 1:
+    /// some chunk has no healthy copy; 4: all present, some short of N.
+    Check {
+        /// Also fetch every copy from every server and open it.
+        #[arg(long)]
+        read_data: bool,
+    },
     /// Cluster administration.
     Cluster {
         /// Cluster subcommand.
@@ -152,6 +163,51 @@ pub enum ServiceCommand {
 pub enum ClusterCommand {
     /// Make a CA, node and agent certificates, configs and the cluster map.
     Init(ClusterInitArgs),
+    /// Each server's state: up or not, map epoch, blobs, bytes, hints,
+    /// repair backlog, quarantined blobs, scrub progress, its view of peers.
+    Status,
+    /// Add a node to the map (new epoch); writes DIR/node-<id>/ with its
+    /// certificate and configs. Blobs it now owns move to it.
+    AddNode {
+        /// The `cluster init` directory (holds ca.key and cluster.toml).
+        #[arg(long)]
+        dir: PathBuf,
+        /// `host:port` the others reach the new node at.
+        #[arg(long)]
+        address: String,
+        /// Node id [default: one above the largest].
+        #[arg(long)]
+        id: Option<u32>,
+        /// Relative capacity, 1 to 1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Failure domain; replicas prefer distinct zones.
+        #[arg(long, default_value = "")]
+        zone: String,
+    },
+    /// Remove a node from the map (new epoch); its blobs move to the new
+    /// owners. Keep it running until `cluster status` shows it holds no
+    /// blobs, if it still runs.
+    RemoveNode {
+        /// The `cluster init` directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node.
+        #[arg(long)]
+        id: u32,
+    },
+    /// Change a node's weight (new epoch).
+    SetWeight {
+        /// The `cluster init` directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node.
+        #[arg(long)]
+        id: u32,
+        /// New relative capacity, 1 to 1000.
+        #[arg(long)]
+        weight: u32,
+    },
 }
 
 /// Arguments of `cluster init`.
@@ -422,6 +478,77 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 EXIT_INCOMPLETE
             })
+        }
+        Command::Check { read_data } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let report = check::check(&r, *read_data).await?;
+            r.cluster.close().await;
+            print_check(&cli, &report);
+            Ok(if report.has_loss() {
+                1
+            } else if report.is_healthy() {
+                0
+            } else {
+                EXIT_DEGRADED
+            })
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let (cluster, _) = repo::connect(&loaded.config).await?;
+            let rows: Vec<StatusRow> =
+                futures::future::join_all(cluster.servers().into_iter().map(
+                    |(node, address, _)| {
+                        let cluster = &cluster;
+                        async move { (node, address, cluster.node_status(node).await) }
+                    },
+                ))
+                .await;
+            cluster.close().await;
+            print_cluster_status(&cli, cluster.map().epoch, &rows);
+            Ok(if rows.iter().all(|(_, _, s)| s.is_ok()) {
+                0
+            } else {
+                EXIT_DEGRADED
+            })
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::AddNode {
+                    dir,
+                    address,
+                    id,
+                    weight,
+                    zone,
+                },
+        } => {
+            let change = cluster::MapChange::AddNode {
+                id: *id,
+                address: address.clone(),
+                weight: *weight,
+                zone: zone.clone(),
+            };
+            print_map_change(&cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
+        }
+        Command::Cluster {
+            command: ClusterCommand::RemoveNode { dir, id },
+        } => {
+            let change = cluster::MapChange::RemoveNode { id: *id };
+            print_map_change(&cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
+        }
+        Command::Cluster {
+            command: ClusterCommand::SetWeight { dir, id, weight },
+        } => {
+            let change = cluster::MapChange::SetWeight {
+                id: *id,
+                weight: *weight,
+            };
+            print_map_change(&cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
         }
         Command::Cluster {
             command: ClusterCommand::Init(a),
@@ -709,6 +836,160 @@ fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
             format_time(e.mtime_ns),
             display_name(&e.name).escape_debug(),
             suffix
+        );
+    }
+}
+
+fn print_check(cli: &Cli, r: &check::CheckReport) {
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "snapshots": r.snapshots, "trees": r.trees, "chunks": r.chunks,
+                "replicas": r.replicas, "read_data": r.read_data, "healthy": r.healthy,
+                "degraded": r.degraded.iter().map(|(c, n)| json!({"chunk": c.to_hex(), "copies": n})).collect::<Vec<_>>(),
+                "lost": r.lost.iter().map(|c| c.to_hex()).collect::<Vec<_>>(),
+                "damaged": r.damaged.iter().map(|(c, n, why)| json!({"chunk": c.to_hex(), "node": n.0, "reason": why})).collect::<Vec<_>>(),
+                "unreadable_trees": r.unreadable_trees.iter().map(|(c, why)| json!({"tree": c.to_hex(), "reason": why})).collect::<Vec<_>>(),
+                "ok": r.is_healthy(),
+            })
+        );
+        return;
+    }
+    for (tree, why) in &r.unreadable_trees {
+        println!("unreadable tree {tree}: {why}");
+    }
+    for c in &r.lost {
+        println!("lost: chunk {c} has no healthy copy on any live server");
+    }
+    for (c, node, why) in &r.damaged {
+        println!("damaged: chunk {c} on {node}: {why}");
+    }
+    for (c, n) in &r.degraded {
+        println!("degraded: chunk {c} has {n} of {} copies", r.replicas);
+    }
+    println!(
+        "{} snapshots, {} trees, {} chunks{}: {} with {} copies, {} degraded, {} lost, {} damaged copies{}",
+        r.snapshots,
+        r.trees,
+        r.chunks,
+        if r.read_data {
+            " (every copy read)"
+        } else {
+            ""
+        },
+        r.healthy,
+        r.replicas,
+        r.degraded.len(),
+        r.lost.len(),
+        r.damaged.len(),
+        if r.unreadable_trees.is_empty() {
+            String::new()
+        } else {
+            format!(", {} unreadable trees", r.unreadable_trees.len())
+        }
+    );
+    println!(
+        "{}",
+        if r.is_healthy() {
+            "no errors were found"
+        } else if r.has_loss() {
+            "DATA IS MISSING: see above"
+        } else {
+            "every chunk is readable; repair is restoring the missing copies"
+        }
+    );
+}
+
+type StatusRow = (
+    ringvault_common::NodeId,
+    String,
+    Result<ringvault_common::wire::NodeStatus, ClientError>,
+);
+
+fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
+    if cli.json {
+        let nodes: Vec<_> = rows
+            .iter()
+            .map(|(node, address, s)| match s {
+                Ok(s) => json!({
+                    "node": node.0, "address": address, "state": "up", "epoch": s.epoch,
+                    "blobs": s.blobs, "bytes": s.bytes, "hints": s.hints,
+                    "repair_backlog": s.repair_backlog, "quarantined": s.quarantined,
+                    "scrub_bytes": s.scrub_bytes, "scrub_cycles": s.scrub_cycles,
+                    "peers": s.peers.iter().map(|(p, st)| json!({"node": p.0, "state": st.as_str()})).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({"node": node.0, "address": address, "state": "unreachable", "error": e.to_string()}),
+            })
+            .collect();
+        println!("{}", json!({ "epoch": epoch, "nodes": nodes }));
+        return;
+    }
+    println!("cluster map epoch {epoch}");
+    println!(
+        "{:<8} {:<22} {:<12} {:>6} {:>9} {:>10} {:>7} {:>7} {:>7}  peers",
+        "node", "address", "state", "epoch", "blobs", "bytes", "hints", "backlog", "quarant"
+    );
+    for (node, address, s) in rows {
+        match s {
+            Ok(s) => {
+                let peers: Vec<String> = s
+                    .peers
+                    .iter()
+                    .filter(|(_, st)| *st != ringvault_common::wire::PeerState::Up)
+                    .map(|(p, st)| format!("{p} {}", st.as_str()))
+                    .collect();
+                println!(
+                    "{:<8} {:<22} {:<12} {:>6} {:>9} {:>10} {:>7} {:>7} {:>7}  {}",
+                    node.to_string(),
+                    address,
+                    "up",
+                    s.epoch,
+                    s.blobs,
+                    indicatif::HumanBytes(s.bytes).to_string(),
+                    s.hints,
+                    s.repair_backlog,
+                    s.quarantined,
+                    if peers.is_empty() {
+                        "all up".to_owned()
+                    } else {
+                        peers.join(", ")
+                    }
+                );
+            }
+            Err(e) => println!("{:<8} {:<22} unreachable: {e}", node.to_string(), address),
+        }
+    }
+}
+
+fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "epoch": r.map.epoch,
+                "nodes": r.map.nodes.iter().map(|n| json!({"node": n.id.0, "address": n.address, "weight": n.weight, "zone": n.zone})).collect::<Vec<_>>(),
+                "committed": r.committed.iter().map(|n| n.0).collect::<Vec<_>>(),
+                "unreachable": r.unreachable.iter().map(|(n, e)| json!({"node": n.0, "error": e})).collect::<Vec<_>>(),
+                "node_dir": r.node_dir.as_ref().map(|d| d.display().to_string()),
+            })
+        );
+        return;
+    }
+    println!(
+        "committed cluster map epoch {} ({} nodes) on {} server(s)",
+        r.map.epoch,
+        r.map.nodes.len(),
+        r.committed.len()
+    );
+    for (n, e) in &r.unreachable {
+        println!("  {n} did not commit ({e}); it will learn the map from its peers");
+    }
+    if let Some(d) = &r.node_dir {
+        println!(
+            "new node files: {}   (run: ringvault-chunkserver --config {})",
+            d.display(),
+            d.join("chunkserver.toml").display()
         );
     }
 }

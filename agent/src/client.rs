@@ -75,7 +75,9 @@ pub struct BadCopy {
 pub struct Cluster {
     peers: Peers,
     repo: RepoId,
-    map: ClusterMap,
+    /// The newest cluster map learned; replaced when an answer carries a
+    /// newer epoch.
+    map: std::sync::RwLock<std::sync::Arc<ClusterMap>>,
     bad_copies: Mutex<Vec<BadCopy>>,
     timeout: Duration,
     next: std::sync::atomic::AtomicUsize,
@@ -110,22 +112,36 @@ impl Cluster {
                 epoch: 0,
             };
             match net::call(&conn, &hello, vec![], connect_timeout).await {
-                Ok((Response::Hello { node, map, .. }, _)) => {
+                Ok((_, Response::Hello { node, map, .. }, _)) => {
                     map.validate().map_err(|e| {
                         ClientError::Protocol(format!("server sent a bad map: {e}"))
                     })?;
                     let peers = Peers::new(endpoint, connect_timeout, DOWN_FOR);
+                    // Start from this server's view of its peers, so a
+                    // command does not spend a connect timeout on each
+                    // server the cluster already knows is down.
+                    if let Ok((_, Response::NodeStatus(status), _)) =
+                        net::call(&conn, &Request::NodeStatus, vec![], connect_timeout).await
+                    {
+                        for (peer, state) in status.peers {
+                            if state != ringvault_common::wire::PeerState::Up {
+                                peers.mark_down(peer, &format!("{node} reports it {}", state.as_str()));
+                            }
+                        }
+                    }
                     peers.insert(node, conn);
                     return Ok(Self {
                         peers,
                         repo,
-                        map,
+                        map: std::sync::RwLock::new(std::sync::Arc::new(map)),
                         bad_copies: Mutex::new(Vec::new()),
                         timeout,
                         next: std::sync::atomic::AtomicUsize::new(0),
                     });
                 }
-                Ok((other, _)) => reasons.push(format!("{addr}: unexpected hello reply {other:?}")),
+                Ok((_, other, _)) => {
+                    reasons.push(format!("{addr}: unexpected hello reply {other:?}"))
+                }
                 Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
                 Err(CallError::Remote(e)) if e.code == ErrorCode::VersionMismatch => {
                     return Err(ClientError::Protocol(e.message));
@@ -136,9 +152,42 @@ impl Cluster {
         Err(ClientError::Unreachable(reasons.join("; ")))
     }
 
-    /// The cluster map.
-    pub fn map(&self) -> &ClusterMap {
-        &self.map
+    /// The cluster map (the newest learned so far).
+    pub fn map(&self) -> std::sync::Arc<ClusterMap> {
+        self.map
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Fetches the map from `node` when an answer carried an epoch newer
+    /// than ours (agents adopt a newer epoch from any server's reply).
+    async fn refresh_map(&self, node: NodeId) {
+        if self.peers.newest_epoch() <= self.map().epoch {
+            return;
+        }
+        let Some(addr) = self.map().address(node).map(str::to_owned) else {
+            return;
+        };
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            epoch: self.map().epoch,
+        };
+        let answer = self
+            .peers
+            .call(node, &addr, &hello, vec![], self.timeout)
+            .await;
+        if let Ok((Response::Hello { map, .. }, _)) = answer
+            && map.validate().is_ok()
+            && map.epoch > self.map().epoch
+        {
+            tracing::info!(epoch = map.epoch, "adopting a newer cluster map");
+            if let Ok(mut m) = self.map.write()
+                && map.epoch > m.epoch
+            {
+                *m = std::sync::Arc::new(map);
+            }
+        }
     }
 
     /// The repository.
@@ -182,7 +231,7 @@ impl Cluster {
     /// Every server of the map with its address and whether it is thought
     /// up (not failed in the last few seconds).
     pub fn servers(&self) -> Vec<(NodeId, String, bool)> {
-        self.map
+        self.map()
             .nodes
             .iter()
             .map(|n| (n.id, n.address.clone(), !self.is_down(n.id)))
@@ -195,7 +244,7 @@ impl Cluster {
 
     /// Live nodes in map order.
     fn live_nodes(&self) -> Vec<NodeId> {
-        self.map
+        self.map()
             .nodes
             .iter()
             .map(|n| n.id)
@@ -222,13 +271,16 @@ impl Cluster {
         payload: Vec<Bytes>,
     ) -> Result<(Response, Bytes), ClientError> {
         let addr = self
-            .map
+            .map()
             .address(node)
             .map_or_else(|| node.to_string(), str::to_owned);
         let result = self
             .peers
             .call(node, &addr, req, payload, self.timeout)
             .await;
+        if result.is_ok() {
+            self.refresh_map(node).await;
+        }
         result.map_err(|error| {
             if let CallError::CertificateRefused(e) = &error {
                 return refused(&addr, e);
@@ -302,22 +354,20 @@ impl Cluster {
     pub async fn put(&self, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), ClientError> {
         let mut pending = blobs;
         // Each round routes around the servers the last one found down.
-        for _round in 0..=self.map.nodes.len() {
+        let map = self.map();
+        for _round in 0..=map.nodes.len() {
             if pending.is_empty() {
                 return Ok(());
             }
             let mut groups: HashMap<NodeId, Vec<(ChunkId, Bytes)>> = HashMap::new();
             for (id, blob) in pending.drain(..) {
-                let Some(target) = self
-                    .map
-                    .replicas(&id)
-                    .into_iter()
-                    .find(|n| !self.is_down(*n))
-                else {
+                // The first live node in placement order coordinates: an
+                // owner when one is up, else a node that keeps a hint.
+                let Some(target) = map.ranked(&id).into_iter().find(|n| !self.is_down(*n)) else {
                     return Err(ClientError::QuorumNotReached {
                         chunk: id,
                         copies: 0,
-                        needed: self.map.write_quorum,
+                        needed: map.write_quorum,
                         reason: "every replica is down".into(),
                     });
                 };
@@ -338,7 +388,7 @@ impl Cluster {
             while let Some((node, batch, result)) = calls.next().await {
                 match result {
                     Ok((Response::Put { copies }, _)) if copies.len() == batch.len() => {
-                        let w = self.map.write_quorum;
+                        let w = map.write_quorum;
                         if let Some(i) = copies.iter().position(|&c| c < w) {
                             return Err(ClientError::QuorumNotReached {
                                 chunk: batch[i].0,
@@ -372,7 +422,7 @@ impl Cluster {
             Some((id, _)) => Err(ClientError::QuorumNotReached {
                 chunk: *id,
                 copies: 0,
-                needed: self.map.write_quorum,
+                needed: map.write_quorum,
                 reason: "no replica answered".into(),
             }),
         }
@@ -393,7 +443,7 @@ impl Cluster {
         F: Future<Output = Result<T, String>>,
     {
         let mut notes = Vec::new();
-        for node in self.map.ranked(id) {
+        for node in self.map().ranked(id) {
             if self.is_down(node) {
                 continue;
             }
@@ -426,6 +476,71 @@ impl Cluster {
         } else {
             format!("chunk {id} ({})", notes.join("; "))
         }))
+    }
+
+    /// How many live servers hold each of `ids` (metadata only: no blob is
+    /// read).
+    ///
+    /// # Errors
+    /// [`ClientError`] when no server answers.
+    pub async fn copies(&self, ids: &[ChunkId]) -> Result<Vec<u32>, ClientError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(MAX_HAS_IDS) {
+            let req = Request::Copies {
+                repo: self.repo.clone(),
+                ids: part.to_vec(),
+            };
+            match self.call_any(&req, vec![]).await? {
+                (_, Response::Copies { copies }, _) if copies.len() == part.len() => {
+                    out.extend(copies)
+                }
+                (node, other, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "{node} answered copies with {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One server's own report: epoch, store, backlogs, its view of peers.
+    ///
+    /// # Errors
+    /// [`ClientError`] when it does not answer.
+    pub async fn node_status(
+        &self,
+        node: NodeId,
+    ) -> Result<ringvault_common::wire::NodeStatus, ClientError> {
+        match self.call(node, &Request::NodeStatus, vec![]).await? {
+            (Response::NodeStatus(s), _) => Ok(s),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "{node} answered status with {other:?}"
+            ))),
+        }
+    }
+
+    /// The blob `id` as `node` holds it: `Ok(None)` when it holds none.
+    ///
+    /// # Errors
+    /// [`ClientError`]: unreachable, or the server's copy failed its checksum
+    /// ([`CallError::Remote`] with [`ErrorCode::Corrupt`]).
+    pub async fn get_from(&self, node: NodeId, id: &ChunkId) -> Result<Option<Bytes>, ClientError> {
+        let req = Request::GetBlob {
+            repo: self.repo.clone(),
+            id: *id,
+        };
+        match self.call(node, &req, vec![]).await {
+            Ok((Response::Data, blob)) => Ok(Some(blob)),
+            Ok((other, _)) => Err(ClientError::Protocol(format!(
+                "{node} answered get with {other:?}"
+            ))),
+            Err(ClientError::Server {
+                error: CallError::Remote(e),
+                ..
+            }) if e.code == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores a sealed snapshot record on the cluster (W servers at least).
@@ -513,7 +628,7 @@ impl Cluster {
                 Err(e) => reasons.push(e.to_string()),
             }
         }
-        if reasons.len() == self.map.nodes.len() {
+        if reasons.len() == self.map().nodes.len() {
             return Err(ClientError::Unreachable(reasons.join("; ")));
         }
         Err(ClientError::NotFound(format!(

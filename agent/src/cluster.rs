@@ -116,22 +116,7 @@ pub fn init(opts: &ClusterInit) -> anyhow::Result<ClusterLayout> {
         write_pair(&dir, "node", &pair)?;
         write(&dir.join("ca.pem"), &ca.cert)?;
         write(&dir.join("cluster.toml"), &map_toml)?;
-        let port = node.address.rsplit(':').next().unwrap_or("7401");
-        let listen = if host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-        {
-            node.address.clone()
-        } else {
-            format!("0.0.0.0:{port}")
-        };
-        let cfg = format!(
-            "# ringvault-chunkserver config for node {id}, made by `ringvault cluster init`.\n\
-             # See config/chunkserver.toml in the source for every setting.\n\
-             node-id = {id}\nlisten = \"{listen}\"\ndata-dir = \"data\"\n\
-             ca-cert = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\ncluster-map = \"cluster.toml\"\n",
-            id = node.id.0,
-        );
+        let cfg = node_config(node.id, &listen_for(host, &node.address));
         let path = dir.join("chunkserver.toml");
         write(&path, &cfg)?;
         node_configs.push(path);
@@ -162,6 +147,31 @@ pub fn init(opts: &ClusterInit) -> anyhow::Result<ClusterLayout> {
     })
 }
 
+/// The address a node at `address` (whose host is `host`) listens on: the
+/// address itself on loopback, else every interface at its port.
+fn listen_for(host: &str, address: &str) -> String {
+    let port = address.rsplit(':').next().unwrap_or("7401");
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+    {
+        address.to_owned()
+    } else {
+        format!("0.0.0.0:{port}")
+    }
+}
+
+/// A node's `chunkserver.toml`.
+fn node_config(id: NodeId, listen: &str) -> String {
+    format!(
+        "# ringvault-chunkserver config for node {id}, made by `ringvault cluster`.\n\
+         # See config/chunkserver.toml in the source for every setting.\n\
+         node-id = {id}\nlisten = \"{listen}\"\ndata-dir = \"data\"\n\
+         ca-cert = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\ncluster-map = \"cluster.toml\"\n",
+        id = id.0,
+    )
+}
+
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
@@ -178,4 +188,264 @@ fn write_pair(dir: &Path, stem: &str, pair: &PemPair) -> anyhow::Result<()> {
     write(&dir.join(format!("{stem}.pem")), &pair.cert)?;
     let key = dir.join(format!("{stem}.key"));
     write_private(&key, pair.key.as_bytes()).with_context(|| format!("writing {}", key.display()))
+}
+
+/// A change to the cluster map, made by [`change_map`].
+#[derive(Clone, Debug)]
+pub enum MapChange {
+    /// Add a node (its id is the next free one unless given).
+    AddNode {
+        /// Its id, or `None` for one above every id in the map.
+        id: Option<u32>,
+        /// `host:port` others reach it at.
+        address: String,
+        /// Relative capacity.
+        weight: u32,
+        /// Failure domain.
+        zone: String,
+    },
+    /// Remove a node: its blobs move to the new owners.
+    RemoveNode {
+        /// The node.
+        id: u32,
+    },
+    /// Change a node's weight.
+    SetWeight {
+        /// The node.
+        id: u32,
+        /// New relative capacity.
+        weight: u32,
+    },
+}
+
+/// What [`change_map`] did.
+#[derive(Clone, Debug)]
+pub struct MapChangeReport {
+    /// The committed map.
+    pub map: ClusterMap,
+    /// The directory made for an added node (certificate, key, configs).
+    pub node_dir: Option<PathBuf>,
+    /// Servers that committed the map now; the rest learn it from their
+    /// peers within one probe interval.
+    pub committed: Vec<NodeId>,
+    /// Servers that did not answer, with why.
+    pub unreachable: Vec<(NodeId, String)>,
+}
+
+/// Changes the cluster map of the cluster whose `cluster init` directory is
+/// `dir` (it holds the CA key, which mints a short-lived operator
+/// certificate):
+///
+/// 1. learns the newest committed map from the servers (the directory's
+///    `cluster.toml` names them);
+/// 2. applies `change` and raises the epoch by one;
+/// 3. asks every node of that map to promise the new map (its digest), and
+///    stops unless a majority does (see `ringvault_chunkserver::membership`);
+/// 4. commits it on every node that answers, and writes it to
+///    `dir/cluster.toml`; for an added node, writes `dir/node-<id>/` with its
+///    certificate, key and configs, the map included.
+///
+/// # Errors
+/// A change that does not apply (unknown node, duplicate id, a map N or W
+/// cannot hold), no majority of servers reachable, or a conflicting change
+/// (another operator's, or a stale base: run it again).
+pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapChangeReport> {
+    use ringvault_chunkserver::net::{self, CallError, Peers};
+    use ringvault_common::wire::{PROTOCOL_VERSION, Request, Response};
+
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let ca = PemPair {
+        cert: read("ca.pem")?,
+        key: read("ca.key")?,
+    };
+    let local = ClusterMap::parse(&read("cluster.toml")?)
+        .with_context(|| format!("invalid {}", dir.join("cluster.toml").display()))?;
+    let op = tls::issue_operator(&ca, "operator", std::time::SystemTime::now())?;
+    let material = tls::TlsMaterial::from_pem(&ca.cert, &op.cert, &op.key)?;
+    let bind = if local.nodes.iter().any(|n| n.address.starts_with('[')) {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let endpoint = net::endpoint(bind.parse()?, None, net::client_config(&material)?)
+        .context("binding a UDP socket")?;
+    let timeout = std::time::Duration::from_secs(5);
+    let peers = Peers::new(endpoint.clone(), timeout, std::time::Duration::from_secs(1));
+    let call = |node: &NodeInfo, req: Request| {
+        let peers = &peers;
+        let (id, addr) = (node.id, node.address.clone());
+        async move { peers.call(id, &addr, &req, vec![], timeout).await }
+    };
+
+    // 1. The newest committed map any server (of the local copy) holds.
+    let mut base = local.clone();
+    let mut unreachable = Vec::new();
+    for node in &local.nodes {
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            epoch: local.epoch,
+        };
+        match call(node, hello).await {
+            Ok((Response::Hello { map, .. }, _)) if map.epoch > base.epoch => base = map,
+            Ok(_) => {}
+            Err(e) => unreachable.push((node.id, e.to_string())),
+        }
+    }
+    if unreachable.len() == local.nodes.len() {
+        bail!(
+            "no server of {} answered: {}",
+            dir.join("cluster.toml").display(),
+            describe(&unreachable)
+        );
+    }
+
+    // 2. The new map.
+    let mut map = base.clone();
+    map.epoch = base.epoch + 1;
+    let mut added = None;
+    match change {
+        MapChange::AddNode {
+            id,
+            address,
+            weight,
+            zone,
+        } => {
+            let id = NodeId(
+                id.unwrap_or_else(|| map.nodes.iter().map(|n| n.id.0).max().unwrap_or(0) + 1),
+            );
+            if map.node(id).is_some() {
+                bail!("node {id} is already in the map (epoch {})", base.epoch);
+            }
+            let info = NodeInfo {
+                id,
+                address: address.clone(),
+                weight: *weight,
+                zone: zone.clone(),
+            };
+            map.nodes.push(info.clone());
+            added = Some(info);
+        }
+        MapChange::RemoveNode { id } => {
+            let before = map.nodes.len();
+            map.nodes.retain(|n| n.id.0 != *id);
+            if map.nodes.len() == before {
+                bail!("node {id} is not in the map (epoch {})", base.epoch);
+            }
+        }
+        MapChange::SetWeight { id, weight } => match map.nodes.iter_mut().find(|n| n.id.0 == *id) {
+            Some(n) => n.weight = *weight,
+            None => bail!("node {id} is not in the map (epoch {})", base.epoch),
+        },
+    }
+    map.validate().context("the changed map")?;
+
+    // 3. Promises from a majority of the base map's nodes.
+    let digest = map.digest();
+    let mut granted = 0usize;
+    let mut highest = base.epoch;
+    for node in &base.nodes {
+        let req = Request::PrepareMap {
+            epoch: map.epoch,
+            digest,
+            base: base.epoch,
+        };
+        match call(node, req).await {
+            Ok((Response::Prepared { granted: true, .. }, _)) => granted += 1,
+            Ok((Response::Prepared { highest: h, .. }, _)) => highest = highest.max(h),
+            Ok(_) => {}
+            Err(e) => unreachable.push((node.id, e.to_string())),
+        }
+    }
+    let majority = base.nodes.len() / 2 + 1;
+    if granted < majority {
+        bail!(
+            "only {granted} of {} servers promised map epoch {} (a majority, {majority}, is needed): {}",
+            base.nodes.len(),
+            map.epoch,
+            if highest >= map.epoch {
+                format!(
+                    "another change reached epoch {highest}; run the command again to make this change on top of it"
+                )
+            } else {
+                describe(&unreachable)
+            }
+        );
+    }
+
+    // 4. Files for an added node, then the commit.
+    let node_dir = match &added {
+        Some(info) => Some(write_node_dir(dir, &ca, info, &map)?),
+        None => None,
+    };
+    let mut committed = Vec::new();
+    unreachable.clear();
+    let mut targets = base.nodes.clone();
+    targets.extend(added.iter().cloned());
+    for node in &targets {
+        match call(node, Request::CommitMap { map: map.clone() }).await {
+            Ok(_) => committed.push(node.id),
+            Err(CallError::Remote(e)) => unreachable.push((node.id, e.to_string())),
+            Err(e) => unreachable.push((node.id, e.to_string())),
+        }
+    }
+    if committed.is_empty() {
+        bail!(
+            "no server committed map epoch {}: {}",
+            map.epoch,
+            describe(&unreachable)
+        );
+    }
+    write(
+        &dir.join("cluster.toml"),
+        &format!(
+            "# ringvault cluster map, changed by `ringvault cluster`. The servers hold the\n\
+             # committed map; this is the operator's copy.\n{}",
+            map.to_toml()
+        ),
+    )?;
+    endpoint.close(0u32.into(), b"done");
+    Ok(MapChangeReport {
+        map,
+        node_dir,
+        committed,
+        unreachable,
+    })
+}
+
+fn describe(failures: &[(NodeId, String)]) -> String {
+    failures
+        .iter()
+        .map(|(n, e)| format!("{n}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Writes `dir/node-<id>/` for a node joining `map`: certificate, key, the
+/// CA, the map and a config listening on the node's port.
+fn write_node_dir(
+    dir: &Path,
+    ca: &PemPair,
+    info: &NodeInfo,
+    map: &ClusterMap,
+) -> anyhow::Result<PathBuf> {
+    let node_dir = dir.join(format!("node-{}", info.id.0));
+    std::fs::create_dir_all(&node_dir)
+        .with_context(|| format!("creating {}", node_dir.display()))?;
+    let host = info
+        .address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .unwrap_or_else(|| info.address.clone());
+    let pair = tls::issue_node(ca, info.id, std::slice::from_ref(&host))?;
+    write_pair(&node_dir, "node", &pair)?;
+    write(&node_dir.join("ca.pem"), &ca.cert)?;
+    write(&node_dir.join("cluster.toml"), &map.to_toml())?;
+    write(
+        &node_dir.join("chunkserver.toml"),
+        &node_config(info.id, &listen_for(&host, &info.address)),
+    )?;
+    Ok(node_dir)
 }

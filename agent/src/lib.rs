@@ -15,6 +15,7 @@
 //! one backup.
 
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod cluster;

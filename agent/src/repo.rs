@@ -112,6 +112,10 @@ pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, String)> 
             "{} is a node certificate ({n}), not an agent's",
             config.cert.display()
         ),
+        PeerIdentity::Operator(name) => bail!(
+            "{} is an operator certificate ({name}), not an agent's",
+            config.cert.display()
+        ),
     };
     let bind = if config.servers.iter().any(|s| s.starts_with('[')) {
         "[::]:0"
@@ -311,15 +315,29 @@ impl Repo {
     /// # Errors
     /// When no good copy is reachable or the tree does not decode.
     pub async fn read_tree(self: &Arc<Self>, id: ChunkId) -> anyhow::Result<Tree> {
+        Ok(self.read_tree_and_parts(id).await?.0)
+    }
+
+    /// Like [`Repo::read_tree`], also returning the ids of the further blobs
+    /// the tree spans (empty for a tree in one blob).
+    ///
+    /// # Errors
+    /// As [`Repo::read_tree`].
+    pub async fn read_tree_and_parts(
+        self: &Arc<Self>,
+        id: ChunkId,
+    ) -> anyhow::Result<(Tree, Vec<ChunkId>)> {
         let head = self.read_tree_part(id).await?;
         if head.more.is_empty() {
-            return Ok(head);
+            return Ok((head, Vec::new()));
         }
+        let ids = head.more.clone();
         let mut parts = Vec::with_capacity(head.more.len());
         for part in &head.more {
             parts.push(self.read_tree_part(*part).await?);
         }
-        Tree::join(head, parts).with_context(|| format!("tree {id}"))
+        let tree = Tree::join(head, parts).with_context(|| format!("tree {id}"))?;
+        Ok((tree, ids))
     }
 
     async fn read_tree_part(self: &Arc<Self>, id: ChunkId) -> anyhow::Result<Tree> {

@@ -12,6 +12,9 @@
 //! [`server::Node::new`] on an endpoint bound by the caller and
 //! [`server::run`].
 
+pub mod maintenance;
+pub mod membership;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod service;
@@ -20,7 +23,6 @@ pub mod store;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use ringvault_common::config::ChunkserverConfig;
@@ -46,13 +48,6 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         .with_context(|| format!("reading cluster map {}", config.cluster_map.display()))?;
     let map = ClusterMap::parse(&map_text)
         .with_context(|| format!("invalid cluster map {}", config.cluster_map.display()))?;
-    if map.node(config.node_id).is_none() {
-        anyhow::bail!(
-            "node-id {} is not in the cluster map {}",
-            config.node_id.0,
-            config.cluster_map.display()
-        );
-    }
     let tls = net::load_tls(&config.ca_cert, &config.cert, &config.key)?;
     match tls.identity().context("reading this node's certificate")? {
         PeerIdentity::Node(id) if id == config.node_id => {}
@@ -67,6 +62,7 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         FsStoreOptions {
             group_commit_blobs: config.group_commit_blobs,
             segment_bytes: config.segment_bytes,
+            quota_bytes: config.quota_bytes,
         },
     )
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -83,8 +79,37 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         map,
         store.clone(),
         endpoint,
-        Duration::from_millis(config.replica_timeout_ms),
-    );
+        server::Settings::from_config(&config),
+        Some(&config.data_dir),
+    )
+    .with_context(|| format!("reading membership state in {}", config.data_dir.display()))?;
+    let view = node.view();
+    if view.map.node(config.node_id).is_none() {
+        tracing::warn!(
+            node = config.node_id.0,
+            epoch = view.map.epoch,
+            "this node is not in the cluster map: it hands every blob it holds to the owners, then only answers reads"
+        );
+    }
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if !config.metrics_listen.is_empty() {
+        let addr: std::net::SocketAddr = config.metrics_listen.parse().context("metrics-listen")?;
+        let listener = metrics::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics-listen {addr}"))?;
+        let (m, n) = (node.metrics.clone(), node.clone());
+        let status: Arc<dyn Fn() -> ringvault_common::wire::NodeStatus + Send + Sync> =
+            Arc::new(move || n.status());
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = metrics::serve_on(listener, m, status, stop).await {
+                tracing::warn!(error = %e, "metrics server stopped");
+            }
+        });
+        tracing::info!(%addr, "serving metrics at /metrics");
+    }
     service::ready(&format!("serving on {addr}"));
     service::spawn_watchdog();
     server::run(node, async {
@@ -92,6 +117,7 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         service::stopping();
     })
     .await?;
+    let _ = stop_metrics.send(());
     store.close();
     tracing::info!("store closed; bye");
     Ok(())

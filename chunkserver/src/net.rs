@@ -211,6 +211,10 @@ fn is_cert_error(text: &str) -> bool {
         || t.contains("cryptographic handshake failed")
 }
 
+/// A response: the answering server's map epoch, the response header and
+/// its payload.
+pub type Answer = (u64, Response, Bytes);
+
 /// Sends one request (header and payload parts) on a new stream of `conn`
 /// and reads the whole response, within `timeout`.
 ///
@@ -221,7 +225,7 @@ pub async fn call(
     request: &Request,
     payload: Vec<Bytes>,
     timeout: Duration,
-) -> Result<(Response, Bytes), CallError> {
+) -> Result<Answer, CallError> {
     match tokio::time::timeout(timeout, call_inner(conn, request, payload)).await {
         Ok(r) => r,
         Err(_) => Err(CallError::Timeout(timeout)),
@@ -232,7 +236,7 @@ async fn call_inner(
     conn: &Connection,
     request: &Request,
     mut payload: Vec<Bytes>,
-) -> Result<(Response, Bytes), CallError> {
+) -> Result<Answer, CallError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(conn, &e))?;
     let mut parts = Vec::with_capacity(payload.len() + 1);
     parts.push(Bytes::from(wire::encode_header(request)));
@@ -246,11 +250,11 @@ async fn call_inner(
         .await
         .map_err(|e| lost(conn, &e))?;
     let frame = Bytes::from(frame);
-    let (response, payload) = wire::decode_frame::<Response>(&frame)?;
+    let (epoch, response, payload) = wire::decode_response(&frame)?;
     let start = frame.len() - payload.len();
     match response {
         Response::Error(e) => Err(CallError::Remote(e)),
-        r => Ok((r, frame.slice(start..))),
+        r => Ok((epoch, r, frame.slice(start..))),
     }
 }
 
@@ -300,6 +304,8 @@ pub struct Peers {
     down_for: Duration,
     /// UDP bytes sent on connections since dropped.
     retired_bytes: std::sync::atomic::AtomicU64,
+    /// The newest cluster map epoch any answer carried.
+    newest_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Peers {
@@ -312,6 +318,68 @@ impl Peers {
             connect_timeout,
             down_for,
             retired_bytes: std::sync::atomic::AtomicU64::new(0),
+            newest_epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The newest cluster map epoch seen in any answer through this pool.
+    pub fn newest_epoch(&self) -> u64 {
+        self.newest_epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes an epoch seen in an answer.
+    pub fn saw_epoch(&self, epoch: u64) {
+        self.newest_epoch
+            .fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends routing around `node` (it answered again).
+    pub fn mark_up(&self, node: NodeId) {
+        if let Ok(mut d) = self.down.lock()
+            && d.remove(&node).is_some()
+        {
+            tracing::info!(node = %node, "reachable again");
+        }
+    }
+
+    /// Asks `node` at `addr` for a hello even if it is routed around: how a
+    /// failure detector learns that a node is back. Success marks it up;
+    /// failure marks it down.
+    ///
+    /// # Errors
+    /// As [`Peers::call`].
+    pub async fn probe(
+        &self,
+        node: NodeId,
+        addr: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<Answer, CallError> {
+        let cached = self.conns.lock().ok().and_then(|c| c.get(&node).cloned());
+        let conn = match cached {
+            Some(c) if c.close_reason().is_none() => c,
+            _ => {
+                let c = connect(&self.endpoint, addr, timeout)
+                    .await
+                    .inspect_err(|e| self.mark_down(node, e))?;
+                self.insert(node, c.clone());
+                c
+            }
+        };
+        let hello = Request::Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            epoch,
+        };
+        match call(&conn, &hello, vec![], timeout).await {
+            Ok(answer) => {
+                self.saw_epoch(answer.0);
+                self.mark_up(node);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.mark_down(node, &e);
+                Err(e)
+            }
         }
     }
 
@@ -337,9 +405,13 @@ impl Peers {
             .unwrap_or(false)
     }
 
-    /// Routes around `node` for `down_for` and drops its connection.
+    /// Routes around `node` for `down_for` from now and drops its
+    /// connection. Logs a warning only when it was not already down.
     pub fn mark_down(&self, node: NodeId, why: &dyn std::fmt::Display) {
-        tracing::warn!(node = %node, reason = %why, "unreachable; routing around it");
+        let was_down = self.is_down(node);
+        if !was_down {
+            tracing::warn!(node = %node, reason = %why, "unreachable; routing around it");
+        }
         if let Ok(mut d) = self.down.lock() {
             d.insert(node, std::time::Instant::now());
         }
@@ -404,10 +476,18 @@ impl Peers {
     ) -> Result<(Response, Bytes), CallError> {
         let conn = self.connection(node, addr).await?;
         let result = call(&conn, request, payload, timeout).await;
-        if let Err(e @ (CallError::Timeout(_) | CallError::Connection(_))) = &result {
-            self.mark_down(node, e);
+        match result {
+            Ok((epoch, response, payload)) => {
+                self.saw_epoch(epoch);
+                Ok((response, payload))
+            }
+            Err(e) => {
+                if let CallError::Timeout(_) | CallError::Connection(_) = &e {
+                    self.mark_down(node, &e);
+                }
+                Err(e)
+            }
         }
-        result
     }
 
     /// UDP payload bytes sent on every connection this pool has held (QUIC

@@ -1,9 +1,11 @@
 //! The request loop: accepts connections, checks who is calling, answers
 //! requests, and coordinates replicated writes.
 
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,11 +14,15 @@ use quinn::{Connection, Endpoint};
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::PeerIdentity;
 use ringvault_common::wire::{
-    self, ErrorCode, MAX_FRAME, PROTOCOL_VERSION, Request, Response, WireError,
+    self, ErrorCode, MAX_FRAME, MAX_LIST_KEYS, NodeStatus, PROTOCOL_VERSION, PeerState, Request,
+    Response, WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
+use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::net::{self, CallError};
 use crate::store::{ChunkStore, RecordKind, StoreError};
 
@@ -26,53 +32,330 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The key record's key in the records table.
 const KEY_RECORD: [u8; 32] = [0; 32];
+/// How long connecting to a peer may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Timings and rates of a node (from `chunkserver.toml`; see
+/// `config/chunkserver.toml` for each).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a coordinator waits for a replica write.
+    pub replica_timeout: Duration,
+    /// How long a peer that failed is routed around.
+    pub route_around: Duration,
+    /// How long a peer must stay unreachable to be treated as out.
+    pub out_after: Duration,
+    /// How often peers are probed.
+    pub probe_interval: Duration,
+    /// Pause between maintenance rounds.
+    pub repair_interval: Duration,
+    /// Repair and handoff rate, bytes per second (0: no limit).
+    pub repair_bytes_per_s: u64,
+    /// Scrub cycle; zero turns scrub off.
+    pub scrub_cycle: Duration,
+    /// Most bytes per second scrub reads.
+    pub scrub_bytes_per_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let c = ringvault_common::config::ChunkserverConfig::default();
+        Self::from_config(&c)
+    }
+}
+
+impl Settings {
+    /// The settings of a config file.
+    pub fn from_config(c: &ringvault_common::config::ChunkserverConfig) -> Self {
+        Self {
+            replica_timeout: Duration::from_millis(c.replica_timeout_ms),
+            route_around: Duration::from_millis(c.route_around_ms),
+            out_after: Duration::from_secs(c.out_after_s),
+            probe_interval: Duration::from_millis(c.probe_interval_ms),
+            repair_interval: Duration::from_millis(c.repair_interval_ms),
+            repair_bytes_per_s: c.repair_bytes_per_s,
+            scrub_cycle: Duration::from_secs(c.scrub_cycle_s),
+            scrub_bytes_per_s: c.scrub_bytes_per_s,
+        }
+    }
+}
+
+/// The placement a node works with: its committed map, the nodes it treats
+/// as out, and the owners of every partition without them.
+pub struct View {
+    /// The committed cluster map.
+    pub map: ClusterMap,
+    /// Nodes unreachable past `out-after-s`.
+    pub out: BTreeSet<NodeId>,
+    /// `map` without `out`: where chunks live now.
+    pub effective: ClusterMap,
+    /// Owners of each of the 2^16 partitions under `effective`, best first.
+    owners: Vec<Vec<NodeId>>,
+    /// Owners under the previous epoch while blobs move after a change:
+    /// writes go to them too.
+    previous: Option<Vec<Vec<NodeId>>>,
+}
+
+impl View {
+    fn new(map: ClusterMap, out: BTreeSet<NodeId>, previous: Option<Vec<Vec<NodeId>>>) -> Self {
+        let effective = map.without(&out);
+        let owners = effective.owner_table();
+        Self {
+            map,
+            out,
+            effective,
+            owners,
+            previous,
+        }
+    }
+
+    /// The owners of `partition`, best first.
+    pub fn owners(&self, partition: u16) -> &[NodeId] {
+        &self.owners[usize::from(partition)]
+    }
+
+    /// Owners of `partition` under the previous epoch that are not owners
+    /// now (empty when no move is under way).
+    pub fn previous_owners(&self, partition: u16) -> Vec<NodeId> {
+        let now = self.owners(partition);
+        self.previous
+            .as_ref()
+            .map(|p| {
+                p[usize::from(partition)]
+                    .iter()
+                    .copied()
+                    .filter(|n| !now.contains(n) && self.effective.node(*n).is_some())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
 
 /// One chunk server: its identity, map, store and connections to its peers.
 pub struct Node {
     id: NodeId,
-    map: ClusterMap,
     store: Arc<dyn ChunkStore>,
-    peers: net::Peers,
-    replica_timeout: Duration,
+    pub(crate) peers: net::Peers,
+    pub(crate) settings: Settings,
+    view: RwLock<Arc<View>>,
+    membership: Membership,
+    /// When each peer last answered.
+    last_ok: Mutex<HashMap<NodeId, Instant>>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Blobs known missing here, to be pulled from co-replicas.
+    pub(crate) repair_backlog: AtomicU64,
+    /// Blobs held for other owners, as of the last handoff pass.
+    pub(crate) hints: AtomicU64,
+    /// Bytes checked by scrub in the current cycle.
+    pub(crate) scrub_bytes: AtomicU64,
+    /// Scrub cycles completed since start.
+    pub(crate) scrub_cycles: AtomicU64,
+    /// Replica writes in flight.
+    replicating: AtomicU64,
+    /// Wakes the maintenance loop early (a blob was quarantined, a map
+    /// changed, a peer came back).
+    pub(crate) wake: Notify,
 }
-
-/// How long a peer that failed to connect is not tried again.
-const PEER_DOWN_FOR: Duration = Duration::from_secs(10);
-/// How long connecting to a peer may take.
-const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Node {
     /// Makes a node. `endpoint` is used both to serve and to reach peers.
+    /// `state_dir` keeps the committed map and map promises (the data
+    /// directory; `None` keeps them in memory only). The map used is the
+    /// newer of `map` and the one committed there.
+    ///
+    /// # Errors
+    /// When the membership state in `state_dir` cannot be read.
     pub fn new(
         id: NodeId,
         map: ClusterMap,
         store: Arc<dyn ChunkStore>,
         endpoint: Endpoint,
-        replica_timeout: Duration,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+        settings: Settings,
+        state_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (membership, kept) = Membership::load(state_dir)?;
+        let map = match kept {
+            Some(k) if k.epoch > map.epoch => k,
+            _ => map,
+        };
+        let now = Instant::now();
+        let last_ok = map.nodes.iter().map(|n| (n.id, now)).collect();
+        Ok(Arc::new(Self {
             id,
-            map,
             store,
-            peers: net::Peers::new(endpoint, PEER_CONNECT_TIMEOUT, PEER_DOWN_FOR),
-            replica_timeout,
-        })
+            peers: net::Peers::new(endpoint, PEER_CONNECT_TIMEOUT, settings.route_around),
+            settings,
+            view: RwLock::new(Arc::new(View::new(map, BTreeSet::new(), None))),
+            membership,
+            last_ok: Mutex::new(last_ok),
+            metrics: Arc::new(Metrics::new()),
+            repair_backlog: AtomicU64::new(0),
+            hints: AtomicU64::new(0),
+            scrub_bytes: AtomicU64::new(0),
+            scrub_cycles: AtomicU64::new(0),
+            replicating: AtomicU64::new(0),
+            wake: Notify::new(),
+        }))
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        &self.store
+    }
+
+    /// The current view (map, out nodes, owners).
+    pub fn view(&self) -> Arc<View> {
+        self.view
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn set_view(&self, view: View) {
+        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
+        *slot = Arc::new(view);
+    }
+
+    /// Adopts `map` if its epoch is newer: persists it, then switches
+    /// placement, keeping the old owners as write targets while blobs move.
+    /// Returns whether it was adopted.
+    ///
+    /// # Errors
+    /// When the map cannot be persisted (then it is not adopted).
+    pub fn adopt(&self, map: ClusterMap) -> anyhow::Result<bool> {
+        let old = self.view();
+        if map.epoch <= old.map.epoch {
+            return Ok(false);
+        }
+        map.validate()?;
+        self.membership.persist(&map)?;
+        info!(
+            from = old.map.epoch,
+            to = map.epoch,
+            nodes = map.nodes.len(),
+            "adopting a new cluster map"
+        );
+        if let Ok(mut seen) = self.last_ok.lock() {
+            let now = Instant::now();
+            for n in &map.nodes {
+                seen.entry(n.id).or_insert(now);
+            }
+        }
+        let out = old
+            .out
+            .iter()
+            .copied()
+            .filter(|n| map.node(*n).is_some())
+            .collect();
+        self.set_view(View::new(map, out, Some(old.owners.clone())));
+        self.wake.notify_one();
+        Ok(true)
+    }
+
+    /// Ends the move after a map change: writes go to the new owners only.
+    pub(crate) fn end_move(&self) {
+        let v = self.view();
+        if v.previous.is_some() {
+            info!(
+                epoch = v.map.epoch,
+                "every blob here is with its new owners"
+            );
+            self.set_view(View::new(v.map.clone(), v.out.clone(), None));
+        }
+    }
+
+    /// Notes that `peer` answered.
+    pub(crate) fn peer_answered(&self, peer: NodeId) {
+        if let Ok(mut seen) = self.last_ok.lock() {
+            seen.insert(peer, Instant::now());
+        }
+    }
+
+    /// Recomputes which peers are out (unreachable past `out_after`) and
+    /// switches placement when that changed.
+    pub(crate) fn update_out(&self) {
+        let view = self.view();
+        let out: BTreeSet<NodeId> = {
+            let seen = self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
+            view.map
+                .nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|&n| {
+                    n != self.id
+                        && seen
+                            .get(&n)
+                            .is_some_and(|t| t.elapsed() >= self.settings.out_after)
+                })
+                .collect()
+        };
+        if out != view.out {
+            warn!(
+                ?out,
+                "nodes out (unreachable past out-after-s); re-replicating their chunks"
+            );
+            self.set_view(View::new(view.map.clone(), out, view.previous.clone()));
+            self.wake.notify_one();
+        }
+    }
+
+    /// How this node sees `peer`.
+    pub fn peer_state(&self, peer: NodeId) -> PeerState {
+        if self.view().out.contains(&peer) {
+            PeerState::Out
+        } else if self.peers.is_down(peer) {
+            PeerState::Down
+        } else {
+            PeerState::Up
+        }
+    }
+
+    /// Whether `peer` is routed around (down or out).
+    pub(crate) fn is_down(&self, peer: NodeId) -> bool {
+        peer != self.id && self.peer_state(peer) != PeerState::Up
+    }
+
+    /// What this node reports about itself.
+    pub fn status(&self) -> NodeStatus {
+        let view = self.view();
+        let (blobs, bytes) = self.store.stats().unwrap_or((0, 0));
+        NodeStatus {
+            node: self.id,
+            epoch: view.map.epoch,
+            blobs,
+            bytes,
+            hints: self.hints.load(Ordering::Relaxed),
+            repair_backlog: self.repair_backlog.load(Ordering::Relaxed),
+            quarantined: self.store.quarantined(),
+            scrub_bytes: self.scrub_bytes.load(Ordering::Relaxed),
+            scrub_cycles: self.scrub_cycles.load(Ordering::Relaxed),
+            peers: view
+                .map
+                .nodes
+                .iter()
+                .filter(|n| n.id != self.id)
+                .map(|n| (n.id, self.peer_state(n.id)))
+                .collect(),
+        }
+    }
 }
 
-/// Serves requests on the node's endpoint until `shutdown` completes, then
-/// closes connections and waits (bounded) for them to drain.
+/// Serves requests on the node's endpoint, and runs its maintenance
+/// (failure detection, handoff, anti-entropy repair, scrub), until
+/// `shutdown` completes; then closes connections and waits (bounded) for
+/// them to drain.
 ///
 /// # Errors
 /// Never in practice; the signature leaves room for fatal endpoint errors.
 pub async fn run(node: Arc<Node>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let endpoint = node.peers.endpoint().clone();
     info!(node = %node.id, addr = ?endpoint.local_addr().ok(), "chunk server listening");
+    let maintenance = crate::maintenance::spawn(node.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -94,6 +377,9 @@ pub async fn run(node: Arc<Node>, shutdown: impl Future<Output = ()>) -> anyhow:
         }
     }
     info!(node = %node.id, "shutting down");
+    for task in maintenance {
+        task.abort();
+    }
     endpoint.close(0u32.into(), b"server shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
     Ok(())
@@ -125,35 +411,46 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let (response, payload) = match recv.read_to_end(MAX_FRAME).await {
+    let (kind, result) = match recv.read_to_end(MAX_FRAME).await {
         Err(e) => (
-            Response::Error(WireError::new(ErrorCode::BadRequest, e.to_string())),
-            Vec::new(),
+            "unreadable",
+            Err(WireError::new(ErrorCode::BadRequest, e.to_string())),
         ),
         Ok(frame) => {
             let frame = Bytes::from(frame);
             match wire::decode_frame::<Request>(&frame) {
                 Err(e) => (
-                    Response::Error(WireError::new(ErrorCode::BadRequest, e.to_string())),
-                    Vec::new(),
+                    "undecodable",
+                    Err(WireError::new(ErrorCode::BadRequest, e.to_string())),
                 ),
                 Ok((request, body)) => {
                     let start = frame.len() - body.len();
                     let payload = frame.slice(start..);
                     let kind = request.kind();
-                    match handle(&node, &peer, request, payload).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            debug!(kind, error = %e, "request failed");
-                            (Response::Error(e), Vec::new())
-                        }
+                    let result = handle(&node, &peer, request, payload).await;
+                    if let Err(e) = &result {
+                        debug!(kind, error = %e, "request failed");
                     }
+                    (kind, result)
                 }
             }
         }
     };
+    let (response, payload) = match result {
+        Ok(r) => {
+            node.metrics.request(kind, "ok");
+            r
+        }
+        Err(e) => {
+            node.metrics.request(kind, &format!("{:?}", e.code));
+            (Response::Error(e), Vec::new())
+        }
+    };
     let mut parts = Vec::with_capacity(payload.len() + 1);
-    parts.push(Bytes::from(wire::encode_header(&response)));
+    parts.push(Bytes::from(wire::encode_response(
+        node.view().map.epoch,
+        &response,
+    )));
     parts.extend(payload);
     if send.write_all_chunks(&mut parts).await.is_ok() {
         let _ = send.finish();
@@ -175,6 +472,10 @@ fn store_err(e: StoreError) -> WireError {
         StoreError::Exists => {
             WireError::new(ErrorCode::Exists, "a different record is already stored")
         }
+        StoreError::Full { quota } => WireError::new(
+            ErrorCode::StoreFull,
+            format!("this server's store is full (quota-bytes = {quota})"),
+        ),
         e => {
             warn!(error = %e, "store error");
             WireError::new(ErrorCode::Internal, "storage error on the server")
@@ -182,7 +483,7 @@ fn store_err(e: StoreError) -> WireError {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WireError> {
     tokio::task::spawn_blocking(f)
@@ -205,11 +506,14 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
                     format!("server speaks protocol {PROTOCOL_VERSION}, client {protocol}"),
                 ));
             }
+            if let PeerIdentity::Node(n) = peer {
+                node.peer_answered(*n);
+            }
             Ok((
                 Response::Hello {
                     protocol: PROTOCOL_VERSION,
                     node: node.id,
-                    map: node.map.clone(),
+                    map: node.view().map.clone(),
                 },
                 vec![],
             ))
@@ -252,12 +556,18 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             Ok((Response::Put { copies }, vec![]))
         }
         Request::GetBlob { repo, id } => {
-            match blocking(move || store.get_blob(&repo, &id)).await? {
-                Some(blob) => Ok((Response::Data, vec![blob])),
-                None => Err(WireError::new(
+            let (r, i) = (repo.clone(), id);
+            match blocking(move || store.get_blob(&r, &i)).await {
+                Ok(Some(blob)) => Ok((Response::Data, vec![blob])),
+                Ok(None) => Err(WireError::new(
                     ErrorCode::NotFound,
                     format!("no blob {id} here"),
                 )),
+                Err(e) if e.code == ErrorCode::Corrupt => {
+                    quarantine(node, repo, id).await;
+                    Err(e)
+                }
+                Err(e) => Err(e),
             }
         }
         Request::PutSnapshot {
@@ -325,25 +635,108 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
                 )),
             }
         }
+        Request::Digests {
+            partitions,
+            per_partition,
+        } => {
+            let digests = blocking(move || Ok(store.digests(&partitions, per_partition))).await?;
+            Ok((Response::Digests { digests }, vec![]))
+        }
+        Request::ListPartition { partition, after } => {
+            let (keys, more) =
+                blocking(move || store.list_partition(partition, after.as_ref(), MAX_LIST_KEYS))
+                    .await?;
+            Ok((Response::Keys { keys, more }, vec![]))
+        }
+        Request::Copies { repo, ids } => {
+            let copies = count_copies(node, repo, ids).await;
+            Ok((Response::Copies { copies }, vec![]))
+        }
+        Request::NodeStatus => Ok((Response::NodeStatus(node.status()), vec![])),
+        Request::RecordKeys { digest } => {
+            let mut keys = blocking(move || store.record_keys()).await?;
+            if crate::store::record_keys_digest(&keys) == digest {
+                return Ok((
+                    Response::RecordKeys {
+                        keys: vec![],
+                        same: true,
+                    },
+                    vec![],
+                ));
+            }
+            if keys.len() > wire::MAX_RECORD_KEYS {
+                warn!(
+                    records = keys.len(),
+                    "more records than one answer holds; copying the first {}",
+                    wire::MAX_RECORD_KEYS
+                );
+                keys.truncate(wire::MAX_RECORD_KEYS);
+            }
+            Ok((Response::RecordKeys { keys, same: false }, vec![]))
+        }
+        Request::PrepareMap {
+            epoch,
+            digest,
+            base,
+        } => {
+            let committed = node.view().map.epoch;
+            let (granted, highest) = node
+                .membership
+                .prepare(committed, epoch, digest, base)
+                .map_err(|e| {
+                    warn!(error = %e, "cannot keep a map promise");
+                    WireError::new(ErrorCode::Internal, "cannot keep the promise on disk")
+                })?;
+            info!(epoch, base, granted, highest, ?peer, "map change proposed");
+            Ok((Response::Prepared { granted, highest }, vec![]))
+        }
+        Request::CommitMap { map } => {
+            let current = node.view().map.clone();
+            if map.epoch == current.epoch && map.digest() == current.digest() {
+                return Ok((Response::Ok, vec![]));
+            }
+            if map.epoch <= current.epoch {
+                return Err(WireError::new(
+                    ErrorCode::MapConflict,
+                    format!(
+                        "this server already has map epoch {}; propose again from it",
+                        current.epoch
+                    ),
+                ));
+            }
+            node.membership
+                .check_promised(&map)
+                .map_err(|e| WireError::new(ErrorCode::MapConflict, e.to_string()))?;
+            node.adopt(map).map_err(|e| {
+                warn!(error = %e, "cannot adopt the committed map");
+                WireError::new(ErrorCode::Internal, "cannot store the map on disk")
+            })?;
+            Ok((Response::Ok, vec![]))
+        }
     }
 }
 
 /// Agents may act on their own repository only; server-to-server requests
-/// need a node certificate.
+/// need a node certificate; map changes need a node or an operator.
 fn authorize(peer: &PeerIdentity, request: &Request) -> Result<(), WireError> {
+    let forbidden = |m: String| Err(WireError::new(ErrorCode::Forbidden, m));
     match peer {
         PeerIdentity::Node(_) => Ok(()),
+        PeerIdentity::Operator(_) => match request {
+            Request::Hello { .. } | Request::NodeStatus => Ok(()),
+            r if r.is_map_change() => Ok(()),
+            r => forbidden(format!("operators may not send {} requests", r.kind())),
+        },
         PeerIdentity::Agent { repo, .. } => {
-            if request.is_internal() {
-                return Err(WireError::new(
-                    ErrorCode::Forbidden,
-                    "agents may not send server-to-server requests",
+            if request.is_internal() || request.is_map_change() {
+                return forbidden(format!(
+                    "agents may not send {} requests (server-to-server or operator only)",
+                    request.kind()
                 ));
             }
             match request.repo() {
-                Some(r) if r != repo => Err(WireError::new(
-                    ErrorCode::Forbidden,
-                    format!("this certificate is for repository {repo}, not {r}"),
+                Some(r) if r != repo => forbidden(format!(
+                    "this certificate is for repository {repo}, not {r}"
                 )),
                 _ => Ok(()),
             }
@@ -352,33 +745,64 @@ fn authorize(peer: &PeerIdentity, request: &Request) -> Result<(), WireError> {
 }
 
 impl Node {
-    async fn call_peer(
+    pub(crate) async fn call_peer(
         &self,
         id: NodeId,
         request: &Request,
         payload: Vec<Bytes>,
     ) -> Result<(Response, Bytes), CallError> {
-        let addr = self.map.address(id).ok_or_else(|| CallError::Connect {
-            addr: id.to_string(),
-            reason: "not in the cluster map".into(),
-        })?;
+        let addr = self
+            .view()
+            .map
+            .address(id)
+            .map(str::to_owned)
+            .ok_or_else(|| CallError::Connect {
+                addr: id.to_string(),
+                reason: "not in the cluster map".into(),
+            })?;
         // Has-queries are cheap: a replica slower than this is treated as
         // not holding the chunk rather than stalling the agent's request.
         let timeout = match request {
-            Request::Has { .. } => self.replica_timeout.min(Duration::from_secs(5)),
-            _ => self.replica_timeout,
+            Request::Has { .. } => self.settings.replica_timeout.min(Duration::from_secs(5)),
+            _ => self.settings.replica_timeout,
         };
-        self.peers.call(id, addr, request, payload, timeout).await
+        let result = self.peers.call(id, &addr, request, payload, timeout).await;
+        if result.is_ok() {
+            self.peer_answered(id);
+        }
+        result
     }
 }
 
-/// Asks every replica which ids it holds; an id is present with W copies.
-async fn coordinate_has(
+/// Moves a blob that failed its checksum out of the index and wakes repair,
+/// which fetches a good copy from a co-replica.
+pub(crate) async fn quarantine(node: &Arc<Node>, repo: RepoId, id: ChunkId) {
+    let store = node.store.clone();
+    let (r, i) = (repo.clone(), id);
+    match blocking(move || store.quarantine(&r, &i)).await {
+        Ok(true) => {
+            warn!(chunk = %id, repo = %repo, "blob quarantined after failing its checksum; fetching a good copy");
+            node.wake.notify_one();
+        }
+        Ok(false) => {}
+        Err(e) => warn!(chunk = %id, error = %e, "cannot quarantine a bad blob"),
+    }
+}
+
+/// Which of `ids` this node and its peers hold, as counts per id. `nodes`
+/// picks, per id, the nodes to ask.
+async fn count_holders(
     node: &Arc<Node>,
-    repo: RepoId,
-    ids: Vec<ChunkId>,
-) -> Result<Vec<bool>, WireError> {
-    let by_node = node.map.group_by_replica(&ids);
+    repo: &RepoId,
+    ids: &[ChunkId],
+    nodes: impl Fn(&ChunkId) -> Vec<NodeId>,
+) -> Vec<u32> {
+    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        for n in nodes(id) {
+            by_node.entry(n).or_default().push(i);
+        }
+    }
     let mut asks = FuturesUnordered::new();
     for (target, idxs) in by_node {
         let node = node.clone();
@@ -388,6 +812,8 @@ async fn coordinate_has(
             let answer = if target == node.id {
                 let store = node.store.clone();
                 blocking(move || store.has(&repo, &sub)).await.ok()
+            } else if node.is_down(target) {
+                None
             } else {
                 let req = Request::Has {
                     repo,
@@ -400,7 +826,7 @@ async fn coordinate_has(
                     }
                     Ok(_) => None,
                     Err(e) => {
-                        debug!(node = %target, error = %e, "has query to replica failed");
+                        debug!(node = %target, error = %e, "has query to a peer failed");
                         None
                     }
                 }
@@ -416,47 +842,127 @@ async fn coordinate_has(
             }
         }
     }
-    let w = node.map.write_quorum;
+    counts
+}
+
+/// Asks every owner which ids it holds; an id is present with W copies.
+async fn coordinate_has(
+    node: &Arc<Node>,
+    repo: RepoId,
+    ids: Vec<ChunkId>,
+) -> Result<Vec<bool>, WireError> {
+    let view = node.view();
+    let counts = count_holders(node, &repo, &ids, |id| view.owners(id.partition()).to_vec()).await;
+    let w = view.map.write_quorum;
     Ok(counts.into_iter().map(|c| c >= w).collect())
 }
 
-/// Stores each blob on its N replicas (locally when this node is one) and
-/// answers as soon as every blob has W durable copies, or every replica has
-/// answered. Replica writes still in flight finish in the background.
+/// How many live nodes of the map hold each id (owners or not).
+async fn count_copies(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Vec<u32> {
+    let view = node.view();
+    let all: Vec<NodeId> = view.map.nodes.iter().map(|n| n.id).collect();
+    count_holders(node, &repo, &ids, |_| all.clone()).await
+}
+
+/// Stores each blob on its N owners and answers as soon as every blob has
+/// W durable copies, or no node is left to try. A write meant for an owner
+/// that is down or fails goes to the next node in placement order, which
+/// keeps it as a hint and hands it to the owner later (Dynamo's sloppy
+/// quorum and hinted handoff: DeCandia et al., "Dynamo", SOSP 2007, 4.6).
+/// While blobs move after a map change, the previous owners get a copy too.
+/// Writes still in flight when the answer goes out finish in the
+/// background.
 async fn coordinate_put(
     node: &Arc<Node>,
     repo: RepoId,
     items: Vec<(ChunkId, Bytes)>,
 ) -> Result<Vec<u32>, WireError> {
-    let by_node = node.map.group_by_replica(items.iter().map(|(id, _)| id));
-    let mut writes = FuturesUnordered::new();
-    for (target, idxs) in by_node {
-        let node = node.clone();
-        let repo = repo.clone();
-        let batch: Vec<(ChunkId, Bytes)> = idxs.iter().map(|&i| items[i].clone()).collect();
-        // Spawned, so a replica write outlives an early answer.
-        writes.push(tokio::spawn(async move {
-            let ok = replicate(&node, target, repo, batch).await;
-            (idxs, ok)
-        }));
-    }
-    let w = node.map.write_quorum;
-    let mut copies = vec![0u32; items.len()];
-    while let Some(done) = writes.next().await {
-        let Ok((idxs, ok)) = done else { continue };
-        if ok {
-            for i in idxs {
-                copies[i] += 1;
-            }
+    let view = node.view();
+    let w = view.map.write_quorum;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<usize>>();
+    let n = items.len();
+    tokio::spawn(place_copies(node.clone(), view, repo, items, tx));
+    let mut copies = vec![0u32; n];
+    while let Some(done) = rx.recv().await {
+        for i in done {
+            copies[i] += 1;
         }
         if copies.iter().all(|&c| c >= w) {
             break;
         }
     }
-    if let Some(short) = copies.iter().position(|&c| c < w) {
-        warn!(chunk = %items[short].0, copies = copies[short], w, "write quorum not reached");
-    }
     Ok(copies)
+}
+
+/// Places N copies of each blob (see [`coordinate_put`]), reporting each
+/// durable copy on `progress` by blob index.
+async fn place_copies(
+    node: Arc<Node>,
+    view: Arc<View>,
+    repo: RepoId,
+    items: Vec<(ChunkId, Bytes)>,
+    progress: tokio::sync::mpsc::UnboundedSender<Vec<usize>>,
+) {
+    let n = view.effective.replicas as usize;
+    // Per blob: owners first, then every other node in placement order.
+    let candidates: Vec<Vec<NodeId>> = items
+        .iter()
+        .map(|(id, _)| view.effective.ranked(id))
+        .collect();
+    let mut next = vec![0usize; items.len()];
+    let mut wanted = vec![n; items.len()];
+    let mut extra: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (i, (id, _)) in items.iter().enumerate() {
+        for old in view.previous_owners(id.partition()) {
+            extra.entry(old).or_default().push(i);
+        }
+    }
+    for round in 0..=view.effective.nodes.len() {
+        let mut targets: HashMap<NodeId, Vec<usize>> = std::mem::take(&mut extra);
+        for (i, cands) in candidates.iter().enumerate() {
+            let mut picked = 0;
+            while picked < wanted[i] && next[i] < cands.len() {
+                let c = cands[next[i]];
+                next[i] += 1;
+                if node.is_down(c) {
+                    continue;
+                }
+                if next[i] > n {
+                    node.metrics.hinted(1);
+                }
+                targets.entry(c).or_default().push(i);
+                picked += 1;
+            }
+        }
+        if targets.is_empty() {
+            break;
+        }
+        let mut writes = FuturesUnordered::new();
+        for (target, idxs) in targets {
+            let node = node.clone();
+            let repo = repo.clone();
+            let batch: Vec<(ChunkId, Bytes)> = idxs.iter().map(|&i| items[i].clone()).collect();
+            writes.push(async move {
+                let ok = replicate(&node, target, repo, batch).await;
+                (idxs, ok)
+            });
+        }
+        while let Some((idxs, ok)) = writes.next().await {
+            if ok {
+                for &i in &idxs {
+                    wanted[i] = wanted[i].saturating_sub(1);
+                }
+                let _ = progress.send(idxs);
+            }
+        }
+        if wanted.iter().all(|&w| w == 0) {
+            return;
+        }
+        debug!(round, "some replica writes failed; trying the next nodes");
+    }
+    if let Some(i) = wanted.iter().position(|&w| w > 0) {
+        warn!(chunk = %items[i].0, missing = wanted[i], "fewer than N copies placed; repair will add them");
+    }
 }
 
 async fn replicate(
@@ -467,19 +973,35 @@ async fn replicate(
 ) -> bool {
     if target == node.id {
         let store = node.store.clone();
-        return blocking(move || store.put_blobs(&repo, batch))
-            .await
-            .is_ok();
+        return match blocking(move || store.put_blobs(&repo, batch)).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "local replica write failed");
+                false
+            }
+        };
     }
-    let blobs = batch.iter().map(|(id, b)| (*id, b.len() as u32)).collect();
+    let blobs: Vec<(ChunkId, u32)> = batch.iter().map(|(id, b)| (*id, b.len() as u32)).collect();
+    let bytes: u64 = blobs.iter().map(|(_, l)| u64::from(*l)).sum();
+    let count = blobs.len() as u64;
     let payload = batch.into_iter().map(|(_, b)| b).collect();
     let req = Request::PutBlobs {
         repo,
         blobs,
         local_only: true,
     };
-    match node.call_peer(target, &req, payload).await {
-        Ok((Response::Put { .. }, _)) => true,
+    node.replicating.fetch_add(count, Ordering::Relaxed);
+    node.metrics
+        .set_replication_backlog(node.replicating.load(Ordering::Relaxed));
+    let result = node.call_peer(target, &req, payload).await;
+    node.replicating.fetch_sub(count, Ordering::Relaxed);
+    node.metrics
+        .set_replication_backlog(node.replicating.load(Ordering::Relaxed));
+    match result {
+        Ok((Response::Put { .. }, _)) => {
+            node.metrics.replicated(count, bytes);
+            true
+        }
         Ok(other) => {
             warn!(node = %target, ?other, "unexpected reply to a replica write");
             false
@@ -508,8 +1030,9 @@ async fn put_record_everywhere(
     if local_only {
         return Ok((Response::Ok, vec![]));
     }
+    let view = node.view();
     let mut sends = FuturesUnordered::new();
-    for other in node
+    for other in view
         .map
         .nodes
         .iter()
@@ -540,7 +1063,7 @@ async fn put_record_everywhere(
             }
         }));
     }
-    let w = node.map.write_quorum;
+    let w = view.map.write_quorum;
     let mut held = 1u32;
     while held < w {
         match sends.next().await {

@@ -51,6 +51,31 @@ pub struct ChunkserverConfig {
     pub segment_bytes: u64,
     /// How long a coordinator waits for a replica, ms.
     pub replica_timeout_ms: u64,
+    /// How long a peer that failed to answer is routed around (writes go to
+    /// the next node, which keeps them as hints), ms.
+    pub route_around_ms: u64,
+    /// How long a peer must stay unreachable before it is treated as out and
+    /// its chunks are copied to other nodes, seconds. Long, so a reboot
+    /// causes no repair storm.
+    pub out_after_s: u64,
+    /// How often peers are probed for liveness, ms.
+    pub probe_interval_ms: u64,
+    /// Pause between maintenance rounds (anti-entropy, handoff), ms.
+    pub repair_interval_ms: u64,
+    /// Most bytes per second pulled by repair and pushed by handoff; 0 means
+    /// no limit.
+    pub repair_bytes_per_s: u64,
+    /// Time for scrub to re-read every stored blob once, seconds; 0 turns
+    /// scrub off.
+    pub scrub_cycle_s: u64,
+    /// Most bytes per second scrub reads, whatever the cycle asks.
+    pub scrub_bytes_per_s: u64,
+    /// Most blob bytes this node stores; writes past it are refused (and
+    /// land on another node as hints). 0 means no quota.
+    pub quota_bytes: u64,
+    /// Local HTTP address for Prometheus metrics (`/metrics`), e.g.
+    /// `127.0.0.1:9401`; empty turns metrics off.
+    pub metrics_listen: String,
 }
 
 impl Default for ChunkserverConfig {
@@ -66,6 +91,15 @@ impl Default for ChunkserverConfig {
             group_commit_blobs: 1024,
             segment_bytes: 1 << 30,
             replica_timeout_ms: 30_000,
+            route_around_ms: 20_000,
+            out_after_s: 600,
+            probe_interval_ms: 2_000,
+            repair_interval_ms: 30_000,
+            repair_bytes_per_s: 64 << 20,
+            scrub_cycle_s: 30 * 86_400,
+            scrub_bytes_per_s: 32 << 20,
+            quota_bytes: 0,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -97,6 +131,31 @@ impl ChunkserverConfig {
                 "group-commit-blobs must be >= 1 and segment-bytes >= 1 MiB".into(),
             ));
         }
+        if !c.metrics_listen.is_empty() && c.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "metrics-listen = {:?} is not an address:port",
+                c.metrics_listen
+            )));
+        }
+        // Bounds keep timers and rates in ranges tokio and arithmetic accept.
+        let in_range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "{name} = {v} is outside {lo}..={hi}"
+                )))
+            }
+        };
+        const DAY_MS: u64 = 86_400_000;
+        in_range("replica-timeout-ms", c.replica_timeout_ms, 1, DAY_MS)?;
+        in_range("route-around-ms", c.route_around_ms, 1, DAY_MS)?;
+        in_range("out-after-s", c.out_after_s, 1, 365 * 86_400)?;
+        in_range("probe-interval-ms", c.probe_interval_ms, 10, DAY_MS)?;
+        in_range("repair-interval-ms", c.repair_interval_ms, 10, DAY_MS)?;
+        in_range("scrub-cycle-s", c.scrub_cycle_s, 0, 10 * 365 * 86_400)?;
+        in_range("scrub-bytes-per-s", c.scrub_bytes_per_s, 1, u64::MAX >> 1)?;
         Ok(c)
     }
 }

@@ -139,6 +139,41 @@ impl ClusterMap {
     pub fn ranked(&self, id: &ChunkId) -> Vec<NodeId> {
         place(&self.nodes, id.partition(), self.nodes.len())
     }
+
+    /// This map without the nodes in `out` (nodes treated as failed for
+    /// good): where chunks live while they are gone. N shrinks when fewer
+    /// than N nodes remain. The epoch is unchanged; it is a view, not a map.
+    pub fn without(&self, out: &BTreeSet<NodeId>) -> ClusterMap {
+        let nodes: Vec<NodeInfo> = self
+            .nodes
+            .iter()
+            .filter(|n| !out.contains(&n.id))
+            .cloned()
+            .collect();
+        ClusterMap {
+            epoch: self.epoch,
+            replicas: self.replicas.min(nodes.len() as u32),
+            write_quorum: self.write_quorum,
+            nodes,
+        }
+    }
+
+    /// The owners of every partition, best first: entry `p` is
+    /// [`place`]`(nodes, p, N)`. 2^16 entries; computing it costs about
+    /// 2^16 × nodes hashes (a few ms for tens of nodes).
+    pub fn owner_table(&self) -> Vec<Vec<NodeId>> {
+        (0..=u16::MAX)
+            .map(|p| place(&self.nodes, p, self.replicas as usize))
+            .collect()
+    }
+
+    /// BLAKE3 of the map's TOML: what a map change promises (two maps with
+    /// equal digests are equal).
+    pub fn digest(&self) -> [u8; 32] {
+        // Invariant: a map of plain fields always serializes.
+        let text = toml::to_string(self).expect("map serializes");
+        *blake3::hash(text.as_bytes()).as_bytes()
+    }
 }
 
 /// The `n` nodes that hold `partition`, best first, preferring distinct
@@ -288,6 +323,25 @@ mod tests {
                 .collect();
             assert_eq!(zones.len(), 3);
         }
+    }
+
+    #[test]
+    fn a_view_without_a_node_moves_only_its_partitions() {
+        let m = map(5, 3);
+        let out: BTreeSet<NodeId> = [NodeId(2)].into();
+        let v = m.without(&out);
+        let (before, after) = (m.owner_table(), v.owner_table());
+        for p in 0..=u16::MAX as usize {
+            assert!(!after[p].contains(&NodeId(2)));
+            assert_eq!(after[p].len(), 3);
+            if !before[p].contains(&NodeId(2)) {
+                assert_eq!(before[p], after[p], "partition {p} moved");
+            }
+        }
+        let tiny = map(2, 2).without(&out);
+        assert_eq!(tiny.replicas, 1);
+        assert_ne!(m.digest(), v.digest());
+        assert_eq!(m.digest(), m.clone().digest());
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub enum PeerIdentity {
         /// Its agent id.
         agent: String,
     },
+    /// A cluster operator: may change the cluster map. Minted for one
+    /// command from the CA key (`ringvault cluster add-node` and friends).
+    Operator(String),
 }
 
 /// Makes a new cluster CA (ECDSA P-256, self-signed, valid until 4096).
@@ -147,6 +150,40 @@ pub fn issue_agent(ca: &PemPair, repo: &RepoId, agent: &str) -> Result<PemPair, 
     issue(ca, params)
 }
 
+/// Issues an operator certificate named `name`, valid for one hour from
+/// `now` (five minutes earlier too, for clock skew): what
+/// `ringvault cluster` commands present to change the cluster map. They mint
+/// it from the CA key and never write it to disk.
+///
+/// # Errors
+/// [`TlsError`] if the CA does not load or the name is not a valid URI
+/// segment.
+pub fn issue_operator(
+    ca: &PemPair,
+    name: &str,
+    now: std::time::SystemTime,
+) -> Result<PemPair, TlsError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(TlsError::Identity(format!("bad operator name {name:?}")));
+    }
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("ringvault operator {name}"));
+    params.subject_alt_names.push(SanType::URI(
+        format!("ringvault://operator/{name}").try_into()?,
+    ));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::from(now);
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::hours(1);
+    issue(ca, params)
+}
+
 fn issue(ca: &PemPair, mut params: CertificateParams) -> Result<PemPair, TlsError> {
     let ca_key = KeyPair::from_pem(&ca.key)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
@@ -187,6 +224,7 @@ impl PeerIdentity {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["node", id] => Some(Self::Node(NodeId(id.parse().ok()?))),
+            ["operator", name] if !name.is_empty() => Some(Self::Operator((*name).to_owned())),
             ["agent", repo, agent] if !agent.is_empty() => Some(Self::Agent {
                 repo: RepoId::new(repo).ok()?,
                 agent: (*agent).to_owned(),
@@ -308,6 +346,13 @@ mod tests {
         );
         m.client_config().unwrap();
         assert_eq!(fingerprint(&m.chain[0]).len(), 64);
+        let op = issue_operator(&ca, "admin", std::time::SystemTime::now()).unwrap();
+        let m = TlsMaterial::from_pem(&ca.cert, &op.cert, &op.key).unwrap();
+        assert_eq!(
+            m.identity().unwrap(),
+            PeerIdentity::Operator("admin".into())
+        );
+        assert!(issue_operator(&ca, "a/b", std::time::SystemTime::now()).is_err());
     }
 
     #[test]

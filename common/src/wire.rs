@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::placement::ClusterMap;
 use crate::{ChunkId, NodeId, RepoId, SnapshotId};
 
-/// Version of this protocol, checked at hello.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol, checked at hello. Version 2 put the sender's
+/// cluster map epoch in front of every response header.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"ringvault/1";
 /// Largest header, bytes.
@@ -31,6 +32,20 @@ pub const MAX_FRAME: usize = 4 + MAX_HEADER + MAX_PAYLOAD;
 pub const MAX_HAS_IDS: usize = 8192;
 /// Most blobs in one put.
 pub const MAX_PUT_BLOBS: usize = 4096;
+/// Bytes of a partition bitmap: one bit per partition, 2^16 partitions.
+pub const PARTITION_BITMAP_BYTES: usize = 1 << 13;
+/// Buckets a digest request folds partitions into when not asking per
+/// partition: partition `p` falls in bucket `p >> 8`.
+pub const DIGEST_BUCKETS: usize = 256;
+/// Most keys in one [`Response::Keys`].
+pub const MAX_LIST_KEYS: usize = 16_384;
+
+/// Most record keys in one [`Response::RecordKeys`] (they fit the header
+/// bound with repository names of up to 64 bytes).
+pub const MAX_RECORD_KEYS: usize = 8_192;
+
+/// A set of partitions, one bit each (bit `p % 8` of byte `p / 8`).
+pub type PartitionBitmap = Vec<u8>;
 
 /// A request from an agent (or a server coordinating a write) to a server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +120,62 @@ pub enum Request {
         /// Repository.
         repo: RepoId,
     },
+    /// Anti-entropy summary (server to server): the set digest of the blobs
+    /// this server holds in each partition of `partitions`
+    /// ([`PARTITION_BITMAP_BYTES`] bytes). With `per_partition`, one digest
+    /// per set bit in ascending order; otherwise the digests are folded
+    /// (XOR) into [`DIGEST_BUCKETS`] buckets, so a pair of replicas in sync
+    /// costs one round trip.
+    Digests {
+        /// Which partitions.
+        partitions: PartitionBitmap,
+        /// One digest per partition rather than per bucket.
+        per_partition: bool,
+    },
+    /// The (repository, id) keys of the blobs this server holds in one
+    /// partition, in key order, after `after` (server to server).
+    ListPartition {
+        /// The partition.
+        partition: u16,
+        /// Resume after this key (the last of the previous page).
+        after: Option<(RepoId, ChunkId)>,
+    },
+    /// How many distinct live servers hold each of `ids` (any agent of the
+    /// repository; the server asks every live node).
+    Copies {
+        /// Repository.
+        repo: RepoId,
+        /// Up to [`MAX_HAS_IDS`] ids.
+        ids: Vec<ChunkId>,
+    },
+    /// This server's state: map epoch, what it stores, backlogs, peers.
+    NodeStatus,
+    /// First phase of a map change (operator or node certificates): promise
+    /// to commit only the map with this digest at `epoch`. Granted when the
+    /// server's committed epoch is `base` and it has promised no other map
+    /// at `epoch` or later; a proposer needs a majority of the base map's
+    /// nodes. Each server promises at most one map per epoch, so two
+    /// different maps can never both win one epoch.
+    PrepareMap {
+        /// The proposed epoch.
+        epoch: u64,
+        /// BLAKE3 of the proposed map's TOML ([`ClusterMap::digest`]).
+        digest: [u8; 32],
+        /// The epoch of the map the proposal was made from.
+        base: u64,
+    },
+    /// Second phase: commit `map`, which must match this server's promise.
+    CommitMap {
+        /// The new map; its epoch must exceed the server's.
+        map: ClusterMap,
+    },
+    /// The keys of every record (snapshot records, repository keys) this
+    /// server holds, unless their digest equals `digest` (server to server:
+    /// records are copied to servers that missed them).
+    RecordKeys {
+        /// The caller's digest of its own record keys.
+        digest: [u8; 32],
+    },
 }
 
 /// A server's answer.
@@ -142,6 +213,88 @@ pub enum Response {
     Ok,
     /// The request failed.
     Error(WireError),
+    /// Answer to [`Request::Digests`].
+    Digests {
+        /// One 32-byte digest per bucket or per requested partition.
+        digests: Vec<[u8; 32]>,
+    },
+    /// Answer to [`Request::ListPartition`].
+    Keys {
+        /// Up to [`MAX_LIST_KEYS`] keys in order.
+        keys: Vec<(RepoId, ChunkId)>,
+        /// More keys follow; ask again after the last one.
+        more: bool,
+    },
+    /// Answer to [`Request::Copies`]: live servers holding each id, in order.
+    Copies {
+        /// Copies per id.
+        copies: Vec<u32>,
+    },
+    /// Answer to [`Request::NodeStatus`].
+    NodeStatus(NodeStatus),
+    /// Answer to [`Request::RecordKeys`].
+    RecordKeys {
+        /// (kind, repository, key) of each record, up to
+        /// [`MAX_RECORD_KEYS`]; empty when `same`.
+        keys: Vec<(u8, RepoId, [u8; 32])>,
+        /// The digests are equal.
+        same: bool,
+    },
+    /// Answer to [`Request::PrepareMap`].
+    Prepared {
+        /// The promise was given.
+        granted: bool,
+        /// The highest epoch this server has promised or committed.
+        highest: u64,
+    },
+}
+
+/// What a server reports about itself ([`Request::NodeStatus`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its node id.
+    pub node: NodeId,
+    /// Epoch of its cluster map.
+    pub epoch: u64,
+    /// Blobs in its store.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Blobs it holds for other owners (hinted handoff and blobs waiting to
+    /// move after a membership change).
+    pub hints: u64,
+    /// Blobs it knows it lacks and will pull from co-replicas.
+    pub repair_backlog: u64,
+    /// Blobs quarantined after failing their checksum.
+    pub quarantined: u64,
+    /// Bytes scrub has checked in the current cycle.
+    pub scrub_bytes: u64,
+    /// Completed scrub cycles since start.
+    pub scrub_cycles: u64,
+    /// Its view of every other node of its map.
+    pub peers: Vec<(NodeId, PeerState)>,
+}
+
+/// A server's view of a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerState {
+    /// Answering.
+    Up,
+    /// Failed lately; routed around, its writes held as hints.
+    Down,
+    /// Unreachable past `out-after-s`: its chunks are copied elsewhere.
+    Out,
+}
+
+impl PeerState {
+    /// Lowercase name for people and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Up => "up",
+            PeerState::Down => "down",
+            PeerState::Out => "out",
+        }
+    }
 }
 
 /// A request failure, as sent on the wire.
@@ -173,6 +326,10 @@ pub enum ErrorCode {
     Internal,
     /// A different value already exists (repository key).
     Exists,
+    /// The server's quota is reached; the write goes elsewhere.
+    StoreFull,
+    /// A map change conflicts with one promised or committed.
+    MapConflict,
 }
 
 impl WireError {
@@ -242,6 +399,39 @@ pub fn decode_frame<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<(T, &[
     Ok((msg, payload))
 }
 
+/// Encodes a response header behind the sender's map epoch: the header of
+/// every response is the postcard pair `(epoch, response)`, so a caller
+/// learns of a newer cluster map from any answer.
+pub fn encode_response(epoch: u64, response: &Response) -> Vec<u8> {
+    encode_header(&(epoch, response))
+}
+
+/// Splits a whole response frame into the sender's epoch, the response and
+/// the payload.
+///
+/// # Errors
+/// [`FrameError`] as [`decode_frame`].
+pub fn decode_response(frame: &[u8]) -> Result<(u64, Response, &[u8]), FrameError> {
+    let ((epoch, response), payload) = decode_frame::<(u64, Response)>(frame)?;
+    Ok((epoch, response, payload))
+}
+
+/// Whether partition `p` is set in `bitmap` (false past its end).
+pub fn bitmap_has(bitmap: &[u8], p: u16) -> bool {
+    bitmap
+        .get(usize::from(p) / 8)
+        .is_some_and(|b| b & (1 << (p % 8)) != 0)
+}
+
+/// A bitmap holding exactly `partitions`.
+pub fn bitmap_of(partitions: impl IntoIterator<Item = u16>) -> PartitionBitmap {
+    let mut b = vec![0u8; PARTITION_BITMAP_BYTES];
+    for p in partitions {
+        b[usize::from(p) / 8] |= 1 << (p % 8);
+    }
+    b
+}
+
 impl Request {
     /// Checks a decoded request's limits against its payload.
     ///
@@ -250,7 +440,13 @@ impl Request {
     pub fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         let invalid = |m: &str| Err(FrameError::Invalid(m.to_owned()));
         match self {
-            Request::Has { ids, .. } if ids.len() > MAX_HAS_IDS => invalid("too many ids"),
+            Request::Has { ids, .. } | Request::Copies { ids, .. } if ids.len() > MAX_HAS_IDS => {
+                invalid("too many ids")
+            }
+            Request::Digests { partitions, .. } if partitions.len() != PARTITION_BITMAP_BYTES => {
+                invalid("partition bitmap of the wrong size")
+            }
+            Request::CommitMap { map } if map.validate().is_err() => invalid("invalid map"),
             Request::PutBlobs { blobs, .. } => {
                 if blobs.len() > MAX_PUT_BLOBS {
                     return invalid("too many blobs");
@@ -270,6 +466,13 @@ impl Request {
             | Request::ListSnapshots { .. }
             | Request::GetSnapshot { .. }
             | Request::GetKey { .. }
+            | Request::Digests { .. }
+            | Request::ListPartition { .. }
+            | Request::Copies { .. }
+            | Request::NodeStatus
+            | Request::PrepareMap { .. }
+            | Request::CommitMap { .. }
+            | Request::RecordKeys { .. }
                 if !payload.is_empty() =>
             {
                 invalid("unexpected payload")
@@ -278,10 +481,18 @@ impl Request {
         }
     }
 
-    /// The repository a request acts on (none for hello).
+    /// The repository a request acts on (none for hello and cluster-wide
+    /// requests).
     pub fn repo(&self) -> Option<&RepoId> {
         match self {
-            Request::Hello { .. } => None,
+            Request::Hello { .. }
+            | Request::Digests { .. }
+            | Request::ListPartition { .. }
+            | Request::NodeStatus
+            | Request::PrepareMap { .. }
+            | Request::CommitMap { .. }
+            | Request::RecordKeys { .. } => None,
+            Request::Copies { repo, .. } => Some(repo),
             Request::Has { repo, .. }
             | Request::PutBlobs { repo, .. }
             | Request::GetBlob { repo, .. }
@@ -297,6 +508,9 @@ impl Request {
     /// send it).
     pub fn is_internal(&self) -> bool {
         matches!(
+            self,
+            Request::Digests { .. } | Request::ListPartition { .. } | Request::RecordKeys { .. }
+        ) || matches!(
             self,
             Request::Has {
                 local_only: true,
@@ -314,6 +528,12 @@ impl Request {
         )
     }
 
+    /// Whether this changes the cluster map (operator or node certificates
+    /// only).
+    pub fn is_map_change(&self) -> bool {
+        matches!(self, Request::PrepareMap { .. } | Request::CommitMap { .. })
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -326,6 +546,13 @@ impl Request {
             Request::GetSnapshot { .. } => "get-snapshot",
             Request::PutKey { .. } => "put-key",
             Request::GetKey { .. } => "get-key",
+            Request::Digests { .. } => "digests",
+            Request::ListPartition { .. } => "list-partition",
+            Request::Copies { .. } => "copies",
+            Request::NodeStatus => "node-status",
+            Request::PrepareMap { .. } => "prepare-map",
+            Request::CommitMap { .. } => "commit-map",
+            Request::RecordKeys { .. } => "record-keys",
         }
     }
 }
@@ -370,6 +597,29 @@ mod tests {
     }
 
     #[test]
+    fn responses_carry_the_epoch() {
+        let r = Response::Copies { copies: vec![3, 0] };
+        let mut f = encode_response(7, &r);
+        f.extend_from_slice(b"xy");
+        let (epoch, back, payload) = decode_response(&f).unwrap();
+        assert_eq!((epoch, back, payload), (7, r, &b"xy"[..]));
+    }
+
+    #[test]
+    fn bitmaps_hold_what_was_put_in() {
+        let b = bitmap_of([0, 9, 65_535]);
+        assert_eq!(b.len(), PARTITION_BITMAP_BYTES);
+        let set: Vec<u16> = (0..=u16::MAX).filter(|&p| bitmap_has(&b, p)).collect();
+        assert_eq!(set, [0, 9, 65_535]);
+        assert!(!bitmap_has(&[], 3));
+        let bad = Request::Digests {
+            partitions: vec![0; 10],
+            per_partition: false,
+        };
+        assert!(bad.validate(b"").is_err());
+    }
+
+    #[test]
     fn put_lengths_must_add_up() {
         let r = Request::PutBlobs {
             repo: RepoId::new("r").unwrap(),
@@ -395,11 +645,13 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
             if let Ok((r, p)) = decode_frame::<Request>(&bytes) { let _ = r.validate(p); }
             let _ = decode_frame::<Response>(&bytes);
+            let _ = decode_response(&bytes);
             // Also behind a plausible length prefix.
             let mut f = (bytes.len() as u32).to_le_bytes().to_vec();
             f.extend_from_slice(&bytes);
             if let Ok((r, p)) = decode_frame::<Request>(&f) { let _ = r.validate(p); }
             let _ = decode_frame::<Response>(&f);
+            let _ = decode_response(&f);
         }
     }
 }

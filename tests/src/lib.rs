@@ -8,7 +8,17 @@
 //! The binaries are looked up beside the test executable's `target/<profile>`
 //! directory; `cargo test --workspace` builds them (each package that owns
 //! one has integration tests, which makes cargo build it).
+//!
+//! [`TestCluster::start_with_proxies`] puts a [`FaultProxy`] in front of
+//! each server: the cluster map and the agent config name the proxy's port,
+//! so the agent and the other servers reach node `i` only through proxy `i`,
+//! whose faults a test switches on and off.
 
+pub mod proxy;
+
+pub use proxy::FaultProxy;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +56,48 @@ pub struct TestCluster {
     /// Paths of the generated configs.
     pub layout: ClusterLayout,
     procs: Vec<Option<Child>>,
+    /// One per node with [`TestCluster::start_with_proxies`], else empty.
+    proxies: Vec<FaultProxy>,
+}
+
+/// What [`TestCluster::with`] starts.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Servers.
+    pub nodes: u32,
+    /// N.
+    pub replicas: u32,
+    /// W.
+    pub quorum: u32,
+    /// A [`FaultProxy`] in front of each server
+    /// (see [`TestCluster::start_with_proxies`]).
+    pub proxies: bool,
+    /// Lines appended to every server's `chunkserver.toml`.
+    pub server_config: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            replicas: 3,
+            quorum: 2,
+            proxies: false,
+            server_config: String::new(),
+        }
+    }
+}
+
+/// Settings every test server gets.
+const TEST_SERVER_CONFIG: &str = "replica-timeout-ms = 5000\n";
+
+/// How the agent and the servers reach each server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wiring {
+    /// At the port it listens on.
+    Direct,
+    /// Through a [`FaultProxy`] whose port the configs name instead.
+    Proxied,
 }
 
 impl TestCluster {
@@ -55,13 +107,70 @@ impl TestCluster {
     /// # Errors
     /// When configs cannot be made or a server does not start.
     pub fn start(nodes: u32, replicas: u32, quorum: u32) -> anyhow::Result<Self> {
+        Self::with(ClusterOptions {
+            nodes,
+            replicas,
+            quorum,
+            ..ClusterOptions::default()
+        })
+    }
+
+    /// Starts a cluster as `options` say.
+    ///
+    /// # Errors
+    /// As [`TestCluster::start`] and [`TestCluster::start_with_proxies`].
+    pub fn with(options: ClusterOptions) -> anyhow::Result<Self> {
+        let wiring = if options.proxies {
+            Wiring::Proxied
+        } else {
+            Wiring::Direct
+        };
+        Self::build(
+            options.nodes,
+            options.replicas,
+            options.quorum,
+            wiring,
+            &options.server_config,
+        )
+    }
+
+    /// Like [`TestCluster::start`], with a [`FaultProxy`] in front of each
+    /// server: the cluster map and the agent config name proxy `i`'s port,
+    /// node `i` listens on another port behind it, so every datagram to or
+    /// from node `i` (from the agent or another server) passes proxy `i`.
+    /// See [`TestCluster::proxy`].
+    ///
+    /// # Errors
+    /// When configs cannot be made, a proxy cannot bind its port, or a
+    /// server does not start.
+    pub fn start_with_proxies(nodes: u32, replicas: u32, quorum: u32) -> anyhow::Result<Self> {
+        Self::with(ClusterOptions {
+            nodes,
+            replicas,
+            quorum,
+            proxies: true,
+            ..ClusterOptions::default()
+        })
+    }
+
+    fn build(
+        nodes: u32,
+        replicas: u32,
+        quorum: u32,
+        wiring: Wiring,
+        server_config: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ports = free_ports(nodes as usize)?;
+        let n = nodes as usize;
+        // The configs name the first `n` ports; with proxies, the servers
+        // listen on the next `n`.
+        let ports = free_ports(if wiring == Wiring::Proxied { 2 * n } else { n })?;
+        let (named, behind) = ports.split_at(n);
         let layout = cluster::init(&ClusterInit {
             dir: dir.path().join("cluster"),
             nodes,
             hosts: vec!["127.0.0.1".into()],
-            ports,
+            ports: named.to_vec(),
             base_port: 0,
             repository: "test".into(),
             agent_id: "tester".into(),
@@ -74,21 +183,89 @@ impl TestCluster {
             &layout.agent_config,
             format!("{agent_cfg}state-dir = \"state\"\nrequest-timeout-ms = 20000\n"),
         )?;
-        for cfg in &layout.node_configs {
-            let text = std::fs::read_to_string(cfg)?;
-            std::fs::write(cfg, format!("{text}replica-timeout-ms = 5000\n"))?;
+        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut proxies = Vec::new();
+        for (i, cfg) in layout.node_configs.iter().enumerate() {
+            let mut text = std::fs::read_to_string(cfg)?;
+            if let Some(&port) = behind.get(i) {
+                text = with_listen(&text, loopback(port))
+                    .with_context(|| format!("rewriting {}", cfg.display()))?;
+                let proxy = FaultProxy::start(loopback(named[i]), loopback(port))
+                    .with_context(|| format!("starting the proxy for node {i}"))?;
+                proxies.push(proxy);
+            }
+            std::fs::write(cfg, format!("{text}{TEST_SERVER_CONFIG}{server_config}"))?;
         }
         std::fs::create_dir_all(dir.path().join("home"))?;
         let mut c = Self {
             dir,
             layout,
             procs: Vec::new(),
+            proxies,
         };
-        for i in 0..nodes as usize {
+        for i in 0..n {
             c.procs.push(None);
             c.restart(i)?;
         }
         Ok(c)
+    }
+
+    /// The proxy in front of node `i` (0-based), to inject faults on every
+    /// path to and from it.
+    ///
+    /// # Panics
+    /// When the cluster was not made by [`TestCluster::start_with_proxies`]
+    /// or has no node `i`.
+    pub fn proxy(&self, i: usize) -> &FaultProxy {
+        assert!(
+            !self.proxies.is_empty(),
+            "no proxies: start the cluster with TestCluster::start_with_proxies"
+        );
+        &self.proxies[i]
+    }
+
+    /// The `cluster init` directory (CA, map, node and agent files).
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    /// Sets `key = value` (TOML) in node `i`'s config, replacing an earlier
+    /// setting of `key`; takes effect at its next (re)start.
+    ///
+    /// # Panics
+    /// When the config cannot be read or written (a harness failure).
+    pub fn set_server_setting(&self, i: usize, key: &str, value: &str) {
+        let path = &self.layout.node_configs[i];
+        let text = std::fs::read_to_string(path).expect("node config");
+        let mut kept: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split('=').next().map(str::trim) != Some(key))
+            .collect();
+        let line = format!("{key} = {value}");
+        kept.push(&line);
+        std::fs::write(path, kept.join("\n") + "\n").expect("writing the node config");
+    }
+
+    /// What node `i` has logged since its last start.
+    pub fn server_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.node_dir(i).join("server.log")).unwrap_or_default()
+    }
+
+    /// Starts one more server from `config` (a node directory made by
+    /// `ringvault cluster add-node`), with the test settings and `extra`
+    /// appended; returns its index.
+    ///
+    /// # Errors
+    /// When the config cannot be written or the server does not start.
+    pub fn add_server(&mut self, config: &Path, extra: &str) -> anyhow::Result<usize> {
+        let text = std::fs::read_to_string(config)
+            .with_context(|| format!("reading {}", config.display()))?;
+        std::fs::write(config, format!("{text}{TEST_SERVER_CONFIG}{extra}"))?;
+        self.layout.node_configs.push(config.to_owned());
+        self.procs.push(None);
+        let i = self.procs.len() - 1;
+        self.restart(i)?;
+        Ok(i)
     }
 
     /// The agent config file.
@@ -379,6 +556,29 @@ fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
     v
 }
 
+/// A chunk-server config with its `listen` line set to `addr`.
+///
+/// # Errors
+/// When `config` has no `listen` line.
+fn with_listen(config: &str, addr: SocketAddr) -> anyhow::Result<String> {
+    let mut found = false;
+    let lines: Vec<String> = config
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("listen =") {
+                found = true;
+                format!("listen = \"{addr}\"")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    if !found {
+        bail!("no `listen = ...` line");
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
 /// `n` distinct free UDP ports on 127.0.0.1.
 ///
 /// # Errors
@@ -432,4 +632,28 @@ pub fn tree_diff(a: &Path, b: &Path) -> Option<String> {
         return Some(format!("{}: entries {:?} vs {:?}", b.display(), na, nb));
     }
     na.iter().find_map(|n| tree_diff(&a.join(n), &b.join(n)))
+}
+
+/// `GET path` from an HTTP/1.1 server at `addr` (loopback), within 10 s:
+/// the response body of a 200.
+///
+/// # Errors
+/// When the server cannot be reached, times out, or answers other than 200.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of HTTP headers")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }

@@ -1,0 +1,183 @@
+//! `ringvault check`: does every chunk that some snapshot reaches have N
+//! healthy copies on the cluster?
+//!
+//! The check walks every snapshot's trees (reading each tree once, from
+//! any good copy), collects the ids of every tree blob and file chunk, and
+//! asks the cluster how many live servers hold each (metadata only: one
+//! has-query per server per 8,192 ids). With `--read-data` it also fetches
+//! every copy from every server that holds one and opens it (AEAD and the
+//! keyed hash), so a copy counts only if it decrypts to its id; a server's
+//! copy that fails its own checksum is quarantined there and repaired.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ringvault_chunkserver::net::CallError;
+use ringvault_common::seal;
+use ringvault_common::tree::Content;
+use ringvault_common::wire::ErrorCode;
+use ringvault_common::{ChunkId, NodeId};
+
+use crate::client::ClientError;
+use crate::repo::Repo;
+
+/// Blob reads in flight with `--read-data`.
+const READS_IN_FLIGHT: usize = 16;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Snapshots walked.
+    pub snapshots: usize,
+    /// Distinct trees read.
+    pub trees: usize,
+    /// Distinct chunks reachable (tree blobs and file chunks).
+    pub chunks: usize,
+    /// N: the copies every chunk should have.
+    pub replicas: u32,
+    /// Whether every copy was read and opened.
+    pub read_data: bool,
+    /// Chunks with N or more healthy copies.
+    pub healthy: usize,
+    /// Chunks with fewer than N healthy copies but at least one: (chunk,
+    /// healthy copies).
+    pub degraded: Vec<(ChunkId, u32)>,
+    /// Chunks with no healthy copy on any live server.
+    pub lost: Vec<ChunkId>,
+    /// Copies that were held but bad: (chunk, server, why).
+    pub damaged: Vec<(ChunkId, NodeId, String)>,
+    /// Trees that could not be read (their subtrees were not checked).
+    pub unreadable_trees: Vec<(ChunkId, String)>,
+}
+
+impl CheckReport {
+    /// Whether nothing is lost, damaged or short of N copies.
+    pub fn is_healthy(&self) -> bool {
+        self.degraded.is_empty()
+            && self.lost.is_empty()
+            && self.damaged.is_empty()
+            && self.unreadable_trees.is_empty()
+    }
+
+    /// Whether some chunk has no healthy copy (or a tree is unreadable).
+    pub fn has_loss(&self) -> bool {
+        !self.lost.is_empty() || !self.unreadable_trees.is_empty()
+    }
+}
+
+/// Checks every snapshot of `repo`; see the module docs.
+///
+/// # Errors
+/// When snapshots cannot be listed or the cluster does not answer the
+/// copy counts. Unreadable trees and missing chunks are findings in the
+/// report, not errors.
+pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckReport> {
+    let map = repo.cluster.map();
+    let mut report = CheckReport {
+        replicas: map.replicas,
+        read_data,
+        ..CheckReport::default()
+    };
+    let snapshots = repo.snapshots().await?;
+    report.snapshots = snapshots.len();
+    let mut chunks: HashSet<ChunkId> = HashSet::new();
+    let mut seen_trees: HashSet<ChunkId> = HashSet::new();
+    let mut queue: VecDeque<ChunkId> = snapshots.iter().map(|(_, s)| s.root).collect();
+    while let Some(tree_id) = queue.pop_front() {
+        if !seen_trees.insert(tree_id) {
+            continue;
+        }
+        chunks.insert(tree_id);
+        let (tree, parts) = match repo.read_tree_and_parts(tree_id).await {
+            Ok(t) => t,
+            Err(e) => {
+                report.unreadable_trees.push((tree_id, format!("{e:#}")));
+                continue;
+            }
+        };
+        report.trees += 1;
+        chunks.extend(parts);
+        for entry in tree.entries {
+            match entry.content {
+                Content::Chunks(ids) => chunks.extend(ids),
+                Content::Subtree(t) => queue.push_back(t),
+                Content::None | Content::Symlink(_) => {}
+            }
+        }
+    }
+    let mut ids: Vec<ChunkId> = chunks.into_iter().collect();
+    ids.sort();
+    report.chunks = ids.len();
+    let healthy: Vec<u32> = if read_data {
+        read_every_copy(repo, &ids, &mut report.damaged).await
+    } else {
+        repo.cluster.copies(&ids).await?
+    };
+    for (id, copies) in ids.iter().zip(healthy) {
+        if copies == 0 {
+            report.lost.push(*id);
+        } else if copies < report.replicas {
+            report.degraded.push((*id, copies));
+        } else {
+            report.healthy += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Reads every copy of each chunk from every live server and opens it;
+/// returns the good copies per chunk, noting bad ones in `damaged`.
+async fn read_every_copy(
+    repo: &Arc<Repo>,
+    ids: &[ChunkId],
+    damaged: &mut Vec<(ChunkId, NodeId, String)>,
+) -> Vec<u32> {
+    let nodes: Vec<NodeId> = repo
+        .cluster
+        .servers()
+        .into_iter()
+        .filter(|(_, _, up)| *up)
+        .map(|(id, _, _)| id)
+        .collect();
+    let mut results = futures::stream::iter(ids.iter().copied().enumerate())
+        .map(|(i, id)| {
+            let nodes = nodes.clone();
+            async move {
+                let mut good = 0u32;
+                let mut bad = Vec::new();
+                for node in nodes {
+                    match repo.cluster.get_from(node, &id).await {
+                        Ok(None) => {}
+                        Ok(Some(blob)) => {
+                            let keys = repo.clone();
+                            let opened = tokio::task::spawn_blocking(move || {
+                                seal::open(&keys.keys, &id, &blob).map(|_| ())
+                            })
+                            .await;
+                            match opened {
+                                Ok(Ok(())) => good += 1,
+                                Ok(Err(e)) => bad.push((id, node, e.to_string())),
+                                Err(e) => bad.push((id, node, e.to_string())),
+                            }
+                        }
+                        Err(ClientError::Server {
+                            error: CallError::Remote(e),
+                            ..
+                        }) if e.code == ErrorCode::Corrupt => {
+                            bad.push((id, node, e.message));
+                        }
+                        Err(e) => tracing::warn!(%node, chunk = %id, error = %e, "read failed"),
+                    }
+                }
+                (i, good, bad)
+            }
+        })
+        .buffer_unordered(READS_IN_FLIGHT);
+    let mut good = vec![0u32; ids.len()];
+    while let Some((i, g, bad)) = results.next().await {
+        good[i] = g;
+        damaged.extend(bad);
+    }
+    good
+}

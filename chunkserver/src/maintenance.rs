@@ -1,0 +1,668 @@
+//! What a server does between requests to keep N copies of every blob:
+//!
+//! - **Failure detection.** Every `probe-interval-ms` it says hello to each
+//!   peer. A peer that fails is routed around for `route-around-ms` (writes
+//!   meant for it land on the next node as hints); one silent for
+//!   `out-after-s` is treated as out, and its partitions get new owners
+//!   that repair fills. Hello answers carry the peer's map, so a newer
+//!   epoch spreads to every server within one probe interval.
+//! - **Handoff.** Blobs held in partitions this node does not own (hints,
+//!   and blobs whose owners changed with the map) are dropped here only once
+//!   every owner confirmed holding them. Owners fill each other by
+//!   anti-entropy; a blob no owner holds yet is pushed to one.
+//! - **Anti-entropy repair.** With each peer it shares partitions with, it
+//!   compares set digests of those partitions folded into 256 buckets (one
+//!   round trip when in sync), then per partition for the buckets that
+//!   differ, then lists the partitions that differ and pulls what it lacks,
+//!   blobs held by the fewest peers first, at most `repair-bytes-per-s`.
+//!   Merkle-style summaries as in Dynamo (DeCandia et al., SOSP 2007, 4.7)
+//!   and Cassandra's repair, with the store's incremental set digests.
+//! - **Records.** Snapshot records and repository keys, which every server
+//!   holds, are compared by a digest of their keys and copied where missing.
+//! - **Scrub.** It re-reads every blob once per `scrub-cycle-s`, at most
+//!   `scrub-bytes-per-s`; the store quarantines a blob whose checksum fails,
+//!   and repair then pulls a good copy from a co-replica.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ringvault_common::wire::{
+    DIGEST_BUCKETS, MAX_LIST_KEYS, Request, Response, WireError, bitmap_of,
+};
+use ringvault_common::{ChunkId, NodeId, RepoId};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::server::{Node, blocking};
+use crate::store::RecordKind;
+
+/// Blobs pulled or pushed per request.
+const BATCH_BLOBS: usize = 64;
+/// Bytes pulled or pushed per request, about.
+const BATCH_BYTES: usize = 8 << 20;
+/// Most missing blobs one repair round collects (bounds its memory: about
+/// 100 bytes each); the next round continues.
+const MAX_REPAIR_ROUND: usize = 65_536;
+/// Blob fetches in flight during repair.
+const REPAIR_FETCHES: usize = 8;
+/// Partitions per per-partition digest request: 16,384 × 32 bytes = 512
+/// KiB, within the header bound.
+const DIGESTS_PER_REQUEST: usize = 16_384;
+/// Blobs scrub checks per step.
+const SCRUB_BLOBS: usize = 64;
+/// Bytes scrub reads per step, about.
+const SCRUB_BYTES: u64 = 4 << 20;
+
+/// Starts the maintenance tasks of `node`; abort them to stop.
+pub fn spawn(node: Arc<Node>) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(probe_loop(node.clone())),
+        tokio::spawn(repair_loop(node.clone())),
+        tokio::spawn(scrub_loop(node)),
+    ]
+}
+
+/// A pacing limiter: callers take bytes and sleep so the total rate stays
+/// at or under `bytes_per_s` (0: no limit).
+pub(crate) struct RateLimiter {
+    bytes_per_s: u64,
+    next_free: std::sync::Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(bytes_per_s: u64) -> Self {
+        Self {
+            bytes_per_s,
+            next_free: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` more fit in the rate.
+    pub(crate) async fn take(&self, bytes: u64) {
+        if self.bytes_per_s == 0 {
+            return;
+        }
+        let wait = {
+            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+            start - now
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn probe_loop(node: Arc<Node>) {
+    let every = node.settings.probe_interval;
+    let timeout = every.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let view = node.view();
+        let epoch = view.map.epoch;
+        let me = node.id();
+        let probes =
+            futures::future::join_all(view.map.nodes.iter().filter(|n| n.id != me).map(|n| {
+                let node = node.clone();
+                async move {
+                    let was_down = node.peers.is_down(n.id);
+                    let r = node.peers.probe(n.id, &n.address, epoch, timeout).await;
+                    (n.id, was_down, r)
+                }
+            }))
+            .await;
+        for (peer, was_down, result) in probes {
+            match result {
+                Ok((_, Response::Hello { map, .. }, _)) => {
+                    node.peer_answered(peer);
+                    if was_down {
+                        node.wake.notify_one();
+                    }
+                    if map.epoch > node.view().map.epoch {
+                        match node.adopt(map) {
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "cannot adopt a peer's newer map"),
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%peer, error = %e, "probe failed"),
+            }
+        }
+        node.update_out();
+    }
+}
+
+async fn repair_loop(node: Arc<Node>) {
+    let limiter = RateLimiter::new(node.settings.repair_bytes_per_s);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(node.settings.repair_interval) => {}
+            () = node.wake.notified() => {
+                // Let a burst of wake-ups (several quarantines) settle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let epoch = node.view().map.epoch;
+        let held = handoff(&node, &limiter).await;
+        anti_entropy(&node, &limiter).await;
+        sync_records(&node).await;
+        if held == 0 && node.view().map.epoch == epoch {
+            node.end_move();
+        }
+    }
+}
+
+/// Pushes blobs held for other owners to them and drops those every owner
+/// confirmed. Returns how many such blobs remain here.
+async fn handoff(node: &Arc<Node>, limiter: &RateLimiter) -> u64 {
+    let view = node.view();
+    let store = node.store().clone();
+    let counts = match blocking(move || Ok(store.partition_counts())).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "handoff: cannot list partitions");
+            return node.hints.load(Ordering::Relaxed);
+        }
+    };
+    let me = node.id();
+    let mut held = 0u64;
+    for (partition, count) in counts {
+        let owners = view.owners(partition).to_vec();
+        if owners.contains(&me) {
+            continue;
+        }
+        held += u64::from(count);
+        let mut after = None;
+        loop {
+            let store = node.store().clone();
+            let a = after.clone();
+            let page = blocking(move || store.list_partition(partition, a.as_ref(), 1024)).await;
+            let Ok((keys, more)) = page else { break };
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            after = Some(last);
+            let dropped = hand_keys(node, &owners, keys, limiter).await;
+            held = held.saturating_sub(dropped);
+            if !more {
+                break;
+            }
+        }
+    }
+    node.hints.store(held, Ordering::Relaxed);
+    held
+}
+
+/// Hands `keys` (of one partition) to their `owners` and drops those every
+/// owner holds. Returns how many were dropped.
+///
+/// A blob some owner already holds is not pushed: the owners lacking it
+/// pull it from that owner by anti-entropy, so each blob crosses the
+/// network once per new copy. Only a blob no owner holds (a write that
+/// landed on substitutes alone) is pushed, to its first live owner.
+async fn hand_keys(
+    node: &Arc<Node>,
+    owners: &[NodeId],
+    keys: Vec<(RepoId, ChunkId)>,
+    limiter: &RateLimiter,
+) -> u64 {
+    let mut dropped = 0;
+    for (repo, ids) in group_by_repo(keys) {
+        let mut holders = vec![0usize; ids.len()];
+        let mut first_live = None;
+        for &owner in owners {
+            if node.is_down(owner) {
+                continue;
+            }
+            let req = Request::Has {
+                repo: repo.clone(),
+                ids: ids.clone(),
+                local_only: true,
+            };
+            match node.call_peer(owner, &req, vec![]).await {
+                Ok((Response::Has { present }, _)) if present.len() == ids.len() => {
+                    first_live.get_or_insert(owner);
+                    for (h, p) in holders.iter_mut().zip(present) {
+                        *h += usize::from(p);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%owner, error = %e, "handoff: has query failed"),
+            }
+        }
+        if let Some(owner) = first_live {
+            let orphans: Vec<usize> = (0..ids.len()).filter(|&i| holders[i] == 0).collect();
+            for chunk in orphans.chunks(BATCH_BLOBS) {
+                let sub: Vec<ChunkId> = chunk.iter().map(|&i| ids[i]).collect();
+                let Some(blobs) = read_local(node, &repo, &sub).await else {
+                    continue;
+                };
+                let bytes: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+                limiter.take(bytes).await;
+                let count = blobs.len() as u64;
+                if push(node, owner, &repo, blobs).await {
+                    node.metrics.handed_off(count, bytes);
+                }
+            }
+        }
+        let done: Vec<(RepoId, ChunkId)> = ids
+            .iter()
+            .zip(&holders)
+            .filter(|&(_, &h)| h >= owners.len() && !owners.is_empty())
+            .map(|(id, _)| (repo.clone(), *id))
+            .collect();
+        if done.is_empty() {
+            continue;
+        }
+        let store = node.store().clone();
+        match blocking(move || store.delete_blobs(&done)).await {
+            Ok(n) => dropped += n,
+            Err(e) => warn!(error = %e, "handoff: cannot drop handed-off blobs"),
+        }
+    }
+    dropped
+}
+
+/// Reads blobs of this store; a blob that fails its checksum is quarantined
+/// and left out. `None` when the store cannot be read.
+async fn read_local(
+    node: &Arc<Node>,
+    repo: &RepoId,
+    ids: &[ChunkId],
+) -> Option<Vec<(ChunkId, Bytes)>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let store = node.store().clone();
+        let r = repo.clone();
+        match blocking(move || store.get_blob(&r, &id)).await {
+            Ok(Some(b)) => out.push((id, b)),
+            Ok(None) => {}
+            Err(e) if e.code == ringvault_common::wire::ErrorCode::Corrupt => {
+                crate::server::quarantine(node, repo.clone(), id).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read local blobs");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+async fn push(node: &Arc<Node>, to: NodeId, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> bool {
+    if blobs.is_empty() {
+        return true;
+    }
+    let req = Request::PutBlobs {
+        repo: repo.clone(),
+        blobs: blobs.iter().map(|(id, b)| (*id, b.len() as u32)).collect(),
+        local_only: true,
+    };
+    let payload = blobs.into_iter().map(|(_, b)| b).collect();
+    match node.call_peer(to, &req, payload).await {
+        Ok((Response::Put { .. }, _)) => true,
+        Ok(_) => false,
+        Err(e) => {
+            debug!(node = %to, error = %e, "handoff push failed");
+            false
+        }
+    }
+}
+
+fn group_by_repo(keys: Vec<(RepoId, ChunkId)>) -> Vec<(RepoId, Vec<ChunkId>)> {
+    let mut groups: Vec<(RepoId, Vec<ChunkId>)> = Vec::new();
+    for (repo, id) in keys {
+        match groups.iter_mut().find(|(r, _)| *r == repo) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((repo, vec![id])),
+        }
+    }
+    groups
+}
+
+/// Compares this node's partitions with each co-replica and pulls what it
+/// lacks.
+async fn anti_entropy(node: &Arc<Node>, limiter: &RateLimiter) {
+    let view = node.view();
+    let me = node.id();
+    let mut shared: HashMap<NodeId, Vec<u16>> = HashMap::new();
+    for p in 0..=u16::MAX {
+        let owners = view.owners(p);
+        if owners.contains(&me) {
+            for &q in owners.iter().filter(|&&q| q != me) {
+                shared.entry(q).or_default().push(p);
+            }
+        }
+    }
+    let mut want: HashMap<(RepoId, ChunkId), Vec<NodeId>> = HashMap::new();
+    for (peer, parts) in shared {
+        if node.is_down(peer) || want.len() >= MAX_REPAIR_ROUND {
+            continue;
+        }
+        match missing_from(node, peer, &parts, MAX_REPAIR_ROUND - want.len()).await {
+            Ok(keys) => {
+                for k in keys {
+                    want.entry(k).or_default().push(peer);
+                }
+            }
+            Err(e) => debug!(%peer, error = %e, "anti-entropy with a peer failed"),
+        }
+    }
+    if want.is_empty() {
+        node.repair_backlog.store(0, Ordering::Relaxed);
+        return;
+    }
+    // Fewest copies first: a blob one peer holds is closer to loss.
+    let mut list: Vec<((RepoId, ChunkId), Vec<NodeId>)> = want.into_iter().collect();
+    list.sort_by_key(|(_, holders)| holders.len());
+    info!(blobs = list.len(), "repair: pulling blobs this node lacks");
+    node.repair_backlog
+        .store(list.len() as u64, Ordering::Relaxed);
+    let started = Instant::now();
+    let (mut blobs, mut bytes) = (0u64, 0u64);
+    let mut fetches = futures::stream::iter(list)
+        .map(|((repo, id), holders)| {
+            let node = node.clone();
+            async move {
+                let blob = fetch(&node, &repo, id, &holders).await;
+                (repo, id, blob)
+            }
+        })
+        .buffered(REPAIR_FETCHES);
+    let mut batch: Vec<(RepoId, ChunkId, Bytes)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    while let Some((repo, id, blob)) = fetches.next().await {
+        node.repair_backlog.fetch_sub(1, Ordering::Relaxed);
+        let Some(blob) = blob else { continue };
+        limiter.take(blob.len() as u64).await;
+        batch_bytes += blob.len();
+        batch.push((repo, id, blob));
+        if batch.len() >= BATCH_BLOBS || batch_bytes >= BATCH_BYTES {
+            let (n, b) = store_pulled(node, std::mem::take(&mut batch)).await;
+            blobs += n;
+            bytes += b;
+            batch_bytes = 0;
+        }
+    }
+    let (n, b) = store_pulled(node, batch).await;
+    blobs += n;
+    bytes += b;
+    node.repair_backlog.store(0, Ordering::Relaxed);
+    info!(
+        blobs,
+        bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "repair round done"
+    );
+}
+
+/// Stores pulled blobs; returns how many and their bytes.
+async fn store_pulled(node: &Arc<Node>, batch: Vec<(RepoId, ChunkId, Bytes)>) -> (u64, u64) {
+    let mut by_repo: Vec<(RepoId, Vec<(ChunkId, Bytes)>)> = Vec::new();
+    for (repo, id, blob) in batch {
+        match by_repo.iter_mut().find(|(r, _)| *r == repo) {
+            Some((_, v)) => v.push((id, blob)),
+            None => by_repo.push((repo, vec![(id, blob)])),
+        }
+    }
+    let (mut n, mut b) = (0u64, 0u64);
+    for (repo, blobs) in by_repo {
+        let count = blobs.len() as u64;
+        let bytes: u64 = blobs.iter().map(|(_, x)| x.len() as u64).sum();
+        let store = node.store().clone();
+        match blocking(move || store.put_blobs(&repo, blobs)).await {
+            Ok(()) => {
+                node.metrics.repaired(count, bytes);
+                n += count;
+                b += bytes;
+            }
+            Err(e) => warn!(error = %e, "repair: cannot store pulled blobs"),
+        }
+    }
+    (n, b)
+}
+
+/// One blob from the first of `holders` that has a good copy.
+async fn fetch(node: &Arc<Node>, repo: &RepoId, id: ChunkId, holders: &[NodeId]) -> Option<Bytes> {
+    for &h in holders {
+        let req = Request::GetBlob {
+            repo: repo.clone(),
+            id,
+        };
+        match node.call_peer(h, &req, vec![]).await {
+            Ok((Response::Data, blob)) => return Some(blob),
+            Ok(_) => {}
+            Err(e) => debug!(node = %h, chunk = %id, error = %e, "repair fetch failed"),
+        }
+    }
+    None
+}
+
+/// The keys `peer` holds in `parts` (partitions both own) that this node
+/// lacks, at most `limit`.
+async fn missing_from(
+    node: &Arc<Node>,
+    peer: NodeId,
+    parts: &[u16],
+    limit: usize,
+) -> Result<Vec<(RepoId, ChunkId)>, String> {
+    let bitmap = bitmap_of(parts.iter().copied());
+    let theirs = digests(node, peer, bitmap.clone(), false, DIGEST_BUCKETS).await?;
+    let store = node.store().clone();
+    let b = bitmap.clone();
+    let mine = blocking(move || Ok(store.digests(&b, false)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let differing: Vec<bool> = (0..DIGEST_BUCKETS).map(|i| theirs[i] != mine[i]).collect();
+    let parts: Vec<u16> = parts
+        .iter()
+        .copied()
+        .filter(|p| differing[usize::from(*p >> 8)])
+        .collect();
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Per-partition digests, in requests whose answers fit the header
+    // bound (32 bytes each).
+    let mut differing = Vec::new();
+    for group in parts.chunks(DIGESTS_PER_REQUEST) {
+        let bitmap = bitmap_of(group.iter().copied());
+        let theirs = digests(node, peer, bitmap.clone(), true, group.len()).await?;
+        let store = node.store().clone();
+        let mine = blocking(move || Ok(store.digests(&bitmap, true)))
+            .await
+            .map_err(|e| e.to_string())?;
+        differing.extend(
+            group
+                .iter()
+                .zip(theirs.iter().zip(&mine))
+                .filter(|(_, (t, m))| t != m)
+                .map(|(p, _)| *p),
+        );
+    }
+    let mut out = Vec::new();
+    for p in differing {
+        let theirs = list_peer_partition(node, peer, p).await?;
+        let store = node.store().clone();
+        let ids: Vec<(RepoId, ChunkId)> = theirs;
+        let lacking = blocking(move || {
+            let mut lacking = Vec::new();
+            for (repo, group) in group_by_repo(ids) {
+                let held = store.has(&repo, &group)?;
+                lacking.extend(
+                    group
+                        .into_iter()
+                        .zip(held)
+                        .filter(|(_, h)| !h)
+                        .map(|(id, _)| (repo.clone(), id)),
+                );
+            }
+            Ok(lacking)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        out.extend(lacking);
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn digests(
+    node: &Arc<Node>,
+    peer: NodeId,
+    partitions: Vec<u8>,
+    per_partition: bool,
+    expect: usize,
+) -> Result<Vec<[u8; 32]>, String> {
+    let req = Request::Digests {
+        partitions,
+        per_partition,
+    };
+    match node.call_peer(peer, &req, vec![]).await {
+        Ok((Response::Digests { digests }, _)) if digests.len() == expect => Ok(digests),
+        Ok(other) => Err(format!("unexpected answer to digests: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Every key `peer` holds in `partition` (paged, bounded by the partition).
+async fn list_peer_partition(
+    node: &Arc<Node>,
+    peer: NodeId,
+    partition: u16,
+) -> Result<Vec<(RepoId, ChunkId)>, String> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let req = Request::ListPartition { partition, after };
+        match node.call_peer(peer, &req, vec![]).await {
+            Ok((Response::Keys { keys, more }, _)) if keys.len() <= MAX_LIST_KEYS => {
+                after = keys.last().cloned();
+                let empty = keys.is_empty();
+                out.extend(keys);
+                if !more || empty || out.len() >= MAX_REPAIR_ROUND {
+                    return Ok(out);
+                }
+            }
+            Ok(other) => return Err(format!("unexpected answer to list: {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Copies snapshot records and repository keys that a peer holds and this
+/// node lacks (every server holds every record).
+async fn sync_records(node: &Arc<Node>) {
+    let store = node.store().clone();
+    let Ok(mine) = blocking(move || store.record_keys()).await else {
+        return;
+    };
+    let digest = crate::store::record_keys_digest(&mine);
+    let mine: std::collections::HashSet<(u8, RepoId, [u8; 32])> = mine.into_iter().collect();
+    let view = node.view();
+    for peer in view.map.nodes.iter().map(|n| n.id) {
+        if peer == node.id() || node.is_down(peer) {
+            continue;
+        }
+        let req = Request::RecordKeys { digest };
+        let keys = match node.call_peer(peer, &req, vec![]).await {
+            Ok((Response::RecordKeys { keys, .. }, _)) => keys,
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(%peer, error = %e, "record sync failed");
+                continue;
+            }
+        };
+        for (kind, repo, key) in keys {
+            if mine.contains(&(kind, repo.clone(), key)) {
+                continue;
+            }
+            let (record_kind, req) = match kind {
+                k if k == RecordKind::Snapshot as u8 => (
+                    RecordKind::Snapshot,
+                    Request::GetSnapshot {
+                        repo: repo.clone(),
+                        id: ringvault_common::SnapshotId(key),
+                    },
+                ),
+                k if k == RecordKind::Key as u8 => {
+                    (RecordKind::Key, Request::GetKey { repo: repo.clone() })
+                }
+                _ => continue,
+            };
+            match node.call_peer(peer, &req, vec![]).await {
+                Ok((Response::Data, value)) if !value.is_empty() => {
+                    let store = node.store().clone();
+                    let r = repo.clone();
+                    let result: Result<(), WireError> =
+                        blocking(move || store.put_record(record_kind, &r, &key, &value, true))
+                            .await;
+                    match result {
+                        Ok(()) => info!(%peer, repo = %repo, kind, "copied a missing record"),
+                        Err(e) => warn!(error = %e, "cannot store a copied record"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%peer, error = %e, "record fetch failed"),
+            }
+        }
+    }
+}
+
+async fn scrub_loop(node: Arc<Node>) {
+    let cycle = node.settings.scrub_cycle;
+    if cycle.is_zero() {
+        return;
+    }
+    let max_rate = node.settings.scrub_bytes_per_s.max(1) as f64;
+    let mut cursor: Option<(RepoId, ChunkId)> = None;
+    let mut cycle_start = Instant::now();
+    loop {
+        let store = node.store().clone();
+        let after = cursor.clone();
+        let step =
+            match blocking(move || store.scrub(after.as_ref(), SCRUB_BLOBS, SCRUB_BYTES)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "scrub step failed");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    continue;
+                }
+            };
+        node.scrub_bytes.fetch_add(step.bytes, Ordering::Relaxed);
+        node.metrics.scrubbed(step.checked, step.bytes);
+        for (repo, id) in &step.quarantined {
+            warn!(chunk = %id, repo = %repo, "scrub: blob failed its checksum; quarantined, fetching a good copy");
+        }
+        if !step.quarantined.is_empty() {
+            node.wake.notify_one();
+        }
+        cursor = step.next;
+        let total = node.store().stats().map_or(0, |(_, b)| b);
+        let rate = (total as f64 / cycle.as_secs_f64()).clamp(1.0, max_rate);
+        let pause = Duration::from_secs_f64((step.bytes as f64 / rate).min(60.0));
+        tokio::time::sleep(pause).await;
+        if cursor.is_none() {
+            node.scrub_cycles.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                bytes = node.scrub_bytes.load(Ordering::Relaxed),
+                "scrub cycle done"
+            );
+            if let Some(rest) = cycle.checked_sub(cycle_start.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+            node.scrub_bytes.store(0, Ordering::Relaxed);
+            cycle_start = Instant::now();
+        }
+    }
+}

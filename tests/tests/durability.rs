@@ -1,0 +1,562 @@
+//! Fault tests: real chunk-server processes on loopback are killed, wiped,
+//! corrupted, filled, cut off and replaced while backups run. Each test
+//! ends with `ringvault check --read-data` passing (every chunk has N
+//! copies that decrypt to their ids) and a byte-identical restore.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
+use serde_json::Value;
+
+/// Small chunks so that test files span many of them.
+const TEST_CHUNKS: &str = "16384,65536,262144";
+
+/// Server settings for tests: fast probes, short routing-around, frequent
+/// repair rounds, scrub off unless a test turns it on.
+const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 300\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn cluster(nodes: u32, replicas: u32, quorum: u32, proxies: bool) -> TestCluster {
+    let c = TestCluster::with(ClusterOptions {
+        nodes,
+        replicas,
+        quorum,
+        proxies,
+        server_config: FAST.into(),
+    })
+    .unwrap();
+    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    c
+}
+
+/// `files` files of `size` random bytes each under `root/name/`.
+fn make_files(root: &Path, name: &str, files: usize, size: usize, seed: u64) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..files {
+        std::fs::write(
+            dir.join(format!("f{i}.bin")),
+            random_bytes(size, seed + i as u64),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn source(c: &TestCluster) -> PathBuf {
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    src
+}
+
+/// Runs `ringvault --json check [--read-data]`: (exit code, report).
+fn check(c: &TestCluster, read_data: bool) -> (i32, Value) {
+    let mut args = vec!["--json", "check"];
+    if read_data {
+        args.push("--read-data");
+    }
+    let out = c.run(&args).unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (code, report)
+}
+
+/// Waits (at most `limit`) until `check` finds every chunk with N copies,
+/// then requires `check --read-data` to pass.
+fn wait_until_healthy(c: &TestCluster, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let (code, report) = check(c, false);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the cluster did not heal within {limit:?}: exit {code}, {report}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, report) = check(c, true);
+    assert_eq!(code, 0, "check --read-data failed: {report}");
+    assert_eq!(report["damaged"].as_array().map(Vec::len), Some(0));
+}
+
+/// Restores the latest snapshot and compares it with `src`.
+fn assert_restores(c: &TestCluster, src: &Path, name: &str) {
+    let target = c.dir.path().join(name);
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    if let Some(d) = tree_diff(src, &target.join(src.file_name().unwrap())) {
+        panic!("restore differs from the source: {d}");
+    }
+}
+
+fn snapshot_count(c: &TestCluster) -> usize {
+    c.snapshots().unwrap().len()
+}
+
+/// Every server's `cluster status` row, by 0-based index in map order.
+fn status(c: &TestCluster) -> Vec<Value> {
+    let out = c.run(&["--json", "cluster", "status"]).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until every server answers and sees every peer up (a restarted
+/// server is routed around until its peers' next probe).
+fn wait_all_up(c: &TestCluster) {
+    let start = Instant::now();
+    loop {
+        let rows = status(c);
+        let up = !rows.is_empty()
+            && rows.iter().all(|r| {
+                r["state"] == "up"
+                    && r["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().all(|p| p["state"] == "up"))
+            });
+        if up {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "servers do not see each other: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn blobs_on(c: &TestCluster, i: usize) -> u64 {
+    status(c)
+        .get(i)
+        .and_then(|n| n["blobs"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_server_killed_mid_backup_loses_nothing_and_three_copies_return() {
+    let mut c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", 24, 1 << 20, 1);
+    let backup = c
+        .ringvault()
+        .args(["backup", src.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill node 3 once it has stored part of the backup.
+    let seg_dir = c.node_dir(2).join("data/segments");
+    let start = Instant::now();
+    loop {
+        let stored: u64 = std::fs::read_dir(&seg_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if stored > 2 << 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "node 3 stored nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill(2);
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "backup failed after a server was killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot_count(&c), 1);
+    // Two copies of everything while it is down: degraded, nothing lost.
+    let (code, report) = check(&c, false);
+    assert_eq!(code, 4, "{report}");
+    assert!(report["lost"].as_array().unwrap().is_empty());
+    c.restart(2).unwrap();
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert_restores(&c, &src, "restored");
+}
+
+#[test]
+fn a_wiped_server_is_refilled_by_repair() {
+    let mut c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", 8, 1 << 20, 2);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let before = blobs_on(&c, 0);
+    assert!(before > 0);
+    c.kill(1);
+    std::fs::remove_dir_all(c.node_dir(1).join("data")).unwrap();
+    c.restart(1).unwrap();
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert_eq!(blobs_on(&c, 1), before, "node 2 was not refilled");
+    // Records too: the wiped node alone lists the snapshot and the key.
+    c.kill(0);
+    c.kill(2);
+    assert_eq!(snapshot_count(&c), 1);
+    assert_restores(&c, &src, "restored");
+}
+
+/// Flips one byte in the middle of the first `count` blobs of every
+/// segment file of `data`; returns how many were flipped.
+fn flip_blobs(data: &Path, count: usize) -> usize {
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(data.join("segments")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut at = 0usize;
+        let mut here = 0;
+        // "RVR1" repo_len repo id(32) len(4) checksum(32) blob
+        while here < count && at + 5 <= bytes.len() && &bytes[at..at + 4] == b"RVR1" {
+            let repo_len = bytes[at + 4] as usize;
+            let len_at = at + 5 + repo_len + 32;
+            let len = u32::from_le_bytes(bytes[len_at..len_at + 4].try_into().unwrap()) as usize;
+            let blob_at = len_at + 4 + 32;
+            if blob_at + len > bytes.len() {
+                break;
+            }
+            bytes[blob_at + len / 2] ^= 0x40;
+            here += 1;
+            at = blob_at + len;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        flipped += here;
+    }
+    flipped
+}
+
+#[test]
+fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
+    let mut c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", 6, 512 << 10, 3);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+
+    // On read: check --read-data opens every copy and reports the bad ones;
+    // the server quarantines them and repair fetches good copies.
+    c.terminate(0).unwrap();
+    assert!(flip_blobs(&c.node_dir(0).join("data"), 4) >= 4);
+    c.restart(0).unwrap();
+    let (code, report) = check(&c, true);
+    assert_ne!(code, 0, "flipped blobs went unnoticed: {report}");
+    let damaged = report["damaged"].as_array().unwrap();
+    assert!(damaged.len() >= 4, "{report}");
+    assert!(damaged.iter().all(|d| d["node"] == 1), "{report}");
+    wait_until_healthy(&c, Duration::from_secs(60));
+
+    // By scrub: nobody reads them; the server's scrub finds them.
+    c.terminate(1).unwrap();
+    assert!(flip_blobs(&c.node_dir(1).join("data"), 3) >= 3);
+    c.set_server_setting(1, "scrub-cycle-s", "1");
+    c.restart(1).unwrap();
+    let start = Instant::now();
+    while !c.server_log(1).contains("scrub: blob failed its checksum") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "scrub found nothing: {}",
+            c.server_log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert!(
+        status(&c)[1]["quarantined"].as_u64().unwrap_or(0) >= 3,
+        "{:?}",
+        status(&c)
+    );
+    assert_restores(&c, &src, "restored");
+}
+
+#[test]
+fn with_two_of_three_servers_down_a_backup_fails_naming_the_quorum_and_reads_still_work() {
+    let mut c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", 4, 256 << 10, 4);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    c.kill(1);
+    c.kill(2);
+    make_files(&src, "more", 2, 256 << 10, 5);
+    let out = c.run(&["backup", src.to_str().unwrap()]).unwrap();
+    assert!(
+        !out.status.success(),
+        "a backup with one of three servers succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("quorum"),
+        "the error does not name the quorum: {err}"
+    );
+    assert_eq!(snapshot_count(&c), 1, "a snapshot record was written");
+    // Reads work from the survivor alone.
+    let target = c.dir.path().join("from-survivor");
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    for i in 0..4 {
+        let name = format!("data/f{i}.bin");
+        assert_eq!(
+            std::fs::read(src.join(&name)).unwrap(),
+            std::fs::read(target.join("src").join(&name)).unwrap()
+        );
+    }
+    c.restart(1).unwrap();
+    c.restart(2).unwrap();
+    wait_all_up(&c);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert_restores(&c, &src, "restored");
+}
+
+fn total(c: &TestCluster, field: &str) -> u64 {
+    status(c)
+        .iter()
+        .map(|r| r[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() {
+    const OUT_AFTER_S: u64 = 15;
+    let mut c = TestCluster::with(ClusterOptions {
+        nodes: 4,
+        replicas: 3,
+        quorum: 2,
+        proxies: false,
+        server_config: format!("{FAST}out-after-s = {OUT_AFTER_S}\n"),
+    })
+    .unwrap();
+    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    let src = source(&c);
+    make_files(&src, "data", 6, 512 << 10, 12);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    c.kill(2);
+    let killed = Instant::now();
+    // Writes meant for node 3 land on the next node, which keeps hints.
+    make_files(&src, "more", 4, 512 << 10, 13);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let start = Instant::now();
+    while total(&c, "hints") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no hints held: {:?}",
+            status(&c)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Down, not yet out: routed around, no copies made (no repair storm).
+    let (code, report) = check(&c, false);
+    assert!(
+        killed.elapsed() < Duration::from_secs(OUT_AFTER_S),
+        "the test was too slow to see the short-failure window"
+    );
+    assert_eq!(code, 4, "chunks node 3 held should be short of N: {report}");
+    let stored = total(&c, "bytes");
+    std::thread::sleep(Duration::from_secs(1));
+    if killed.elapsed() < Duration::from_secs(OUT_AFTER_S) {
+        assert_eq!(total(&c, "bytes"), stored, "copies made before out-after-s");
+    }
+    // Out: its partitions get new owners, which repair fills.
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert!(killed.elapsed() >= Duration::from_secs(OUT_AFTER_S));
+    // Back: it pulls its partitions again; the stand-ins drop their copies.
+    c.restart(2).unwrap();
+    let start = Instant::now();
+    while total(&c, "hints") > 0 || blobs_on(&c, 2) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hints were not handed back: {:?}",
+            status(&c)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert_restores(&c, &src, "restored");
+}
+
+#[test]
+fn a_full_server_refuses_writes_which_land_elsewhere_as_hints() {
+    const QUOTA: u64 = 1 << 20;
+    let mut c = cluster(4, 3, 2, false);
+    c.set_server_setting(3, "quota-bytes", &QUOTA.to_string());
+    c.restart(3).unwrap();
+    let src = source(&c);
+    make_files(&src, "data", 8, 1 << 20, 6);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let rows = status(&c);
+    let full = &rows[3];
+    assert!(full["bytes"].as_u64().unwrap() <= QUOTA, "{full}");
+    let hints: u64 = rows.iter().map(|r| r["hints"].as_u64().unwrap_or(0)).sum();
+    let logs: String = (0..3).map(|i| c.server_log(i)).collect();
+    assert!(
+        logs.contains("store is full"),
+        "no coordinator saw the refusal"
+    );
+    // No partial blobs: the full node's segments hold no more than its quota
+    // plus record headers.
+    let seg_bytes: u64 = std::fs::read_dir(c.node_dir(3).join("data/segments"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        seg_bytes <= QUOTA + (64 << 10),
+        "segments hold {seg_bytes} bytes"
+    );
+    wait_until_healthy(&c, Duration::from_secs(60));
+    let start = Instant::now();
+    while status(&c)
+        .iter()
+        .map(|r| r["hints"].as_u64().unwrap_or(0))
+        .sum::<u64>()
+        == 0
+    {
+        // Hints are counted by the handoff pass after the write.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no node holds hints (written {hints})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_restores(&c, &src, "restored");
+}
+
+#[test]
+fn backups_complete_through_lossy_links_and_a_cut_server_catches_up() {
+    let c = cluster(3, 3, 2, true);
+    let src = source(&c);
+    make_files(&src, "data", 6, 512 << 10, 7);
+    for i in 0..3 {
+        c.proxy(i).set_drop(0.03);
+        c.proxy(i).set_delay(Duration::from_millis(5));
+    }
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    assert!((0..3).map(|i| c.proxy(i).dropped()).sum::<u64>() > 0);
+    // A partition: node 3 unreachable by the agent and by its peers.
+    c.proxy(2).cut(true);
+    make_files(&src, "more", 4, 512 << 10, 8);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let (code, _) = check(&c, false);
+    assert_eq!(
+        code, 4,
+        "chunks written during the cut should have 2 copies"
+    );
+    for i in 0..3 {
+        c.proxy(i).heal();
+    }
+    wait_until_healthy(&c, Duration::from_secs(90));
+    assert_eq!(snapshot_count(&c), 2);
+    assert_restores(&c, &src, "restored");
+}
+
+#[test]
+fn a_node_added_and_another_removed_while_a_backup_runs() {
+    let mut c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", 8, 512 << 10, 9);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    make_files(&src, "more", 24, 1 << 20, 10);
+    let backup = c
+        .ringvault()
+        .args(["backup", src.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = ringvault_tests::free_ports(1).unwrap()[0];
+    let cluster_dir = c.cluster_dir();
+    let out = c
+        .ok(&[
+            "cluster",
+            "add-node",
+            "--dir",
+            cluster_dir.to_str().unwrap(),
+            "--address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .unwrap();
+    assert!(out.contains("epoch 2"), "{out}");
+    let new = c
+        .add_server(&cluster_dir.join("node-4/chunkserver.toml"), FAST)
+        .unwrap();
+    let out = c
+        .ok(&[
+            "cluster",
+            "remove-node",
+            "--dir",
+            cluster_dir.to_str().unwrap(),
+            "--id",
+            "1",
+        ])
+        .unwrap();
+    assert!(out.contains("epoch 3"), "{out}");
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "backup failed during membership changes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Node 1 hands everything to the new owners, then holds nothing.
+    let start = Instant::now();
+    while !c
+        .server_log(0)
+        .contains("every blob here is with its new owners")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "node 1 did not drain: {}",
+            c.server_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.kill(0);
+    wait_until_healthy(&c, Duration::from_secs(90));
+    let rows = status(&c);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["epoch"] == 3), "{rows:?}");
+    assert!(blobs_on(&c, 2) > 0 && new > 0);
+    assert_restores(&c, &src, "restored");
+}
+
+#[test]
+fn the_chunk_server_serves_prometheus_metrics() {
+    let port = ringvault_tests::free_ports(1).unwrap()[0];
+    let mut c = cluster(3, 3, 2, false);
+    c.set_server_setting(0, "metrics-listen", &format!("\"127.0.0.1:{port}\""));
+    c.restart(0).unwrap();
+    let src = source(&c);
+    make_files(&src, "data", 2, 256 << 10, 11);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let body = ringvault_tests::http_get(&format!("127.0.0.1:{port}"), "/metrics").unwrap();
+    for name in [
+        "ringvault_blobs ",
+        "ringvault_stored_bytes ",
+        "ringvault_requests_total{",
+        "ringvault_repair_backlog ",
+        "ringvault_hints ",
+        "ringvault_scrub_bytes ",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    let blobs: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("ringvault_blobs "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(blobs > 0.0, "{body}");
+}
