@@ -498,14 +498,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
             let (cluster, _) = repo::connect(&loaded.config).await?;
-            let rows: Vec<StatusRow> =
-                futures::future::join_all(cluster.servers().into_iter().map(
-                    |(node, address, _)| {
-                        let cluster = &cluster;
-                        async move { (node, address, cluster.node_status(node).await) }
-                    },
-                ))
-                .await;
+            let rows: Vec<StatusRow> = futures::future::join_all(
+                cluster.servers().into_iter().map(|(node, address, _)| {
+                    let cluster = &cluster;
+                    async move { (node, address, cluster.node_status(node).await) }
+                }),
+            )
+            .await;
             cluster.close().await;
             print_cluster_status(&cli, cluster.map().epoch, &rows);
             Ok(if rows.iter().all(|(_, _, s)| s.is_ok()) {

@@ -125,7 +125,10 @@ impl Cluster {
                     {
                         for (peer, state) in status.peers {
                             if state != ringvault_common::wire::PeerState::Up {
-                                peers.mark_down(peer, &format!("{node} reports it {}", state.as_str()));
+                                peers.mark_down(
+                                    peer,
+                                    &format!("{node} reports it {}", state.as_str()),
+                                );
                             }
                         }
                     }
@@ -512,6 +515,8 @@ impl Cluster {
         &self,
         node: NodeId,
     ) -> Result<ringvault_common::wire::NodeStatus, ClientError> {
+        // Asked for this node by name: try it even if it is routed around.
+        self.peers.mark_up(node);
         match self.call(node, &Request::NodeStatus, vec![]).await? {
             (Response::NodeStatus(s), _) => Ok(s),
             (other, _) => Err(ClientError::Protocol(format!(

@@ -666,3 +666,36 @@ async fn scrub_loop(node: Arc<Node>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_limiter_paces_bytes_and_zero_means_unlimited() {
+        let limiter = RateLimiter::new(1 << 20);
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.take(100 << 10).await;
+        }
+        // The first take is free; the next two wait for 2 × 100 KiB at 1 MiB/s.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        let unlimited = RateLimiter::new(0);
+        let start = Instant::now();
+        unlimited.take(u64::MAX).await;
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn keys_are_grouped_by_repository_in_order() {
+        let (a, b) = (RepoId::new("a").unwrap(), RepoId::new("b").unwrap());
+        let id = |n: u8| ChunkId([n; 32]);
+        let groups = group_by_repo(vec![
+            (a.clone(), id(1)),
+            (b.clone(), id(2)),
+            (a.clone(), id(3)),
+        ]);
+        assert_eq!(groups, vec![(a, vec![id(1), id(3)]), (b, vec![id(2)])]);
+    }
+}

@@ -320,6 +320,24 @@ impl Node {
         peer != self.id && self.peer_state(peer) != PeerState::Up
     }
 
+    /// When routing around the peers thought down would leave fewer than
+    /// W nodes, stops routing around them, so a write tries them once more
+    /// rather than fail its quorum on a stale view (a peer restarted since
+    /// its last probe). A peer that is really down costs one connect
+    /// timeout and is marked down again.
+    fn try_down_peers_if_short(&self, view: &View) {
+        let nodes: Vec<NodeId> = view.effective.nodes.iter().map(|n| n.id).collect();
+        let live = nodes.iter().filter(|&&n| !self.is_down(n)).count();
+        if live < view.map.write_quorum as usize {
+            for n in nodes {
+                if n != self.id && self.peers.is_down(n) {
+                    debug!(node = %n, "too few live peers for W: trying a peer thought down");
+                    self.peers.mark_up(n);
+                }
+            }
+        }
+    }
+
     /// What this node reports about itself.
     pub fn status(&self) -> NodeStatus {
         let view = self.view();
@@ -879,6 +897,7 @@ async fn coordinate_put(
 ) -> Result<Vec<u32>, WireError> {
     let view = node.view();
     let w = view.map.write_quorum;
+    node.try_down_peers_if_short(&view);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<usize>>();
     let n = items.len();
     tokio::spawn(place_copies(node.clone(), view, repo, items, tx));
@@ -917,14 +936,23 @@ async fn place_copies(
             extra.entry(old).or_default().push(i);
         }
     }
+    // (node, blob) pairs already written or tried: no blob goes to one node
+    // twice, so each counted copy is a distinct node's.
+    let mut tried: std::collections::HashSet<(NodeId, usize)> = extra
+        .iter()
+        .flat_map(|(n, idxs)| idxs.iter().map(move |&i| (*n, i)))
+        .collect();
     for round in 0..=view.effective.nodes.len() {
-        let mut targets: HashMap<NodeId, Vec<usize>> = std::mem::take(&mut extra);
+        // Copies for the previous owners (round 0 only) are extra: they
+        // count toward W but do not stand in for a current owner's copy.
+        let bonus: HashMap<NodeId, Vec<usize>> = std::mem::take(&mut extra);
+        let mut targets: HashMap<NodeId, Vec<usize>> = HashMap::new();
         for (i, cands) in candidates.iter().enumerate() {
             let mut picked = 0;
             while picked < wanted[i] && next[i] < cands.len() {
                 let c = cands[next[i]];
                 next[i] += 1;
-                if node.is_down(c) {
+                if node.is_down(c) || !tried.insert((c, i)) {
                     continue;
                 }
                 if next[i] > n {
@@ -934,23 +962,29 @@ async fn place_copies(
                 picked += 1;
             }
         }
-        if targets.is_empty() {
+        if targets.is_empty() && bonus.is_empty() {
             break;
         }
         let mut writes = FuturesUnordered::new();
-        for (target, idxs) in targets {
+        let all = targets
+            .into_iter()
+            .map(|t| (t, true))
+            .chain(bonus.into_iter().map(|t| (t, false)));
+        for ((target, idxs), counts) in all {
             let node = node.clone();
             let repo = repo.clone();
             let batch: Vec<(ChunkId, Bytes)> = idxs.iter().map(|&i| items[i].clone()).collect();
             writes.push(async move {
                 let ok = replicate(&node, target, repo, batch).await;
-                (idxs, ok)
+                (idxs, ok, counts)
             });
         }
-        while let Some((idxs, ok)) = writes.next().await {
+        while let Some((idxs, ok, counts)) = writes.next().await {
             if ok {
-                for &i in &idxs {
-                    wanted[i] = wanted[i].saturating_sub(1);
+                if counts {
+                    for &i in &idxs {
+                        wanted[i] = wanted[i].saturating_sub(1);
+                    }
                 }
                 let _ = progress.send(idxs);
             }
@@ -1031,6 +1065,7 @@ async fn put_record_everywhere(
         return Ok((Response::Ok, vec![]));
     }
     let view = node.view();
+    node.try_down_peers_if_short(&view);
     let mut sends = FuturesUnordered::new();
     for other in view
         .map

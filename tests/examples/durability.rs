@@ -28,9 +28,12 @@ use serde_json::Value;
 const SETTINGS: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 200\nrepair-bytes-per-s = 0\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
 const LIMIT: Duration = Duration::from_secs(1800);
 
+/// Every server's row of `cluster status` (which exits 4 while one is
+/// unreachable, as a restarted one briefly is).
 fn status(c: &TestCluster) -> anyhow::Result<Vec<Value>> {
-    let out = c.ok(&["--json", "cluster", "status"])?;
-    let v: Value = serde_json::from_str(&out)?;
+    let out = c.run(&["--json", "cluster", "status"])?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("cluster status: {}", String::from_utf8_lossy(&out.stderr)))?;
     Ok(v["nodes"].as_array().cloned().unwrap_or_default())
 }
 

@@ -7,23 +7,9 @@ use std::path::Path;
 
 use std::time::Duration;
 
+use crate::{TEST_CHUNKS, random_bytes};
 use ringvault_tests::{TestCluster, run_bounded, tree_diff};
 use serde_json::Value;
-
-/// Small chunks so that test files span many of them.
-const TEST_CHUNKS: &str = "16384,65536,262144";
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn init(c: &TestCluster) {
     c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();

@@ -7,27 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::{TEST_CHUNKS, random_bytes};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
 use serde_json::Value;
-
-/// Small chunks so that test files span many of them.
-const TEST_CHUNKS: &str = "16384,65536,262144";
 
 /// Server settings for tests: fast probes, short routing-around, frequent
 /// repair rounds, scrub off unless a test turns it on.
 const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 300\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn cluster(nodes: u32, replicas: u32, quorum: u32, proxies: bool) -> TestCluster {
     let c = TestCluster::with(ClusterOptions {
@@ -147,6 +133,7 @@ fn blobs_on(c: &TestCluster, i: usize) -> u64 {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn a_server_killed_mid_backup_loses_nothing_and_three_copies_return() {
     let mut c = cluster(3, 3, 2, false);
     let src = source(&c);
@@ -196,6 +183,7 @@ fn a_server_killed_mid_backup_loses_nothing_and_three_copies_return() {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn a_wiped_server_is_refilled_by_repair() {
     let mut c = cluster(3, 3, 2, false);
     let src = source(&c);
@@ -244,6 +232,7 @@ fn flip_blobs(data: &Path, count: usize) -> usize {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
     let mut c = cluster(3, 3, 2, false);
     let src = source(&c);
@@ -286,6 +275,7 @@ fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn with_two_of_three_servers_down_a_backup_fails_naming_the_quorum_and_reads_still_work() {
     let mut c = cluster(3, 3, 2, false);
     let src = source(&c);
@@ -332,6 +322,7 @@ fn total(c: &TestCluster, field: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() {
     const OUT_AFTER_S: u64 = 15;
     let mut c = TestCluster::with(ClusterOptions {
@@ -391,6 +382,7 @@ fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() 
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn a_full_server_refuses_writes_which_land_elsewhere_as_hints() {
     const QUOTA: u64 = 1 << 20;
     let mut c = cluster(4, 3, 2, false);
@@ -437,6 +429,7 @@ fn a_full_server_refuses_writes_which_land_elsewhere_as_hints() {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn backups_complete_through_lossy_links_and_a_cut_server_catches_up() {
     let c = cluster(3, 3, 2, true);
     let src = source(&c);
@@ -465,6 +458,7 @@ fn backups_complete_through_lossy_links_and_a_cut_server_catches_up() {
 }
 
 #[test]
+#[ignore = "fault test: run with --include-ignored"]
 fn a_node_added_and_another_removed_while_a_backup_runs() {
     let mut c = cluster(3, 3, 2, false);
     let src = source(&c);
@@ -529,7 +523,22 @@ fn a_node_added_and_another_removed_while_a_backup_runs() {
     let rows = status(&c);
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.iter().all(|r| r["epoch"] == 3), "{rows:?}");
-    assert!(blobs_on(&c, 2) > 0 && new > 0);
+    assert!(blobs_on(&c, 2) > 0 && new == 3);
+    // A weight change is one more epoch; blobs move and stay whole.
+    let out = c
+        .ok(&[
+            "cluster",
+            "set-weight",
+            "--dir",
+            cluster_dir.to_str().unwrap(),
+            "--id",
+            "4",
+            "--weight",
+            "3",
+        ])
+        .unwrap();
+    assert!(out.contains("epoch 4"), "{out}");
+    wait_until_healthy(&c, Duration::from_secs(90));
     assert_restores(&c, &src, "restored");
 }
 

@@ -1,0 +1,26 @@
+//! The end-to-end suite: real `ringvault-chunkserver` processes on
+//! loopback, the real `ringvault` binary, real files. One test binary with
+//! a module per area (STYLE.md). The fault tests in [`durability`] are
+//! `#[ignore]`d; CI runs them with `-- --include-ignored`.
+
+mod agent;
+mod durability;
+mod e2e;
+mod proxy;
+
+/// Small chunks so that test files span many of them.
+pub const TEST_CHUNKS: &str = "16384,65536,262144";
+
+/// `n` pseudo-random bytes from `seed` (xorshift: incompressible, and the
+/// same for the same seed).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
