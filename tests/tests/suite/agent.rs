@@ -10,7 +10,7 @@ use ringvault_tests::{TestCluster, tree_diff, wait_for};
 const WAIT: Duration = Duration::from_secs(90);
 
 /// An agent config watching `roots`, with a short quiet period.
-fn watching_config(c: &TestCluster, roots: &[&Path], extra: &str) -> PathBuf {
+pub(crate) fn watching_config(c: &TestCluster, roots: &[&Path], extra: &str) -> PathBuf {
     let base = std::fs::read_to_string(c.agent_config()).unwrap();
     let list: Vec<String> = roots
         .iter()

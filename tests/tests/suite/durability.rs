@@ -569,3 +569,63 @@ fn the_chunk_server_serves_prometheus_metrics() {
         .unwrap();
     assert!(blobs > 0.0, "{body}");
 }
+
+#[test]
+#[ignore = "fault test: run with --include-ignored"]
+fn a_running_agent_adopts_a_newer_map_from_a_server_answer() {
+    let mut c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", 2, 64 << 10, 14);
+    let cfg = crate::agent::watching_config(&c, &[&src], "");
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    let start = Instant::now();
+    while snapshot_count(&c) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no first snapshot: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let port = ringvault_tests::free_ports(1).unwrap()[0];
+    let dir = c.cluster_dir();
+    c.ok(&[
+        "cluster",
+        "add-node",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--address",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .unwrap();
+    c.add_server(&dir.join("node-4/chunkserver.toml"), FAST)
+        .unwrap();
+    // The agent connected at epoch 1; its next requests' answers carry 2.
+    std::fs::write(src.join("data/new.txt"), b"after the join").unwrap();
+    let start = Instant::now();
+    loop {
+        let out = c.run(&["--json", "status"]).unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let servers = status["servers"].as_array().map_or(0, Vec::len);
+        if servers == 4 && agent.log_text().contains("adopting a newer cluster map") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the agent kept its old map ({servers} servers): {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let start = Instant::now();
+    while snapshot_count(&c) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no snapshot after the join: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until_healthy(&c, Duration::from_secs(60));
+    assert_restores(&c, &src, "restored");
+}
