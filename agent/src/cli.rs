@@ -18,6 +18,7 @@ use crate::check;
 use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
 use crate::daemon;
+use crate::gc;
 use crate::quickstart;
 use crate::repo::{self, WrongPassword};
 use crate::restore;
@@ -120,6 +121,34 @@ pub enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Remove snapshots by a retention policy (restic's rules; buckets in
+    /// UTC), grouped by host and paths. Without --keep-* flags, the config's
+    /// [retention] policy.
+    Forget {
+        /// The policy.
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Only snapshots of this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune afterwards.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Reclaim chunks no snapshot reaches: a mark-and-sweep round on every
+    /// server that never blocks a backup. Chunks unreferenced for the
+    /// config's prune-grace-s go to a trash kept trash-keep-s.
+    Prune {
+        /// Instead, move every trashed blob back.
+        #[arg(long)]
+        restore_trash: bool,
+    },
+    /// Sizes: logical and stored bytes, dedup and compression ratios, for
+    /// the repository and each snapshot.
+    Stats,
     /// Verify that every chunk reachable from every snapshot has N healthy
     /// copies (metadata only unless --read-data). Exit 0: all healthy; 1:
     /// some chunk has no healthy copy; 4: all present, some short of N.
@@ -208,6 +237,79 @@ pub enum ClusterCommand {
         #[arg(long)]
         weight: u32,
     },
+}
+
+/// `forget`'s policy flags (restic's names).
+#[derive(Args, Debug, Default)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours with one.
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    /// ... of each of the last N days.
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    /// ... of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    /// ... of each of the last N months.
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    /// ... of each of the last N years.
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Keep every snapshot within this long of the newest: seconds, or a
+    /// number with s, m, h, d, w or y (e.g. 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
+    keep_within: Option<u64>,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long, value_name = "TAG")]
+    keep_tag: Vec<String>,
+}
+
+impl KeepArgs {
+    /// The policy these flags give, or `None` when no flag is set.
+    fn policy(&self) -> Option<ringvault_common::retention::Policy> {
+        let p = ringvault_common::retention::Policy {
+            last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within_s: self.keep_within.unwrap_or(0),
+            tags: self.keep_tag.clone(),
+        };
+        (!p.is_empty()).then_some(p)
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `24h`, `7d`, `2w`, `1y` into seconds.
+fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m, h, d, w or y"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (s, m, h, d, w, y)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Arguments of `cluster init`.
@@ -478,6 +580,63 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 EXIT_INCOMPLETE
             })
+        }
+        Command::Forget {
+            keep,
+            host,
+            dry_run,
+            prune,
+        } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let policy = keep
+                .policy()
+                .unwrap_or_else(|| loaded.config.retention.clone());
+            if policy.is_empty() {
+                anyhow::bail!(
+                    "no retention policy: give --keep-last, --keep-daily, ... or set [retention] in {}",
+                    loaded.path.display()
+                );
+            }
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let report = gc::forget(&r, &policy, host.as_deref(), *dry_run).await?;
+            print_forget(&cli, &report);
+            if *prune && !*dry_run {
+                let p =
+                    gc::prune(&r, loaded.config.prune_grace_s, loaded.config.trash_keep_s).await?;
+                print_prune(&cli, &p);
+            }
+            r.cluster.close().await;
+            Ok(0)
+        }
+        Command::Prune { restore_trash } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            if *restore_trash {
+                let n = gc::restore_trash(&r).await?;
+                r.cluster.close().await;
+                if cli.json {
+                    println!("{}", json!({ "restored": n }));
+                } else {
+                    println!("moved {n} blob copies back from the trash");
+                }
+                return Ok(0);
+            }
+            let p = gc::prune(&r, loaded.config.prune_grace_s, loaded.config.trash_keep_s).await?;
+            r.cluster.close().await;
+            print_prune(&cli, &p);
+            Ok(if p.skipped.is_empty() {
+                0
+            } else {
+                EXIT_INCOMPLETE
+            })
+        }
+        Command::Stats => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let st = gc::stats(&r).await?;
+            r.cluster.close().await;
+            print_stats(&cli, &st);
+            Ok(0)
         }
         Command::Check { read_data } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
@@ -991,4 +1150,125 @@ fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
             d.join("chunkserver.toml").display()
         );
     }
+}
+
+fn print_forget(cli: &Cli, r: &gc::ForgetReport) {
+    if cli.json {
+        let groups: Vec<_> = r
+            .groups
+            .iter()
+            .map(|g| {
+                json!({
+                    "host": g.host, "paths": g.paths,
+                    "keep": g.keep.iter().map(|(id, why)| json!({"id": id.to_hex(), "reasons": why})).collect::<Vec<_>>(),
+                    "remove": g.remove.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "groups": groups, "applied": r.applied }));
+        return;
+    }
+    for g in &r.groups {
+        println!("host {}, paths {}:", g.host, g.paths.join(", "));
+        for (id, why) in &g.keep {
+            println!("  keep   {}  ({})", id.short(), why.join(", "));
+        }
+        for id in &g.remove {
+            println!("  remove {}", id.short());
+        }
+    }
+    let removed: usize = r.groups.iter().map(|g| g.remove.len()).sum();
+    println!(
+        "{} {removed} snapshot(s)",
+        if r.applied { "removed" } else { "would remove" }
+    );
+}
+
+fn print_prune(cli: &Cli, p: &gc::PruneReport) {
+    let s = &p.sweep;
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "snapshots": p.snapshots, "live_chunks": p.live_chunks,
+                "swept": p.swept.iter().map(|n| n.0).collect::<Vec<_>>(),
+                "skipped": p.skipped.iter().map(|(n, e)| json!({"node": n.0, "error": e})).collect::<Vec<_>>(),
+                "partitions": s.partitions, "partitions_skipped": s.skipped,
+                "noted": s.noted, "cleared": s.cleared, "trashed": s.trashed,
+                "trashed_bytes": s.trashed_bytes, "expired": s.expired, "expired_bytes": s.expired_bytes,
+            })
+        );
+        return;
+    }
+    for (n, e) in &p.skipped {
+        println!("{n} did not take part: {e}");
+    }
+    println!(
+        "{} snapshots reach {} chunks; {} server(s) swept {} partitions ({} skipped: an owner down or blobs moving)",
+        p.snapshots,
+        p.live_chunks,
+        p.swept.len(),
+        s.partitions,
+        s.skipped
+    );
+    println!(
+        "unreferenced: {} newly noted (deleted after the grace period if still unreferenced), {} referenced again",
+        s.noted, s.cleared
+    );
+    println!(
+        "trash: {} blob copies moved in ({}), {} dropped for good ({})",
+        s.trashed,
+        indicatif::HumanBytes(s.trashed_bytes),
+        s.expired,
+        indicatif::HumanBytes(s.expired_bytes)
+    );
+}
+
+fn print_stats(cli: &Cli, st: &gc::Stats) {
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "logical_bytes": st.logical_bytes, "unique_file_bytes": st.unique_file_bytes,
+                "chunks": st.chunks, "stored_bytes": st.stored_bytes, "replicas": st.replicas,
+                "stored_bytes_all_replicas": st.stored_bytes * u64::from(st.replicas),
+                "dedup_ratio": st.dedup_ratio(), "compression_ratio": st.compression_ratio(),
+                "snapshots": st.snapshots.iter().map(|s| json!({
+                    "id": s.id.to_hex(), "time_ns": s.time_ns, "host": s.host,
+                    "logical_bytes": s.logical_bytes, "chunks": s.chunks,
+                    "stored_bytes": s.stored_bytes, "exclusive_bytes": s.exclusive_bytes,
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return;
+    }
+    println!(
+        "{:<10} {:>12} {:>8} {:>12} {:>12}",
+        "snapshot", "logical", "chunks", "stored", "only here"
+    );
+    for s in &st.snapshots {
+        println!(
+            "{:<10} {:>12} {:>8} {:>12} {:>12}",
+            s.id.short(),
+            indicatif::HumanBytes(s.logical_bytes).to_string(),
+            s.chunks,
+            indicatif::HumanBytes(s.stored_bytes).to_string(),
+            indicatif::HumanBytes(s.exclusive_bytes).to_string()
+        );
+    }
+    println!(
+        "repository: {} logical in {} snapshots, {} of distinct files, {} chunks stored in {} per replica ({} with N = {})",
+        indicatif::HumanBytes(st.logical_bytes),
+        st.snapshots.len(),
+        indicatif::HumanBytes(st.unique_file_bytes),
+        st.chunks,
+        indicatif::HumanBytes(st.stored_bytes),
+        indicatif::HumanBytes(st.stored_bytes * u64::from(st.replicas)),
+        st.replicas
+    );
+    println!(
+        "dedup ratio {:.2} (logical / distinct file bytes), compression ratio {:.2} (distinct file bytes / stored)",
+        st.dedup_ratio(),
+        st.compression_ratio()
+    );
 }

@@ -548,6 +548,131 @@ impl Cluster {
         }
     }
 
+    /// Deletes a snapshot record on every server (W at least), leaving
+    /// tombstones so it is not copied back.
+    ///
+    /// # Errors
+    /// [`ClientError`] when no server takes it or W are not reached.
+    pub async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ClientError> {
+        let req = Request::DeleteSnapshot {
+            repo: self.repo.clone(),
+            id,
+            local_only: false,
+        };
+        self.call_any(&req, vec![]).await.map(|_| ())
+    }
+
+    /// Starts prune round `round` on `node`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn begin_prune(&self, node: NodeId, round: u64) -> Result<(), ClientError> {
+        let req = Request::BeginPrune {
+            repo: self.repo.clone(),
+            round,
+        };
+        self.call(node, &req, vec![]).await.map(|_| ())
+    }
+
+    /// Marks `ids` live in round `round` on `node`.
+    ///
+    /// # Errors
+    /// [`ClientError`], e.g. when the round is not running there.
+    pub async fn prune_mark(
+        &self,
+        node: NodeId,
+        round: u64,
+        ids: Vec<ChunkId>,
+    ) -> Result<(), ClientError> {
+        let req = Request::PruneMark {
+            repo: self.repo.clone(),
+            round,
+            ids,
+        };
+        self.call(node, &req, vec![]).await.map(|_| ())
+    }
+
+    /// Ends round `round` on `node` with its sweep.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn prune_sweep(
+        &self,
+        node: NodeId,
+        round: u64,
+        grace_s: u64,
+        trash_keep_s: u64,
+    ) -> Result<ringvault_common::wire::SweepReport, ClientError> {
+        let req = Request::PruneSweep {
+            repo: self.repo.clone(),
+            round,
+            grace_s,
+            trash_keep_s,
+        };
+        match self.call(node, &req, vec![]).await? {
+            (Response::Swept(r), _) => Ok(r),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "{node} answered sweep with {other:?}"
+            ))),
+        }
+    }
+
+    /// Moves `node`'s trashed blobs of this repository back; returns how
+    /// many.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn restore_trash(&self, node: NodeId) -> Result<u64, ClientError> {
+        let req = Request::RestoreTrash {
+            repo: self.repo.clone(),
+        };
+        match self.call(node, &req, vec![]).await? {
+            (Response::Count(n), _) => Ok(n),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "{node} answered restore-trash with {other:?}"
+            ))),
+        }
+    }
+
+    /// The sealed size of each of `ids` (bytes), from whichever live server
+    /// holds it; 0 when none does.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] when no server answers.
+    pub async fn sizes(&self, ids: &[ChunkId]) -> Result<Vec<u32>, ClientError> {
+        let mut out = vec![0u32; ids.len()];
+        let mut answered = 0;
+        let mut reasons = Vec::new();
+        for node in self.live_nodes() {
+            let mut ok = true;
+            for (k, part) in ids.chunks(MAX_HAS_IDS).enumerate() {
+                let req = Request::Sizes {
+                    repo: self.repo.clone(),
+                    ids: part.to_vec(),
+                };
+                match self.call(node, &req, vec![]).await {
+                    Ok((Response::Sizes { sizes }, _)) if sizes.len() == part.len() => {
+                        for (i, s) in sizes.into_iter().enumerate() {
+                            let o = &mut out[k * MAX_HAS_IDS + i];
+                            *o = (*o).max(s);
+                        }
+                    }
+                    Ok(_) => ok = false,
+                    Err(e) => {
+                        reasons.push(e.to_string());
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            answered += usize::from(ok);
+        }
+        if answered == 0 {
+            return Err(ClientError::Unreachable(reasons.join("; ")));
+        }
+        Ok(out)
+    }
+
     /// Stores a sealed snapshot record on the cluster (W servers at least).
     ///
     /// # Errors

@@ -278,11 +278,31 @@ async fn snapshot(
             errors = report.errors.len(),
             "snapshot saved"
         );
+        apply_retention(&repo, &report.snapshot.host).await;
     }
     Ok(Taken {
         stored: !report.unchanged,
         parent: (report.id, report.snapshot),
     })
+}
+
+/// With `apply-retention`, forgets this host's snapshots that the config's
+/// `[retention]` policy does not keep. A failure is logged, not fatal: the
+/// snapshot is stored.
+async fn apply_retention(repo: &Arc<Repo>, host: &str) {
+    let config = &repo.config;
+    if !config.apply_retention || config.retention.is_empty() {
+        return;
+    }
+    match crate::gc::forget(repo, &config.retention, Some(host), false).await {
+        Ok(r) => {
+            let removed: usize = r.groups.iter().map(|g| g.remove.len()).sum();
+            if removed > 0 {
+                tracing::info!(removed, "retention policy applied");
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "applying the retention policy failed"),
+    }
 }
 
 fn merge(into: &mut DirtySet, from: DirtySet) {

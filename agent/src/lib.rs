@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod exclude;
 pub mod fsutil;
+pub mod gc;
 pub mod index;
 pub mod quickstart;
 pub mod repo;

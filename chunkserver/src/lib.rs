@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod membership;
 pub mod metrics;
 pub mod net;
+pub mod prune;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -495,12 +495,15 @@ async fn missing_from(
         let lacking = blocking(move || {
             let mut lacking = Vec::new();
             for (repo, group) in group_by_repo(ids) {
+                // A blob this node trashed is not pulled back from a
+                // co-replica that has not swept yet.
                 let held = store.has(&repo, &group)?;
+                let trashed = store.in_trash(&repo, &group)?;
                 lacking.extend(
                     group
                         .into_iter()
-                        .zip(held)
-                        .filter(|(_, h)| !h)
+                        .zip(held.into_iter().zip(trashed))
+                        .filter(|(_, (h, t))| !h && !t)
                         .map(|(id, _)| (repo.clone(), id)),
                 );
             }
@@ -587,26 +590,32 @@ async fn sync_records(node: &Arc<Node>) {
             if mine.contains(&(kind, repo.clone(), key)) {
                 continue;
             }
-            let (record_kind, req) = match kind {
-                k if k == RecordKind::Snapshot as u8 => (
-                    RecordKind::Snapshot,
-                    Request::GetSnapshot {
-                        repo: repo.clone(),
-                        id: ringvault_common::SnapshotId(key),
-                    },
-                ),
-                k if k == RecordKind::Key as u8 => {
-                    (RecordKind::Key, Request::GetKey { repo: repo.clone() })
-                }
-                _ => continue,
+            let Some(record_kind) = RecordKind::from_u8(kind) else {
+                continue;
+            };
+            // A snapshot this node deleted stays deleted.
+            if record_kind == RecordKind::Snapshot
+                && mine.contains(&(RecordKind::Tombstone as u8, repo.clone(), key))
+            {
+                continue;
+            }
+            let req = Request::GetRecord {
+                repo: repo.clone(),
+                kind,
+                key,
             };
             match node.call_peer(peer, &req, vec![]).await {
                 Ok((Response::Data, value)) if !value.is_empty() => {
                     let store = node.store().clone();
                     let r = repo.clone();
-                    let result: Result<(), WireError> =
-                        blocking(move || store.put_record(record_kind, &r, &key, &value, true))
-                            .await;
+                    let result: Result<(), WireError> = blocking(move || {
+                        store.put_record(record_kind, &r, &key, &value, true)?;
+                        if record_kind == RecordKind::Tombstone {
+                            store.delete_record(RecordKind::Snapshot, &r, &key)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
                     match result {
                         Ok(()) => info!(%peer, repo = %repo, kind, "copied a missing record"),
                         Err(e) => warn!(error = %e, "cannot store a copied record"),

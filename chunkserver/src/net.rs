@@ -377,7 +377,10 @@ impl Peers {
                 Ok(answer)
             }
             Err(e) => {
-                self.mark_down(node, &e);
+                // A node that answers with an error is up.
+                if !matches!(e, CallError::Remote(_)) {
+                    self.mark_down(node, &e);
+                }
                 Err(e)
             }
         }

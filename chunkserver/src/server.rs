@@ -114,6 +114,12 @@ impl View {
         &self.owners[usize::from(partition)]
     }
 
+    /// Whether blobs are moving after a map change (writes also go to the
+    /// previous owners).
+    pub fn has_move(&self) -> bool {
+        self.previous.is_some()
+    }
+
     /// Owners of `partition` under the previous epoch that are not owners
     /// now (empty when no move is under way).
     pub fn previous_owners(&self, partition: u16) -> Vec<NodeId> {
@@ -155,6 +161,8 @@ pub struct Node {
     /// Wakes the maintenance loop early (a blob was quarantined, a map
     /// changed, a peer came back).
     pub(crate) wake: Notify,
+    /// Prune rounds in progress.
+    pub(crate) prune: crate::prune::Rounds,
 }
 
 impl Node {
@@ -195,6 +203,7 @@ impl Node {
             scrub_cycles: AtomicU64::new(0),
             replicating: AtomicU64::new(0),
             wake: Notify::new(),
+            prune: crate::prune::Rounds::default(),
         }))
     }
 
@@ -541,7 +550,9 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             ids,
             local_only: true,
         } => {
-            let present = blocking(move || store.has(&repo, &ids)).await?;
+            let (r, i) = (repo.clone(), ids.clone());
+            let present = blocking(move || store.has(&r, &i)).await?;
+            protect_present(node, &repo, &ids, &present);
             Ok((Response::Has { present }, vec![]))
         }
         Request::Has {
@@ -557,6 +568,7 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             blobs,
             local_only,
         } => {
+            node.prune.protect(&repo, blobs.iter().map(|(id, _)| id));
             let mut items = Vec::with_capacity(blobs.len());
             let mut offset = 0usize;
             for (id, len) in blobs {
@@ -605,7 +617,17 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             .await
         }
         Request::ListSnapshots { repo } => {
-            let list = blocking(move || store.list_records(RecordKind::Snapshot, &repo)).await?;
+            let list = blocking(move || {
+                let dead: std::collections::HashSet<[u8; 32]> = store
+                    .list_records(RecordKind::Tombstone, &repo)?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                let mut list = store.list_records(RecordKind::Snapshot, &repo)?;
+                list.retain(|(k, _)| !dead.contains(k));
+                Ok(list)
+            })
+            .await?;
             let mut records = Vec::with_capacity(list.len());
             let mut parts = Vec::with_capacity(list.len());
             let mut total = 0usize;
@@ -671,6 +693,48 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             Ok((Response::Copies { copies }, vec![]))
         }
         Request::NodeStatus => Ok((Response::NodeStatus(node.status()), vec![])),
+        Request::DeleteSnapshot {
+            repo,
+            id,
+            local_only,
+        } => delete_snapshot_everywhere(node, repo, id, local_only).await,
+        Request::GetRecord { repo, kind, key } => {
+            let kind = RecordKind::from_u8(kind).ok_or_else(|| {
+                WireError::new(ErrorCode::BadRequest, format!("no record kind {kind}"))
+            })?;
+            match blocking(move || store.get_record(kind, &repo, &key)).await? {
+                Some(v) => Ok((Response::Data, vec![Bytes::from(v)])),
+                None => Err(WireError::new(ErrorCode::NotFound, "no such record here")),
+            }
+        }
+        Request::BeginPrune { repo, round } => {
+            node.prune.begin(&repo, round);
+            Ok((Response::Ok, vec![]))
+        }
+        Request::PruneMark { repo, round, ids } => {
+            node.prune.mark(&repo, round, ids)?;
+            Ok((Response::Ok, vec![]))
+        }
+        Request::PruneSweep {
+            repo,
+            round,
+            grace_s,
+            trash_keep_s,
+        } => {
+            let report = crate::prune::sweep(node, repo, round, grace_s, trash_keep_s).await?;
+            Ok((Response::Swept(report), vec![]))
+        }
+        Request::RestoreTrash { repo } => {
+            let n = blocking(move || store.restore_trash(&repo)).await?;
+            if n > 0 {
+                info!(blobs = n, "restored blobs from the trash");
+            }
+            Ok((Response::Count(n), vec![]))
+        }
+        Request::Sizes { repo, ids } => {
+            let sizes = blocking(move || store.sizes(&repo, &ids)).await?;
+            Ok((Response::Sizes { sizes }, vec![]))
+        }
         Request::RecordKeys { digest } => {
             let mut keys = blocking(move || store.record_keys()).await?;
             if crate::store::record_keys_digest(&keys) == digest {
@@ -792,6 +856,18 @@ impl Node {
     }
 }
 
+/// Protects from a running prune round the ids a has-query found here: a
+/// backup that skips uploading them relies on them.
+fn protect_present(node: &Node, repo: &RepoId, ids: &[ChunkId], present: &[bool]) {
+    node.prune.protect(
+        repo,
+        ids.iter()
+            .zip(present)
+            .filter(|(_, p)| **p)
+            .map(|(id, _)| id),
+    );
+}
+
 /// Moves a blob that failed its checksum out of the index and wakes repair,
 /// which fetches a good copy from a co-replica.
 pub(crate) async fn quarantine(node: &Arc<Node>, repo: RepoId, id: ChunkId) {
@@ -829,7 +905,12 @@ async fn count_holders(
         asks.push(async move {
             let answer = if target == node.id {
                 let store = node.store.clone();
-                blocking(move || store.has(&repo, &sub)).await.ok()
+                let (r, i) = (repo.clone(), sub.clone());
+                let present = blocking(move || store.has(&r, &i)).await.ok();
+                if let Some(p) = &present {
+                    protect_present(&node, &repo, &sub, p);
+                }
+                present
             } else if node.is_down(target) {
                 None
             } else {
@@ -1085,6 +1166,12 @@ async fn put_record_everywhere(
                 repo: repo.clone(),
                 local_only: true,
             },
+            // Tombstones spread with DeleteSnapshot and record sync.
+            RecordKind::Tombstone => Request::DeleteSnapshot {
+                repo: repo.clone(),
+                id: ringvault_common::SnapshotId(key),
+                local_only: true,
+            },
         };
         let value = value.clone();
         sends.push(tokio::spawn(async move {
@@ -1112,6 +1199,67 @@ async fn put_record_everywhere(
         return Err(WireError::new(
             ErrorCode::QuorumNotReached,
             format!("only {held} of the required {w} servers stored the record"),
+        ));
+    }
+    Ok((Response::Ok, vec![]))
+}
+
+/// Deletes a snapshot record here and leaves a tombstone (its value: the
+/// deletion time, unix seconds, 8 bytes little endian), so record sync does
+/// not copy the record back; unless `local_only`, does the same on every
+/// other node and succeeds once W hold the tombstone.
+async fn delete_snapshot_everywhere(
+    node: &Arc<Node>,
+    repo: RepoId,
+    id: ringvault_common::SnapshotId,
+    local_only: bool,
+) -> Reply {
+    let store = node.store.clone();
+    let r = repo.clone();
+    let now = crate::prune::unix_now().to_le_bytes();
+    blocking(move || {
+        store.put_record(RecordKind::Tombstone, &r, &id.0, &now, false)?;
+        store.delete_record(RecordKind::Snapshot, &r, &id.0)?;
+        Ok(())
+    })
+    .await?;
+    if local_only {
+        return Ok((Response::Ok, vec![]));
+    }
+    let view = node.view();
+    node.try_down_peers_if_short(&view);
+    let mut sends = FuturesUnordered::new();
+    for other in view
+        .map
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&n| n != node.id)
+    {
+        let node = node.clone();
+        let req = Request::DeleteSnapshot {
+            repo: repo.clone(),
+            id,
+            local_only: true,
+        };
+        // Spawned, so nodes past the first W still get the delete.
+        sends.push(tokio::spawn(async move {
+            node.call_peer(other, &req, vec![]).await.is_ok()
+        }));
+    }
+    let w = view.map.write_quorum;
+    let mut held = 1u32;
+    while held < w {
+        match sends.next().await {
+            None => break,
+            Some(Ok(true)) => held += 1,
+            Some(_) => {}
+        }
+    }
+    if held < w {
+        return Err(WireError::new(
+            ErrorCode::QuorumNotReached,
+            format!("only {held} of the required {w} servers deleted the snapshot"),
         ));
     }
     Ok((Response::Ok, vec![]))

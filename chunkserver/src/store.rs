@@ -23,9 +23,11 @@
 //! # Index
 //!
 //! ```text
-//! blobs-v2    id:[u8; 32]  repo_len:u8  repo  ->  segment:u32  offset:u64  len:u32  checksum:[u8; 32]
-//! quarantine  id:[u8; 32]  repo_len:u8  repo  ->  the same location, then quarantined at: u64 unix seconds
-//! records     kind:u8  repo_len:u8  repo  key:[u8; 32]  ->  value
+//! blobs-v2      id:[u8; 32]  repo_len:u8  repo  ->  segment:u32  offset:u64  len:u32  checksum:[u8; 32]
+//! quarantine    id:[u8; 32]  repo_len:u8  repo  ->  the same location, then quarantined at: u64 unix seconds
+//! trash         id:[u8; 32]  repo_len:u8  repo  ->  the same location, then trashed at: u64 unix seconds
+//! unreferenced  id:[u8; 32]  repo_len:u8  repo  ->  first found unreferenced at: u64 unix seconds
+//! records       kind:u8  repo_len:u8  repo  key:[u8; 32]  ->  value
 //! ```
 //!
 //! (integers little endian). A blob key leads with the [`ChunkId`], so the
@@ -35,19 +37,42 @@
 //! [`FsStore::open`] moves them into `blobs-v2` in one write transaction and
 //! deletes the old table.
 //!
-//! Deleting or quarantining a blob removes its index entry only; its segment
-//! bytes stay until a compaction rewrites the segment.
+//! Deleting, trashing or quarantining a blob removes its `blobs-v2` entry
+//! only; its segment bytes stay until a compaction rewrites the segment.
+//! Quarantined and trashed blobs keep their bytes (their entries there point
+//! into segments); a trashed blob can be restored until the trash entry
+//! expires. The `unreferenced` marks are prune's memory between rounds;
+//! trashing or deleting a blob clears its mark.
+//!
+//! # Compaction
+//!
+//! [`ChunkStore::compact`] rewrites sealed segments (every segment but the
+//! one being appended to) that are mostly dead: a segment's live bytes are
+//! the blob bytes of the entries in `blobs-v2`, `quarantine` and `trash`
+//! pointing into it. The group-commit thread copies a batch of live records
+//! to the open segment, serialised with puts, fsyncs them, then repoints
+//! their entries (whichever table) in one transaction; once every record has
+//! moved the old file is deleted and the directory fsync'd. A crash leaves
+//! either unindexed copies or a segment nothing points into, which the next
+//! compaction deletes. A reader that looked a location up before the move
+//! and finds the segment gone looks it up once more (an open descriptor
+//! keeps reading the unlinked file). Puts append only to the open segment,
+//! and every other change moves an entry between the three tables under the
+//! same key or drops it, so the keys found pointing into a sealed segment
+//! when its compaction starts cover every entry pointing there later.
 //!
 //! # Summaries
 //!
 //! Each store keeps in memory, per partition, the number of blobs it holds
 //! and a set digest of their index keys (see [`ChunkStore::digests`]), plus
-//! total blobs, bytes and quarantined blobs: 2^16 × (32 + 4) bytes and a few
-//! counters. [`FsStore`] computes them by one scan of the index at open and
-//! updates them with every index change. Their lock is taken before a
-//! blob-index write transaction begins and released only after the committed
-//! change has been applied, so whenever it is free they equal the committed
-//! index; readers of digests may thus wait for one group commit. The totals
+//! total blobs, bytes, quarantined blobs, trash entries and their bytes:
+//! 2^16 × (32 + 4) bytes and a few counters. [`FsStore`] computes them by
+//! one scan of the index at open and updates them with every index change.
+//! Their lock is taken before a write transaction that changes them begins
+//! (a compaction's, which only repoints entries, does not take it) and
+//! released only after the committed change has been applied, so whenever
+//! it is free they equal the committed index; readers of digests may thus
+//! wait for one group commit. The totals
 //! are also copied to atomics, read without the lock.
 //!
 //! # Quota
@@ -55,8 +80,10 @@
 //! With a quota, a put whose blobs not already held would take the held
 //! blob bytes past it fails whole with [`StoreError::Full`] before anything
 //! is appended; other puts sharing its group commit are unaffected. The
-//! quota counts live blob bytes: deleted and quarantined blobs stop counting
-//! at once, though their segment bytes stay on disk until a compaction.
+//! quota counts live blob bytes: deleted, trashed and quarantined blobs stop
+//! counting at once, though their segment bytes stay on disk until a
+//! compaction (and, for trashed and quarantined ones, past it). Restoring
+//! the trash does not check the quota.
 //!
 //! [`MemStore`] keeps everything in memory, for tests.
 
@@ -66,7 +93,7 @@ use std::io::Write;
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -125,6 +152,23 @@ pub enum RecordKind {
     Snapshot = 1,
     /// The repository's wrapped key, keyed by 32 zero bytes.
     Key = 2,
+    /// A deleted snapshot's id, keyed by snapshot id, so that servers do not
+    /// copy the snapshot record back from a peer that still holds it. The
+    /// store treats it as any other record.
+    Tombstone = 3,
+}
+
+impl RecordKind {
+    /// The kind stored as `kind` (as in a [`RecordKey`] or on the wire);
+    /// `None` for a number no kind has.
+    pub fn from_u8(kind: u8) -> Option<Self> {
+        match kind {
+            1 => Some(Self::Snapshot),
+            2 => Some(Self::Key),
+            3 => Some(Self::Tombstone),
+            _ => None,
+        }
+    }
 }
 
 /// A record's identity across repositories: ([`RecordKind`] as u8,
@@ -172,6 +216,18 @@ pub struct ScrubStep {
     /// Where the next step starts (pass it as `after`); `None` when this
     /// step reached the end of the index, completing the cycle.
     pub next: Option<(RepoId, ChunkId)>,
+}
+
+/// What one [`ChunkStore::compact`] call did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Segments rewritten and deleted.
+    pub segments: u64,
+    /// Their file sizes, bytes.
+    pub bytes_before: u64,
+    /// Segment file bytes their live records take after the copy (headers
+    /// included).
+    pub bytes_after: u64,
 }
 
 /// What a server stores. All calls block; async callers use
@@ -250,7 +306,7 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Number of keys in quarantine, from memory (constant time, no
     /// waiting). A key quarantined again after a new copy was stored counts
-    /// once; entries stay until a compaction.
+    /// once. Entries stay: compaction keeps their bytes.
     fn quarantined(&self) -> u64;
 
     /// Set digests of the blobs held in the partitions set in `partitions`,
@@ -300,7 +356,8 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Removes the index entries of `keys` and returns how many were held.
     /// Durable when it returns. The segment bytes stay until a compaction;
-    /// the blobs' bytes no longer count against the quota.
+    /// the blobs' bytes no longer count against the quota. Clears the
+    /// unreferenced marks of all `keys`.
     ///
     /// # Errors
     /// [`StoreError::Index`] if the index transaction fails; then nothing
@@ -337,6 +394,123 @@ pub trait ChunkStore: Send + Sync + 'static {
         max_blobs: usize,
         max_bytes: u64,
     ) -> Result<ScrubStep, StoreError>;
+
+    /// Removes one record; returns whether it was held. Durable when it
+    /// returns. Call it with [`RecordKind::Snapshot`] after storing the
+    /// snapshot's [`RecordKind::Tombstone`].
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// was removed.
+    fn delete_record(
+        &self,
+        kind: RecordKind,
+        repo: &RepoId,
+        key: &[u8; 32],
+    ) -> Result<bool, StoreError>;
+
+    /// The size in bytes of each of `ids` as stored (the sealed blob), 0
+    /// when not held.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index cannot be read.
+    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError>;
+
+    /// Moves the index entries of the held blobs among `keys` to the trash,
+    /// stamped `now_s` (unix seconds), in one durable transaction, and
+    /// returns how many moved. They are then no longer held (not in
+    /// [`ChunkStore::has`], [`ChunkStore::get_blob`], digests, counts or
+    /// stats) but keep their bytes until [`ChunkStore::expire_trash`]
+    /// drops them; [`ChunkStore::restore_trash`] brings them back. Clears
+    /// the unreferenced marks of all `keys`. A key trashed again after a new
+    /// copy was stored keeps one trash entry, the newer.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// moved.
+    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError>;
+
+    /// Moves every trash entry of `repo` back into the index, durably, and
+    /// returns how many came back. An entry whose key is held again (a new
+    /// copy was stored since) is dropped instead. Restored blobs count
+    /// against the quota again without being checked against it. Time
+    /// linear in the size of the trash (all repositories).
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// moved.
+    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError>;
+
+    /// Drops for good the trash entries trashed before `trashed_before_s`
+    /// (unix seconds), durably, and returns how many and their blob bytes.
+    /// Their segment bytes are reclaimed by a later
+    /// [`ChunkStore::compact`]. Time linear in the size of the trash.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// was dropped.
+    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError>;
+
+    /// Which of `ids` have a trash entry in `repo` (whether or not a new
+    /// copy is held as well).
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index cannot be read.
+    fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError>;
+
+    /// Number of trash entries and their blob bytes, from memory (constant
+    /// time, no waiting, as [`ChunkStore::stats`]).
+    fn trash_stats(&self) -> (u64, u64);
+
+    /// When each of `ids` was first found unreferenced (unix seconds), as
+    /// recorded by [`ChunkStore::set_unreferenced`]; `None` when unmarked.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index cannot be read or holds a
+    /// malformed mark.
+    fn unreferenced_since(
+        &self,
+        repo: &RepoId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<u64>>, StoreError>;
+
+    /// Records prune's findings in one durable transaction: `Some(t)` marks
+    /// the id unreferenced since `t` (unix seconds), keeping an earlier
+    /// mark; `None` clears its mark. Marks do not depend on the blob being
+    /// held.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// changed.
+    fn set_unreferenced(
+        &self,
+        repo: &RepoId,
+        entries: &[(ChunkId, Option<u64>)],
+    ) -> Result<(), StoreError>;
+
+    /// Rewrites the sealed segments whose live bytes (blob bytes of the
+    /// held, quarantined and trashed blobs stored there) are at most
+    /// `max_live_fraction` of their file size, then deletes them: 0.0
+    /// deletes only segments nothing points into, 1.0 rewrites every sealed
+    /// segment. Live records are copied to the open segment by the writer,
+    /// in batches serialised with puts, so puts wait at most one batch;
+    /// reads go on. Blobs, digests and stats do not change. A segment with
+    /// a live record whose bytes are missing (short file) is kept, its
+    /// other records moved. One compaction runs at a time; call it after
+    /// deleting or expiring many blobs, at a quiet time: it scans the whole
+    /// index and copies up to the fraction of each chosen segment.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if a segment cannot be read, listed or deleted,
+    /// [`StoreError::Index`] if the index fails, [`StoreError::Closed`] on
+    /// shutdown. Segments rewritten before the error stay rewritten; the
+    /// rest is left as it was, and a later call may retry.
+    fn compact(&self, max_live_fraction: f64) -> Result<CompactReport, StoreError>;
+
+    /// Bytes the store keeps its blobs in: for [`FsStore`], the sum of its
+    /// segment file sizes, from memory (constant time). Compare with
+    /// [`ChunkStore::stats`] to judge whether a compaction would pay.
+    fn disk_bytes(&self) -> u64;
 }
 
 /// The blob index, keyed `id | repo_len | repo`.
@@ -346,6 +520,14 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs-v2");
 const BLOBS_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// Quarantined blobs: blob key to location and unix seconds.
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
+/// Trashed blobs: blob key to location and unix seconds.
+const TRASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trash");
+/// Prune's marks: blob key to unix seconds when first found unreferenced.
+const UNREFERENCED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("unreferenced");
+/// The tables whose entries hold a location (see [`timed_location`]).
+const LOCATED: [TableDefinition<&[u8], &[u8]>; 3] = [BLOBS, QUARANTINE, TRASH];
+/// Blob bytes a compaction copies in one writer job, at least one record.
+const COMPACT_BATCH_BYTES: u64 = 8 << 20;
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const SEGMENT_MAGIC: &[u8; 4] = b"RVR1";
 /// Index value: segment u32, offset u64, len u32, checksum 32 bytes.
@@ -353,7 +535,7 @@ const LOCATION_LEN: usize = 4 + 8 + 4 + 32;
 /// Number of partitions: a ChunkId's first two bytes.
 const PARTITIONS: usize = 1 << 16;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Location {
     segment: u32,
     offset: u64,
@@ -382,6 +564,42 @@ impl Location {
             checksum: b[16..].try_into().ok()?,
         })
     }
+}
+
+/// A quarantine or trash value: the location, then unix seconds.
+fn timed_value(loc: &Location, at_s: u64) -> [u8; LOCATION_LEN + 8] {
+    let mut out = [0u8; LOCATION_LEN + 8];
+    out[..LOCATION_LEN].copy_from_slice(&loc.encode());
+    out[LOCATION_LEN..].copy_from_slice(&at_s.to_le_bytes());
+    out
+}
+
+/// Parses a quarantine or trash value; `None` if malformed.
+fn decode_timed(b: &[u8]) -> Option<(Location, u64)> {
+    let loc = Location::decode(b.get(..LOCATION_LEN)?)?;
+    let at = u64::from_le_bytes(b.get(LOCATION_LEN..)?.try_into().ok()?);
+    Some((loc, at))
+}
+
+/// The location at the start of an entry of any [`LOCATED`] table; `None`
+/// if malformed.
+fn timed_location(b: &[u8]) -> Option<Location> {
+    Location::decode(b.get(..LOCATION_LEN)?)
+}
+
+/// Parses an unreferenced mark; `None` if malformed.
+fn decode_seconds(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Whether a blob key belongs to `repo` (its bytes after the id are
+/// `repo_len | repo`).
+fn key_in_repo(key: &[u8], repo: &RepoId) -> bool {
+    let name = repo.as_str().as_bytes();
+    key.get(32..).is_some_and(|rest| {
+        rest.split_first()
+            .is_some_and(|(&len, r)| usize::from(len) == name.len() && r == name)
+    })
 }
 
 /// A blob's index key: `id | repo_len | repo`.
@@ -465,8 +683,11 @@ struct Summaries {
     blobs: u64,
     bytes: u64,
     quarantined: u64,
-    /// The three totals, copied out on every change so that
-    /// [`ChunkStore::stats`] never waits for a group commit holding the lock.
+    /// Trash entries and their blob bytes.
+    trash: u64,
+    trash_bytes: u64,
+    /// The totals, copied out on every change so that [`ChunkStore::stats`]
+    /// never waits for a group commit holding the lock.
     totals: Arc<Totals>,
 }
 
@@ -477,6 +698,8 @@ struct Totals {
     blobs: AtomicU64,
     bytes: AtomicU64,
     quarantined: AtomicU64,
+    trash: AtomicU64,
+    trash_bytes: AtomicU64,
 }
 
 impl Summaries {
@@ -487,8 +710,26 @@ impl Summaries {
             blobs: 0,
             bytes: 0,
             quarantined: 0,
+            trash: 0,
+            trash_bytes: 0,
             totals: Arc::default(),
         }
+    }
+
+    /// Accounts an entry of `len` blob bytes entering the trash under a key
+    /// not there before.
+    fn add_trash(&mut self, len: u32) {
+        self.trash = self.trash.wrapping_add(1);
+        self.trash_bytes = self.trash_bytes.wrapping_add(u64::from(len));
+        self.publish();
+    }
+
+    /// Accounts a trash entry of `len` blob bytes leaving (restored,
+    /// expired, or replaced by a newer one).
+    fn remove_trash(&mut self, len: u32) {
+        self.trash = self.trash.wrapping_sub(1);
+        self.trash_bytes = self.trash_bytes.wrapping_sub(u64::from(len));
+        self.publish();
     }
 
     /// Accounts a blob entering quarantine under a key not there before.
@@ -503,6 +744,10 @@ impl Summaries {
         self.totals
             .quarantined
             .store(self.quarantined, Ordering::Relaxed);
+        self.totals.trash.store(self.trash, Ordering::Relaxed);
+        self.totals
+            .trash_bytes
+            .store(self.trash_bytes, Ordering::Relaxed);
     }
 
     /// Accounts a blob key entering the index. Wrapping arithmetic: the
@@ -602,12 +847,44 @@ pub struct FsStore {
     readers: Mutex<HashMap<u32, Arc<File>>>,
     summaries: Arc<Mutex<Summaries>>,
     totals: Arc<Totals>,
+    /// The segment the writer appends to; every lower one is sealed.
+    current: Arc<AtomicU32>,
+    /// Sum of the segment file sizes, bytes.
+    disk: Arc<AtomicU64>,
+    /// Held by the one compaction running.
+    compacting: Mutex<()>,
 }
 
-struct WriteJob {
+/// Work for the group-commit thread.
+enum WriteJob {
+    /// Store blobs (batched with other puts).
+    Put(PutJob),
+    /// Move live records out of a sealed segment (see [`ChunkStore::compact`]).
+    Compact(CompactJob),
+}
+
+struct PutJob {
     repo: RepoId,
     blobs: Vec<(ChunkId, Bytes)>,
     done: mpsc::SyncSender<Result<(), StoreError>>,
+}
+
+struct CompactJob {
+    segment: u32,
+    /// Blob keys that pointed into `segment` in some [`LOCATED`] table.
+    keys: Vec<Vec<u8>>,
+    done: mpsc::SyncSender<Result<CompactBatch, StoreError>>,
+}
+
+/// What one [`CompactJob`] did.
+#[derive(Default)]
+struct CompactBatch {
+    /// Entries repointed.
+    moved: u64,
+    /// Bytes appended to the open segment.
+    written: u64,
+    /// Entries left in place because their bytes are missing.
+    stuck: u64,
 }
 
 impl FsStore {
@@ -642,6 +919,8 @@ impl FsStore {
             let migrated = migrate_v1(&txn)?;
             txn.open_table(BLOBS).map_err(index_err)?;
             txn.open_table(QUARANTINE).map_err(index_err)?;
+            txn.open_table(TRASH).map_err(index_err)?;
+            txn.open_table(UNREFERENCED).map_err(index_err)?;
             txn.open_table(RECORDS).map_err(index_err)?;
             txn.commit().map_err(index_err)?;
             if let Some(n) = migrated {
@@ -651,18 +930,10 @@ impl FsStore {
         let summaries = summarize(&db)?;
         let totals = summaries.totals.clone();
         let summaries = Arc::new(Mutex::new(summaries));
-        let mut last = 0u32;
-        for entry in std::fs::read_dir(&seg_dir).map_err(io(&seg_dir))? {
-            let entry = entry.map_err(io(&seg_dir))?;
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.strip_suffix(".seg"))
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                last = last.max(n);
-            }
-        }
+        let segments = list_segments(&seg_dir)?;
+        let last = segments.keys().next_back().copied().unwrap_or(0);
+        let disk = Arc::new(AtomicU64::new(segments.values().sum()));
+        let current = Arc::new(AtomicU32::new(last));
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let mut writer = SegmentWriter {
@@ -673,6 +944,8 @@ impl FsStore {
             file: None,
             size: 0,
             summaries: summaries.clone(),
+            current: current.clone(),
+            disk: disk.clone(),
         };
         writer.rotate()?;
         let thread = std::thread::Builder::new()
@@ -687,6 +960,9 @@ impl FsStore {
             readers: Mutex::new(HashMap::new()),
             summaries,
             totals,
+            current,
+            disk,
+            compacting: Mutex::new(()),
         })
     }
 
@@ -716,16 +992,38 @@ impl FsStore {
         Ok(f)
     }
 
+    #[cfg(test)]
     fn location(&self, repo: &RepoId, id: &ChunkId) -> Result<Option<Location>, StoreError> {
+        self.location_of(&blob_key(repo, id))
+    }
+
+    /// Where the blob under index key `key` is, if held.
+    fn location_of(&self, key: &[u8]) -> Result<Option<Location>, StoreError> {
         let txn = self.db.begin_read().map_err(index_err)?;
         let table = txn.open_table(BLOBS).map_err(index_err)?;
-        let found = table
-            .get(blob_key(repo, id).as_slice())
-            .map_err(index_err)?;
+        let found = table.get(key).map_err(index_err)?;
         match found {
             None => Ok(None),
             Some(v) => Location::decode(v.value()).map(Some).ok_or_else(malformed),
         }
+    }
+
+    /// Reads and checks the held blob under `key`, found at `loc`. If a
+    /// compaction has deleted `loc`'s segment since `loc` was looked up,
+    /// looks the key up once more and reads there.
+    fn read_held(&self, key: &[u8], loc: Location) -> Result<HeldRead, StoreError> {
+        let (loc, bytes) = match self.read_checked(&loc) {
+            Ok(bytes) => (loc, bytes),
+            Err(e) if segment_gone(&e) => match self.location_of(key)? {
+                None => return Ok(HeldRead::Gone),
+                Some(now) => (now, self.read_checked(&now)?),
+            },
+            Err(e) => return Err(e),
+        };
+        Ok(match bytes {
+            Some(bytes) => HeldRead::Good(bytes),
+            None => HeldRead::Bad(loc),
+        })
     }
 
     /// Reads a blob's bytes and checks them: `None` if they fail their
@@ -762,8 +1060,7 @@ impl FsStore {
                 return Ok(false);
             }
             blobs.remove(key).map_err(index_err)?;
-            let mut value = loc.encode().to_vec();
-            value.extend_from_slice(&unix_seconds().to_le_bytes());
+            let value = timed_value(&loc, unix_seconds());
             let mut quarantine = txn.open_table(QUARANTINE).map_err(index_err)?;
             let fresh = quarantine
                 .insert(key, value.as_slice())
@@ -778,6 +1075,171 @@ impl FsStore {
         }
         Ok(true)
     }
+
+    /// Sends a job to the group-commit thread and waits for its answer.
+    fn send<T>(
+        &self,
+        job: impl FnOnce(mpsc::SyncSender<Result<T, StoreError>>) -> WriteJob,
+    ) -> Result<T, StoreError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        let sender = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender.send(job(done)).map_err(|_| StoreError::Closed)?;
+        wait.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The sealed segments whose live bytes are at most `max_live_fraction`
+    /// of their file size (`sizes`), each with the keys of the entries
+    /// pointing into it and their blob bytes, from one read of the index.
+    fn compaction_plan(
+        &self,
+        sizes: &BTreeMap<u32, u64>,
+        max_live_fraction: f64,
+    ) -> Result<BTreeMap<u32, BTreeMap<Vec<u8>, u64>>, StoreError> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let mut live: HashMap<u32, u64> = HashMap::new();
+        for def in LOCATED {
+            let table = txn.open_table(def).map_err(index_err)?;
+            for item in table.iter().map_err(index_err)? {
+                let (_, v) = item.map_err(index_err)?;
+                let loc = timed_location(v.value()).ok_or_else(malformed)?;
+                if sizes.contains_key(&loc.segment) {
+                    *live.entry(loc.segment).or_default() += u64::from(loc.len);
+                }
+            }
+        }
+        let mut plan: BTreeMap<u32, BTreeMap<Vec<u8>, u64>> = sizes
+            .iter()
+            .filter(|&(n, &size)| {
+                let live = live.get(n).copied().unwrap_or(0);
+                live as f64 <= max_live_fraction * size as f64
+            })
+            .map(|(n, _)| (*n, BTreeMap::new()))
+            .collect();
+        if plan.is_empty() {
+            return Ok(plan);
+        }
+        for def in LOCATED {
+            let table = txn.open_table(def).map_err(index_err)?;
+            for item in table.iter().map_err(index_err)? {
+                let (k, v) = item.map_err(index_err)?;
+                let loc = timed_location(v.value()).ok_or_else(malformed)?;
+                if let Some(keys) = plan.get_mut(&loc.segment) {
+                    *keys.entry(k.value().to_vec()).or_default() += u64::from(loc.len);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Moves every live record out of sealed `segment` (whose entries'
+    /// keys and blob bytes are `keys`), then deletes it. Returns the bytes
+    /// its records take in the open segment, or `None` when some could not
+    /// be read and the segment was kept.
+    fn compact_segment(
+        &self,
+        segment: u32,
+        keys: BTreeMap<Vec<u8>, u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut written = 0u64;
+        let mut stuck = 0u64;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut keys = keys.into_iter().peekable();
+        while let Some((key, len)) = keys.next() {
+            batch.push(key);
+            batch_bytes += len;
+            if batch_bytes >= COMPACT_BATCH_BYTES || keys.peek().is_none() {
+                let keys = std::mem::take(&mut batch);
+                batch_bytes = 0;
+                let done = self.send(|done| {
+                    WriteJob::Compact(CompactJob {
+                        segment,
+                        keys,
+                        done,
+                    })
+                })?;
+                written += done.written;
+                stuck += done.stuck;
+            }
+        }
+        if stuck > 0 {
+            tracing::warn!(
+                segment,
+                records = stuck,
+                "compaction kept a segment: live records' bytes are missing"
+            );
+            return Ok(None);
+        }
+        let seg_dir = self.dir.join("segments");
+        let path = segment_path(&seg_dir, segment);
+        std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        File::open(&seg_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: seg_dir,
+                source,
+            })?;
+        // A reader opening the file after this finds it gone and looks its
+        // blob up again; one holding a descriptor reads the unlinked file.
+        // Dropping the cached one lets the file system free the space.
+        self.readers
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .remove(&segment);
+        Ok(Some(written))
+    }
+}
+
+/// What [`FsStore::read_held`] found.
+enum HeldRead {
+    /// The blob is no longer held.
+    Gone,
+    /// Its bytes, which passed their checksum.
+    Good(Vec<u8>),
+    /// Its location; the bytes there fail their checksum or are missing.
+    Bad(Location),
+}
+
+/// Whether an error is a segment file not found: deleted by a compaction
+/// after its location was read.
+fn segment_gone(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// The segment files in `dir`, by number, with their sizes in bytes.
+fn list_segments(dir: &Path) -> Result<BTreeMap<u32, u64>, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.strip_suffix(".seg"))
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            let size = entry
+                .metadata()
+                .map_err(|source| StoreError::Io {
+                    path: entry.path(),
+                    source,
+                })?
+                .len();
+            out.insert(n, size);
+        }
+    }
+    Ok(out)
 }
 
 /// Moves a first-layout blob index, if any, into [`BLOBS`] and deletes it.
@@ -821,6 +1283,13 @@ fn summarize(db: &Database) -> Result<Summaries, StoreError> {
         .map_err(index_err)?
         .len()
         .map_err(index_err)?;
+    let trash = txn.open_table(TRASH).map_err(index_err)?;
+    for item in trash.iter().map_err(index_err)? {
+        let (_, v) = item.map_err(index_err)?;
+        let (loc, _) = decode_timed(v.value()).ok_or_else(malformed)?;
+        s.trash += 1;
+        s.trash_bytes += u64::from(loc.len);
+    }
     s.publish();
     Ok(s)
 }
@@ -840,30 +1309,24 @@ impl ChunkStore for FsStore {
         if blobs.is_empty() {
             return Ok(());
         }
-        let (done, wait) = mpsc::sync_channel(1);
-        let sender = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        sender
-            .send(WriteJob {
+        self.send(|done| {
+            WriteJob::Put(PutJob {
                 repo: repo.clone(),
                 blobs,
                 done,
             })
-            .map_err(|_| StoreError::Closed)?;
-        wait.recv().map_err(|_| StoreError::Closed)?
+        })
     }
 
     fn get_blob(&self, repo: &RepoId, id: &ChunkId) -> Result<Option<Bytes>, StoreError> {
-        let Some(loc) = self.location(repo, id)? else {
+        let key = blob_key(repo, id);
+        let Some(loc) = self.location_of(&key)? else {
             return Ok(None);
         };
-        match self.read_checked(&loc)? {
-            Some(buf) => Ok(Some(Bytes::from(buf))),
-            None => Err(StoreError::Corrupt { id: *id }),
+        match self.read_held(&key, loc)? {
+            HeldRead::Gone => Ok(None),
+            HeldRead::Good(buf) => Ok(Some(Bytes::from(buf))),
+            HeldRead::Bad(_) => Err(StoreError::Corrupt { id: *id }),
         }
     }
 
@@ -1007,8 +1470,10 @@ impl ChunkStore for FsStore {
         let mut removed = Vec::new();
         {
             let mut table = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
             for (repo, id) in keys {
                 let key = blob_key(repo, id);
+                marks.remove(key.as_slice()).map_err(index_err)?;
                 let len = match table.remove(key.as_slice()).map_err(index_err)? {
                     None => continue,
                     // summarize() refused malformed entries at open and the
@@ -1058,7 +1523,8 @@ impl ChunkStore for FsStore {
                 let loc = Location::decode(v.value()).ok_or_else(malformed)?;
                 step.checked += 1;
                 step.bytes += u64::from(loc.len);
-                if self.read_checked(&loc)?.is_none() {
+                // Gone: deleted since this step began.
+                if let HeldRead::Bad(loc) = self.read_held(k.value(), loc)? {
                     bad.push((k.value().to_vec(), loc, key.clone()));
                 }
                 last = Some(key);
@@ -1071,6 +1537,244 @@ impl ChunkStore for FsStore {
             }
         }
         Ok(step)
+    }
+
+    fn delete_record(
+        &self,
+        kind: RecordKind,
+        repo: &RepoId,
+        key: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut k = record_prefix(kind, repo);
+        k.extend_from_slice(key);
+        let txn = self.db.begin_write().map_err(index_err)?;
+        let held = {
+            let mut table = txn.open_table(RECORDS).map_err(index_err)?;
+            table.remove(k.as_slice()).map_err(index_err)?.is_some()
+        };
+        txn.commit().map_err(index_err)?;
+        Ok(held)
+    }
+
+    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let table = txn.open_table(BLOBS).map_err(index_err)?;
+        ids.iter()
+            .map(|id| match table.get(blob_key(repo, id).as_slice()) {
+                Err(e) => Err(index_err(e)),
+                Ok(None) => Ok(0),
+                Ok(Some(v)) => Location::decode(v.value())
+                    .map(|l| l.len)
+                    .ok_or_else(malformed),
+            })
+            .collect()
+    }
+
+    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut summaries = lock(&self.summaries);
+        let txn = self.db.begin_write().map_err(index_err)?;
+        // (key, blob bytes, bytes of the trash entry it replaced)
+        let mut moved = Vec::new();
+        {
+            let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
+            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
+            for (repo, id) in keys {
+                let key = blob_key(repo, id);
+                marks.remove(key.as_slice()).map_err(index_err)?;
+                let loc = match blobs.remove(key.as_slice()).map_err(index_err)? {
+                    None => continue,
+                    Some(v) => Location::decode(v.value()).ok_or_else(malformed)?,
+                };
+                let value = timed_value(&loc, now_s);
+                let replaced = match trash
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(index_err)?
+                {
+                    None => None,
+                    Some(old) => Some(decode_timed(old.value()).ok_or_else(malformed)?.0.len),
+                };
+                moved.push((key, loc.len, replaced));
+            }
+        }
+        txn.commit().map_err(index_err)?;
+        for (key, len, replaced) in &moved {
+            summaries.remove(key, *len);
+            if let Some(old) = replaced {
+                summaries.remove_trash(*old);
+            }
+            summaries.add_trash(*len);
+        }
+        Ok(moved.len() as u64)
+    }
+
+    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
+        let mut summaries = lock(&self.summaries);
+        let txn = self.db.begin_write().map_err(index_err)?;
+        // (key, blob bytes, whether it came back rather than being dropped)
+        let mut out = Vec::new();
+        {
+            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
+            let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut mine = Vec::new();
+            for item in trash.iter().map_err(index_err)? {
+                let (k, v) = item.map_err(index_err)?;
+                if key_in_repo(k.value(), repo) {
+                    let (loc, _) = decode_timed(v.value()).ok_or_else(malformed)?;
+                    mine.push((k.value().to_vec(), loc));
+                }
+            }
+            for (key, loc) in mine {
+                trash.remove(key.as_slice()).map_err(index_err)?;
+                let held = blobs.get(key.as_slice()).map_err(index_err)?.is_some();
+                if !held {
+                    blobs
+                        .insert(key.as_slice(), loc.encode().as_slice())
+                        .map_err(index_err)?;
+                }
+                out.push((key, loc.len, !held));
+            }
+        }
+        txn.commit().map_err(index_err)?;
+        let mut restored = 0;
+        for (key, len, back) in &out {
+            summaries.remove_trash(*len);
+            if *back {
+                summaries.add(key, *len);
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
+    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
+        let mut summaries = lock(&self.summaries);
+        let txn = self.db.begin_write().map_err(index_err)?;
+        let mut expired = Vec::new();
+        {
+            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
+            for item in trash.iter().map_err(index_err)? {
+                let (k, v) = item.map_err(index_err)?;
+                let (loc, at) = decode_timed(v.value()).ok_or_else(malformed)?;
+                if at < trashed_before_s {
+                    expired.push((k.value().to_vec(), loc.len));
+                }
+            }
+            for (key, _) in &expired {
+                trash.remove(key.as_slice()).map_err(index_err)?;
+            }
+        }
+        if expired.is_empty() {
+            txn.abort().map_err(index_err)?;
+            return Ok((0, 0));
+        }
+        txn.commit().map_err(index_err)?;
+        let mut bytes = 0u64;
+        for (_, len) in &expired {
+            summaries.remove_trash(*len);
+            bytes += u64::from(*len);
+        }
+        Ok((expired.len() as u64, bytes))
+    }
+
+    fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let table = txn.open_table(TRASH).map_err(index_err)?;
+        ids.iter()
+            .map(|id| {
+                Ok(table
+                    .get(blob_key(repo, id).as_slice())
+                    .map_err(index_err)?
+                    .is_some())
+            })
+            .collect()
+    }
+
+    fn trash_stats(&self) -> (u64, u64) {
+        (
+            self.totals.trash.load(Ordering::Relaxed),
+            self.totals.trash_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn unreferenced_since(
+        &self,
+        repo: &RepoId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let table = txn.open_table(UNREFERENCED).map_err(index_err)?;
+        ids.iter()
+            .map(|id| match table.get(blob_key(repo, id).as_slice()) {
+                Err(e) => Err(index_err(e)),
+                Ok(None) => Ok(None),
+                Ok(Some(v)) => decode_seconds(v.value()).map(Some).ok_or_else(malformed),
+            })
+            .collect()
+    }
+
+    fn set_unreferenced(
+        &self,
+        repo: &RepoId,
+        entries: &[(ChunkId, Option<u64>)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(index_err)?;
+        {
+            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
+            for (id, since) in entries {
+                let key = blob_key(repo, id);
+                match since {
+                    None => {
+                        marks.remove(key.as_slice()).map_err(index_err)?;
+                    }
+                    Some(t) => {
+                        // A malformed mark is replaced.
+                        let earlier = marks
+                            .get(key.as_slice())
+                            .map_err(index_err)?
+                            .and_then(|v| decode_seconds(v.value()))
+                            .is_some_and(|old| old <= *t);
+                        if !earlier {
+                            marks
+                                .insert(key.as_slice(), t.to_le_bytes().as_slice())
+                                .map_err(index_err)?;
+                        }
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(index_err)
+    }
+
+    fn compact(&self, max_live_fraction: f64) -> Result<CompactReport, StoreError> {
+        let _one = self.compacting.lock().map_err(|_| StoreError::Closed)?;
+        // Read before listing: a segment below it is sealed for good.
+        let current = self.current.load(Ordering::Acquire);
+        let mut sizes = list_segments(&self.dir.join("segments"))?;
+        sizes.retain(|&n, _| n < current);
+        let plan = self.compaction_plan(&sizes, max_live_fraction)?;
+        let mut report = CompactReport::default();
+        for (segment, keys) in plan {
+            let Some(written) = self.compact_segment(segment, keys)? else {
+                continue;
+            };
+            let size = sizes.get(&segment).copied().unwrap_or(0);
+            self.disk.fetch_sub(size, Ordering::Relaxed);
+            report.segments += 1;
+            report.bytes_before += size;
+            report.bytes_after += written;
+        }
+        Ok(report)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.disk.load(Ordering::Relaxed)
     }
 }
 
@@ -1108,18 +1812,47 @@ struct SegmentWriter {
     file: Option<File>,
     size: u64,
     summaries: Arc<Mutex<Summaries>>,
+    /// Published copy of `segment`.
+    current: Arc<AtomicU32>,
+    /// Sum of the segment file sizes, bytes (see [`ChunkStore::disk_bytes`]).
+    disk: Arc<AtomicU64>,
 }
 
 impl SegmentWriter {
     fn run(mut self, rx: mpsc::Receiver<WriteJob>) {
-        while let Ok(first) = rx.recv() {
+        // A compaction job met while gathering puts, run after them.
+        let mut next = None;
+        loop {
+            let first = match next.take() {
+                Some(job) => job,
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            let first = match first {
+                WriteJob::Put(job) => job,
+                WriteJob::Compact(job) => {
+                    let result = self.compact(job.segment, &job.keys);
+                    if result.is_err() {
+                        // As for a failed put below.
+                        self.file = None;
+                    }
+                    let _ = job.done.send(result);
+                    continue;
+                }
+            };
+            let mut blobs = first.blobs.len();
             let mut jobs = vec![first];
-            let mut blobs = jobs[0].blobs.len();
             while blobs < self.options.group_commit_blobs {
                 match rx.try_recv() {
-                    Ok(job) => {
+                    Ok(WriteJob::Put(job)) => {
                         blobs += job.blobs.len();
                         jobs.push(job);
+                    }
+                    Ok(other) => {
+                        next = Some(other);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -1159,7 +1892,7 @@ impl SegmentWriter {
     /// commits their index entries in one transaction. A job whose new
     /// blobs would pass the quota is skipped whole, before any of it is
     /// appended, and marked in `refused`.
-    fn commit(&mut self, jobs: &[WriteJob], refused: &mut [bool]) -> Result<(), StoreError> {
+    fn commit(&mut self, jobs: &[PutJob], refused: &mut [bool]) -> Result<(), StoreError> {
         if self.file.is_none() || self.size >= self.options.segment_bytes {
             self.rotate()?;
         }
@@ -1194,26 +1927,7 @@ impl SegmentWriter {
                 held_bytes = held_bytes.saturating_add(new_bytes);
                 for (key, id, blob) in fresh {
                     let checksum = *blake3::hash(blob).as_bytes();
-                    let repo = job.repo.as_str().as_bytes();
-                    buf.clear();
-                    buf.extend_from_slice(SEGMENT_MAGIC);
-                    buf.push(repo.len() as u8);
-                    buf.extend_from_slice(repo);
-                    buf.extend_from_slice(&id.0);
-                    buf.extend_from_slice(&(blob.len() as u32).to_le_bytes());
-                    buf.extend_from_slice(&checksum);
-                    let offset = self.size + buf.len() as u64;
-                    let file = self.file.as_mut().ok_or(StoreError::Closed)?;
-                    file.write_all(&buf)
-                        .and_then(|()| file.write_all(blob))
-                        .map_err(|e| self.io(e))?;
-                    self.size = offset + blob.len() as u64;
-                    let loc = Location {
-                        segment: self.segment,
-                        offset,
-                        len: blob.len() as u32,
-                        checksum,
-                    };
+                    let loc = self.append(&job.repo, id, &checksum, blob, &mut buf)?;
                     table
                         .insert(key.as_slice(), loc.encode().as_slice())
                         .map_err(index_err)?;
@@ -1232,6 +1946,133 @@ impl SegmentWriter {
             }
         }
         Ok(())
+    }
+
+    /// Appends one record to the open segment (`buf` is scratch space for
+    /// its header) and returns its location. On failure the file may hold
+    /// part of it; the caller then drops the file (see [`Self::run`]).
+    fn append(
+        &mut self,
+        repo: &RepoId,
+        id: &ChunkId,
+        checksum: &[u8; 32],
+        blob: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<Location, StoreError> {
+        let repo = repo.as_str().as_bytes();
+        buf.clear();
+        buf.extend_from_slice(SEGMENT_MAGIC);
+        // RepoId::MAX_LEN is 64, so the length fits a byte.
+        buf.push(repo.len() as u8);
+        buf.extend_from_slice(repo);
+        buf.extend_from_slice(&id.0);
+        buf.extend_from_slice(&(blob.len() as u32).to_le_bytes());
+        buf.extend_from_slice(checksum);
+        let offset = self.size + buf.len() as u64;
+        let file = self.file.as_mut().ok_or(StoreError::Closed)?;
+        if let Err(e) = file.write_all(buf).and_then(|()| file.write_all(blob)) {
+            // Count whatever part of the record reached the file.
+            if let Ok(meta) = file.metadata() {
+                self.disk
+                    .fetch_add(meta.len().saturating_sub(self.size), Ordering::Relaxed);
+            }
+            return Err(self.io(e));
+        }
+        let end = offset + blob.len() as u64;
+        self.disk.fetch_add(end - self.size, Ordering::Relaxed);
+        self.size = end;
+        Ok(Location {
+            segment: self.segment,
+            offset,
+            len: blob.len() as u32,
+            checksum: *checksum,
+        })
+    }
+
+    /// Copies the records of sealed `segment` still pointed to by the
+    /// entries of `keys` in any [`LOCATED`] table to the open segment,
+    /// fsyncs them, then repoints those entries in one transaction. A record
+    /// whose bytes are missing (short segment) stays where it is and counts
+    /// as stuck; one failing its checksum is copied as it is, so that reads
+    /// and scrub still find it corrupt.
+    fn compact(&mut self, segment: u32, keys: &[Vec<u8>]) -> Result<CompactBatch, StoreError> {
+        if segment >= self.segment {
+            // Not sealed ([`ChunkStore::compact`] never asks): keep it whole.
+            return Ok(CompactBatch {
+                stuck: keys.len() as u64,
+                ..CompactBatch::default()
+            });
+        }
+        let path = segment_path(&self.dir, segment);
+        let src = File::open(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut out = CompactBatch::default();
+        // Old offset to new location, should two entries share a record.
+        let mut copied: HashMap<u64, Location> = HashMap::new();
+        let mut blob = Vec::new();
+        let mut header = Vec::new();
+        let txn = self.db.begin_write().map_err(index_err)?;
+        for def in LOCATED {
+            let mut table = txn.open_table(def).map_err(index_err)?;
+            for key in keys {
+                let Some(mut value) = table
+                    .get(key.as_slice())
+                    .map_err(index_err)?
+                    .map(|v| v.value().to_vec())
+                else {
+                    continue;
+                };
+                let loc = timed_location(&value).ok_or_else(malformed)?;
+                if loc.segment != segment {
+                    continue;
+                }
+                let new = match copied.get(&loc.offset) {
+                    Some(new) => *new,
+                    None => {
+                        blob.resize(loc.len as usize, 0);
+                        match src.read_exact_at(&mut blob, loc.offset) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                out.stuck += 1;
+                                continue;
+                            }
+                            Err(source) => return Err(StoreError::Io { path, source }),
+                        }
+                        let (repo, id) = decode_key(key).ok_or_else(malformed)?;
+                        if *blake3::hash(&blob).as_bytes() != loc.checksum {
+                            tracing::warn!(chunk = %id, repo = %repo, segment, "compaction copied a blob that fails its checksum");
+                        }
+                        if self.file.is_none() || self.size >= self.options.segment_bytes {
+                            // Fsyncs the records already copied to the
+                            // segment it seals.
+                            self.rotate()?;
+                        }
+                        let before = self.size;
+                        let new = self.append(&repo, &id, &loc.checksum, &blob, &mut header)?;
+                        out.written += self.size - before;
+                        copied.insert(loc.offset, new);
+                        new
+                    }
+                };
+                if let Some(at) = value.get_mut(..LOCATION_LEN) {
+                    at.copy_from_slice(&new.encode());
+                }
+                table
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(index_err)?;
+                out.moved += 1;
+            }
+        }
+        if out.moved == 0 {
+            txn.abort().map_err(index_err)?;
+        } else {
+            let file = self.file.as_ref().ok_or(StoreError::Closed)?;
+            file.sync_data().map_err(|e| self.io(e))?;
+            txn.commit().map_err(index_err)?;
+        }
+        Ok(out)
     }
 
     /// Starts a new segment file and makes its directory entry durable.
@@ -1257,13 +2098,15 @@ impl SegmentWriter {
             })?;
         self.file = Some(file);
         self.size = 0;
+        self.current.store(self.segment, Ordering::Release);
         Ok(())
     }
 }
 
 /// An in-memory [`ChunkStore`] for tests. Blobs are keyed and ordered as
 /// in [`FsStore`]'s index, so listings, digests and scrub cursors agree
-/// between the two.
+/// between the two. Everything is implemented as for [`FsStore`] except
+/// [`ChunkStore::compact`], a no-op: there are no segments to rewrite.
 pub struct MemStore {
     blobs: Mutex<MemBlobs>,
     records: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
@@ -1273,6 +2116,10 @@ pub struct MemStore {
 struct MemBlobs {
     held: BTreeMap<Vec<u8>, MemBlob>,
     quarantine: BTreeMap<Vec<u8>, MemBlob>,
+    /// Trashed blobs with the unix seconds they were trashed at.
+    trash: BTreeMap<Vec<u8>, (MemBlob, u64)>,
+    /// Unreferenced marks, unix seconds.
+    unreferenced: HashMap<Vec<u8>, u64>,
     summaries: Summaries,
 }
 
@@ -1295,6 +2142,8 @@ impl MemStore {
             blobs: Mutex::new(MemBlobs {
                 held: BTreeMap::new(),
                 quarantine: BTreeMap::new(),
+                trash: BTreeMap::new(),
+                unreferenced: HashMap::new(),
                 summaries: Summaries::new(),
             }),
             records: Mutex::new(HashMap::new()),
@@ -1482,6 +2331,7 @@ impl ChunkStore for MemStore {
         let mut removed = 0;
         for (repo, id) in keys {
             let key = blob_key(repo, id);
+            map.unreferenced.remove(&key);
             if let Some(blob) = map.held.remove(&key) {
                 map.summaries.remove(&key, blob.bytes.len() as u32);
                 removed += 1;
@@ -1525,6 +2375,156 @@ impl ChunkStore for MemStore {
             step.quarantined.push(key);
         }
         Ok(step)
+    }
+
+    fn delete_record(
+        &self,
+        kind: RecordKind,
+        repo: &RepoId,
+        key: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut k = record_prefix(kind, repo);
+        k.extend_from_slice(key);
+        let mut map = self.records.lock().map_err(|_| StoreError::Closed)?;
+        Ok(map.remove(&k).is_some())
+    }
+
+    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
+        let map = self.lock_blobs()?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                map.held
+                    .get(&blob_key(repo, id))
+                    .map_or(0, |b| b.bytes.len() as u32)
+            })
+            .collect())
+    }
+
+    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
+        let mut map = self.lock_blobs()?;
+        let mut moved = 0;
+        for (repo, id) in keys {
+            let key = blob_key(repo, id);
+            map.unreferenced.remove(&key);
+            let Some(blob) = map.held.remove(&key) else {
+                continue;
+            };
+            let len = blob.bytes.len() as u32;
+            map.summaries.remove(&key, len);
+            if let Some((old, _)) = map.trash.insert(key, (blob, now_s)) {
+                map.summaries.remove_trash(old.bytes.len() as u32);
+            }
+            map.summaries.add_trash(len);
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
+        let mut map = self.lock_blobs()?;
+        let mine: Vec<Vec<u8>> = map
+            .trash
+            .keys()
+            .filter(|k| key_in_repo(k, repo))
+            .cloned()
+            .collect();
+        let mut restored = 0;
+        for key in mine {
+            let Some((blob, _)) = map.trash.remove(&key) else {
+                continue;
+            };
+            let len = blob.bytes.len() as u32;
+            map.summaries.remove_trash(len);
+            if !map.held.contains_key(&key) {
+                map.summaries.add(&key, len);
+                map.held.insert(key, blob);
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
+    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
+        let mut map = self.lock_blobs()?;
+        let MemBlobs {
+            trash, summaries, ..
+        } = &mut *map;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        trash.retain(|_, (blob, at)| {
+            if *at >= trashed_before_s {
+                return true;
+            }
+            let len = blob.bytes.len() as u32;
+            summaries.remove_trash(len);
+            n += 1;
+            bytes += u64::from(len);
+            false
+        });
+        Ok((n, bytes))
+    }
+
+    fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        let map = self.lock_blobs()?;
+        Ok(ids
+            .iter()
+            .map(|id| map.trash.contains_key(&blob_key(repo, id)))
+            .collect())
+    }
+
+    fn trash_stats(&self) -> (u64, u64) {
+        self.lock_blobs()
+            .map_or((0, 0), |m| (m.summaries.trash, m.summaries.trash_bytes))
+    }
+
+    fn unreferenced_since(
+        &self,
+        repo: &RepoId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let map = self.lock_blobs()?;
+        Ok(ids
+            .iter()
+            .map(|id| map.unreferenced.get(&blob_key(repo, id)).copied())
+            .collect())
+    }
+
+    fn set_unreferenced(
+        &self,
+        repo: &RepoId,
+        entries: &[(ChunkId, Option<u64>)],
+    ) -> Result<(), StoreError> {
+        let mut map = self.lock_blobs()?;
+        for (id, since) in entries {
+            let key = blob_key(repo, id);
+            match since {
+                None => {
+                    map.unreferenced.remove(&key);
+                }
+                Some(t) => {
+                    let mark = map.unreferenced.entry(key).or_insert(*t);
+                    *mark = (*mark).min(*t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A no-op returning zeros: a [`MemStore`] has no segments, and frees a
+    /// blob's memory as soon as nothing points to it.
+    fn compact(&self, _max_live_fraction: f64) -> Result<CompactReport, StoreError> {
+        Ok(CompactReport::default())
+    }
+
+    /// The blob bytes kept in memory: held, quarantined and trashed.
+    fn disk_bytes(&self) -> u64 {
+        self.lock_blobs().map_or(0, |m| {
+            let quarantined: u64 = m.quarantine.values().map(|b| b.bytes.len() as u64).sum();
+            m.summaries
+                .bytes
+                .wrapping_add(m.summaries.trash_bytes)
+                .wrapping_add(quarantined)
+        })
     }
 }
 #[cfg(test)]
@@ -1678,7 +2678,7 @@ mod tests {
         vec![0xff; PARTITION_BITMAP_BYTES]
     }
 
-    type Summary = (Vec<[u8; 32]>, Vec<(u16, u32)>, (u64, u64), u64);
+    type Summary = (Vec<[u8; 32]>, Vec<(u16, u32)>, (u64, u64), u64, (u64, u64));
 
     fn summary(s: &dyn ChunkStore) -> Summary {
         (
@@ -1686,6 +2686,7 @@ mod tests {
             s.partition_counts(),
             s.stats().unwrap(),
             s.quarantined(),
+            s.trash_stats(),
         )
     }
 
@@ -2243,5 +3244,544 @@ mod tests {
             v1_key_to_v2(&v1),
             Some(blob_key(&repo(), &ChunkId([4; 32])))
         );
+    }
+
+    /// The (digests, counts, stats) a store holding exactly `held` has.
+    fn held_summary(held: &[(RepoId, ChunkId, Bytes)]) -> Summary {
+        let m = MemStore::default();
+        put_each(&m, held.iter().cloned());
+        summary(&m)
+    }
+
+    fn body_bytes(blobs: &[(RepoId, ChunkId, Bytes)]) -> u64 {
+        blobs.iter().map(|(_, _, b)| b.len() as u64).sum()
+    }
+
+    /// Trashes, restores and expires over [`spread`]; leaves one blob of
+    /// "other" (`spread()[7]`) in the trash.
+    fn check_trash(s: &dyn ChunkStore) {
+        let all = spread();
+        put_each(s, all.clone());
+        let other = RepoId::new("other").unwrap();
+        // Per partition: (r, 0) (other, 0) (r, 1) (r, 2) (other, 2) (r, 3).
+        let key = |i: usize| (all[i].0.clone(), all[i].1);
+        let early = [0, 1, 2];
+        let late = [6, 7];
+        let n = s
+            .trash(
+                &[key(0), key(1), key(2), key(0), (repo(), id_in(9, 9))],
+                100,
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(s.trash(&[key(6), key(7)], 200).unwrap(), 2);
+        assert_eq!(s.trash(&[], 300).unwrap(), 0);
+        let trashed: Vec<_> = early.iter().chain(&late).map(|&i| all[i].clone()).collect();
+        let held: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !early.contains(i) && !late.contains(i))
+            .map(|(_, b)| b.clone())
+            .collect();
+        let (h, t) = (held_summary(&held), (5, body_bytes(&trashed)));
+        assert_eq!(summary(s), (h.0, h.1, h.2, 0, t));
+        assert_eq!(s.has(&all[0].0, &[all[0].1]).unwrap(), [false]);
+        assert!(s.get_blob(&all[2].0, &all[2].1).unwrap().is_none());
+        assert_eq!(
+            s.sizes(&all[2].0, &[all[2].1, all[3].1]).unwrap(),
+            [0, all[3].2.len() as u32]
+        );
+        assert_eq!(
+            s.in_trash(&repo(), &[all[0].1, all[2].1, all[3].1])
+                .unwrap(),
+            [true, true, false]
+        );
+        assert_eq!(s.in_trash(&other, &[all[1].1]).unwrap(), [true]);
+        // Not held, so not quarantined; trashing again moves nothing.
+        assert!(!s.quarantine(&all[0].0, &all[0].1).unwrap());
+        assert_eq!(s.trash(&[key(0)], 400).unwrap(), 0);
+        // A new copy of (r, 0, 1) is held again: restoring drops its trash
+        // entry and brings back the other two of this repository only.
+        put_each(s, [all[2].clone()]);
+        assert_eq!(s.in_trash(&repo(), &[all[2].1]).unwrap(), [true]);
+        assert_eq!(s.restore_trash(&repo()).unwrap(), 2);
+        assert_eq!(s.restore_trash(&repo()).unwrap(), 0);
+        for i in [0, 2, 6] {
+            assert_eq!(s.get_blob(&all[i].0, &all[i].1).unwrap().unwrap(), all[i].2);
+        }
+        assert_eq!(
+            s.in_trash(&repo(), &[all[0].1, all[2].1]).unwrap(),
+            [false, false]
+        );
+        let held: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![1, 7].contains(i))
+            .map(|(_, b)| b.clone())
+            .collect();
+        let h = held_summary(&held);
+        let t = (2, body_bytes(&[all[1].clone(), all[7].clone()]));
+        assert_eq!(summary(s), (h.0.clone(), h.1.clone(), h.2, 0, t));
+        // Expiry drops what was trashed strictly before the time.
+        assert_eq!(s.expire_trash(100).unwrap(), (0, 0));
+        assert_eq!(s.expire_trash(150).unwrap(), (1, all[1].2.len() as u64));
+        assert_eq!(
+            s.in_trash(&other, &[all[1].1, all[7].1]).unwrap(),
+            [false, true]
+        );
+        assert_eq!(s.restore_trash(&repo()).unwrap(), 0);
+        assert_eq!(summary(s), (h.0, h.1, h.2, 0, (1, all[7].2.len() as u64)));
+    }
+
+    #[test]
+    fn trash_restore_and_expire_keep_summaries_exact() {
+        check_trash(&MemStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+            check_trash(&s);
+            summary(&s)
+        };
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        assert_eq!(summary(&s), before);
+        let other = RepoId::new("other").unwrap();
+        let (_, id, body) = spread()[7].clone();
+        assert_eq!(s.in_trash(&other, &[id]).unwrap(), [true]);
+        assert_eq!(s.restore_trash(&other).unwrap(), 1);
+        assert_eq!(s.get_blob(&other, &id).unwrap().unwrap(), body);
+        let mem = MemStore::default();
+        put_each(
+            &mem,
+            spread()
+                .into_iter()
+                .filter(|(r, i, _)| (r, i) != (&other, &spread()[1].1)),
+        );
+        assert_eq!(summary(&s), summary(&mem));
+        assert_eq!(s.expire_trash(u64::MAX).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn trashing_a_new_copy_replaces_the_old_trash_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        let mem = MemStore::default();
+        for s in [&fs as &dyn ChunkStore, &mem] {
+            let id = id_in(3, 3);
+            s.put_blobs(&repo(), vec![(id, Bytes::from_static(b"first"))])
+                .unwrap();
+            assert_eq!(s.trash(&[(repo(), id)], 10).unwrap(), 1);
+            s.put_blobs(&repo(), vec![(id, Bytes::from_static(b"second!"))])
+                .unwrap();
+            assert_eq!(s.trash(&[(repo(), id)], 20).unwrap(), 1);
+            assert_eq!(s.trash_stats(), (1, 7));
+            assert_eq!(s.expire_trash(15).unwrap(), (0, 0));
+            assert_eq!(s.restore_trash(&repo()).unwrap(), 1);
+            assert_eq!(&s.get_blob(&repo(), &id).unwrap().unwrap()[..], b"second!");
+            assert_eq!(s.trash_stats(), (0, 0));
+            assert_eq!(s.stats().unwrap(), (1, 7));
+        }
+        assert_eq!(summary(&fs), summary(&mem));
+        drop(fs);
+        let fs = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        assert_eq!(summary(&fs), summary(&mem));
+    }
+
+    fn check_unreferenced(s: &dyn ChunkStore) {
+        let other = RepoId::new("other").unwrap();
+        let (a, b, c, d) = (id_in(1, 1), id_in(1, 2), id_in(2, 3), id_in(2, 4));
+        s.set_unreferenced(&repo(), &[(a, Some(100)), (b, Some(200))])
+            .unwrap();
+        s.set_unreferenced(&repo(), &[]).unwrap();
+        assert_eq!(
+            s.unreferenced_since(&repo(), &[a, b, c]).unwrap(),
+            [Some(100), Some(200), None]
+        );
+        assert_eq!(s.unreferenced_since(&other, &[a]).unwrap(), [None]);
+        // The earliest time stays; a later one does not move it.
+        s.set_unreferenced(&repo(), &[(a, Some(50)), (b, Some(300))])
+            .unwrap();
+        assert_eq!(
+            s.unreferenced_since(&repo(), &[a, b]).unwrap(),
+            [Some(50), Some(200)]
+        );
+        s.set_unreferenced(&repo(), &[(a, None), (c, None)])
+            .unwrap();
+        assert_eq!(
+            s.unreferenced_since(&repo(), &[a, b]).unwrap(),
+            [None, Some(200)]
+        );
+        // Trashing or deleting clears a mark.
+        let body = Bytes::from_static(b"body");
+        s.put_blobs(&repo(), vec![(c, body.clone()), (d, body)])
+            .unwrap();
+        s.set_unreferenced(&repo(), &[(c, Some(7)), (d, Some(8))])
+            .unwrap();
+        assert_eq!(s.trash(&[(repo(), c)], 9).unwrap(), 1);
+        assert_eq!(s.delete_blobs(&[(repo(), d)]).unwrap(), 1);
+        assert_eq!(
+            s.unreferenced_since(&repo(), &[c, d]).unwrap(),
+            [None, None]
+        );
+        s.set_unreferenced(&other, &[(c, Some(5))]).unwrap();
+    }
+
+    #[test]
+    fn unreferenced_marks_keep_the_earliest_time_and_clear() {
+        check_unreferenced(&MemStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+            check_unreferenced(&s);
+        }
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        let other = RepoId::new("other").unwrap();
+        assert_eq!(
+            s.unreferenced_since(&repo(), &[id_in(1, 2), id_in(2, 3)])
+                .unwrap(),
+            [Some(200), None]
+        );
+        assert_eq!(
+            s.unreferenced_since(&other, &[id_in(2, 3)]).unwrap(),
+            [Some(5)]
+        );
+    }
+
+    fn check_records(s: &dyn ChunkStore) {
+        let other = RepoId::new("other").unwrap();
+        s.put_record(RecordKind::Snapshot, &repo(), &[1; 32], b"s1", true)
+            .unwrap();
+        s.put_record(RecordKind::Snapshot, &other, &[1; 32], b"s1", true)
+            .unwrap();
+        s.put_record(RecordKind::Tombstone, &repo(), &[1; 32], b"t", true)
+            .unwrap();
+        assert!(
+            s.delete_record(RecordKind::Snapshot, &repo(), &[1; 32])
+                .unwrap()
+        );
+        assert!(
+            !s.delete_record(RecordKind::Snapshot, &repo(), &[1; 32])
+                .unwrap()
+        );
+        assert!(!s.delete_record(RecordKind::Key, &repo(), &[0; 32]).unwrap());
+        assert_eq!(
+            s.get_record(RecordKind::Snapshot, &repo(), &[1; 32])
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            s.list_records(RecordKind::Tombstone, &repo()).unwrap(),
+            vec![([1u8; 32], b"t".to_vec())]
+        );
+        assert!(
+            s.list_records(RecordKind::Snapshot, &repo())
+                .unwrap()
+                .is_empty()
+        );
+        let mut keys = s.record_keys().unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![(1, other.clone(), [1; 32]), (3, repo(), [1; 32])]
+        );
+        // The same key can be stored again after deletion.
+        s.put_record(RecordKind::Snapshot, &repo(), &[1; 32], b"s2", true)
+            .unwrap();
+    }
+
+    #[test]
+    fn records_are_deleted_and_tombstones_kept() {
+        for k in [RecordKind::Snapshot, RecordKind::Key, RecordKind::Tombstone] {
+            assert_eq!(RecordKind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(RecordKind::from_u8(0), None);
+        assert_eq!(RecordKind::from_u8(4), None);
+        check_records(&MemStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+            check_records(&s);
+        }
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        assert_eq!(
+            s.get_record(RecordKind::Snapshot, &repo(), &[1; 32])
+                .unwrap()
+                .as_deref(),
+            Some(&b"s2"[..])
+        );
+        assert!(
+            s.delete_record(RecordKind::Tombstone, &repo(), &[1; 32])
+                .unwrap()
+        );
+    }
+
+    fn small_segments() -> FsStoreOptions {
+        FsStoreOptions {
+            segment_bytes: 2048,
+            ..FsStoreOptions::default()
+        }
+    }
+
+    /// The bytes of a quarantined blob, read through its quarantine entry.
+    fn quarantined_bytes(s: &FsStore, r: &RepoId, id: &ChunkId) -> Vec<u8> {
+        let txn = s.db.begin_read().unwrap();
+        let table = txn.open_table(QUARANTINE).unwrap();
+        let value = table.get(blob_key(r, id).as_slice()).unwrap().unwrap();
+        let (loc, _) = decode_timed(value.value()).unwrap();
+        s.read_checked(&loc).unwrap().unwrap()
+    }
+
+    /// What happens to blob `i` of the compaction test.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Fate {
+        Held,
+        Deleted,
+        Quarantined,
+        /// Trashed at 200, kept past the expiry at 150.
+        Trashed,
+        /// Trashed at 100, expired at 150.
+        Expired,
+    }
+
+    fn fate(i: u8) -> Fate {
+        match i {
+            45.. => Fate::Held,
+            2 => Fate::Quarantined,
+            _ => match i % 6 {
+                0 => Fate::Held,
+                3 => Fate::Trashed,
+                5 => Fate::Expired,
+                _ => Fate::Deleted,
+            },
+        }
+    }
+
+    fn compaction_blobs() -> Vec<(RepoId, ChunkId, Bytes)> {
+        let other = RepoId::new("other").unwrap();
+        (0..60u8)
+            .map(|i| {
+                let r = if i % 4 == 1 { other.clone() } else { repo() };
+                let body = Bytes::from(vec![i; 150 + usize::from(i)]);
+                (r, id_in(u16::from(i) * 1000, i), body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_reclaims_space_and_keeps_every_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = RepoId::new("other").unwrap();
+        let all = compaction_blobs();
+        let with = |f: Fate| -> Vec<(RepoId, ChunkId, Bytes)> {
+            (0..60u8)
+                .filter(|&i| fate(i) == f)
+                .map(|i| all[usize::from(i)].clone())
+                .collect()
+        };
+        let keys = |f: Fate| -> Vec<(RepoId, ChunkId)> {
+            with(f).into_iter().map(|(r, id, _)| (r, id)).collect()
+        };
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        put_each(&s, all.clone());
+        let seg_dir = dir.path().join("segments");
+        let before_files = list_segments(&seg_dir).unwrap();
+        assert!(before_files.len() >= 5, "{before_files:?}");
+        s.delete_blobs(&keys(Fate::Deleted)).unwrap();
+        let (qr, qid, qbody) = with(Fate::Quarantined)[0].clone();
+        assert!(s.quarantine(&qr, &qid).unwrap());
+        s.trash(&keys(Fate::Expired), 100).unwrap();
+        s.trash(&keys(Fate::Trashed), 200).unwrap();
+        s.expire_trash(150).unwrap();
+        let before = summary(&s);
+        assert_eq!(
+            before.2,
+            (with(Fate::Held).len() as u64, body_bytes(&with(Fate::Held)))
+        );
+        assert_eq!(
+            before.4,
+            (
+                with(Fate::Trashed).len() as u64,
+                body_bytes(&with(Fate::Trashed))
+            )
+        );
+        let disk_before = s.disk_bytes();
+        assert_eq!(disk_before, segment_bytes(dir.path()));
+        // A reader that looked a location up before the compaction.
+        let (r0, id0, b0) = all[0].clone();
+        let key0 = blob_key(&r0, &id0);
+        let old0 = s.location(&r0, &id0).unwrap().unwrap();
+        assert_eq!(s.get_blob(&r0, &id0).unwrap().unwrap(), b0);
+
+        let report = s.compact(0.5).unwrap();
+        assert!(report.segments >= 3, "{report:?}");
+        let disk_after = s.disk_bytes();
+        assert_eq!(disk_after, segment_bytes(dir.path()));
+        assert!(disk_after < disk_before, "{disk_before} -> {disk_after}");
+        // Mostly dead segments: most of their bytes are gone.
+        assert!(report.bytes_after * 2 < report.bytes_before, "{report:?}");
+        assert_eq!(
+            disk_before - disk_after,
+            report.bytes_before - report.bytes_after
+        );
+        let after_files = list_segments(&seg_dir).unwrap();
+        assert!(!seg_dir.join(format!("{:08}.seg", old0.segment)).exists());
+        // The fully live segments of the last blobs stay as they were.
+        let kept: Vec<_> = before_files
+            .iter()
+            .filter(|(n, size)| after_files.get(n) == Some(size))
+            .collect();
+        assert!(!kept.is_empty());
+        // Nothing changed but where the bytes are.
+        assert_eq!(summary(&s), before);
+        let HeldRead::Good(bytes0) = s.read_held(&key0, old0).unwrap() else {
+            panic!("blob 0 lost");
+        };
+        assert_ne!(s.location(&r0, &id0).unwrap().unwrap(), old0);
+        assert_eq!(bytes0, b0.to_vec());
+        let check = |s: &FsStore| {
+            for (r, id, b) in with(Fate::Held) {
+                assert_eq!(s.get_blob(&r, &id).unwrap().unwrap(), b);
+            }
+            assert_eq!(quarantined_bytes(s, &qr, &qid), qbody.to_vec());
+            let trashed = keys(Fate::Trashed);
+            for (r, id) in &trashed {
+                assert_eq!(s.in_trash(r, &[*id]).unwrap(), [true]);
+            }
+        };
+        check(&s);
+        let steps = scrub_cycle(&s, 7, u64::MAX);
+        assert!(steps.iter().all(|st| st.quarantined.is_empty()));
+        // Restoring after the compaction finds the moved bytes.
+        let mine = with(Fate::Trashed)
+            .into_iter()
+            .filter(|(r, _, _)| *r == repo())
+            .count() as u64;
+        assert_eq!(s.restore_trash(&repo()).unwrap(), mine);
+        let restored: Vec<_> = with(Fate::Trashed)
+            .into_iter()
+            .filter(|(r, _, _)| *r == repo())
+            .collect();
+        for (r, id, b) in &restored {
+            assert_eq!(s.get_blob(r, id).unwrap().unwrap(), *b);
+        }
+        let before_reopen = summary(&s);
+        drop(s);
+
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(summary(&s), before_reopen);
+        assert_eq!(s.disk_bytes(), segment_bytes(dir.path()));
+        for (r, id, b) in with(Fate::Held).iter().chain(&restored) {
+            assert_eq!(s.get_blob(r, id).unwrap().unwrap(), *b);
+        }
+        assert_eq!(quarantined_bytes(&s, &qr, &qid), qbody.to_vec());
+        // Rewriting every sealed segment, all live now, changes nothing
+        // either.
+        s.compact(1.0).unwrap();
+        assert_eq!(summary(&s), before_reopen);
+        assert_eq!(s.disk_bytes(), segment_bytes(dir.path()));
+        assert!(s.restore_trash(&other).unwrap() > 0);
+        for (r, id, b) in with(Fate::Held).iter().chain(&with(Fate::Trashed)) {
+            assert_eq!(s.get_blob(r, id).unwrap().unwrap(), *b);
+        }
+        assert_eq!(quarantined_bytes(&s, &qr, &qid), qbody.to_vec());
+        for (r, id, _) in with(Fate::Deleted).iter().chain(&with(Fate::Expired)) {
+            assert!(s.get_blob(r, id).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn compaction_drops_empty_and_dead_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            put_each(&s, spread());
+        }
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        let keys: Vec<_> = spread().into_iter().map(|(r, id, _)| (r, id)).collect();
+        s.delete_blobs(&keys).unwrap();
+        assert!(s.disk_bytes() > 0);
+        // Sealed, nothing live: deleted even at 0.0, copying nothing.
+        let report = s.compact(0.0).unwrap();
+        assert!(report.segments >= 1);
+        assert_eq!(report.bytes_after, 0);
+        assert_eq!(s.disk_bytes(), 0);
+        assert_eq!(segment_bytes(dir.path()), 0);
+        // Only the open segment is left, and it is not touched.
+        assert_eq!(
+            list_segments(&dir.path().join("segments")).unwrap().len(),
+            1
+        );
+        assert_eq!(s.compact(1.0).unwrap(), CompactReport::default());
+        put_each(&s, spread());
+        for (r, id, b) in spread() {
+            assert_eq!(s.get_blob(&r, &id).unwrap().unwrap(), b);
+        }
+        assert_eq!(s.disk_bytes(), segment_bytes(dir.path()));
+        assert_eq!(
+            MemStore::default().compact(0.5).unwrap(),
+            CompactReport::default()
+        );
+    }
+
+    #[test]
+    fn compaction_runs_beside_puts_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = FsStoreOptions {
+            segment_bytes: 4096,
+            ..FsStoreOptions::default()
+        };
+        let body = |i: u16| Bytes::from(vec![i as u8; 100 + usize::from(i % 50)]);
+        let s = Arc::new(FsStore::open(dir.path(), options.clone()).unwrap());
+        for i in 0..300u16 {
+            s.put_blobs(&repo(), vec![(id_in(i, 1), body(i))]).unwrap();
+        }
+        let dead: Vec<_> = (0..300u16)
+            .filter(|i| i % 4 != 0)
+            .map(|i| (repo(), id_in(i, 1)))
+            .collect();
+        s.delete_blobs(&dead).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3u16)
+            .map(|t| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in (t * 4..300).step_by(12) {
+                            let got = s.get_blob(&repo(), &id_in(i, 1)).unwrap();
+                            assert_eq!(got.unwrap(), body(i));
+                            reads += 1;
+                        }
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 300..600u16 {
+                    s.put_blobs(&repo(), vec![(id_in(i, 1), body(i))]).unwrap();
+                }
+            })
+        };
+        let mut compacted = 0;
+        for _ in 0..3 {
+            compacted += s.compact(0.5).unwrap().segments;
+        }
+        writer.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        assert!(compacted > 0);
+        assert_eq!(s.disk_bytes(), segment_bytes(dir.path()));
+        let before = summary(&*s);
+        drop(s);
+        let s = FsStore::open(dir.path(), options).unwrap();
+        assert_eq!(summary(&s), before);
+        for i in (0..600u16).filter(|i| *i >= 300 || i % 4 == 0) {
+            assert_eq!(s.get_blob(&repo(), &id_in(i, 1)).unwrap().unwrap(), body(i));
+        }
+        assert_eq!(s.stats().unwrap().0, 75 + 300);
     }
 }

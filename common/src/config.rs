@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::placement::{ClusterMap, MapError};
+use crate::retention::Policy;
 use crate::{NodeId, RepoId};
 
 /// A config that does not parse or validate.
@@ -208,6 +209,20 @@ pub struct AgentConfig {
     pub exclude_larger_than: u64,
     /// Do not descend into other file systems than each path's own.
     pub one_file_system: bool,
+    /// Apply [`AgentConfig::retention`] to the snapshots of the agent's own
+    /// host and paths after each snapshot it stores (`ringvault agent` and
+    /// `ringvault backup`). Needs a non-empty `[retention]`.
+    pub apply_retention: bool,
+    /// Prune moves a chunk to the trash only once it has been unreferenced
+    /// for this long, s (1 s to 10 years), so a backup still uploading its
+    /// snapshot does not lose chunks it counted on.
+    pub prune_grace_s: u64,
+    /// How long trashed blobs can still be restored before prune deletes
+    /// them, s (0 to 10 years).
+    pub trash_keep_s: u64,
+    /// Which snapshots `forget` keeps (TOML table `[retention]`); empty by
+    /// default, and `forget` refuses an empty policy.
+    pub retention: Policy,
 }
 
 impl Default for AgentConfig {
@@ -232,6 +247,10 @@ impl Default for AgentConfig {
             exclude_caches: false,
             exclude_larger_than: 0,
             one_file_system: false,
+            apply_retention: false,
+            prune_grace_s: 86_400,
+            trash_keep_s: 7 * 86_400,
+            retention: Policy::default(),
         }
     }
 }
@@ -276,6 +295,25 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(
                 "upload-concurrency and request-timeout-ms must be positive".into(),
             ));
+        }
+        const TEN_YEARS_S: u64 = 10 * 365 * 86_400;
+        if !(1..=TEN_YEARS_S).contains(&c.prune_grace_s) {
+            return Err(ConfigError::Invalid(format!(
+                "prune-grace-s = {} is outside 1..={TEN_YEARS_S}",
+                c.prune_grace_s
+            )));
+        }
+        if c.trash_keep_s > TEN_YEARS_S {
+            return Err(ConfigError::Invalid(format!(
+                "trash-keep-s = {} is outside 0..={TEN_YEARS_S}",
+                c.trash_keep_s
+            )));
+        }
+        // An empty policy is fine until something is asked to apply it.
+        if c.apply_retention || !c.retention.is_empty() {
+            c.retention
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("[retention]: {e}")))?;
         }
         Ok(c)
     }
@@ -340,6 +378,43 @@ mod tests {
             "max-delay-ms = 18446744073709551615",
             "full-scan-interval-s = 18446744073709551615",
             "event-queue = 0",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn agent_retention_and_prune_keys() {
+        let base = "servers = [\"127.0.0.1:7401\"]\n";
+        let parse = |extra: &str| AgentConfig::parse(&format!("{base}{extra}"), Path::new("/"));
+        let c = parse("").unwrap();
+        assert!(c.retention.is_empty() && !c.apply_retention);
+        assert_eq!((c.prune_grace_s, c.trash_keep_s), (86_400, 604_800));
+        let c = parse(
+            "apply-retention = true\nprune-grace-s = 1\ntrash-keep-s = 0\n\
+             [retention]\nkeep-daily = 7\nkeep-monthly = \"unlimited\"\nkeep-tags = [\"pin\"]\n",
+        )
+        .unwrap();
+        assert!(c.apply_retention);
+        assert_eq!((c.prune_grace_s, c.trash_keep_s), (1, 0));
+        assert_eq!(
+            c.retention,
+            Policy {
+                daily: 7,
+                monthly: crate::retention::UNLIMITED,
+                tags: vec!["pin".into()],
+                ..Policy::default()
+            }
+        );
+        for bad in [
+            "prune-grace-s = 0",
+            "prune-grace-s = 315360001",
+            "trash-keep-s = 315360001",
+            "apply-retention = true",
+            "apply-retention = true\n[retention]\n",
+            "[retention]\nkeep-tags = [\"\"]",
+            "[retention]\nkeep-lats = 1",
+            "[retention]\nkeep-last = -5",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -34,6 +34,7 @@ pub mod config;
 pub mod id;
 pub mod keys;
 pub mod placement;
+pub mod retention;
 pub mod seal;
 pub mod snapshot;
 pub mod tls;

@@ -176,6 +176,72 @@ pub enum Request {
         /// The caller's digest of its own record keys.
         digest: [u8; 32],
     },
+    /// Delete a snapshot record, leaving a tombstone so no server copies
+    /// it back. Without `local_only` the server deletes it on every node
+    /// and answers once W hold the tombstone.
+    DeleteSnapshot {
+        /// Repository.
+        repo: RepoId,
+        /// Record id.
+        id: SnapshotId,
+        /// On this server only.
+        local_only: bool,
+    },
+    /// One record of any kind (server to server: record sync).
+    GetRecord {
+        /// Repository.
+        repo: RepoId,
+        /// Record kind (1 snapshot, 2 key, 3 tombstone).
+        kind: u8,
+        /// Its 32-byte key.
+        key: [u8; 32],
+    },
+    /// Prune, step 1: start mark-and-sweep round `round` of `repo` on this
+    /// server. From now until the sweep, every chunk of `repo` written here
+    /// or answered present by a has-query is protected from this round.
+    BeginPrune {
+        /// Repository.
+        repo: RepoId,
+        /// The round, chosen by the pruning agent (random).
+        round: u64,
+    },
+    /// Prune, step 2: chunks reachable from the snapshots listed after step
+    /// 1 (the ones of partitions this server owns).
+    PruneMark {
+        /// Repository.
+        repo: RepoId,
+        /// The round.
+        round: u64,
+        /// Up to [`MAX_HAS_IDS`] live ids.
+        ids: Vec<ChunkId>,
+    },
+    /// Prune, step 3: in every partition this server owns whose owners are
+    /// all up and not moving, note unmarked, unprotected chunks as
+    /// unreferenced, move those unreferenced for `grace_s` to the trash, and
+    /// drop trash older than `trash_keep_s`. Ends the round.
+    PruneSweep {
+        /// Repository.
+        repo: RepoId,
+        /// The round.
+        round: u64,
+        /// Grace period, seconds.
+        grace_s: u64,
+        /// How long the trash keeps blobs, seconds.
+        trash_keep_s: u64,
+    },
+    /// Move every trashed blob of `repo` back (undo a prune within the
+    /// trash period).
+    RestoreTrash {
+        /// Repository.
+        repo: RepoId,
+    },
+    /// The stored (sealed) size of each of `ids` here, 0 when not held.
+    Sizes {
+        /// Repository.
+        repo: RepoId,
+        /// Up to [`MAX_HAS_IDS`] ids.
+        ids: Vec<ChunkId>,
+    },
 }
 
 /// A server's answer.
@@ -240,6 +306,15 @@ pub enum Response {
         /// The digests are equal.
         same: bool,
     },
+    /// Answer to [`Request::PruneSweep`].
+    Swept(SweepReport),
+    /// A count (blobs restored from the trash).
+    Count(u64),
+    /// Answer to [`Request::Sizes`]: bytes per id, in order.
+    Sizes {
+        /// Stored bytes per id (0: not held).
+        sizes: Vec<u32>,
+    },
     /// Answer to [`Request::PrepareMap`].
     Prepared {
         /// The promise was given.
@@ -273,6 +348,28 @@ pub struct NodeStatus {
     pub scrub_cycles: u64,
     /// Its view of every other node of its map.
     pub peers: Vec<(NodeId, PeerState)>,
+}
+
+/// What one server's sweep did ([`Request::PruneSweep`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Partitions swept.
+    pub partitions: u64,
+    /// Partitions skipped: an owner down or out, or blobs moving.
+    pub skipped: u64,
+    /// Chunks found unreferenced for the first time (kept for the grace
+    /// period).
+    pub noted: u64,
+    /// Chunks referenced again, whose unreferenced mark was cleared.
+    pub cleared: u64,
+    /// Chunks moved to the trash.
+    pub trashed: u64,
+    /// Their stored bytes.
+    pub trashed_bytes: u64,
+    /// Trashed blobs dropped for good (past the trash period).
+    pub expired: u64,
+    /// Their stored bytes.
+    pub expired_bytes: u64,
 }
 
 /// A server's view of a peer.
@@ -440,7 +537,12 @@ impl Request {
     pub fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         let invalid = |m: &str| Err(FrameError::Invalid(m.to_owned()));
         match self {
-            Request::Has { ids, .. } | Request::Copies { ids, .. } if ids.len() > MAX_HAS_IDS => {
+            Request::Has { ids, .. }
+            | Request::Copies { ids, .. }
+            | Request::PruneMark { ids, .. }
+            | Request::Sizes { ids, .. }
+                if ids.len() > MAX_HAS_IDS =>
+            {
                 invalid("too many ids")
             }
             Request::Digests { partitions, .. } if partitions.len() != PARTITION_BITMAP_BYTES => {
@@ -473,6 +575,13 @@ impl Request {
             | Request::PrepareMap { .. }
             | Request::CommitMap { .. }
             | Request::RecordKeys { .. }
+            | Request::DeleteSnapshot { .. }
+            | Request::GetRecord { .. }
+            | Request::BeginPrune { .. }
+            | Request::PruneMark { .. }
+            | Request::PruneSweep { .. }
+            | Request::RestoreTrash { .. }
+            | Request::Sizes { .. }
                 if !payload.is_empty() =>
             {
                 invalid("unexpected payload")
@@ -492,7 +601,14 @@ impl Request {
             | Request::PrepareMap { .. }
             | Request::CommitMap { .. }
             | Request::RecordKeys { .. } => None,
-            Request::Copies { repo, .. } => Some(repo),
+            Request::Copies { repo, .. }
+            | Request::DeleteSnapshot { repo, .. }
+            | Request::GetRecord { repo, .. }
+            | Request::BeginPrune { repo, .. }
+            | Request::PruneMark { repo, .. }
+            | Request::PruneSweep { repo, .. }
+            | Request::RestoreTrash { repo }
+            | Request::Sizes { repo, .. } => Some(repo),
             Request::Has { repo, .. }
             | Request::PutBlobs { repo, .. }
             | Request::GetBlob { repo, .. }
@@ -509,7 +625,10 @@ impl Request {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            Request::Digests { .. } | Request::ListPartition { .. } | Request::RecordKeys { .. }
+            Request::Digests { .. }
+                | Request::ListPartition { .. }
+                | Request::RecordKeys { .. }
+                | Request::GetRecord { .. }
         ) || matches!(
             self,
             Request::Has {
@@ -522,6 +641,9 @@ impl Request {
                 local_only: true,
                 ..
             } | Request::PutKey {
+                local_only: true,
+                ..
+            } | Request::DeleteSnapshot {
                 local_only: true,
                 ..
             }
@@ -553,6 +675,13 @@ impl Request {
             Request::PrepareMap { .. } => "prepare-map",
             Request::CommitMap { .. } => "commit-map",
             Request::RecordKeys { .. } => "record-keys",
+            Request::DeleteSnapshot { .. } => "delete-snapshot",
+            Request::GetRecord { .. } => "get-record",
+            Request::BeginPrune { .. } => "begin-prune",
+            Request::PruneMark { .. } => "prune-mark",
+            Request::PruneSweep { .. } => "prune-sweep",
+            Request::RestoreTrash { .. } => "restore-trash",
+            Request::Sizes { .. } => "sizes",
         }
     }
 }

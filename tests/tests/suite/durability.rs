@@ -28,6 +28,16 @@ fn cluster(nodes: u32, replicas: u32, quorum: u32, proxies: bool) -> TestCluster
     c
 }
 
+/// A 3-server cluster (N=3, W=2) holding one snapshot of `files` random
+/// files of `size` bytes under `src/data/`.
+fn backed_up(files: usize, size: usize, seed: u64) -> (TestCluster, PathBuf) {
+    let c = cluster(3, 3, 2, false);
+    let src = source(&c);
+    make_files(&src, "data", files, size, seed);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    (c, src)
+}
+
 /// `files` files of `size` random bytes each under `root/name/`.
 fn make_files(root: &Path, name: &str, files: usize, size: usize, seed: u64) -> PathBuf {
     let dir = root.join(name);
@@ -99,6 +109,12 @@ fn status(c: &TestCluster) -> Vec<Value> {
     let out = c.run(&["--json", "cluster", "status"]).unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits up to `limit` for `done`, failing with `context()` on timeout.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    ringvault_tests::wait_for("a condition", limit, || done().then_some(()))
+        .unwrap_or_else(|e| panic!("{e}: {}", context()));
 }
 
 /// Waits until every server answers and sees every peer up (a restarted
@@ -185,10 +201,7 @@ fn a_server_killed_mid_backup_loses_nothing_and_three_copies_return() {
 #[test]
 #[ignore = "fault test: run with --include-ignored"]
 fn a_wiped_server_is_refilled_by_repair() {
-    let mut c = cluster(3, 3, 2, false);
-    let src = source(&c);
-    make_files(&src, "data", 8, 1 << 20, 2);
-    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let (mut c, src) = backed_up(8, 1 << 20, 2);
     let before = blobs_on(&c, 0);
     assert!(before > 0);
     c.kill(1);
@@ -234,10 +247,7 @@ fn flip_blobs(data: &Path, count: usize) -> usize {
 #[test]
 #[ignore = "fault test: run with --include-ignored"]
 fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
-    let mut c = cluster(3, 3, 2, false);
-    let src = source(&c);
-    make_files(&src, "data", 6, 512 << 10, 3);
-    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let (mut c, src) = backed_up(6, 512 << 10, 3);
 
     // On read: check --read-data opens every copy and reports the bad ones;
     // the server quarantines them and repair fetches good copies.
@@ -256,15 +266,11 @@ fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
     assert!(flip_blobs(&c.node_dir(1).join("data"), 3) >= 3);
     c.set_server_setting(1, "scrub-cycle-s", "1");
     c.restart(1).unwrap();
-    let start = Instant::now();
-    while !c.server_log(1).contains("scrub: blob failed its checksum") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "scrub found nothing: {}",
-            c.server_log(1)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        || c.server_log(1).contains("scrub: blob failed its checksum"),
+        || format!("scrub found nothing: {}", c.server_log(1)),
+    );
     wait_until_healthy(&c, Duration::from_secs(60));
     assert!(
         status(&c)[1]["quarantined"].as_u64().unwrap_or(0) >= 3,
@@ -277,10 +283,7 @@ fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
 #[test]
 #[ignore = "fault test: run with --include-ignored"]
 fn with_two_of_three_servers_down_a_backup_fails_naming_the_quorum_and_reads_still_work() {
-    let mut c = cluster(3, 3, 2, false);
-    let src = source(&c);
-    make_files(&src, "data", 4, 256 << 10, 4);
-    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let (mut c, src) = backed_up(4, 256 << 10, 4);
     c.kill(1);
     c.kill(2);
     make_files(&src, "more", 2, 256 << 10, 5);
@@ -342,15 +345,11 @@ fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() 
     // Writes meant for node 3 land on the next node, which keeps hints.
     make_files(&src, "more", 4, 512 << 10, 13);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();
-    let start = Instant::now();
-    while total(&c, "hints") == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no hints held: {:?}",
-            status(&c)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || total(&c, "hints") > 0,
+        || format!("no hints held: {:?}", status(&c)),
+    );
     // Down, not yet out: routed around, no copies made (no repair storm).
     let (code, report) = check(&c, false);
     assert!(
@@ -368,15 +367,11 @@ fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() 
     assert!(killed.elapsed() >= Duration::from_secs(OUT_AFTER_S));
     // Back: it pulls its partitions again; the stand-ins drop their copies.
     c.restart(2).unwrap();
-    let start = Instant::now();
-    while total(&c, "hints") > 0 || blobs_on(&c, 2) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "hints were not handed back: {:?}",
-            status(&c)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        || !(total(&c, "hints") > 0 || blobs_on(&c, 2) == 0),
+        || format!("hints were not handed back: {:?}", status(&c)),
+    );
     wait_until_healthy(&c, Duration::from_secs(60));
     assert_restores(&c, &src, "restored");
 }
@@ -411,20 +406,11 @@ fn a_full_server_refuses_writes_which_land_elsewhere_as_hints() {
         "segments hold {seg_bytes} bytes"
     );
     wait_until_healthy(&c, Duration::from_secs(60));
-    let start = Instant::now();
-    while status(&c)
-        .iter()
-        .map(|r| r["hints"].as_u64().unwrap_or(0))
-        .sum::<u64>()
-        == 0
-    {
-        // Hints are counted by the handoff pass after the write.
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no node holds hints (written {hints})"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || total(&c, "hints") > 0,
+        || format!("no node holds hints (written {hints})"),
+    );
     assert_restores(&c, &src, "restored");
 }
 
@@ -460,10 +446,7 @@ fn backups_complete_through_lossy_links_and_a_cut_server_catches_up() {
 #[test]
 #[ignore = "fault test: run with --include-ignored"]
 fn a_node_added_and_another_removed_while_a_backup_runs() {
-    let mut c = cluster(3, 3, 2, false);
-    let src = source(&c);
-    make_files(&src, "data", 8, 512 << 10, 9);
-    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let (mut c, src) = backed_up(8, 512 << 10, 9);
     make_files(&src, "more", 24, 1 << 20, 10);
     let backup = c
         .ringvault()
@@ -506,18 +489,14 @@ fn a_node_added_and_another_removed_while_a_backup_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Node 1 hands everything to the new owners, then holds nothing.
-    let start = Instant::now();
-    while !c
-        .server_log(0)
-        .contains("every blob here is with its new owners")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "node 1 did not drain: {}",
+    wait_until(
+        Duration::from_secs(90),
+        || {
             c.server_log(0)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+                .contains("every blob here is with its new owners")
+        },
+        || format!("node 1 did not drain: {}", c.server_log(0)),
+    );
     c.kill(0);
     wait_until_healthy(&c, Duration::from_secs(90));
     let rows = status(&c);
@@ -578,15 +557,11 @@ fn a_running_agent_adopts_a_newer_map_from_a_server_answer() {
     make_files(&src, "data", 2, 64 << 10, 14);
     let cfg = crate::agent::watching_config(&c, &[&src], "");
     let agent = c.start_agent(&cfg, "agent").unwrap();
-    let start = Instant::now();
-    while snapshot_count(&c) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no first snapshot: {}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        || snapshot_count(&c) > 0,
+        || format!("no first snapshot: {}", agent.log_text()),
+    );
     let port = ringvault_tests::free_ports(1).unwrap()[0];
     let dir = c.cluster_dir();
     c.ok(&[
@@ -617,15 +592,11 @@ fn a_running_agent_adopts_a_newer_map_from_a_server_answer() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let start = Instant::now();
-    while snapshot_count(&c) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no snapshot after the join: {}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        || snapshot_count(&c) >= 2,
+        || format!("no snapshot after the join: {}", agent.log_text()),
+    );
     wait_until_healthy(&c, Duration::from_secs(60));
     assert_restores(&c, &src, "restored");
 }

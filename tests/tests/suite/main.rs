@@ -7,6 +7,7 @@ mod agent;
 mod durability;
 mod e2e;
 mod proxy;
+mod retention;
 
 /// Small chunks so that test files span many of them.
 pub const TEST_CHUNKS: &str = "16384,65536,262144";

@@ -1,0 +1,347 @@
+//! Retention and garbage collection on real servers: `forget`, `prune`
+//! (mark-and-sweep rounds with a grace period and a trash), `stats`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::random_bytes;
+use ringvault_tests::{ClusterOptions, TestCluster, tree_diff, wait_for};
+use serde_json::Value;
+
+const CHUNKS: &str = "16384,65536,262144";
+/// A little over the 1 s grace the tests prune with.
+const GRACE: Duration = Duration::from_millis(1100);
+
+/// Three servers (N=3, W=2) with small segments (so compaction has sealed
+/// segments to rewrite) and quick maintenance; the agent prunes with
+/// `grace` and `trash` seconds.
+fn cluster(grace: u64, trash: u64) -> TestCluster {
+    let c = TestCluster::with(ClusterOptions {
+        server_config: "probe-interval-ms = 200\nrepair-interval-ms = 300\nsegment-bytes = 1048576\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n".into(),
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    let cfg = c.agent_config();
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(
+        cfg,
+        format!("{text}prune-grace-s = {grace}\ntrash-keep-s = {trash}\n"),
+    )
+    .unwrap();
+    c.ok(&["init", "--chunker-params", CHUNKS]).unwrap();
+    c
+}
+
+fn write_files(dir: &Path, files: usize, size: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        std::fs::write(
+            dir.join(format!("f{i}.bin")),
+            random_bytes(size, seed + i as u64),
+        )
+        .unwrap();
+    }
+}
+
+fn src(c: &TestCluster) -> PathBuf {
+    let s = c.dir.path().join("src");
+    std::fs::create_dir_all(&s).unwrap();
+    s
+}
+
+fn backup(c: &TestCluster, src: &Path) -> String {
+    let out = c.ok(&["--json", "backup", src.to_str().unwrap()]).unwrap();
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    v["snapshot"].as_str().unwrap_or_default().to_owned()
+}
+
+fn json(c: &TestCluster, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = c.ok(&all).unwrap();
+    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap()
+}
+
+/// Blob bytes every server holds, summed (`cluster status`).
+fn stored(c: &TestCluster) -> u64 {
+    let out = c.run(&["--json", "cluster", "status"]).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn segment_bytes(c: &TestCluster) -> u64 {
+    (0..3)
+        .map(|i| {
+            std::fs::read_dir(c.node_dir(i).join("data/segments"))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn assert_healthy(c: &TestCluster) {
+    let out = c.run(&["--json", "check", "--read-data"]).unwrap();
+    assert!(
+        out.status.success(),
+        "check --read-data failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn assert_restores(c: &TestCluster, src: &Path, name: &str) {
+    let target = c.dir.path().join(name);
+    c.ok(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    if let Some(d) = tree_diff(src, &target.join("src")) {
+        panic!("restore differs: {d}");
+    }
+}
+
+fn snapshot_count(c: &TestCluster) -> usize {
+    c.snapshots().unwrap().len()
+}
+
+#[test]
+fn forget_keeps_what_the_policy_keeps_and_forgotten_records_stay_gone() {
+    let mut c = cluster(86_400, 604_800);
+    let s = src(&c);
+    for i in 0..4 {
+        write_files(&s.join(format!("d{i}")), 1, 10_000, i);
+        backup(&c, &s);
+    }
+    let plan = json(&c, &["forget", "--keep-last", "2", "--dry-run"]);
+    assert_eq!(plan["applied"], false);
+    assert_eq!(plan["groups"][0]["remove"].as_array().unwrap().len(), 2);
+    assert_eq!(snapshot_count(&c), 4, "a dry run removed something");
+    // A server down during forget must not bring the records back.
+    c.kill(2);
+    let done = json(&c, &["forget", "--keep-last", "2"]);
+    assert_eq!(done["applied"], true);
+    assert_eq!(snapshot_count(&c), 2);
+    c.restart(2).unwrap();
+    wait_for(
+        "tombstones to reach node 3",
+        Duration::from_secs(30),
+        || (snapshot_count(&c) == 2).then_some(()),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(snapshot_count(&c), 2, "a forgotten record came back");
+    // Without a policy, forget refuses.
+    let out = c.run(&["forget"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no retention policy"));
+}
+
+#[test]
+fn space_is_reclaimed_after_forget_prune_and_the_grace_periods() {
+    let c = cluster(1, 1);
+    let s = src(&c);
+    write_files(&s.join("old"), 6, 512 << 10, 1);
+    let first = backup(&c, &s);
+    std::fs::remove_dir_all(s.join("old")).unwrap();
+    write_files(&s.join("new"), 2, 256 << 10, 100);
+    backup(&c, &s);
+    let stats = json(&c, &["stats"]);
+    let only_first = stats["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == first)
+        .unwrap()["exclusive_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(only_first > 3 << 20, "{stats}");
+    assert!(stats["dedup_ratio"].as_f64().unwrap() >= 1.0, "{stats}");
+    let before = stored(&c);
+    let disk_before = segment_bytes(&c);
+    json(&c, &["forget", "--keep-last", "1"]);
+    // Round 1 notes the first snapshot's chunks as unreferenced, round 2
+    // (past the 1 s grace) trashes them, round 3 (past the 1 s trash
+    // period) drops them.
+    let (mut trashed, mut expired) = (0, 0);
+    for _ in 0..3 {
+        let p = json(&c, &["prune"]);
+        trashed += p["trashed"].as_u64().unwrap();
+        expired += p["expired"].as_u64().unwrap();
+        // Whole seconds: "more than 1 s ago" needs up to 2 s of wall time.
+        std::thread::sleep(Duration::from_millis(2100));
+    }
+    assert!(
+        trashed > 0 && expired == trashed,
+        "{trashed} trashed, {expired} expired"
+    );
+    let after = stored(&c);
+    assert_eq!(
+        before - after,
+        3 * only_first,
+        "stored bytes should drop by N x what the forgotten snapshot alone held"
+    );
+    wait_for("compaction", Duration::from_secs(30), || {
+        (segment_bytes(&c) < disk_before - only_first).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} -> {}", disk_before, segment_bytes(&c)));
+    assert_healthy(&c);
+    assert_restores(&c, &s, "restored");
+}
+
+#[test]
+fn trashed_blobs_can_be_restored() {
+    let c = cluster(1, 86_400);
+    let s = src(&c);
+    write_files(&s.join("old"), 3, 256 << 10, 7);
+    backup(&c, &s);
+    std::fs::remove_dir_all(s.join("old")).unwrap();
+    write_files(&s.join("new"), 1, 1000, 8);
+    backup(&c, &s);
+    let before = stored(&c);
+    json(&c, &["forget", "--keep-last", "1"]);
+    json(&c, &["prune"]);
+    std::thread::sleep(GRACE);
+    let p = json(&c, &["prune"]);
+    assert!(p["trashed"].as_u64().unwrap() > 0, "{p}");
+    assert!(stored(&c) < before);
+    let back = json(&c, &["prune", "--restore-trash"]);
+    assert!(back["restored"].as_u64().unwrap() > 0);
+    assert_eq!(stored(&c), before);
+}
+
+#[test]
+fn a_backup_running_during_prune_loses_nothing() {
+    let c = cluster(30, 86_400);
+    let s = src(&c);
+    write_files(&s.join("base"), 2, 256 << 10, 20);
+    backup(&c, &s);
+    write_files(&s.join("big"), 24, 1 << 20, 21);
+    let running = c
+        .ringvault()
+        .args(["backup", s.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rounds = 0;
+    let out = loop {
+        json(&c, &["prune"]);
+        rounds += 1;
+        if let Some(out) = running_output(&c, &running) {
+            break out;
+        }
+    };
+    let mut running = running;
+    let status = running.wait().unwrap();
+    assert!(status.success(), "the backup failed during prune: {out}");
+    assert!(rounds >= 1);
+    for _ in 0..2 {
+        json(&c, &["prune"]);
+    }
+    assert_healthy(&c);
+    assert_restores(&c, &s, "restored");
+}
+
+/// `Some(stderr)` once `child` (a backup) has exited.
+fn running_output(_c: &TestCluster, child: &std::process::Child) -> Option<String> {
+    // try_wait needs &mut; poll the pid instead.
+    let alive = Path::new(&format!("/proc/{}", child.id())).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .unwrap_or_default()
+            .contains(") Z ");
+    (!alive).then(String::new)
+}
+
+#[test]
+fn a_snapshot_made_just_before_prune_keeps_its_otherwise_unreferenced_chunks() {
+    let c = cluster(1, 86_400);
+    let s = src(&c);
+    write_files(&s.join("data"), 4, 256 << 10, 30);
+    backup(&c, &s);
+    std::fs::rename(s.join("data"), c.dir.path().join("aside")).unwrap();
+    write_files(&s.join("other"), 1, 1000, 31);
+    backup(&c, &s);
+    json(&c, &["forget", "--keep-last", "1"]);
+    // The data comes back (same bytes, same chunks: the backup uploads
+    // nothing, because the cluster answers that it has them), just before
+    // prune runs twice, past the 1 s grace.
+    json(&c, &["prune"]);
+    std::thread::sleep(GRACE);
+    std::fs::rename(c.dir.path().join("aside"), s.join("data")).unwrap();
+    backup(&c, &s);
+    json(&c, &["prune"]);
+    assert_healthy(&c);
+    assert_restores(&c, &s, "restored");
+}
+
+#[test]
+fn a_prune_killed_at_any_point_is_harmless() {
+    let mut c = cluster(1, 86_400);
+    let s = src(&c);
+    write_files(&s.join("gone"), 8, 128 << 10, 40);
+    backup(&c, &s);
+    std::fs::remove_dir_all(s.join("gone")).unwrap();
+    write_files(&s.join("kept"), 4, 128 << 10, 41);
+    backup(&c, &s);
+    json(&c, &["forget", "--keep-last", "1"]);
+    for delay_ms in [0u64, 30, 80, 150, 300, 600] {
+        let mut p = c
+            .ringvault()
+            .arg("prune")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    // A server restarted mid-round forgets the round: that prune reports
+    // it and leaves its blobs alone.
+    c.restart(1).unwrap();
+    for _ in 0..2 {
+        json(&c, &["prune"]);
+        std::thread::sleep(GRACE);
+    }
+    assert_healthy(&c);
+    assert_restores(&c, &s, "restored");
+    let st = json(&c, &["stats"]);
+    assert_eq!(st["snapshots"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn the_agent_applies_its_retention_policy_after_each_snapshot() {
+    let c = cluster(86_400, 604_800);
+    let s = src(&c);
+    write_files(&s.join("d"), 1, 1000, 50);
+    let cfg = crate::agent::watching_config(
+        &c,
+        &[&s],
+        "apply-retention = true\n[retention]\nkeep-last = 2\n",
+    );
+    let agent = c.start_agent(&cfg, "agent").unwrap();
+    for i in 0..4u64 {
+        let saved = agent.log_text().matches("snapshot saved").count();
+        std::fs::write(s.join(format!("d/edit{i}")), i.to_le_bytes()).unwrap();
+        wait_for("the next snapshot", Duration::from_secs(60), || {
+            (agent.log_text().matches("snapshot saved").count() > saved).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    }
+    wait_for("retention to keep 2", Duration::from_secs(30), || {
+        (snapshot_count(&c) == 2).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} snapshots\n{}",
+            snapshot_count(&c),
+            agent.log_text()
+        )
+    });
+    assert!(agent.log_text().contains("retention policy applied"));
+    assert_restores(&c, &s, "restored");
+}
