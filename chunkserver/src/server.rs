@@ -1145,63 +1145,24 @@ async fn put_record_everywhere(
     if local_only {
         return Ok((Response::Ok, vec![]));
     }
-    let view = node.view();
-    node.try_down_peers_if_short(&view);
-    let mut sends = FuturesUnordered::new();
-    for other in view
-        .map
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&n| n != node.id)
-    {
-        let node = node.clone();
-        let req = match kind {
-            RecordKind::Snapshot => Request::PutSnapshot {
-                repo: repo.clone(),
-                id: ringvault_common::SnapshotId(key),
-                local_only: true,
-            },
-            RecordKind::Key => Request::PutKey {
-                repo: repo.clone(),
-                local_only: true,
-            },
-            // Tombstones spread with DeleteSnapshot and record sync.
-            RecordKind::Tombstone => Request::DeleteSnapshot {
-                repo: repo.clone(),
-                id: ringvault_common::SnapshotId(key),
-                local_only: true,
-            },
-        };
-        let value = value.clone();
-        sends.push(tokio::spawn(async move {
-            match node.call_peer(other, &req, vec![value]).await {
-                Ok(_) => Ok(()),
-                Err(CallError::Remote(e)) if e.code == ErrorCode::Exists => Err(Some(e)),
-                Err(e) => {
-                    warn!(node = %other, error = %e, "record copy failed");
-                    Err(None)
-                }
-            }
-        }));
-    }
-    let w = view.map.write_quorum;
-    let mut held = 1u32;
-    while held < w {
-        match sends.next().await {
-            None => break,
-            Some(Ok(Ok(()))) => held += 1,
-            Some(Ok(Err(Some(e)))) => return Err(e),
-            Some(_) => {}
+    let req = match kind {
+        RecordKind::Snapshot => Request::PutSnapshot {
+            repo,
+            id: ringvault_common::SnapshotId(key),
+            local_only: true,
+        },
+        RecordKind::Key => Request::PutKey {
+            repo,
+            local_only: true,
+        },
+        RecordKind::Tombstone => {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "tombstones spread by DeleteSnapshot",
+            ));
         }
-    }
-    if held < w {
-        return Err(WireError::new(
-            ErrorCode::QuorumNotReached,
-            format!("only {held} of the required {w} servers stored the record"),
-        ));
-    }
-    Ok((Response::Ok, vec![]))
+    };
+    everywhere(node, req, vec![value], "stored the record").await
 }
 
 /// Deletes a snapshot record here and leaves a tombstone (its value: the
@@ -1226,6 +1187,19 @@ async fn delete_snapshot_everywhere(
     if local_only {
         return Ok((Response::Ok, vec![]));
     }
+    let req = Request::DeleteSnapshot {
+        repo,
+        id,
+        local_only: true,
+    };
+    everywhere(node, req, vec![], "deleted the snapshot").await
+}
+
+/// Sends `req` (a local-only record change this node has already made) to
+/// every other node of the map and answers once W nodes, this one
+/// included, made it. Sends are spawned, so nodes past the first W still
+/// get it. A node answering `Exists` (a different key) fails the request.
+async fn everywhere(node: &Arc<Node>, req: Request, payload: Vec<Bytes>, did: &str) -> Reply {
     let view = node.view();
     node.try_down_peers_if_short(&view);
     let mut sends = FuturesUnordered::new();
@@ -1236,15 +1210,16 @@ async fn delete_snapshot_everywhere(
         .map(|n| n.id)
         .filter(|&n| n != node.id)
     {
-        let node = node.clone();
-        let req = Request::DeleteSnapshot {
-            repo: repo.clone(),
-            id,
-            local_only: true,
-        };
-        // Spawned, so nodes past the first W still get the delete.
+        let (node, req, payload) = (node.clone(), req.clone(), payload.clone());
         sends.push(tokio::spawn(async move {
-            node.call_peer(other, &req, vec![]).await.is_ok()
+            match node.call_peer(other, &req, payload).await {
+                Ok(_) => Ok(()),
+                Err(CallError::Remote(e)) if e.code == ErrorCode::Exists => Err(Some(e)),
+                Err(e) => {
+                    warn!(node = %other, kind = req.kind(), error = %e, "record change failed");
+                    Err(None)
+                }
+            }
         }));
     }
     let w = view.map.write_quorum;
@@ -1252,14 +1227,15 @@ async fn delete_snapshot_everywhere(
     while held < w {
         match sends.next().await {
             None => break,
-            Some(Ok(true)) => held += 1,
+            Some(Ok(Ok(()))) => held += 1,
+            Some(Ok(Err(Some(e)))) => return Err(e),
             Some(_) => {}
         }
     }
     if held < w {
         return Err(WireError::new(
             ErrorCode::QuorumNotReached,
-            format!("only {held} of the required {w} servers deleted the snapshot"),
+            format!("only {held} of the required {w} servers {did}"),
         ));
     }
     Ok((Response::Ok, vec![]))
