@@ -567,6 +567,8 @@ impl Cluster {
     /// # Errors
     /// [`ClientError`].
     pub async fn begin_prune(&self, node: NodeId, round: u64) -> Result<(), ClientError> {
+        // Every server should take part: try it even if it is routed around.
+        self.peers.mark_up(node);
         let req = Request::BeginPrune {
             repo: self.repo.clone(),
             round,
@@ -623,6 +625,7 @@ impl Cluster {
     /// # Errors
     /// [`ClientError`].
     pub async fn restore_trash(&self, node: NodeId) -> Result<u64, ClientError> {
+        self.peers.mark_up(node);
         let req = Request::RestoreTrash {
             repo: self.repo.clone(),
         };

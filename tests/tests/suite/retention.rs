@@ -345,3 +345,49 @@ fn the_agent_applies_its_retention_policy_after_each_snapshot() {
     assert!(agent.log_text().contains("retention policy applied"));
     assert_restores(&c, &s, "restored");
 }
+
+/// Waits until `holds` is true of every peer in node 1's view.
+fn wait_for_node_1(c: &TestCluster, what: &str, holds: impl Fn(&Value) -> bool) {
+    wait_for(what, Duration::from_secs(30), || {
+        let out = c.run(&["--json", "cluster", "status"]).ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["nodes"][0]["peers"]
+            .as_array()?
+            .iter()
+            .all(&holds)
+            .then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn prune_skips_partitions_whose_owners_are_not_all_up() {
+    let mut c = cluster(1, 86_400);
+    let s = src(&c);
+    write_files(&s.join("old"), 4, 128 << 10, 60);
+    backup(&c, &s);
+    std::fs::remove_dir_all(s.join("old")).unwrap();
+    write_files(&s.join("new"), 1, 1000, 61);
+    backup(&c, &s);
+    json(&c, &["forget", "--keep-last", "1"]);
+    c.kill(2);
+    wait_for_node_1(&c, "node 3 down", |p| p["node"] != 3 || p["state"] != "up");
+    for _ in 0..2 {
+        let out = c.run(&["--json", "prune"]).unwrap();
+        assert_eq!(out.status.code(), Some(3), "a server missing is reported");
+        let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(p["trashed"], 0, "{p}");
+        assert!(p["partitions_skipped"].as_u64().unwrap() > 0, "{p}");
+        std::thread::sleep(GRACE);
+    }
+    c.restart(2).unwrap();
+    wait_for_node_1(&c, "every peer up", |p| p["state"] == "up");
+    let mut trashed = 0;
+    for _ in 0..2 {
+        trashed += json(&c, &["prune"])["trashed"].as_u64().unwrap();
+        std::thread::sleep(GRACE);
+    }
+    assert!(trashed > 0, "nothing trashed once every owner was up");
+    assert_healthy(&c);
+    assert_restores(&c, &s, "restored");
+}
