@@ -17,7 +17,9 @@
 //!    node's bytes plus any growth on the old nodes, against the ideal of
 //!    N/(k+1) of the unique bytes.
 //!
-//! Prints a table. Every figure comes from `ringvault cluster status`.
+//! 3. times a prune round with nothing to delete, and `stats`.
+//!
+//! Prints a table. Replica figures come from `ringvault cluster status`.
 
 use std::time::{Duration, Instant};
 
@@ -143,6 +145,25 @@ fn main() -> anyhow::Result<()> {
         after == 3 * unique
     );
     println!("| join: time until settled | {join_s:.1} s |");
+    // 3. Garbage collection over the whole repository: a prune with nothing
+    // to delete (the cost of a round), then stats.
+    let t = Instant::now();
+    let out = c.ok(&["--json", "prune"])?;
+    let prune_s = t.elapsed().as_secs_f64();
+    let p: Value = serde_json::from_str(out.lines().last().unwrap_or("{}"))?;
+    println!(
+        "| prune round, nothing to delete (4 servers) | {prune_s:.1} s; {} live chunks, {} partitions swept |",
+        p["live_chunks"], p["partitions"]
+    );
+    let t = Instant::now();
+    let out = c.ok(&["--json", "stats"])?;
+    let stats_s = t.elapsed().as_secs_f64();
+    let st: Value = serde_json::from_str(out.lines().last().unwrap_or("{}"))?;
+    println!(
+        "| stats | {stats_s:.1} s; dedup ratio {:.2}, compression ratio {:.2} |",
+        st["dedup_ratio"].as_f64().unwrap_or(0.0),
+        st["compression_ratio"].as_f64().unwrap_or(0.0)
+    );
     for (i, r) in rows.iter().enumerate() {
         println!(
             "| node {} after the join | {} blobs, {:.3} GiB |",
