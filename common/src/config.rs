@@ -209,9 +209,9 @@ pub struct AgentConfig {
     pub exclude_larger_than: u64,
     /// Do not descend into other file systems than each path's own.
     pub one_file_system: bool,
-    /// Apply [`AgentConfig::retention`] to the snapshots of the agent's own
-    /// host and paths after each snapshot it stores (`ringvault agent` and
-    /// `ringvault backup`). Needs a non-empty `[retention]`.
+    /// Apply [`AgentConfig::retention`] to this host's snapshots after each
+    /// snapshot `ringvault agent` stores (`ringvault backup` does not).
+    /// Needs a non-empty `[retention]`.
     pub apply_retention: bool,
     /// Prune moves a chunk to the trash only once it has been unreferenced
     /// for this long, s (1 s to 10 years), so a backup still uploading its
