@@ -90,18 +90,8 @@ fn main() -> anyhow::Result<()> {
 
     // 2. A fourth node joins.
     let before: u64 = (0..3).map(|i| field(&rows, i, "bytes")).sum();
-    let port = ringvault_tests::free_ports(1)?[0];
-    let dir = c.cluster_dir();
     let t = Instant::now();
-    c.ok(&[
-        "cluster",
-        "add-node",
-        "--dir",
-        dir.to_str().context("path")?,
-        "--address",
-        &format!("127.0.0.1:{port}"),
-    ])?;
-    c.add_server(&dir.join("node-4/chunkserver.toml"), SETTINGS)?;
+    c.add_node(SETTINGS)?;
     let mut last = u64::MAX;
     let rows = loop {
         let rows = status(&c)?;

@@ -268,6 +268,33 @@ impl TestCluster {
         Ok(i)
     }
 
+    /// Adds a server with `ringvault cluster add-node` on a free loopback
+    /// port and starts it with `extra` settings; returns its index and the
+    /// committed map epoch.
+    ///
+    /// # Errors
+    /// When the map change fails or the server does not start.
+    pub fn add_node(&mut self, extra: &str) -> anyhow::Result<(usize, u64)> {
+        let port = free_ports(1)?[0];
+        let dir = self.cluster_dir();
+        let out = self.ok(&[
+            "--json",
+            "cluster",
+            "add-node",
+            "--dir",
+            dir.to_str().context("cluster dir is not UTF-8")?,
+            "--address",
+            &format!("127.0.0.1:{port}"),
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        let node_dir = v["node_dir"]
+            .as_str()
+            .context("add-node named no node dir")?;
+        let epoch = v["epoch"].as_u64().context("add-node named no epoch")?;
+        let i = self.add_server(&Path::new(node_dir).join("chunkserver.toml"), extra)?;
+        Ok((i, epoch))
+    }
+
     /// The agent config file.
     pub fn agent_config(&self) -> &Path {
         &self.layout.agent_config
@@ -377,6 +404,20 @@ impl TestCluster {
     /// When it cannot be started or runs too long.
     pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
         run_bounded(self.ringvault().args(args), Duration::from_secs(120))
+    }
+
+    /// Starts `ringvault ARGS` in the background (stdout discarded, stderr
+    /// piped), for a command to overlap with others; the caller waits.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .ringvault()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?)
     }
 
     /// Runs `ringvault ARGS` and fails unless it exits 0; returns stdout.

@@ -4,7 +4,6 @@
 //! copies that decrypt to their ids) and a byte-identical restore.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::{TEST_CHUNKS, random_bytes};
@@ -154,13 +153,7 @@ fn a_server_killed_mid_backup_loses_nothing_and_three_copies_return() {
     let mut c = cluster(3, 3, 2, false);
     let src = source(&c);
     make_files(&src, "data", 24, 1 << 20, 1);
-    let backup = c
-        .ringvault()
-        .args(["backup", src.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = c.spawn(&["backup", src.to_str().unwrap()]).unwrap();
     // Kill node 3 once it has stored part of the backup.
     let seg_dir = c.node_dir(2).join("data/segments");
     let start = Instant::now();
@@ -448,29 +441,10 @@ fn backups_complete_through_lossy_links_and_a_cut_server_catches_up() {
 fn a_node_added_and_another_removed_while_a_backup_runs() {
     let (mut c, src) = backed_up(8, 512 << 10, 9);
     make_files(&src, "more", 24, 1 << 20, 10);
-    let backup = c
-        .ringvault()
-        .args(["backup", src.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = ringvault_tests::free_ports(1).unwrap()[0];
+    let backup = c.spawn(&["backup", src.to_str().unwrap()]).unwrap();
     let cluster_dir = c.cluster_dir();
-    let out = c
-        .ok(&[
-            "cluster",
-            "add-node",
-            "--dir",
-            cluster_dir.to_str().unwrap(),
-            "--address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .unwrap();
-    assert!(out.contains("epoch 2"), "{out}");
-    let new = c
-        .add_server(&cluster_dir.join("node-4/chunkserver.toml"), FAST)
-        .unwrap();
+    let (new, epoch) = c.add_node(FAST).unwrap();
+    assert_eq!(epoch, 2);
     let out = c
         .ok(&[
             "cluster",
@@ -562,19 +536,7 @@ fn a_running_agent_adopts_a_newer_map_from_a_server_answer() {
         || snapshot_count(&c) > 0,
         || format!("no first snapshot: {}", agent.log_text()),
     );
-    let port = ringvault_tests::free_ports(1).unwrap()[0];
-    let dir = c.cluster_dir();
-    c.ok(&[
-        "cluster",
-        "add-node",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--address",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .unwrap();
-    c.add_server(&dir.join("node-4/chunkserver.toml"), FAST)
-        .unwrap();
+    c.add_node(FAST).unwrap();
     // The agent connected at epoch 1; its next requests' answers carry 2.
     std::fs::write(src.join("data/new.txt"), b"after the join").unwrap();
     let start = Instant::now();
