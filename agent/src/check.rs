@@ -133,13 +133,16 @@ async fn read_every_copy(
     ids: &[ChunkId],
     damaged: &mut Vec<(ChunkId, NodeId, String)>,
 ) -> Vec<u32> {
-    let nodes: Vec<NodeId> = repo
-        .cluster
-        .servers()
-        .into_iter()
-        .filter(|(_, _, up)| *up)
-        .map(|(id, _, _)| id)
-        .collect();
+    // Live means answering now: the view this agent took over at connect
+    // may be a peer's stale one (a server just restarted is still routed
+    // around there), and skipping a live holder would under-count copies.
+    let mut nodes = Vec::new();
+    for (node, _, _) in repo.cluster.servers() {
+        match repo.cluster.node_status(node).await {
+            Ok(_) => nodes.push(node),
+            Err(e) => tracing::warn!(%node, error = %e, "server not read"),
+        }
+    }
     let mut results = futures::stream::iter(ids.iter().copied().enumerate())
         .map(|(i, id)| {
             let nodes = nodes.clone();
