@@ -888,7 +888,8 @@ impl Progress {
     }
 }
 
-fn now_ns() -> i64 {
+/// The time now, ns since the Unix epoch.
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

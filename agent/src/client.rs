@@ -58,6 +58,10 @@ pub enum ClientError {
     /// The servers speak another protocol.
     #[error("protocol mismatch: {0}")]
     Protocol(String),
+    /// A server refused the request for this certificate: its role does not
+    /// allow it, or it is revoked.
+    #[error("refused: {0}")]
+    Forbidden(String),
 }
 
 /// A copy of a blob that a server held but that was not good.
@@ -148,6 +152,9 @@ impl Cluster {
                 Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
                 Err(CallError::Remote(e)) if e.code == ErrorCode::VersionMismatch => {
                     return Err(ClientError::Protocol(e.message));
+                }
+                Err(CallError::Remote(e)) if e.code == ErrorCode::Forbidden => {
+                    return Err(ClientError::Forbidden(format!("{addr}: {}", e.message)));
                 }
                 Err(e) => reasons.push(format!("{addr}: {e}")),
             }
@@ -284,11 +291,12 @@ impl Cluster {
         if result.is_ok() {
             self.refresh_map(node).await;
         }
-        result.map_err(|error| {
-            if let CallError::CertificateRefused(e) = &error {
-                return refused(&addr, e);
+        result.map_err(|error| match error {
+            CallError::CertificateRefused(e) => refused(&addr, &e),
+            CallError::Remote(e) if e.code == ErrorCode::Forbidden => {
+                ClientError::Forbidden(format!("server {node}: {}", e.message))
             }
-            ClientError::Server { node, error }
+            error => ClientError::Server { node, error },
         })
     }
 
@@ -312,7 +320,9 @@ impl Cluster {
                         error: CallError::Remote(e),
                     });
                 }
-                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(e @ (ClientError::CertificateRefused(_) | ClientError::Forbidden(_))) => {
+                    return Err(e);
+                }
                 Err(e) => reasons.push(e.to_string()),
             }
         }
@@ -689,36 +699,69 @@ impl Cluster {
         self.call_any(&req, vec![record]).await.map(|_| ())
     }
 
-    /// Every snapshot record held by any live server, deduplicated by id.
+    /// Every snapshot record held by any live server: per id, each distinct
+    /// record seen (one, unless a server is faulty or hostile: the caller
+    /// keeps the first that opens under its id).
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] when no server answers.
-    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Bytes)>, ClientError> {
+    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Vec<Bytes>)>, ClientError> {
         let req = Request::ListSnapshots {
             repo: self.repo.clone(),
         };
+        let records = self
+            .gather_records(&req, |response| match response {
+                Response::Snapshots { records } => {
+                    Some(records.into_iter().map(|(id, len)| (id.0, len)).collect())
+                }
+                _ => None,
+            })
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|(id, values)| (SnapshotId(id), values))
+            .collect())
+    }
+
+    /// Asks every live server `req` and merges the records they answer
+    /// with (`parse` reads the (id, length) list from a response; the
+    /// payload holds the records, concatenated): per id, each distinct
+    /// value, in the order they arrived.
+    async fn gather_records(
+        &self,
+        req: &Request,
+        parse: impl Fn(Response) -> Option<Vec<([u8; 32], u32)>>,
+    ) -> Result<Vec<([u8; 32], Vec<Bytes>)>, ClientError> {
         let nodes = self.live_nodes();
         let mut asks: FuturesUnordered<_> =
-            nodes.iter().map(|&n| self.call(n, &req, vec![])).collect();
-        let mut all: HashMap<SnapshotId, Bytes> = HashMap::new();
+            nodes.iter().map(|&n| self.call(n, req, vec![])).collect();
+        let mut all: HashMap<[u8; 32], Vec<Bytes>> = HashMap::new();
         let mut answered = 0;
         let mut reasons = Vec::new();
         while let Some(r) = asks.next().await {
             match r {
-                Ok((Response::Snapshots { records }, payload)) => {
+                Ok((response, payload)) => {
+                    let Some(records) = parse(response) else {
+                        continue;
+                    };
                     answered += 1;
                     let mut off = 0usize;
                     for (id, len) in records {
-                        let end = off + len as usize;
+                        let end = off.saturating_add(len as usize);
                         if end > payload.len() {
                             break;
                         }
-                        all.entry(id).or_insert_with(|| payload.slice(off..end));
+                        let value = payload.slice(off..end);
+                        let seen = all.entry(id).or_default();
+                        if !seen.contains(&value) {
+                            seen.push(value);
+                        }
                         off = end;
                     }
                 }
-                Ok(_) => {}
-                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(e @ (ClientError::CertificateRefused(_) | ClientError::Forbidden(_))) => {
+                    return Err(e);
+                }
                 Err(e) => reasons.push(e.to_string()),
             }
         }
@@ -728,46 +771,58 @@ impl Cluster {
         Ok(all.into_iter().collect())
     }
 
-    /// Stores the wrapped repository key on every server (W at least).
+    /// Stores one wrapped repository key under `id` on every server (W at
+    /// least).
     ///
     /// # Errors
-    /// [`ClientError`]; a server holding a different key answers `Exists`.
-    pub async fn put_key(&self, key: Bytes) -> Result<(), ClientError> {
+    /// [`ClientError`]; a server holding a different key under `id` answers
+    /// `Exists`; a certificate without the admin role is refused.
+    pub async fn put_key(&self, id: [u8; 32], key: Bytes) -> Result<(), ClientError> {
         let req = Request::PutKey {
             repo: self.repo.clone(),
+            id,
             local_only: false,
         };
         self.call_any(&req, vec![key]).await.map(|_| ())
     }
 
-    /// The wrapped repository key, from the first server that has it.
+    /// Deletes the wrapped key `id` on every server (W at least), leaving
+    /// a tombstone.
     ///
     /// # Errors
-    /// [`ClientError::NotFound`] when no live server has one.
-    pub async fn get_key(&self) -> Result<Bytes, ClientError> {
-        let req = Request::GetKey {
+    /// [`ClientError`]; a certificate without the admin role is refused.
+    pub async fn delete_key(&self, id: [u8; 32]) -> Result<(), ClientError> {
+        let req = Request::DeleteKey {
+            repo: self.repo.clone(),
+            id,
+            local_only: false,
+        };
+        self.call_any(&req, vec![]).await.map(|_| ())
+    }
+
+    /// The repository's wrapped keys, merged from every live server: per
+    /// key id, each distinct record seen.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] when no live server has any (the repository
+    /// is not initialized), [`ClientError::Unreachable`] when none answers.
+    pub async fn list_keys(&self) -> Result<Vec<([u8; 32], Vec<Bytes>)>, ClientError> {
+        let req = Request::ListKeys {
             repo: self.repo.clone(),
         };
-        let mut reasons = Vec::new();
-        for node in self.live_nodes() {
-            match self.call(node, &req, vec![]).await {
-                Ok((Response::Data, key)) => return Ok(key),
-                Ok(_) => {}
-                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
-                Err(ClientError::Server {
-                    error: CallError::Remote(e),
-                    ..
-                }) if e.code == ErrorCode::NotFound => {}
-                Err(e) => reasons.push(e.to_string()),
-            }
+        let keys = self
+            .gather_records(&req, |response| match response {
+                Response::Records { records } => Some(records),
+                _ => None,
+            })
+            .await?;
+        if keys.is_empty() {
+            return Err(ClientError::NotFound(format!(
+                "the key of repository {} (run `ringvault init` first)",
+                self.repo
+            )));
         }
-        if reasons.len() == self.map().nodes.len() {
-            return Err(ClientError::Unreachable(reasons.join("; ")));
-        }
-        Err(ClientError::NotFound(format!(
-            "the key of repository {} (run `ringvault init` first)",
-            self.repo
-        )))
+        Ok(keys)
     }
 }
 

@@ -7,14 +7,16 @@
 //! DIR/node-<id>/                copy to node <id>: chunkserver.toml, node.pem,
 //!                               node.key, ca.pem, cluster.toml
 //! DIR/agent/                    copy to a client: agent.toml, agent.pem,
-//!                               agent.key, ca.pem
+//!                               agent.key, ca.pem (role: `--role`, admin
+//!                               unless told otherwise)
+//! DIR/agent-<id>/               made by `ringvault cluster add-agent`
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ringvault_common::placement::{ClusterMap, NodeInfo};
-use ringvault_common::tls::{self, PemPair};
+use ringvault_common::tls::{self, PemPair, Role};
 use ringvault_common::{NodeId, RepoId};
 
 use crate::fsutil::write_private;
@@ -36,6 +38,8 @@ pub struct ClusterInit {
     pub repository: String,
     /// Agent id for the agent certificate.
     pub agent_id: String,
+    /// Role of the agent certificate.
+    pub role: Role,
     /// N.
     pub replicas: u32,
     /// W.
@@ -79,6 +83,7 @@ pub fn init(opts: &ClusterInit) -> anyhow::Result<ClusterLayout> {
         epoch: 1,
         replicas: opts.replicas,
         write_quorum: opts.write_quorum,
+        revoked: Vec::new(),
         nodes: (0..opts.nodes)
             .map(|i| {
                 let host = &opts.hosts[if opts.hosts.len() == 1 { 0 } else { i as usize }];
@@ -123,9 +128,29 @@ pub fn init(opts: &ClusterInit) -> anyhow::Result<ClusterLayout> {
     }
 
     let dir = opts.dir.join("agent");
-    std::fs::create_dir_all(&dir)?;
-    let pair = tls::issue_agent(&ca, &repo, &opts.agent_id)?;
-    write_pair(&dir, "agent", &pair)?;
+    let (agent_config, _) = write_agent_dir(&dir, &ca, &map, &repo, &opts.agent_id, opts.role)?;
+    Ok(ClusterLayout {
+        map: opts.dir.join("cluster.toml"),
+        node_configs,
+        agent_config,
+    })
+}
+
+/// Writes an agent's directory: a certificate for `agent` in `repo` with
+/// `role`, its key (0600), the CA certificate and an `agent.toml` naming
+/// every server of `map`. Returns the config's path and the certificate's
+/// SHA-256 fingerprint (what `cluster revoke` takes).
+fn write_agent_dir(
+    dir: &Path,
+    ca: &PemPair,
+    map: &ClusterMap,
+    repo: &RepoId,
+    agent: &str,
+    role: Role,
+) -> anyhow::Result<(PathBuf, String)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pair = tls::issue_agent(ca, repo, agent, role)?;
+    write_pair(dir, "agent", &pair)?;
     write(&dir.join("ca.pem"), &ca.cert)?;
     let servers: Vec<String> = map
         .nodes
@@ -133,18 +158,72 @@ pub fn init(opts: &ClusterInit) -> anyhow::Result<ClusterLayout> {
         .map(|n| format!("{:?}", n.address))
         .collect();
     let cfg = format!(
-        "# ringvault agent config, made by `ringvault cluster init`.\n\
+        "# ringvault agent config, made by `ringvault cluster`. Certificate: agent {agent}, role {role}.\n\
          # See config/agent.toml in the source for every setting.\n\
          repository = \"{repo}\"\nservers = [{}]\nca-cert = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n",
         servers.join(", ")
     );
     let agent_config = dir.join("agent.toml");
     write(&agent_config, &cfg)?;
-    Ok(ClusterLayout {
-        map: opts.dir.join("cluster.toml"),
-        node_configs,
-        agent_config,
+    Ok((agent_config, tls::fingerprint_pem(&pair.cert)?))
+}
+
+/// What [`add_agent`] wrote.
+#[derive(Clone, Debug)]
+pub struct AgentLayout {
+    /// The agent's config.
+    pub config: PathBuf,
+    /// SHA-256 fingerprint of its certificate, lowercase hex.
+    pub fingerprint: String,
+}
+
+/// Issues a certificate for another agent (host) of `repository` with
+/// `role`, in `out` (default `dir/agent-<id>/`), from the CA key in the
+/// cluster directory `dir`.
+///
+/// # Errors
+/// A bad repository name or agent id, an existing `out` holding a key, an
+/// unreadable or too open CA key, or a file that cannot be written.
+pub fn add_agent(
+    dir: &Path,
+    repository: &str,
+    agent: &str,
+    role: Role,
+    out: Option<&Path>,
+) -> anyhow::Result<AgentLayout> {
+    let repo = RepoId::new(repository)?;
+    let out = out.map_or_else(|| dir.join(format!("agent-{agent}")), Path::to_owned);
+    if out.join("agent.key").exists() {
+        bail!(
+            "{} already holds an agent key; refusing to overwrite it",
+            out.display()
+        );
+    }
+    let ca = read_ca(dir)?;
+    let map = read_map(dir)?;
+    let (config, fingerprint) = write_agent_dir(&out, &ca, &map, &repo, agent, role)?;
+    Ok(AgentLayout {
+        config,
+        fingerprint,
     })
+}
+
+/// The CA of the cluster directory `dir`; its key must be private.
+fn read_ca(dir: &Path) -> anyhow::Result<PemPair> {
+    let cert = dir.join("ca.pem");
+    Ok(PemPair {
+        cert: std::fs::read_to_string(&cert)
+            .with_context(|| format!("reading {}", cert.display()))?,
+        key: ringvault_common::private::read_private(&dir.join("ca.key"))?,
+    })
+}
+
+/// The operator's copy of the cluster map in `dir`.
+fn read_map(dir: &Path) -> anyhow::Result<ClusterMap> {
+    let path = dir.join("cluster.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    ClusterMap::parse(&text).with_context(|| format!("invalid {}", path.display()))
 }
 
 /// The address a node at `address` (whose host is `host`) listens on: the
@@ -216,6 +295,11 @@ pub enum MapChange {
         /// New relative capacity.
         weight: u32,
     },
+    /// Revoke a certificate: servers refuse every request made with it.
+    Revoke {
+        /// Its SHA-256 fingerprint, lowercase hex.
+        fingerprint: String,
+    },
 }
 
 /// What [`change_map`] did.
@@ -253,16 +337,8 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
     use ringvault_chunkserver::net::{self, CallError, Peers};
     use ringvault_common::wire::{PROTOCOL_VERSION, Request, Response};
 
-    let read = |name: &str| {
-        let p = dir.join(name);
-        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-    };
-    let ca = PemPair {
-        cert: read("ca.pem")?,
-        key: read("ca.key")?,
-    };
-    let local = ClusterMap::parse(&read("cluster.toml")?)
-        .with_context(|| format!("invalid {}", dir.join("cluster.toml").display()))?;
+    let ca = read_ca(dir)?;
+    let local = read_map(dir)?;
     let op = tls::issue_operator(&ca, "operator", std::time::SystemTime::now())?;
     let material = tls::TlsMaterial::from_pem(&ca.cert, &op.cert, &op.key)?;
     let bind = if local.nodes.iter().any(|n| n.address.starts_with('[')) {
@@ -304,7 +380,10 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
 
     // 2. The new map.
     let mut map = base.clone();
-    map.epoch = base.epoch + 1;
+    map.epoch = base
+        .epoch
+        .checked_add(1)
+        .context("a server reports the largest possible map epoch; the map cannot change")?;
     let mut added = None;
     match change {
         MapChange::AddNode {
@@ -339,6 +418,12 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
             Some(n) => n.weight = *weight,
             None => bail!("node {id} is not in the map (epoch {})", base.epoch),
         },
+        MapChange::Revoke { fingerprint } => {
+            if map.is_revoked(fingerprint) {
+                bail!("{fingerprint} is already revoked (epoch {})", base.epoch);
+            }
+            map.revoked.push(fingerprint.clone());
+        }
     }
     map.validate().context("the changed map")?;
 

@@ -294,6 +294,10 @@ async fn apply_retention(repo: &Arc<Repo>, host: &str) {
     if !config.apply_retention || config.retention.is_empty() {
         return;
     }
+    if let Err(e) = repo.require_admin("apply-retention") {
+        tracing::warn!(error = %e, "not applying the retention policy");
+        return;
+    }
     match crate::gc::forget(repo, &config.retention, Some(host), false).await {
         Ok(r) => {
             let removed: usize = r.groups.iter().map(|g| g.remove.len()).sum();

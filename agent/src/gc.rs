@@ -38,14 +38,18 @@ pub struct ForgetReport {
 /// deletes the records it does not keep.
 ///
 /// # Errors
-/// An empty policy (it would keep nothing: refused, as restic does), or
-/// the cluster failing to list or delete.
+/// An empty policy (it would keep nothing: refused, as restic does), a
+/// certificate without the admin role (unless `dry_run`), or the cluster
+/// failing to list or delete.
 pub async fn forget(
     repo: &Arc<Repo>,
     policy: &Policy,
     host: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<ForgetReport> {
+    if !dry_run {
+        repo.require_admin("forget")?;
+    }
     let snapshots = repo.snapshots().await?;
     let items: Vec<Item> = snapshots
         .iter()
@@ -205,13 +209,15 @@ pub struct PruneReport {
 /// trash older than this is dropped for good.
 ///
 /// # Errors
-/// When no server can start a round, snapshots cannot be listed, or a tree
-/// cannot be read (nothing is swept then).
+/// A certificate without the admin role, no server able to start a round,
+/// snapshots that cannot be listed, or a tree that cannot be read (nothing
+/// is swept then).
 pub async fn prune(
     repo: &Arc<Repo>,
     grace_s: u64,
     trash_keep_s: u64,
 ) -> anyhow::Result<PruneReport> {
+    repo.require_admin("prune")?;
     let cluster = &repo.cluster;
     let round = u64::from_le_bytes(crate::repo::random::<8>());
     let mut report = PruneReport::default();
@@ -270,8 +276,9 @@ pub async fn prune(
 /// server; returns how many came back.
 ///
 /// # Errors
-/// When no server answers.
+/// A certificate without the admin role, or no server answering.
 pub async fn restore_trash(repo: &Arc<Repo>) -> anyhow::Result<u64> {
+    repo.require_admin("restoring the trash")?;
     let mut total = 0;
     let mut answered = 0;
     let mut errors = Vec::new();

@@ -57,6 +57,7 @@ pub fn ensure_layout(home: &Path) -> anyhow::Result<PathBuf> {
         base_port: 0,
         repository: "default".into(),
         agent_id: "quickstart".into(),
+        role: ringvault_common::tls::Role::Admin,
         replicas: 3,
         write_quorum: 2,
     })?;
@@ -214,7 +215,7 @@ fn is_chunkserver(pid: &str) -> bool {
 /// Connection or init errors.
 pub async fn ensure_repository(config: &AgentConfig) -> anyhow::Result<bool> {
     let (cluster, _): (Cluster, _) = repo::connect(config).await?;
-    let exists = match cluster.get_key().await {
+    let exists = match cluster.list_keys().await {
         Ok(_) => true,
         Err(ClientError::NotFound(_)) => false,
         Err(e) => return Err(e.into()),

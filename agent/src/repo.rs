@@ -11,10 +11,12 @@ use bytes::Bytes;
 use ringvault_chunkserver::net;
 use ringvault_common::chunker::ChunkerParams;
 use ringvault_common::config::AgentConfig;
-use ringvault_common::keys::{KdfParams, KeyError, KeyFile, MasterKey, RepoKeys, RepoSecret};
+use ringvault_common::keys::{
+    KdfParams, KeyError, KeyFile, KeyMeta, MasterKey, RepoKeys, RepoSecret,
+};
 use ringvault_common::seal;
 use ringvault_common::snapshot::Snapshot;
-use ringvault_common::tls::PeerIdentity;
+use ringvault_common::tls::{PeerIdentity, Role};
 use ringvault_common::tree::Tree;
 use ringvault_common::{ChunkId, SnapshotId};
 use zeroize::Zeroizing;
@@ -99,10 +101,12 @@ pub fn state_dir(config: &AgentConfig) -> anyhow::Result<PathBuf> {
 /// # Errors
 /// Unreadable TLS files, a certificate for another repository, or
 /// [`ClientError`]s from connecting.
-pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, String)> {
+pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, Agent)> {
     let tls = net::load_tls(&config.ca_cert, &config.cert, &config.key)?;
     let agent = match tls.identity().context("reading the agent certificate")? {
-        PeerIdentity::Agent { repo, agent } if repo == config.repo() => agent,
+        PeerIdentity::Agent { repo, agent, role } if repo == config.repo() => {
+            Agent { id: agent, role }
+        }
         PeerIdentity::Agent { repo, .. } => bail!(
             "the certificate {} is for repository {repo}, but the config names {}",
             config.cert.display(),
@@ -134,6 +138,15 @@ pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, String)> 
     Ok((cluster, agent))
 }
 
+/// Who this agent is, from its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent {
+    /// Its agent id.
+    pub id: String,
+    /// What it may do in the repository.
+    pub role: Role,
+}
+
 /// Where the password comes from, in order: `RINGVAULT_PASSWORD`, a file
 /// (`--password-file`, else the config's `password-file`), a prompt.
 ///
@@ -148,8 +161,9 @@ pub fn password(
         return Ok(Zeroizing::new(p));
     }
     if let Some(f) = file.or(config.password_file.as_deref()) {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading password file {}", f.display()))?;
+        let text = Zeroizing::new(
+            ringvault_common::private::read_private(f).context("reading the password file")?,
+        );
         let line = text.lines().next().unwrap_or("").to_owned();
         return Ok(Zeroizing::new(line));
     }
@@ -178,9 +192,18 @@ pub struct Repo {
     pub config: AgentConfig,
     /// This agent's id, from its certificate.
     pub agent: String,
+    /// This agent's role, from its certificate.
+    pub role: Role,
+    /// The id of the key record the password opened.
+    pub key_id: [u8; 32],
+    /// The master key and settings that key holds (to wrap them under
+    /// another password: `ringvault key add`).
+    secret: RepoSecret,
     /// Local state for this repository (the change-detection index):
     /// `<state dir>/<name>/<repository id>`.
     pub state_dir: PathBuf,
+    /// Sealed trees kept on disk (`<state_dir>/trees`).
+    pub tree_cache: crate::tree_cache::TreeCache,
 }
 
 /// Fresh random bytes from the OS.
@@ -205,7 +228,7 @@ pub async fn init(
 ) -> anyhow::Result<()> {
     chunker.validate()?;
     let (cluster, _) = connect(config).await?;
-    match cluster.get_key().await {
+    match cluster.list_keys().await {
         Ok(_) => bail!(
             "repository {} is already initialized on this cluster",
             config.repository
@@ -217,19 +240,49 @@ pub async fn init(
         master_key: random(),
         chunker,
     };
-    let kf = KeyFile::wrap(&secret, password.as_bytes(), kdf, random(), random())?;
-    let encoded = kf.encode();
+    let (id, encoded) = wrap_key(&secret, password, kdf, config)?;
     cluster
-        .put_key(Bytes::from(encoded.clone()))
+        .put_key(id, Bytes::from(encoded.clone()))
         .await
         .context("storing the repository key")?;
-    write_key_cache(&state_dir(config)?, &encoded)?;
+    write_key_cache(&state_dir(config)?, &id, &encoded)?;
     cluster.close().await;
     Ok(())
 }
 
-fn write_key_cache(dir: &Path, encoded: &[u8]) -> anyhow::Result<()> {
-    crate::fsutil::write_private(&dir.join("key"), encoded).context("caching the repository key")
+/// Wraps `secret` under `password` as a new key record: (fresh random id,
+/// encoded [`KeyFile`]) with this host's name (the config's `host`, else
+/// the system's) and the user's.
+fn wrap_key(
+    secret: &RepoSecret,
+    password: &str,
+    kdf: KdfParams,
+    config: &AgentConfig,
+) -> anyhow::Result<([u8; 32], Vec<u8>)> {
+    let meta = KeyMeta {
+        created_ns: crate::backup::now_ns(),
+        host: crate::backup::host_name(&config.host),
+        user: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_default(),
+    };
+    let kf = KeyFile::wrap(secret, password.as_bytes(), kdf, random(), random(), meta)?;
+    Ok((random(), kf.encode()))
+}
+
+/// The local copy of the key record that opened the repository last:
+/// its 32-byte id, then the record. Used only when no server hands out keys.
+fn write_key_cache(dir: &Path, id: &[u8; 32], encoded: &[u8]) -> anyhow::Result<()> {
+    let mut bytes = id.to_vec();
+    bytes.extend_from_slice(encoded);
+    crate::fsutil::write_private(&dir.join("key"), &bytes).context("caching the repository key")
+}
+
+/// Reads the key cache: (id, record), if there is a well-formed one.
+fn read_key_cache(dir: &Path) -> Option<([u8; 32], Vec<u8>)> {
+    let bytes = std::fs::read(dir.join("key")).ok()?;
+    let (id, record) = bytes.split_first_chunk::<32>()?;
+    Some((*id, record.to_vec()))
 }
 
 /// Opens the repository: connects, fetches the wrapped key from the
@@ -247,44 +300,196 @@ fn write_key_cache(dir: &Path, encoded: &[u8]) -> anyhow::Result<()> {
 pub async fn open(config: &AgentConfig, password_file: Option<&Path>) -> anyhow::Result<Arc<Repo>> {
     let (cluster, agent) = connect(config).await?;
     let base = state_dir(config)?;
-    let cached = std::fs::read(base.join("key")).ok();
-    let bytes = match (cluster.get_key().await, cached) {
-        (Ok(remote), cached) => {
-            if cached.as_deref() != Some(&remote[..]) {
-                write_key_cache(&base, &remote)?;
-            }
-            remote.to_vec()
+    let cached = read_key_cache(&base);
+    let mut candidates: Vec<([u8; 32], Bytes)> = match (cluster.list_keys().await, &cached) {
+        (Ok(remote), _) => remote
+            .into_iter()
+            .flat_map(|(id, records)| records.into_iter().map(move |r| (id, r)))
+            .collect(),
+        (Err(e @ (ClientError::NotFound(_) | ClientError::Forbidden(_))), _) => {
+            return Err(e.into());
         }
-        (Err(e @ ClientError::NotFound(_)), _) => return Err(e.into()),
-        (Err(e), Some(cached)) => {
-            tracing::warn!(error = %e, "no server handed out the repository key; using the cached copy");
-            cached
+        (Err(e), Some((id, record))) => {
+            tracing::warn!(error = %e, "no server handed out the repository keys; using the cached copy");
+            vec![(*id, Bytes::from(record.clone()))]
         }
         (Err(e), None) => return Err(e.into()),
     };
-    let kf = KeyFile::decode(&bytes).context("the repository key record")?;
+    // Each try costs one Argon2id run: the key that opened last goes first.
+    if let Some((id, _)) = &cached {
+        candidates.sort_by_key(|(k, _)| k != id);
+    }
     let password = password(config, password_file, false)?;
-    let secret = match kf.unwrap_secret(password.as_bytes()) {
-        Ok(s) => s,
-        Err(KeyError::WrongPassword) => return Err(WrongPassword.into()),
-        Err(e) => return Err(e.into()),
-    };
+    let (key_id, record, secret) = unlock(&candidates, &password)?;
+    if cached
+        .as_ref()
+        .is_none_or(|(id, r)| *id != key_id || r[..] != record[..])
+    {
+        write_key_cache(&base, &key_id, &record)?;
+    }
     let keys = RepoKeys::derive(&MasterKey::from_bytes(secret.master_key));
     let state_dir = base.join(keys.repository_id());
+    let tree_cache =
+        crate::tree_cache::TreeCache::new(state_dir.join("trees"), config.tree_cache_bytes);
     Ok(Arc::new(Repo {
         cluster,
         keys,
         chunker: secret.chunker,
         config: config.clone(),
-        agent,
+        agent: agent.id,
+        role: agent.role,
+        key_id,
+        secret,
         state_dir,
+        tree_cache,
     }))
 }
 
-/// The password does not open the repository key.
+/// Finds the key record `password` opens among `candidates`.
+///
+/// # Errors
+/// [`WrongPassword`] when it opens none; a key record that does not decode
+/// or asks for too much work is skipped with a warning.
+fn unlock(
+    candidates: &[([u8; 32], Bytes)],
+    password: &str,
+) -> anyhow::Result<([u8; 32], Bytes, RepoSecret)> {
+    for (id, record) in candidates {
+        let opened = KeyFile::decode(record).and_then(|kf| kf.unwrap_secret(password.as_bytes()));
+        match opened {
+            Ok(secret) => return Ok((*id, record.clone(), secret)),
+            Err(KeyError::WrongPassword) => {}
+            Err(e) => {
+                tracing::warn!(key = %hex::encode(&id[..4]), error = %e, "skipping a key record");
+            }
+        }
+    }
+    Err(WrongPassword.into())
+}
+
+/// The password opens none of the repository's keys.
 #[derive(Debug, thiserror::Error)]
-#[error("wrong password: it does not open the repository key")]
+#[error("wrong password: it opens none of the repository's keys")]
 pub struct WrongPassword;
+
+/// One key of the repository, as `ringvault key list` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyInfo {
+    /// Key id, lowercase hex (64 digits).
+    pub id: String,
+    /// Whether this is the key the current password opened.
+    pub current: bool,
+    /// Who made it and when (empty for keys made before key metadata).
+    pub user: String,
+    /// Host that made it.
+    pub host: String,
+    /// Creation time, ns since the Unix epoch (0 when unknown).
+    pub created_ns: i64,
+}
+
+impl Repo {
+    /// Fails unless this agent's certificate has the admin role, which
+    /// `what` (forget, prune, key changes) needs. The servers check it too;
+    /// this only fails before any work is done.
+    ///
+    /// # Errors
+    /// [`ClientError::Forbidden`] naming the role held.
+    pub fn require_admin(&self, what: &str) -> Result<(), ClientError> {
+        if self.role == Role::Admin {
+            return Ok(());
+        }
+        Err(ClientError::Forbidden(format!(
+            "{what} needs an admin certificate; this one ({}) is a {} certificate (see `ringvault cluster add-agent`)",
+            self.agent, self.role
+        )))
+    }
+
+    /// Every key of the repository (a record that does not decode is left
+    /// out with a warning).
+    ///
+    /// # Errors
+    /// When no server answers.
+    pub async fn keys(&self) -> anyhow::Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for (id, records) in self.cluster.list_keys().await? {
+            let Some(kf) = records.iter().find_map(|r| KeyFile::decode(r).ok()) else {
+                tracing::warn!(key = %hex::encode(id), "a key record does not decode");
+                continue;
+            };
+            out.push(KeyInfo {
+                id: hex::encode(id),
+                current: id == self.key_id,
+                user: kf.meta.user,
+                host: kf.meta.host,
+                created_ns: kf.meta.created_ns,
+            });
+        }
+        out.sort_by(|a, b| (a.created_ns, &a.id).cmp(&(b.created_ns, &b.id)));
+        Ok(out)
+    }
+
+    /// Adds a key: the master key wrapped under `password` with `kdf`.
+    /// Returns its id.
+    ///
+    /// # Errors
+    /// When the cluster refuses it (the admin role is needed).
+    pub async fn add_key(&self, password: &str, kdf: KdfParams) -> anyhow::Result<[u8; 32]> {
+        self.require_admin("adding a key")?;
+        let (id, encoded) = wrap_key(&self.secret, password, kdf, &self.config)?;
+        self.cluster
+            .put_key(id, Bytes::from(encoded))
+            .await
+            .context("storing the new key")?;
+        Ok(id)
+    }
+
+    /// Removes key `id`. Refuses the key this session was opened with (use
+    /// `key passwd` to replace it) so a typo cannot lock everyone out.
+    ///
+    /// # Errors
+    /// An unknown id, the current key, or the cluster's refusal.
+    pub async fn remove_key(&self, id: [u8; 32]) -> anyhow::Result<()> {
+        self.require_admin("removing a key")?;
+        if id == self.key_id {
+            bail!(
+                "refusing to remove the key this password opens; use `ringvault key passwd` to change it, or open with another password"
+            );
+        }
+        let known = self.cluster.list_keys().await?;
+        if !known.iter().any(|(k, _)| *k == id) {
+            bail!("no key {} in the repository", hex::encode(id));
+        }
+        self.cluster
+            .delete_key(id)
+            .await
+            .context("removing the key")?;
+        Ok(())
+    }
+
+    /// Resolves a unique hex prefix (4 digits at least) of a key id.
+    ///
+    /// # Errors
+    /// No match, an ambiguous prefix, or a malformed one.
+    pub async fn find_key(&self, prefix: &str) -> anyhow::Result<[u8; 32]> {
+        if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("{prefix:?} is not a key id (at least 4 hex digits)");
+        }
+        let sel = prefix.to_ascii_lowercase();
+        let found: Vec<[u8; 32]> = self
+            .cluster
+            .list_keys()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| hex::encode(id).starts_with(&sel))
+            .collect();
+        match found.as_slice() {
+            [] => bail!("no key {prefix}"),
+            [one] => Ok(*one),
+            more => bail!("{prefix} matches {} keys; give more digits", more.len()),
+        }
+    }
+}
 
 impl Repo {
     /// Fetches and opens a chunk (verifying it against its id), moving on
@@ -340,9 +545,38 @@ impl Repo {
         Ok((tree, ids))
     }
 
+    /// One tree blob: from the tree cache when it holds a copy that opens,
+    /// else from the cluster (then kept in the cache).
     async fn read_tree_part(self: &Arc<Self>, id: ChunkId) -> anyhow::Result<Tree> {
-        let bytes = self.read_chunk(id).await?;
-        Tree::decode(&bytes).with_context(|| format!("tree {id}"))
+        if let Some(blob) = self.tree_cache.get(&id) {
+            let this = self.clone();
+            let opened =
+                tokio::task::spawn_blocking(move || seal::open(&this.keys, &id, &blob)).await;
+            match opened {
+                Ok(Ok(plain)) => return Tree::decode(&plain).with_context(|| format!("tree {id}")),
+                Ok(Err(e)) => {
+                    tracing::warn!(tree = %id, error = %e, "a cached tree does not open; fetching it")
+                }
+                Err(e) => tracing::warn!(tree = %id, error = %e, "opening a cached tree failed"),
+            }
+        }
+        let (plain, blob) = self
+            .cluster
+            .get(&id, |blob| {
+                let this = self.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        seal::open(&this.keys, &id, &blob)
+                            .map(|plain| (plain, blob))
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| format!("opening the blob: {e}"))?
+                }
+            })
+            .await?;
+        self.tree_cache.put(&id, &blob);
+        Tree::decode(&plain).with_context(|| format!("tree {id}"))
     }
 
     /// Every snapshot, oldest first. Records that fail to open are skipped
@@ -352,12 +586,21 @@ impl Repo {
     /// When no server answers.
     pub async fn snapshots(&self) -> anyhow::Result<Vec<(SnapshotId, Snapshot)>> {
         let mut out = Vec::new();
-        for (id, blob) in self.cluster.list_snapshots().await? {
-            match Snapshot::open(&self.keys, &id, &blob) {
-                Ok(s) => out.push((id, s)),
-                Err(e) => {
+        for (id, records) in self.cluster.list_snapshots().await? {
+            // Normally one record per id; a faulty or hostile server may add
+            // others: the first that opens under the id is the record.
+            let mut last_error = None;
+            let opened = records.iter().find_map(|blob| {
+                Snapshot::open(&self.keys, &id, blob)
+                    .map_err(|e| last_error = Some(e))
+                    .ok()
+            });
+            match (opened, last_error) {
+                (Some(s), _) => out.push((id, s)),
+                (None, Some(e)) => {
                     tracing::warn!(snapshot = %id, error = %e, "skipping a snapshot record that does not open")
                 }
+                (None, None) => {}
             }
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));

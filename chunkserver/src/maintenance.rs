@@ -564,7 +564,12 @@ async fn list_peer_partition(
 }
 
 /// Copies snapshot records and repository keys that a peer holds and this
-/// node lacks (every server holds every record).
+/// node lacks (every server holds every record). Servers cannot open a
+/// record to check it, so a record is copied only when a strict majority of
+/// the live peers holding it hold the same bytes: one faulty or hostile
+/// peer cannot plant another record under an id (with one honest and one
+/// hostile holder, nothing is copied and a warning says so). Tombstones are
+/// copied from any peer: a node certificate may delete records anyway.
 async fn sync_records(node: &Arc<Node>) {
     let store = node.store().clone();
     let Ok(mine) = blocking(move || store.record_keys()).await else {
@@ -593,39 +598,80 @@ async fn sync_records(node: &Arc<Node>) {
             let Some(record_kind) = RecordKind::from_u8(kind) else {
                 continue;
             };
-            // A snapshot this node deleted stays deleted.
-            if record_kind == RecordKind::Snapshot
+            // A snapshot or key this node deleted stays deleted.
+            if record_kind != RecordKind::Tombstone
                 && mine.contains(&(RecordKind::Tombstone as u8, repo.clone(), key))
             {
                 continue;
             }
-            let req = Request::GetRecord {
-                repo: repo.clone(),
-                kind,
-                key,
+            let Some(value) = agreed_record(node, &view, kind, &repo, key).await else {
+                continue;
             };
-            match node.call_peer(peer, &req, vec![]).await {
-                Ok((Response::Data, value)) if !value.is_empty() => {
-                    let store = node.store().clone();
-                    let r = repo.clone();
-                    let result: Result<(), WireError> = blocking(move || {
-                        store.put_record(record_kind, &r, &key, &value, true)?;
-                        if record_kind == RecordKind::Tombstone {
-                            store.delete_record(RecordKind::Snapshot, &r, &key)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
-                    match result {
-                        Ok(()) => info!(%peer, repo = %repo, kind, "copied a missing record"),
-                        Err(e) => warn!(error = %e, "cannot store a copied record"),
-                    }
+            let store = node.store().clone();
+            let r = repo.clone();
+            let result: Result<(), WireError> = blocking(move || {
+                store.put_record(record_kind, &r, &key, &value, true)?;
+                if record_kind == RecordKind::Tombstone {
+                    store.delete_record(RecordKind::Snapshot, &r, &key)?;
+                    store.delete_record(RecordKind::Key, &r, &key)?;
                 }
-                Ok(_) => {}
-                Err(e) => debug!(%peer, error = %e, "record fetch failed"),
+                Ok(())
+            })
+            .await;
+            match result {
+                Ok(()) => info!(%peer, repo = %repo, kind, "copied a missing record"),
+                Err(e) => warn!(error = %e, "cannot store a copied record"),
             }
         }
     }
+}
+
+/// Asks every live peer for record (`kind`, `repo`, `key`) and returns the
+/// bytes a strict majority of those holding it agree on.
+async fn agreed_record(
+    node: &Arc<Node>,
+    view: &crate::server::View,
+    kind: u8,
+    repo: &RepoId,
+    key: [u8; 32],
+) -> Option<bytes::Bytes> {
+    let req = Request::GetRecord {
+        repo: repo.clone(),
+        kind,
+        key,
+    };
+    let mut copies: Vec<(bytes::Bytes, usize)> = Vec::new();
+    let mut holders = 0usize;
+    for peer in view.map.nodes.iter().map(|n| n.id) {
+        if peer == node.id() || node.is_down(peer) {
+            continue;
+        }
+        match node.call_peer(peer, &req, vec![]).await {
+            Ok((Response::Data, value)) if !value.is_empty() => {
+                holders += 1;
+                match copies.iter_mut().find(|(v, _)| *v == value) {
+                    Some((_, n)) => *n += 1,
+                    None => copies.push((value, 1)),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(%peer, error = %e, "record fetch failed"),
+        }
+    }
+    let best = copies.into_iter().max_by_key(|(_, n)| *n)?;
+    // A tombstone's value is only its node's deletion time, which differs
+    // between nodes; any copy will do.
+    if best.1 * 2 > holders || kind == RecordKind::Tombstone as u8 {
+        return Some(best.0);
+    }
+    warn!(
+        repo = %repo,
+        kind,
+        holders,
+        agreeing = best.1,
+        "peers hold different records under one key; copying none"
+    );
+    None
 }
 
 async fn scrub_loop(node: Arc<Node>) {

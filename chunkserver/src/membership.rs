@@ -247,6 +247,7 @@ mod tests {
             epoch,
             replicas: 1,
             write_quorum: 1,
+            revoked: Vec::new(),
             nodes: (1..=nodes)
                 .map(|i| NodeInfo {
                     id: NodeId(i),

@@ -66,10 +66,12 @@ pub fn transport_config() -> TransportConfig {
 }
 
 /// Reads TLS material from PEM files: the cluster CA certificate, our
-/// certificate, our private key.
+/// certificate, our private key. The key file must be private (mode 0600;
+/// [`ringvault_common::private::read_private`]).
 ///
 /// # Errors
-/// Naming the file that cannot be read or parsed.
+/// Naming the file that cannot be read or parsed, or a key file that group
+/// or others may read.
 pub fn load_tls(
     ca: &std::path::Path,
     cert: &std::path::Path,
@@ -79,7 +81,8 @@ pub fn load_tls(
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
-    TlsMaterial::from_pem(&read(ca)?, &read(cert)?, &read(key)?).with_context(|| {
+    let key_pem = zeroize::Zeroizing::new(ringvault_common::private::read_private(key)?);
+    TlsMaterial::from_pem(&read(ca)?, &read(cert)?, &key_pem).with_context(|| {
         format!(
             "loading TLS material ({}, {}, {})",
             ca.display(),
@@ -273,11 +276,12 @@ fn lost(conn: &Connection, e: &(impl std::fmt::Display + std::fmt::Debug)) -> Ca
     }
 }
 
-/// The verified identity of a connection's peer.
+/// The verified identity of a connection's peer and its certificate's
+/// SHA-256 fingerprint ([`ringvault_common::tls::fingerprint`]).
 ///
 /// # Errors
 /// If the peer presented no certificate or one naming no ringvault identity.
-pub fn peer_identity(conn: &Connection) -> anyhow::Result<PeerIdentity> {
+pub fn peer_identity(conn: &Connection) -> anyhow::Result<(PeerIdentity, String)> {
     let any = conn
         .peer_identity()
         .ok_or_else(|| anyhow::anyhow!("peer presented no certificate"))?;
@@ -287,7 +291,10 @@ pub fn peer_identity(conn: &Connection) -> anyhow::Result<PeerIdentity> {
     let first = certs
         .first()
         .ok_or_else(|| anyhow::anyhow!("empty certificate chain"))?;
-    Ok(PeerIdentity::from_der(first)?)
+    Ok((
+        PeerIdentity::from_der(first)?,
+        ringvault_common::tls::fingerprint(first),
+    ))
 }
 
 /// Connections to cluster nodes by id, with the nodes that failed lately:

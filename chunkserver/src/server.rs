@@ -12,10 +12,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use quinn::{Connection, Endpoint};
 use ringvault_common::placement::ClusterMap;
-use ringvault_common::tls::PeerIdentity;
+use ringvault_common::tls::{PeerIdentity, Role};
 use ringvault_common::wire::{
-    self, ErrorCode, MAX_FRAME, MAX_LIST_KEYS, NodeStatus, PROTOCOL_VERSION, PeerState, Request,
-    Response, WireError,
+    self, Access, ErrorCode, MAX_FRAME, MAX_LIST_KEYS, NodeStatus, PROTOCOL_VERSION, PeerState,
+    Request, Response, WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use tokio::sync::Notify;
@@ -31,7 +31,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The key record's key in the records table.
-const KEY_RECORD: [u8; 32] = [0; 32];
 /// How long connecting to a peer may take.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -55,6 +54,11 @@ pub struct Settings {
     pub scrub_cycle: Duration,
     /// Most bytes per second scrub reads.
     pub scrub_bytes_per_s: u64,
+    /// How long a client may leave a begun request unsent before its
+    /// connection is cut.
+    pub stall_timeout: Duration,
+    /// Most request bytes one client connection may have buffered here.
+    pub connection_budget: usize,
 }
 
 impl Default for Settings {
@@ -76,6 +80,8 @@ impl Settings {
             repair_bytes_per_s: c.repair_bytes_per_s,
             scrub_cycle: Duration::from_secs(c.scrub_cycle_s),
             scrub_bytes_per_s: c.scrub_bytes_per_s,
+            stall_timeout: Duration::from_millis(c.stall_timeout_ms),
+            connection_budget: usize::try_from(c.connection_budget_bytes).unwrap_or(usize::MAX),
         }
     }
 }
@@ -414,7 +420,10 @@ pub async fn run(node: Arc<Node>, shutdown: impl Future<Output = ()>) -> anyhow:
 
 async fn serve_connection(node: Arc<Node>, conn: Connection) {
     let peer = match net::peer_identity(&conn) {
-        Ok(p) => p,
+        Ok((identity, fingerprint)) => Arc::new(Caller {
+            identity,
+            fingerprint,
+        }),
         Err(e) => {
             warn!(error = %e, "refusing peer without a ringvault identity");
             conn.close(1u32.into(), b"no ringvault identity");
@@ -422,46 +431,196 @@ async fn serve_connection(node: Arc<Node>, conn: Connection) {
         }
     };
     debug!(?peer, "connected");
+    // Nodes are the cluster's own members: their replica writes are not
+    // held to a client's budget or cut for stalling behind one.
+    let limits = match peer.identity {
+        PeerIdentity::Node(_) => None,
+        _ => Some(ClientLimits {
+            budget: Arc::new(tokio::sync::Semaphore::new(node.settings.connection_budget)),
+            stall: node.settings.stall_timeout,
+        }),
+    };
     while let Ok((send, recv)) = conn.accept_bi().await {
         let node = node.clone();
         let peer = peer.clone();
+        let conn = conn.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(REQUEST_TIMEOUT, serve_stream(node, peer, send, recv)).await;
+            let served = serve_stream(node, peer, send, recv, limits.as_ref());
+            match tokio::time::timeout(REQUEST_TIMEOUT, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(CutOff(why))) => {
+                    warn!(why = %why, "cutting off a client");
+                    conn.close(CUT_OFF_CODE.into(), why.as_bytes());
+                }
+                Err(_) => debug!("request timed out"),
+            }
         });
     }
 }
 
+/// The application close code of a connection cut for breaking the
+/// protocol or stalling.
+const CUT_OFF_CODE: u32 = 2;
+
+/// Limits on what one client connection may make this server hold.
+#[derive(Clone)]
+struct ClientLimits {
+    /// Bytes of requests buffered at once, one permit per byte.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// How long a begun request may wait for its next bytes.
+    stall: Duration,
+}
+
+/// Why a client's connection is cut: a header over [`wire::MAX_HEADER`], a
+/// payload longer than its header declared, or a stall.
+#[derive(Debug)]
+struct CutOff(String);
+
+/// A request read off a stream: its whole frame, and the budget it holds
+/// until it is answered.
+struct Incoming {
+    frame: Result<Bytes, WireError>,
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Incoming {
+    /// A stream that ended or broke before a whole request arrived: a
+    /// cancelled request, answered (if the client still listens) rather
+    /// than held against the connection.
+    fn broken(e: impl std::fmt::Display, held: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        Self {
+            frame: Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!("incomplete request: {e}"),
+            )),
+            _held: held,
+        }
+    }
+}
+
+/// Reads one request frame. Without `limits` (a node peer) it reads up to
+/// [`MAX_FRAME`] bytes. With them, it reads the length prefix, refuses a
+/// header over [`wire::MAX_HEADER`] before reading it, reads at most what
+/// the header declares as payload ([`Request::payload_limit`]), takes the
+/// connection's budget for the bytes before reading them, and gives up on
+/// a client silent for `limits.stall` mid-request.
+///
+/// # Errors
+/// [`CutOff`] for a protocol violation or a stall; an ordinary malformed
+/// request is answered (the frame's error), not cut off.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    limits: Option<&ClientLimits>,
+) -> Result<Incoming, CutOff> {
+    let Some(limits) = limits else {
+        let frame = recv
+            .read_to_end(MAX_FRAME)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| WireError::new(ErrorCode::BadRequest, e.to_string()));
+        return Ok(Incoming { frame, _held: None });
+    };
+    let stall = limits.stall;
+    let stalled = |what: &str| CutOff(format!("stalled {} ms {what}", stall.as_millis()));
+    let mut prefix = [0u8; 4];
+    let read = tokio::time::timeout(stall, recv.read_exact(&mut prefix));
+    if let Err(e) = read.await.map_err(|_| stalled("before the header"))? {
+        return Ok(Incoming::broken(e, None));
+    }
+    let header_len = u32::from_le_bytes(prefix) as usize;
+    if header_len > wire::MAX_HEADER {
+        return Err(CutOff(format!(
+            "sent a {header_len}-byte header (the limit is {})",
+            wire::MAX_HEADER
+        )));
+    }
+    let acquire = |n: usize| {
+        let budget = limits.budget.clone();
+        async move {
+            let n = u32::try_from(n).map_err(|_| CutOff("request too large".into()))?;
+            budget
+                .acquire_many_owned(n)
+                .await
+                .map_err(|_| CutOff("server shutting down".into()))
+        }
+    };
+    let mut held = acquire(4 + header_len).await?;
+    let mut frame = Vec::with_capacity(4 + header_len);
+    frame.extend_from_slice(&prefix);
+    frame.resize(4 + header_len, 0);
+    let read = tokio::time::timeout(stall, recv.read_exact(&mut frame[4..]));
+    if let Err(e) = read.await.map_err(|_| stalled("in the header"))? {
+        return Ok(Incoming::broken(e, Some(held)));
+    }
+    let limit = match wire::decode_header::<Request>(&frame[4..]) {
+        Ok(request) => request.payload_limit(),
+        Err(e) => {
+            let error = WireError::new(ErrorCode::BadRequest, format!("malformed header: {e}"));
+            return Ok(Incoming {
+                frame: Err(error),
+                _held: Some(held),
+            });
+        }
+    };
+    if limit > wire::MAX_PAYLOAD as u64 {
+        let error = WireError::new(ErrorCode::BadRequest, "declared payload over the limit");
+        return Ok(Incoming {
+            frame: Err(error),
+            _held: Some(held),
+        });
+    }
+    // Invariant: limit <= MAX_PAYLOAD, which fits usize.
+    let limit = limit as usize;
+    held.merge(acquire(limit).await?);
+    frame.reserve_exact(limit);
+    let end = frame.len() + limit;
+    loop {
+        let read = tokio::time::timeout(stall, recv.read_chunk(limit + 1, true));
+        let chunk = match read.await.map_err(|_| stalled("in the payload"))? {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return Ok(Incoming::broken(e, Some(held))),
+        };
+        if frame.len() + chunk.bytes.len() > end {
+            return Err(CutOff(format!(
+                "sent more payload than its header declared ({limit} bytes)"
+            )));
+        }
+        frame.extend_from_slice(&chunk.bytes);
+    }
+    Ok(Incoming {
+        frame: Ok(Bytes::from(frame)),
+        _held: Some(held),
+    })
+}
+
 async fn serve_stream(
     node: Arc<Node>,
-    peer: PeerIdentity,
+    peer: Arc<Caller>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-) {
-    let (kind, result) = match recv.read_to_end(MAX_FRAME).await {
-        Err(e) => (
-            "unreadable",
-            Err(WireError::new(ErrorCode::BadRequest, e.to_string())),
-        ),
-        Ok(frame) => {
-            let frame = Bytes::from(frame);
-            match wire::decode_frame::<Request>(&frame) {
-                Err(e) => (
-                    "undecodable",
-                    Err(WireError::new(ErrorCode::BadRequest, e.to_string())),
-                ),
-                Ok((request, body)) => {
-                    let start = frame.len() - body.len();
-                    let payload = frame.slice(start..);
-                    let kind = request.kind();
-                    let result = handle(&node, &peer, request, payload).await;
-                    if let Err(e) = &result {
-                        debug!(kind, error = %e, "request failed");
-                    }
-                    (kind, result)
+    limits: Option<&ClientLimits>,
+) -> Result<(), CutOff> {
+    let incoming = read_request(&mut recv, limits).await?;
+    let (kind, result) = match incoming.frame {
+        Err(e) => ("unreadable", Err(e)),
+        Ok(frame) => match wire::decode_frame::<Request>(&frame) {
+            Err(e) => (
+                "undecodable",
+                Err(WireError::new(ErrorCode::BadRequest, e.to_string())),
+            ),
+            Ok((request, body)) => {
+                let start = frame.len() - body.len();
+                let payload = frame.slice(start..);
+                let kind = request.kind();
+                let result = handle(&node, &peer, request, payload).await;
+                if let Err(e) = &result {
+                    debug!(kind, error = %e, "request failed");
                 }
+                (kind, result)
             }
-        }
+        },
     };
     let (response, payload) = match result {
         Ok(r) => {
@@ -483,6 +642,7 @@ async fn serve_stream(
         let _ = send.finish();
         let _ = send.stopped().await;
     }
+    Ok(())
 }
 
 type Reply = Result<(Response, Vec<Bytes>), WireError>;
@@ -519,11 +679,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(store_err)
 }
 
-async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload: Bytes) -> Reply {
+async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: Bytes) -> Reply {
     request
         .validate(&payload)
         .map_err(|e| WireError::new(ErrorCode::BadRequest, e.to_string()))?;
-    authorize(peer, &request)?;
+    authorize(caller, &node.view().map, &request)?;
+    let peer = &caller.identity;
     let store = node.store.clone();
     match request {
         Request::Hello { protocol, .. } => {
@@ -605,29 +766,30 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             id,
             local_only,
         } => {
+            // Stored with the agent that made it, so writers can be kept to
+            // their own snapshots; records copied between nodes carry it.
+            let value = match peer {
+                PeerIdentity::Agent { agent, .. } => owned_record(agent, &payload),
+                _ => payload,
+            };
             put_record_everywhere(
                 node,
                 RecordKind::Snapshot,
                 repo,
                 id.0,
-                payload,
+                value,
                 local_only,
                 false,
             )
             .await
         }
         Request::ListSnapshots { repo } => {
-            let list = blocking(move || {
-                let dead: std::collections::HashSet<[u8; 32]> = store
-                    .list_records(RecordKind::Tombstone, &repo)?
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .collect();
-                let mut list = store.list_records(RecordKind::Snapshot, &repo)?;
-                list.retain(|(k, _)| !dead.contains(k));
-                Ok(list)
-            })
-            .await?;
+            let list =
+                blocking(move || live_records(store.as_ref(), RecordKind::Snapshot, &repo)).await?;
+            let list: Vec<([u8; 32], Vec<u8>)> = list
+                .into_iter()
+                .filter_map(|(k, v)| snapshot_for(caller, &v).map(|v| (k, v.to_vec())))
+                .collect();
             let mut records = Vec::with_capacity(list.len());
             let mut parts = Vec::with_capacity(list.len());
             let mut total = 0usize;
@@ -645,36 +807,39 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             Ok((Response::Snapshots { records }, parts))
         }
         Request::GetSnapshot { repo, id } => {
-            match blocking(move || store.get_record(RecordKind::Snapshot, &repo, &id.0)).await? {
-                Some(v) => Ok((Response::Data, vec![Bytes::from(v)])),
+            let stored =
+                blocking(move || store.get_record(RecordKind::Snapshot, &repo, &id.0)).await?;
+            match stored.as_deref().and_then(|v| snapshot_for(caller, v)) {
+                Some(v) => Ok((Response::Data, vec![Bytes::copy_from_slice(v)])),
                 None => Err(WireError::new(
                     ErrorCode::NotFound,
                     format!("no snapshot {id} here"),
                 )),
             }
         }
-        Request::PutKey { repo, local_only } => {
-            put_record_everywhere(
-                node,
-                RecordKind::Key,
-                repo,
-                KEY_RECORD,
-                payload,
-                local_only,
-                true,
-            )
-            .await
+        Request::PutKey {
+            repo,
+            id,
+            local_only,
+        } => {
+            put_record_everywhere(node, RecordKind::Key, repo, id, payload, local_only, true).await
         }
-        Request::GetKey { repo } => {
-            let name = repo.to_string();
-            match blocking(move || store.get_record(RecordKind::Key, &repo, &KEY_RECORD)).await? {
-                Some(v) => Ok((Response::Data, vec![Bytes::from(v)])),
-                None => Err(WireError::new(
-                    ErrorCode::NotFound,
-                    format!("repository {name} has no key on this server (run `ringvault init`)"),
-                )),
+        Request::ListKeys { repo } => {
+            let list =
+                blocking(move || live_records(store.as_ref(), RecordKind::Key, &repo)).await?;
+            let mut records = Vec::with_capacity(list.len());
+            let mut parts = Vec::with_capacity(list.len());
+            for (key, value) in list.into_iter().take(wire::MAX_RECORD_KEYS) {
+                records.push((key, value.len() as u32));
+                parts.push(Bytes::from(value));
             }
+            Ok((Response::Records { records }, parts))
         }
+        Request::DeleteKey {
+            repo,
+            id,
+            local_only,
+        } => delete_record_everywhere(node, RecordKind::Key, repo, id, local_only).await,
         Request::Digests {
             partitions,
             per_partition,
@@ -697,7 +862,7 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
             repo,
             id,
             local_only,
-        } => delete_snapshot_everywhere(node, repo, id, local_only).await,
+        } => delete_record_everywhere(node, RecordKind::Snapshot, repo, id.0, local_only).await,
         Request::GetRecord { repo, kind, key } => {
             let kind = RecordKind::from_u8(kind).ok_or_else(|| {
                 WireError::new(ErrorCode::BadRequest, format!("no record kind {kind}"))
@@ -798,22 +963,60 @@ async fn handle(node: &Arc<Node>, peer: &PeerIdentity, request: Request, payload
     }
 }
 
-/// Agents may act on their own repository only; server-to-server requests
-/// need a node certificate; map changes need a node or an operator.
-fn authorize(peer: &PeerIdentity, request: &Request) -> Result<(), WireError> {
+/// The verified peer of a connection.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    /// Who its certificate names.
+    identity: PeerIdentity,
+    /// SHA-256 of its certificate, lowercase hex: what revocation lists.
+    fingerprint: String,
+}
+
+/// A revoked certificate may do nothing; agents may act on their own
+/// repository only, as far as their role allows ([`Role`]: readers read,
+/// writers also add, admins also delete and manage keys); server-to-server
+/// requests need a node certificate; map changes need a node or an
+/// operator.
+fn authorize(caller: &Caller, map: &ClusterMap, request: &Request) -> Result<(), WireError> {
     let forbidden = |m: String| Err(WireError::new(ErrorCode::Forbidden, m));
-    match peer {
+    if map.is_revoked(&caller.fingerprint) {
+        return forbidden(format!(
+            "certificate {} is revoked in cluster map epoch {}",
+            caller.fingerprint, map.epoch
+        ));
+    }
+    let access = request.access();
+    match &caller.identity {
         PeerIdentity::Node(_) => Ok(()),
-        PeerIdentity::Operator(_) => match request {
-            Request::Hello { .. } | Request::NodeStatus => Ok(()),
-            r if r.is_map_change() => Ok(()),
-            r => forbidden(format!("operators may not send {} requests", r.kind())),
+        PeerIdentity::Operator(_) => match access {
+            Access::Map => Ok(()),
+            _ if matches!(request, Request::Hello { .. } | Request::NodeStatus) => Ok(()),
+            _ => forbidden(format!(
+                "operators may not send {} requests",
+                request.kind()
+            )),
         },
-        PeerIdentity::Agent { repo, .. } => {
-            if request.is_internal() || request.is_map_change() {
+        PeerIdentity::Agent { repo, role, .. } => {
+            let allowed = match access {
+                Access::Internal | Access::Map => {
+                    return forbidden(format!(
+                        "agents may not send {} requests (server-to-server or operator only)",
+                        request.kind()
+                    ));
+                }
+                Access::Read => true,
+                Access::Write => *role >= Role::Writer,
+                Access::Manage => *role == Role::Admin,
+            };
+            if !allowed {
                 return forbidden(format!(
-                    "agents may not send {} requests (server-to-server or operator only)",
-                    request.kind()
+                    "a {role} certificate may not send {} requests (needs the {} role)",
+                    request.kind(),
+                    if access == Access::Write {
+                        "writer or admin"
+                    } else {
+                        "admin"
+                    }
                 ));
             }
             match request.repo() {
@@ -1153,6 +1356,7 @@ async fn put_record_everywhere(
         },
         RecordKind::Key => Request::PutKey {
             repo,
+            id: key,
             local_only: true,
         },
         RecordKind::Tombstone => {
@@ -1165,34 +1369,117 @@ async fn put_record_everywhere(
     everywhere(node, req, vec![value], "stored the record").await
 }
 
-/// Deletes a snapshot record here and leaves a tombstone (its value: the
-/// deletion time, unix seconds, 8 bytes little endian), so record sync does
-/// not copy the record back; unless `local_only`, does the same on every
-/// other node and succeeds once W hold the tombstone.
-async fn delete_snapshot_everywhere(
+/// Deletes a snapshot record or a key here and leaves a tombstone under its
+/// id (its value: the deletion time, unix seconds, 8 bytes little endian),
+/// so record sync does not copy it back; unless `local_only`, does the same
+/// on every other node and succeeds once W hold the tombstone.
+async fn delete_record_everywhere(
     node: &Arc<Node>,
+    kind: RecordKind,
     repo: RepoId,
-    id: ringvault_common::SnapshotId,
+    id: [u8; 32],
     local_only: bool,
 ) -> Reply {
     let store = node.store.clone();
     let r = repo.clone();
     let now = crate::prune::unix_now().to_le_bytes();
     blocking(move || {
-        store.put_record(RecordKind::Tombstone, &r, &id.0, &now, false)?;
-        store.delete_record(RecordKind::Snapshot, &r, &id.0)?;
+        store.put_record(RecordKind::Tombstone, &r, &id, &now, false)?;
+        store.delete_record(kind, &r, &id)?;
         Ok(())
     })
     .await?;
     if local_only {
         return Ok((Response::Ok, vec![]));
     }
-    let req = Request::DeleteSnapshot {
-        repo,
-        id,
-        local_only: true,
+    let (req, did) = match kind {
+        RecordKind::Key => (
+            Request::DeleteKey {
+                repo,
+                id,
+                local_only: true,
+            },
+            "deleted the key",
+        ),
+        _ => (
+            Request::DeleteSnapshot {
+                repo,
+                id: ringvault_common::SnapshotId(id),
+                local_only: true,
+            },
+            "deleted the snapshot",
+        ),
     };
-    everywhere(node, req, vec![], "deleted the snapshot").await
+    everywhere(node, req, vec![], did).await
+}
+
+/// Records as listed: (32-byte key, stored value).
+type Records = Vec<([u8; 32], Vec<u8>)>;
+
+/// The records of `kind` in `repo` that no tombstone marks deleted.
+fn live_records(
+    store: &dyn ChunkStore,
+    kind: RecordKind,
+    repo: &RepoId,
+) -> Result<Records, StoreError> {
+    let dead: std::collections::HashSet<[u8; 32]> = store
+        .list_records(RecordKind::Tombstone, repo)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut list = store.list_records(kind, repo)?;
+    list.retain(|(k, _)| !dead.contains(k));
+    Ok(list)
+}
+
+/// Prefix of a stored snapshot record that names the agent that made it:
+/// `"RVO1"`, the agent id's length (1 byte), the agent id, then the sealed
+/// record as the agent sent it. Sealed records begin with `"RVB"`
+/// (`ringvault_common::seal`), so the two never look alike.
+const OWNER_MAGIC: &[u8; 4] = b"RVO1";
+
+/// A snapshot record as stored: `sealed` prefixed with its owner `agent`.
+fn owned_record(agent: &str, sealed: &[u8]) -> Bytes {
+    // Agent ids come from verified certificates: a URI segment, never
+    // longer than 255 bytes in practice; a longer one is cut, which only
+    // hides the record from that writer.
+    let name = &agent.as_bytes()[..agent.len().min(255)];
+    let mut out = Vec::with_capacity(OWNER_MAGIC.len() + 1 + name.len() + sealed.len());
+    out.extend_from_slice(OWNER_MAGIC);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(sealed);
+    Bytes::from(out)
+}
+
+/// Splits a stored snapshot record into its owner (none for records stored
+/// before owners were kept) and the sealed record.
+fn split_owner(stored: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    if let Some(rest) = stored.strip_prefix(OWNER_MAGIC.as_slice())
+        && let Some((&len, rest)) = rest.split_first()
+        && rest.len() >= usize::from(len)
+    {
+        let (owner, sealed) = rest.split_at(usize::from(len));
+        return (Some(owner), sealed);
+    }
+    (None, stored)
+}
+
+/// The record bytes `caller` may see of a stored snapshot record: nodes get
+/// it as stored (record sync copies the owner along); readers and admins
+/// get the sealed record; writers only their own.
+fn snapshot_for<'a>(caller: &Caller, stored: &'a [u8]) -> Option<&'a [u8]> {
+    let (owner, sealed) = split_owner(stored);
+    match &caller.identity {
+        PeerIdentity::Node(_) => Some(stored),
+        PeerIdentity::Agent {
+            role: Role::Writer,
+            agent,
+            ..
+        } => (owner == Some(agent.as_bytes())).then_some(sealed),
+        PeerIdentity::Agent { .. } => Some(sealed),
+        PeerIdentity::Operator(_) => None,
+    }
 }
 
 /// Sends `req` (a local-only record change this node has already made) to
@@ -1239,4 +1526,110 @@ async fn everywhere(node: &Arc<Node>, req: Request, payload: Vec<Bytes>, did: &s
         ));
     }
     Ok((Response::Ok, vec![]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(identity: PeerIdentity) -> Caller {
+        Caller {
+            identity,
+            fingerprint: "f".repeat(64),
+        }
+    }
+
+    fn agent(name: &str, role: Role) -> Caller {
+        caller(PeerIdentity::Agent {
+            repo: RepoId::new("r").unwrap(),
+            agent: name.into(),
+            role,
+        })
+    }
+
+    #[test]
+    fn snapshot_records_carry_their_owner_and_writers_see_only_theirs() {
+        let stored = owned_record("laptop", b"RVBsealed");
+        assert_eq!(
+            split_owner(&stored),
+            (Some(&b"laptop"[..]), &b"RVBsealed"[..])
+        );
+        let own = agent("laptop", Role::Writer);
+        let other = agent("desktop", Role::Writer);
+        assert_eq!(snapshot_for(&own, &stored), Some(&b"RVBsealed"[..]));
+        assert_eq!(snapshot_for(&other, &stored), None);
+        assert_eq!(
+            snapshot_for(&agent("x", Role::Reader), &stored),
+            Some(&b"RVBsealed"[..])
+        );
+        assert_eq!(
+            snapshot_for(&caller(PeerIdentity::Node(NodeId(1))), &stored),
+            Some(&stored[..])
+        );
+        // Records stored before owners were kept: hidden from writers only.
+        assert_eq!(snapshot_for(&own, b"RVBold"), None);
+        assert_eq!(
+            snapshot_for(&agent("x", Role::Admin), b"RVBold"),
+            Some(&b"RVBold"[..])
+        );
+        // Malformed prefixes never panic and own nothing.
+        for bad in [&b"RVO1"[..], b"RVO1\x09abc", b"RVO1\xff"] {
+            assert_eq!(split_owner(bad), (None, bad));
+        }
+    }
+
+    #[test]
+    fn roles_and_revocation_gate_requests() {
+        let repo = RepoId::new("r").unwrap();
+        let mut map = ClusterMap {
+            epoch: 1,
+            replicas: 1,
+            write_quorum: 1,
+            revoked: vec![],
+            nodes: vec![ringvault_common::placement::NodeInfo {
+                id: NodeId(1),
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+                zone: String::new(),
+            }],
+        };
+        let get = Request::GetBlob {
+            repo: repo.clone(),
+            id: ChunkId([0; 32]),
+        };
+        let put = Request::PutBlobs {
+            repo: repo.clone(),
+            blobs: vec![],
+            local_only: false,
+        };
+        let forget = Request::DeleteSnapshot {
+            repo: repo.clone(),
+            id: ringvault_common::SnapshotId([0; 32]),
+            local_only: false,
+        };
+        let allowed = |c: &Caller, r: &Request, m: &ClusterMap| authorize(c, m, r).is_ok();
+        let (reader, writer, admin) = (
+            agent("a", Role::Reader),
+            agent("a", Role::Writer),
+            agent("a", Role::Admin),
+        );
+        assert!(allowed(&reader, &get, &map) && !allowed(&reader, &put, &map));
+        assert!(allowed(&writer, &put, &map) && !allowed(&writer, &forget, &map));
+        assert!(allowed(&admin, &forget, &map));
+        let other_repo = Request::GetBlob {
+            repo: RepoId::new("s").unwrap(),
+            id: ChunkId([0; 32]),
+        };
+        assert!(!allowed(&admin, &other_repo, &map));
+        let internal = Request::Has {
+            repo,
+            ids: vec![],
+            local_only: true,
+        };
+        assert!(!allowed(&admin, &internal, &map));
+        map.revoked.push("f".repeat(64));
+        assert!(!allowed(&admin, &get, &map));
+        let e = authorize(&admin, &map, &get).unwrap_err();
+        assert!(e.message.contains("revoked"), "{}", e.message);
+    }
 }

@@ -86,6 +86,7 @@ fn stages(c: &mut Criterion) {
         epoch: 1,
         replicas: 3,
         write_quorum: 2,
+        revoked: Vec::new(),
         nodes: (1..=20)
             .map(|i| NodeInfo {
                 id: NodeId(i),

@@ -77,6 +77,14 @@ pub struct ChunkserverConfig {
     /// Local HTTP address for Prometheus metrics (`/metrics`), e.g.
     /// `127.0.0.1:9401`; empty turns metrics off.
     pub metrics_listen: String,
+    /// How long a client (an agent or operator) may leave a request it has
+    /// begun unsent before its connection is cut, ms.
+    pub stall_timeout_ms: u64,
+    /// Most request bytes one client connection may have buffered on this
+    /// server at once (headers and payloads being read or handled); further
+    /// requests wait, which QUIC flow control turns into back-pressure. At
+    /// least one largest frame (65 MiB + 4 bytes).
+    pub connection_budget_bytes: u64,
 }
 
 impl Default for ChunkserverConfig {
@@ -101,6 +109,8 @@ impl Default for ChunkserverConfig {
             scrub_bytes_per_s: 32 << 20,
             quota_bytes: 0,
             metrics_listen: String::new(),
+            stall_timeout_ms: 30_000,
+            connection_budget_bytes: 128 << 20,
         }
     }
 }
@@ -157,6 +167,13 @@ impl ChunkserverConfig {
         in_range("repair-interval-ms", c.repair_interval_ms, 10, DAY_MS)?;
         in_range("scrub-cycle-s", c.scrub_cycle_s, 0, 10 * 365 * 86_400)?;
         in_range("scrub-bytes-per-s", c.scrub_bytes_per_s, 1, u64::MAX >> 1)?;
+        in_range("stall-timeout-ms", c.stall_timeout_ms, 100, DAY_MS)?;
+        in_range(
+            "connection-budget-bytes",
+            c.connection_budget_bytes,
+            crate::wire::MAX_FRAME as u64,
+            1 << 32,
+        )?;
         Ok(c)
     }
 }
@@ -220,6 +237,10 @@ pub struct AgentConfig {
     /// How long trashed blobs can still be restored before prune deletes
     /// them, s (0 to 10 years).
     pub trash_keep_s: u64,
+    /// Most bytes of sealed trees kept on disk in the state directory, so
+    /// browsing a snapshot again fetches no tree twice; 0 turns the cache
+    /// off.
+    pub tree_cache_bytes: u64,
     /// Which snapshots `forget` keeps (TOML table `[retention]`); empty by
     /// default, and `forget` refuses an empty policy.
     pub retention: Policy,
@@ -250,6 +271,7 @@ impl Default for AgentConfig {
             apply_retention: false,
             prune_grace_s: 86_400,
             trash_keep_s: 7 * 86_400,
+            tree_cache_bytes: 256 << 20,
             retention: Policy::default(),
         }
     }

@@ -128,7 +128,8 @@ impl Default for KdfParams {
 
 impl KdfParams {
     /// The largest memory a key file may ask for (4 GiB), so a hostile
-    /// record cannot make us allocate without bound.
+    /// record cannot make us allocate without bound. Key files asking for
+    /// more than 64 passes or 64 lanes are refused too.
     pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 }
 
@@ -148,8 +149,22 @@ impl Drop for RepoSecret {
     }
 }
 
+/// Who made a key and when: shown by `ringvault key list`, as restic shows
+/// a key's user, host and creation time. Stored in the clear but bound to
+/// the key by the AEAD's associated data, so it cannot be altered unseen.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyMeta {
+    /// Creation time, ns since the Unix epoch.
+    pub created_ns: i64,
+    /// Host name of the machine that made it.
+    pub host: String,
+    /// User name that made it.
+    pub user: String,
+}
+
 /// A password-wrapped [`RepoSecret`], as stored on the cluster and cached by
-/// the agent.
+/// the agent. A repository has one per password, all wrapping the same
+/// master key.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyFile {
     /// Argon2id parameters used for this password.
@@ -161,10 +176,24 @@ pub struct KeyFile {
     /// Encrypted postcard encoding of the [`RepoSecret`], with its tag.
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
+    /// Who made it and when (empty for keys made before version 2).
+    pub meta: KeyMeta,
 }
 
-const KEY_MAGIC: &[u8; 4] = b"RVK1";
-const KEY_AAD: &[u8] = b"ringvault key file v1";
+/// Version 1 of the encoding: no [`KeyMeta`].
+#[derive(Deserialize)]
+struct KeyFileV1 {
+    kdf: KdfParams,
+    salt: [u8; 16],
+    nonce: [u8; 24],
+    #[serde(with = "serde_bytes")]
+    ciphertext: Vec<u8>,
+}
+
+const KEY_MAGIC_V1: &[u8; 4] = b"RVK1";
+const KEY_AAD_V1: &[u8] = b"ringvault key file v1";
+const KEY_MAGIC: &[u8; 4] = b"RVK2";
+const KEY_AAD: &[u8] = b"ringvault key file v2";
 
 impl KeyFile {
     /// Wraps `secret` under `password`. `salt` and `nonce` must be fresh
@@ -178,17 +207,19 @@ impl KeyFile {
         kdf: KdfParams,
         salt: [u8; 16],
         nonce: [u8; 24],
+        meta: KeyMeta,
     ) -> Result<Self, KeyError> {
         let mut wrapping = stretch(password, &kdf, &salt)?;
         let cipher = XChaCha20Poly1305::new((&wrapping).into());
         wrapping.zeroize();
         let mut plain = postcard::to_stdvec(secret).map_err(|e| KeyError::Format(e.to_string()))?;
+        let aad = aad(&meta);
         let ciphertext = cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
-                    aad: KEY_AAD,
+                    aad: &aad,
                 },
             )
             .map_err(|_| KeyError::Format("encryption failed".into()))?;
@@ -198,6 +229,7 @@ impl KeyFile {
             salt,
             nonce,
             ciphertext,
+            meta,
         })
     }
 
@@ -207,18 +239,22 @@ impl KeyFile {
     /// [`KeyError::WrongPassword`] when the password (or the record) is wrong,
     /// [`KeyError::Kdf`] for parameters out of bounds.
     pub fn unwrap_secret(&self, password: &[u8]) -> Result<RepoSecret, KeyError> {
-        if self.kdf.memory_kib > KdfParams::MAX_MEMORY_KIB || self.kdf.iterations > 64 {
+        if self.kdf.memory_kib > KdfParams::MAX_MEMORY_KIB
+            || self.kdf.iterations > 64
+            || self.kdf.parallelism > 64
+        {
             return Err(KeyError::Kdf("key file asks for too much work".into()));
         }
         let mut wrapping = stretch(password, &self.kdf, &self.salt)?;
         let cipher = XChaCha20Poly1305::new((&wrapping).into());
         wrapping.zeroize();
+        let aad = aad(&self.meta);
         let mut plain = cipher
             .decrypt(
                 XNonce::from_slice(&self.nonce),
                 Payload {
                     msg: &self.ciphertext,
-                    aad: KEY_AAD,
+                    aad: &aad,
                 },
             )
             .map_err(|_| KeyError::WrongPassword)?;
@@ -232,7 +268,7 @@ impl KeyFile {
         Ok(secret)
     }
 
-    /// Encodes as `"RVK1"` + postcard.
+    /// Encodes as `"RVK2"` + postcard.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = KEY_MAGIC.to_vec();
         // Invariant: postcard serialization of plain data into a Vec cannot fail.
@@ -245,14 +281,37 @@ impl KeyFile {
     /// # Errors
     /// [`KeyError::Format`] for anything else.
     pub fn decode(bytes: &[u8]) -> Result<Self, KeyError> {
+        if bytes.len() > 4096 {
+            return Err(KeyError::Format("key record too large".into()));
+        }
+        let format = |e: postcard::Error| KeyError::Format(e.to_string());
+        if let Some(body) = bytes.strip_prefix(KEY_MAGIC_V1.as_slice()) {
+            let v1: KeyFileV1 = postcard::from_bytes(body).map_err(format)?;
+            return Ok(Self {
+                kdf: v1.kdf,
+                salt: v1.salt,
+                nonce: v1.nonce,
+                ciphertext: v1.ciphertext,
+                meta: KeyMeta::default(),
+            });
+        }
         let body = bytes
             .strip_prefix(KEY_MAGIC.as_slice())
             .ok_or_else(|| KeyError::Format("bad magic".into()))?;
-        if body.len() > 4096 {
-            return Err(KeyError::Format("key record too large".into()));
-        }
-        postcard::from_bytes(body).map_err(|e| KeyError::Format(e.to_string()))
+        postcard::from_bytes(body).map_err(format)
     }
+}
+
+/// The associated data of a key file: a label and its metadata (the
+/// version 1 label alone for a key without metadata).
+fn aad(meta: &KeyMeta) -> Vec<u8> {
+    if *meta == KeyMeta::default() {
+        return KEY_AAD_V1.to_vec();
+    }
+    let mut aad = KEY_AAD.to_vec();
+    // Invariant: postcard serialization of plain data into a Vec cannot fail.
+    aad.extend(postcard::to_stdvec(meta).expect("postcard to vec"));
+    aad
 }
 
 fn stretch(password: &[u8], kdf: &KdfParams, salt: &[u8; 16]) -> Result<[u8; 32], KeyError> {
@@ -284,13 +343,63 @@ mod tests {
             master_key: [9; 32],
             chunker: ChunkerParams::default(),
         };
-        let kf = KeyFile::wrap(&secret, b"pw", cheap(), [1; 16], [2; 24]).unwrap();
+        let meta = KeyMeta {
+            created_ns: 5,
+            host: "h".into(),
+            user: "u".into(),
+        };
+        let kf = KeyFile::wrap(&secret, b"pw", cheap(), [1; 16], [2; 24], meta).unwrap();
         let back = KeyFile::decode(&kf.encode()).unwrap();
         assert_eq!(back.unwrap_secret(b"pw").unwrap().master_key, [9; 32]);
         assert!(matches!(
             back.unwrap_secret(b"nope"),
             Err(KeyError::WrongPassword)
         ));
+        // The metadata is bound to the key: altered, it no longer opens.
+        let mut forged = back.clone();
+        forged.meta.host = "elsewhere".into();
+        assert!(matches!(
+            forged.unwrap_secret(b"pw"),
+            Err(KeyError::WrongPassword)
+        ));
+    }
+
+    #[test]
+    fn version_1_key_files_still_open() {
+        let secret = RepoSecret {
+            master_key: [9; 32],
+            chunker: ChunkerParams::default(),
+        };
+        let kf = KeyFile::wrap(
+            &secret,
+            b"pw",
+            cheap(),
+            [1; 16],
+            [2; 24],
+            KeyMeta::default(),
+        )
+        .unwrap();
+        // The version 1 encoding: the same fields without the metadata.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            kdf: KdfParams,
+            salt: [u8; 16],
+            nonce: [u8; 24],
+            #[serde(with = "serde_bytes")]
+            ciphertext: &'a [u8],
+        }
+        let mut v1 = KEY_MAGIC_V1.to_vec();
+        v1.extend(
+            postcard::to_stdvec(&V1 {
+                kdf: kf.kdf,
+                salt: kf.salt,
+                nonce: kf.nonce,
+                ciphertext: &kf.ciphertext,
+            })
+            .unwrap(),
+        );
+        let back = KeyFile::decode(&v1).unwrap();
+        assert_eq!(back.unwrap_secret(b"pw").unwrap().master_key, [9; 32]);
     }
 
     proptest::proptest! {

@@ -31,9 +31,12 @@
 
 pub mod chunker;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod keys;
 pub mod placement;
+pub mod private;
 pub mod retention;
 pub mod seal;
 pub mod snapshot;

@@ -46,6 +46,10 @@ pub struct ClusterMap {
     pub replicas: u32,
     /// W: durable copies before a write is acknowledged.
     pub write_quorum: u32,
+    /// SHA-256 fingerprints ([`crate::tls::fingerprint`], lowercase hex) of
+    /// revoked certificates: servers refuse every request made with one.
+    #[serde(default)]
+    pub revoked: Vec<String>,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeInfo>,
@@ -57,6 +61,9 @@ pub enum MapError {
     /// No nodes at all.
     #[error("the cluster map lists no nodes")]
     Empty,
+    /// A revoked fingerprint is not 64 lowercase hex digits.
+    #[error("revoked fingerprint {0:?} is not a SHA-256 in lowercase hex (64 digits)")]
+    Fingerprint(String),
     /// Two nodes share an id.
     #[error("node id {0} appears twice in the cluster map")]
     DuplicateNode(NodeId),
@@ -93,6 +100,14 @@ impl ClusterMap {
                 return Err(MapError::Weight(n.id, n.weight));
             }
         }
+        if let Some(bad) = self.revoked.iter().find(|f| {
+            f.len() != 64
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }) {
+            return Err(MapError::Fingerprint(bad.clone()));
+        }
         let (w, n) = (self.write_quorum, self.replicas);
         if w == 0 || w > n || n as usize > self.nodes.len() {
             return Err(MapError::Quorum {
@@ -102,6 +117,12 @@ impl ClusterMap {
             });
         }
         Ok(())
+    }
+
+    /// Whether the certificate with this [`crate::tls::fingerprint`] is
+    /// revoked.
+    pub fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.revoked.iter().any(|f| f == fingerprint)
     }
 
     /// The node with this id.
@@ -154,6 +175,7 @@ impl ClusterMap {
             epoch: self.epoch,
             replicas: self.replicas.min(nodes.len() as u32),
             write_quorum: self.write_quorum,
+            revoked: self.revoked.clone(),
             nodes,
         }
     }
@@ -234,6 +256,7 @@ mod tests {
             epoch: 1,
             replicas: n,
             write_quorum: n.min(2),
+            revoked: Vec::new(),
             nodes: (1..=k)
                 .map(|i| NodeInfo {
                     id: NodeId(i),

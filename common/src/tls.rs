@@ -2,8 +2,9 @@
 //! identities, and rustls configurations for mutual TLS 1.3.
 //!
 //! Identities live in a certificate's subject alternative names as URIs:
-//! `ringvault://node/<id>` for a chunk server and
-//! `ringvault://agent/<repository>/<agent-id>` for an agent. webpki checks
+//! `ringvault://node/<id>` for a chunk server,
+//! `ringvault://agent/<repository>/<agent-id>/<role>` for an agent (see
+//! [`Role`]) and `ringvault://operator/<name>` for an operator. webpki checks
 //! the chain, dates and key usage, not names, so servers map a verified
 //! peer certificate to a [`PeerIdentity`] with [`PeerIdentity::from_der`].
 //! Every node certificate also names the DNS SAN [`NODE_SERVER_NAME`], the
@@ -67,16 +68,67 @@ impl std::fmt::Debug for PemPair {
 pub enum PeerIdentity {
     /// A chunk server of the cluster.
     Node(NodeId),
-    /// An agent, allowed one repository.
+    /// An agent, allowed one repository in one role.
     Agent {
         /// The repository it may use.
         repo: RepoId,
         /// Its agent id.
         agent: String,
+        /// What it may do there.
+        role: Role,
     },
     /// A cluster operator: may change the cluster map. Minted for one
     /// command from the CA key (`ringvault cluster add-node` and friends).
     Operator(String),
+}
+
+/// What an agent certificate allows in its repository. Servers check it on
+/// every request.
+///
+/// A writer can back up but not destroy: a compromised host cannot delete
+/// its own backups (the append-only mode restic users asked for in restic
+/// issue 187).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads everything in the repository; writes and deletes nothing.
+    Reader,
+    /// Adds chunks and snapshots; reads chunks and its own snapshots only;
+    /// deletes nothing, forgets nothing, prunes nothing, manages no keys.
+    Writer,
+    /// Everything: reads every snapshot, forgets, prunes, manages keys.
+    Admin,
+}
+
+impl Role {
+    /// The name used in certificates and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reader => "reader",
+            Self::Writer => "writer",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = TlsError;
+
+    fn from_str(s: &str) -> Result<Self, TlsError> {
+        match s {
+            "reader" => Ok(Self::Reader),
+            "writer" => Ok(Self::Writer),
+            "admin" => Ok(Self::Admin),
+            other => Err(TlsError::Identity(format!(
+                "unknown role {other:?} (reader, writer or admin)"
+            ))),
+        }
+    }
 }
 
 /// Makes a new cluster CA (ECDSA P-256, self-signed, valid until 4096).
@@ -126,12 +178,17 @@ pub fn issue_node(ca: &PemPair, node: NodeId, hosts: &[String]) -> Result<PemPai
     issue(ca, params)
 }
 
-/// Issues an agent (client) certificate for `agent` in `repo`.
+/// Issues an agent (client) certificate for `agent` in `repo` with `role`.
 ///
 /// # Errors
 /// [`TlsError`] if the CA does not load or the agent id is not a valid URI
 /// segment.
-pub fn issue_agent(ca: &PemPair, repo: &RepoId, agent: &str) -> Result<PemPair, TlsError> {
+pub fn issue_agent(
+    ca: &PemPair,
+    repo: &RepoId,
+    agent: &str,
+    role: Role,
+) -> Result<PemPair, TlsError> {
     if agent.is_empty()
         || !agent
             .bytes()
@@ -140,11 +197,12 @@ pub fn issue_agent(ca: &PemPair, repo: &RepoId, agent: &str) -> Result<PemPair, 
         return Err(TlsError::Identity(format!("bad agent id {agent:?}")));
     }
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("ringvault agent {agent}"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("ringvault agent {agent} ({role})"),
+    );
     params.subject_alt_names.push(SanType::URI(
-        format!("ringvault://agent/{repo}/{agent}").try_into()?,
+        format!("ringvault://agent/{repo}/{agent}/{role}").try_into()?,
     ));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     issue(ca, params)
@@ -225,18 +283,30 @@ impl PeerIdentity {
         match parts.as_slice() {
             ["node", id] => Some(Self::Node(NodeId(id.parse().ok()?))),
             ["operator", name] if !name.is_empty() => Some(Self::Operator((*name).to_owned())),
-            ["agent", repo, agent] if !agent.is_empty() => Some(Self::Agent {
+            ["agent", repo, agent, role] if !agent.is_empty() => Some(Self::Agent {
                 repo: RepoId::new(repo).ok()?,
                 agent: (*agent).to_owned(),
+                role: role.parse().ok()?,
             }),
             _ => None,
         }
     }
 }
 
-/// SHA-256 fingerprint of a DER certificate, lowercase hex.
+/// SHA-256 fingerprint of a DER certificate, lowercase hex (64 digits):
+/// what `openssl x509 -fingerprint -sha256` prints, without the colons.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
+}
+
+/// The [`fingerprint`] of the first certificate in PEM text.
+///
+/// # Errors
+/// [`TlsError::Pem`] when the text holds no certificate.
+pub fn fingerprint_pem(pem: &str) -> Result<String, TlsError> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
+    Ok(fingerprint(&der))
 }
 
 /// Certificates and a key parsed from PEM, ready for rustls.
@@ -332,7 +402,7 @@ mod tests {
         let ca = make_ca("test ca").unwrap();
         let node = issue_node(&ca, NodeId(7), &["127.0.0.1".into()]).unwrap();
         let repo = RepoId::new("home").unwrap();
-        let agent = issue_agent(&ca, &repo, "laptop").unwrap();
+        let agent = issue_agent(&ca, &repo, "laptop", Role::Writer).unwrap();
         let m = TlsMaterial::from_pem(&ca.cert, &node.cert, &node.key).unwrap();
         assert_eq!(m.identity().unwrap(), PeerIdentity::Node(NodeId(7)));
         m.server_config().unwrap();
@@ -340,10 +410,18 @@ mod tests {
         assert_eq!(
             m.identity().unwrap(),
             PeerIdentity::Agent {
-                repo,
-                agent: "laptop".into()
+                repo: repo.clone(),
+                agent: "laptop".into(),
+                role: Role::Writer,
             }
         );
+        for role in [Role::Reader, Role::Admin] {
+            let pair = issue_agent(&ca, &repo, "host", role).unwrap();
+            let m = TlsMaterial::from_pem(&ca.cert, &pair.cert, &pair.key).unwrap();
+            assert!(
+                matches!(m.identity().unwrap(), PeerIdentity::Agent { role: r, .. } if r == role)
+            );
+        }
         m.client_config().unwrap();
         assert_eq!(fingerprint(&m.chain[0]).len(), 64);
         let op = issue_operator(&ca, "admin", std::time::SystemTime::now()).unwrap();
@@ -353,6 +431,23 @@ mod tests {
             PeerIdentity::Operator("admin".into())
         );
         assert!(issue_operator(&ca, "a/b", std::time::SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn an_agent_uri_without_a_known_role_is_no_identity() {
+        assert_eq!(
+            PeerIdentity::from_uri("ringvault://agent/home/laptop"),
+            None
+        );
+        assert_eq!(
+            PeerIdentity::from_uri("ringvault://agent/home/laptop/root"),
+            None
+        );
+        assert_eq!(
+            PeerIdentity::from_uri("ringvault://agent/home/laptop/admin/x"),
+            None
+        );
+        assert!(PeerIdentity::from_uri("ringvault://agent/home/laptop/admin").is_some());
     }
 
     #[test]

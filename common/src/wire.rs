@@ -19,7 +19,7 @@ use crate::{ChunkId, NodeId, RepoId, SnapshotId};
 
 /// Version of this protocol, checked at hello. Version 2 put the sender's
 /// cluster map epoch in front of every response header.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"ringvault/1";
 /// Largest header, bytes.
@@ -28,6 +28,9 @@ pub const MAX_HEADER: usize = 1 << 20;
 pub const MAX_PAYLOAD: usize = 64 << 20;
 /// Largest whole frame, bytes.
 pub const MAX_FRAME: usize = 4 + MAX_HEADER + MAX_PAYLOAD;
+/// Most bytes of a snapshot record or key record (the payload of
+/// [`Request::PutSnapshot`] and [`Request::PutKey`]).
+pub const MAX_RECORD_BYTES: usize = 4 << 20;
 /// Most ids in one has-query.
 pub const MAX_HAS_IDS: usize = 8192;
 /// Most blobs in one put.
@@ -107,16 +110,21 @@ pub enum Request {
         /// Record id.
         id: SnapshotId,
     },
-    /// Store the repository's wrapped key (payload), copying it to every node
-    /// unless `local_only`. Refused if a different key is already stored.
+    /// Store one of the repository's wrapped keys (payload) under `id`,
+    /// copying it to every node unless `local_only`. Refused if a different
+    /// key is already stored under `id`.
     PutKey {
         /// Repository.
         repo: RepoId,
+        /// Key id (random; all zeros for a repository's first key before
+        /// protocol 3).
+        id: [u8; 32],
         /// Store locally only.
         local_only: bool,
     },
-    /// Fetch the repository's wrapped key.
-    GetKey {
+    /// Every wrapped key of the repository this server holds; answered by
+    /// [`Response::Records`].
+    ListKeys {
         /// Repository.
         repo: RepoId,
     },
@@ -242,6 +250,32 @@ pub enum Request {
         /// Up to [`MAX_HAS_IDS`] ids.
         ids: Vec<ChunkId>,
     },
+    /// Delete one wrapped key, leaving a tombstone as
+    /// [`Request::DeleteSnapshot`] does.
+    DeleteKey {
+        /// Repository.
+        repo: RepoId,
+        /// Key id.
+        id: [u8; 32],
+        /// On this server only.
+        local_only: bool,
+    },
+}
+
+/// What a request does to a repository, for authorization by the role in
+/// an agent's certificate ([`crate::tls::Role`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads chunks, snapshot records, keys or status.
+    Read,
+    /// Adds chunks or snapshot records (never replaces or removes).
+    Write,
+    /// Deletes or replaces: forget, prune, key management.
+    Manage,
+    /// Server to server only.
+    Internal,
+    /// Changes the cluster map: operators (and nodes) only.
+    Map,
 }
 
 /// A server's answer.
@@ -321,6 +355,12 @@ pub enum Response {
         granted: bool,
         /// The highest epoch this server has promised or committed.
         highest: u64,
+    },
+    /// Answer to [`Request::ListKeys`]: the payload holds the records,
+    /// concatenated, with these ids and lengths in bytes.
+    Records {
+        /// (id, length) per record.
+        records: Vec<([u8; 32], u32)>,
     },
 }
 
@@ -467,6 +507,24 @@ pub fn encode_header<T: Serialize>(msg: &T) -> Vec<u8> {
     out
 }
 
+/// Decodes a frame's header alone (the bytes after the length prefix), so a
+/// server can check a request before reading its payload.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] over [`MAX_HEADER`], [`FrameError::Header`]
+/// when it does not decode or has bytes left over.
+pub fn decode_header<T: for<'de> Deserialize<'de>>(header: &[u8]) -> Result<T, FrameError> {
+    if header.len() > MAX_HEADER {
+        return Err(FrameError::TooLarge(header.len()));
+    }
+    let (msg, rest) =
+        postcard::take_from_bytes(header).map_err(|e| FrameError::Header(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Header("bytes after the header".into()));
+    }
+    Ok(msg)
+}
+
 /// Splits a whole received frame into its decoded header and its payload.
 ///
 /// # Errors
@@ -562,12 +620,18 @@ impl Request {
             Request::PutSnapshot { .. } | Request::PutKey { .. } if payload.is_empty() => {
                 invalid("empty payload")
             }
+            Request::PutSnapshot { .. } | Request::PutKey { .. }
+                if payload.len() > MAX_RECORD_BYTES =>
+            {
+                invalid("record too large")
+            }
             Request::Hello { .. }
             | Request::Has { .. }
             | Request::GetBlob { .. }
             | Request::ListSnapshots { .. }
             | Request::GetSnapshot { .. }
-            | Request::GetKey { .. }
+            | Request::ListKeys { .. }
+            | Request::DeleteKey { .. }
             | Request::Digests { .. }
             | Request::ListPartition { .. }
             | Request::Copies { .. }
@@ -608,6 +672,7 @@ impl Request {
             | Request::PruneMark { repo, .. }
             | Request::PruneSweep { repo, .. }
             | Request::RestoreTrash { repo }
+            | Request::DeleteKey { repo, .. }
             | Request::Sizes { repo, .. } => Some(repo),
             Request::Has { repo, .. }
             | Request::PutBlobs { repo, .. }
@@ -616,7 +681,7 @@ impl Request {
             | Request::ListSnapshots { repo }
             | Request::GetSnapshot { repo, .. }
             | Request::PutKey { repo, .. }
-            | Request::GetKey { repo } => Some(repo),
+            | Request::ListKeys { repo } => Some(repo),
         }
     }
 
@@ -646,8 +711,54 @@ impl Request {
             } | Request::DeleteSnapshot {
                 local_only: true,
                 ..
+            } | Request::DeleteKey {
+                local_only: true,
+                ..
             }
         )
+    }
+
+    /// The most payload bytes this request may carry: the declared blob
+    /// lengths' sum for [`Request::PutBlobs`] (over [`MAX_PAYLOAD`] when the
+    /// header lies; [`Request::validate`] refuses it), [`MAX_RECORD_BYTES`]
+    /// for records, 0 for the rest. A server reads no more than this.
+    pub fn payload_limit(&self) -> u64 {
+        match self {
+            Request::PutBlobs { blobs, .. } => blobs.iter().map(|(_, l)| u64::from(*l)).sum(),
+            Request::PutSnapshot { .. } | Request::PutKey { .. } => MAX_RECORD_BYTES as u64,
+            _ => 0,
+        }
+    }
+
+    /// What this request does, for authorization.
+    pub fn access(&self) -> Access {
+        if self.is_internal() {
+            return Access::Internal;
+        }
+        match self {
+            Request::PrepareMap { .. } | Request::CommitMap { .. } => Access::Map,
+            Request::Digests { .. }
+            | Request::ListPartition { .. }
+            | Request::RecordKeys { .. }
+            | Request::GetRecord { .. } => Access::Internal,
+            Request::Hello { .. }
+            | Request::NodeStatus
+            | Request::Has { .. }
+            | Request::GetBlob { .. }
+            | Request::ListSnapshots { .. }
+            | Request::GetSnapshot { .. }
+            | Request::ListKeys { .. }
+            | Request::Copies { .. }
+            | Request::Sizes { .. } => Access::Read,
+            Request::PutBlobs { .. } | Request::PutSnapshot { .. } => Access::Write,
+            Request::PutKey { .. }
+            | Request::DeleteKey { .. }
+            | Request::DeleteSnapshot { .. }
+            | Request::BeginPrune { .. }
+            | Request::PruneMark { .. }
+            | Request::PruneSweep { .. }
+            | Request::RestoreTrash { .. } => Access::Manage,
+        }
     }
 
     /// Whether this changes the cluster map (operator or node certificates
@@ -667,7 +778,7 @@ impl Request {
             Request::ListSnapshots { .. } => "list-snapshots",
             Request::GetSnapshot { .. } => "get-snapshot",
             Request::PutKey { .. } => "put-key",
-            Request::GetKey { .. } => "get-key",
+            Request::ListKeys { .. } => "list-keys",
             Request::Digests { .. } => "digests",
             Request::ListPartition { .. } => "list-partition",
             Request::Copies { .. } => "copies",
@@ -682,6 +793,7 @@ impl Request {
             Request::PruneSweep { .. } => "prune-sweep",
             Request::RestoreTrash { .. } => "restore-trash",
             Request::Sizes { .. } => "sizes",
+            Request::DeleteKey { .. } => "delete-key",
         }
     }
 }
@@ -715,7 +827,12 @@ mod tests {
                 blobs: vec![(ChunkId([2; 32]), 3)],
                 local_only: true,
             },
-            Request::GetKey { repo },
+            Request::DeleteKey {
+                repo: repo.clone(),
+                id: [4; 32],
+                local_only: false,
+            },
+            Request::ListKeys { repo },
         ];
         for r in reqs {
             let f = frame(encode_header(&r), b"abc");
@@ -723,6 +840,44 @@ mod tests {
             assert_eq!(back, r);
             assert_eq!(payload, b"abc");
         }
+    }
+
+    #[test]
+    fn access_classes() {
+        let repo = RepoId::new("r").unwrap();
+        let get = Request::GetBlob {
+            repo: repo.clone(),
+            id: ChunkId([0; 32]),
+        };
+        assert_eq!(get.access(), Access::Read);
+        let put = Request::PutSnapshot {
+            repo: repo.clone(),
+            id: SnapshotId([0; 32]),
+            local_only: false,
+        };
+        assert_eq!(put.access(), Access::Write);
+        let forward = Request::PutSnapshot {
+            repo: repo.clone(),
+            id: SnapshotId([0; 32]),
+            local_only: true,
+        };
+        assert_eq!(forward.access(), Access::Internal);
+        let forget = Request::DeleteSnapshot {
+            repo: repo.clone(),
+            id: SnapshotId([0; 32]),
+            local_only: false,
+        };
+        assert_eq!(forget.access(), Access::Manage);
+        assert_eq!(Request::RestoreTrash { repo }.access(), Access::Manage);
+        assert_eq!(
+            Request::PrepareMap {
+                epoch: 2,
+                digest: [0; 32],
+                base: 1
+            }
+            .access(),
+            Access::Map
+        );
     }
 
     #[test]

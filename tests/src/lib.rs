@@ -14,6 +14,7 @@
 //! so the agent and the other servers reach node `i` only through proxy `i`,
 //! whose faults a test switches on and off.
 
+pub mod hostile;
 pub mod proxy;
 
 pub use proxy::FaultProxy;
@@ -174,6 +175,7 @@ impl TestCluster {
             base_port: 0,
             repository: "test".into(),
             agent_id: "tester".into(),
+            role: ringvault_common::tls::Role::Admin,
             replicas,
             write_quorum: quorum,
         })?;
@@ -306,6 +308,21 @@ impl TestCluster {
             .parent()
             .expect("node dir")
             .to_owned()
+    }
+
+    /// The process id of node `i`, while it runs.
+    pub fn server_pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(Child::id)
+    }
+
+    /// The address node `i` listens on (`host:port`, from its config).
+    pub fn server_address(&self, i: usize) -> String {
+        let config = std::fs::read_to_string(&self.layout.node_configs[i]).unwrap_or_default();
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .unwrap_or_default()
     }
 
     /// Kills node `i` with SIGKILL (no chance to clean up).
@@ -562,16 +579,16 @@ impl Drop for TestCluster {
     }
 }
 
-/// Runs a command with a time limit, killing it when exceeded.
+/// Waits for a started command to exit, for at most `limit` (killing it
+/// then); returns its output.
 ///
 /// # Errors
-/// When it cannot start or exceeds `limit`.
-pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let out_t = std::thread::spawn(move || read_all(stdout));
-    let err_t = std::thread::spawn(move || read_all(stderr));
+/// When it runs longer than `limit`.
+pub fn wait_child(child: &mut Child, limit: Duration) -> anyhow::Result<Output> {
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_t = std::thread::spawn(move || stdout.map(read_all).unwrap_or_default());
+    let err_t = std::thread::spawn(move || stderr.map(read_all).unwrap_or_default());
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -580,7 +597,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output>
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{cmd:?} ran longer than {limit:?}");
+            bail!("the command ran longer than {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -589,6 +606,15 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output>
         stdout: out_t.join().unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
     })
+}
+
+/// Runs a command with a time limit, killing it when exceeded.
+///
+/// # Errors
+/// When it cannot start or exceeds `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    wait_child(&mut child, limit).with_context(|| format!("{cmd:?}"))
 }
 
 fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
