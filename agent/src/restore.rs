@@ -1,29 +1,108 @@
 //! Restore: a snapshot (or one path in it) back into a target directory.
 //!
-//! Trees are walked first (directories and symlinks made as they are met),
-//! then files are restored several at a time, each by its own task, its
-//! chunks fetched ahead and opened on the blocking pool and written in
-//! order, long zero runs left as holes; directory metadata is
-//! set last, deepest first. Nothing is ever written outside the target:
-//! tree names are checked when trees are decoded (no `/`, NUL, `.`, `..`),
-//! files are opened with `O_NOFOLLOW`, and an existing non-directory where a
-//! directory should be is an error rather than something to follow.
+//! Trees are walked first (a directory's symlinks and subdirectories made
+//! as its tree is read, then its subdirectories walked in turn), then files
+//! are restored several at a time, each by its own task, its chunks fetched
+//! ahead and opened on the blocking pool and written in order, long zero
+//! runs left as holes; directory metadata is set last, deepest first.
+//!
+//! # Choosing entries
+//!
+//! [`RestoreOptions`] holds gitignore-style include and exclude patterns
+//! (the `ignore` crate's matcher, as for backup excludes), matched against
+//! each entry's path inside the snapshot (`home/me/a.txt`, whatever `path`
+//! restores). An excluded entry is skipped, and an excluded directory
+//! whole: its tree is not read. With include patterns, an entry is restored
+//! when it, or the nearest directory above it that a pattern decides on,
+//! is included (`!` takes back, as in git); a directory that is not
+//! included is made only once something below it is, so an included file
+//! brings the directories leading to it and nothing else. A directory that
+//! no include pattern can reach below (an anchored pattern's leading
+//! components do not match it) is not read either. Exclusion wins.
+//!
+//! # What is already in the target
+//!
+//! [`Overwrite`] decides, for a file or symlink whose name is taken:
+//! `always` writes every file anew, `if-changed` keeps a file whose size
+//! and mtime match the snapshot's or whose content does (cut with the
+//! repository's chunker and hashed, compared chunk id by chunk id; only its
+//! mode and mtime are set then), `never` keeps whatever is there. A dry run
+//! reads the trees and the target (and, for `if-changed`, the files it
+//! would compare), writes nothing, and lists what it would do.
+//!
+//! # Staying inside the target
+//!
+//! A snapshot may come from a hostile writer, and the target may already
+//! hold anything: a symlink to `/etc`, a hard link to a file elsewhere.
+//! Below the target, restore never hands the kernel a path of more than one
+//! component. The target is opened once (following the path the user gave);
+//! every other call names one entry relative to a directory descriptor
+//! (`mkdirat`, `symlinkat`, `openat`, `unlinkat`, `readlinkat`, and
+//! `fstatat` and `utimensat` with `AT_SYMLINK_NOFOLLOW`), and modes and
+//! times are set with `fchmod` and `futimens` on descriptors restore opened
+//! itself. Directories are opened one component at a time from the target
+//! with `O_DIRECTORY | O_NOFOLLOW`, so a symlink below the target is never
+//! followed, whoever made it: found there, made by this restore, or met
+//! because a case-insensitive file system folds two names of a snapshot
+//! into one. In detail:
+//!
+//! - Names are checked again (non-empty, no `/` or NUL, neither `.` nor `..`,
+//!   strictly ascending within a directory), although
+//!   [`Tree::decode`](ringvault_common::tree::Tree::decode) already refuses
+//!   trees that break these rules.
+//! - A file written is always a new inode: whatever non-directory held its
+//!   name (a file, a hard link to a file outside, a symlink) is unlinked and
+//!   the file made with `O_CREAT | O_EXCL | O_NOFOLLOW`. An existing file is
+//!   never opened for writing or truncated. `if-changed` opens one for
+//!   reading (`O_NOFOLLOW`), and sets its mode and mtime through that
+//!   descriptor, only when it is a regular file with one link, so never a
+//!   file that is also linked from outside the target; with more links it
+//!   is kept untouched if its size, mtime and mode all match, else
+//!   replaced. A directory in a file's place is an error.
+//! - A directory reuses an existing directory; anything else in its place,
+//!   a symlink included, is an error for that entry, whose subtree is then
+//!   skipped.
+//! - A symlink is made as recorded (pointing anywhere is legitimate). The
+//!   same symlink already there is kept; anything else there is an error,
+//!   except that `if-changed` replaces a non-directory (unlinked, never
+//!   followed) and `never` skips it.
+//! - Directories nest at most [`MAX_DEPTH`] deep, and a directory whose tree
+//!   is one of its own ancestors' is refused, so no snapshot keeps the walk
+//!   going without end. Both are errors for the entry.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::DirBuilder;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
+use ignore::Match;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ringvault_common::ChunkId;
+use ringvault_common::chunker::Chunker;
+use ringvault_common::keys::RepoKeys;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind, valid_name};
-use tokio::sync::{Semaphore, mpsc};
+use rustix::fs::{AtFlags, FileType, Mode, Nsecs, OFlags, RawMode, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::client::BadCopy;
 use crate::repo::Repo;
+
+/// Deepest directory nesting restored, counted from the target (whose own
+/// entries are at depth 1): 2048. A backup reads directories by path, and
+/// a path fits in `PATH_MAX` (4096 bytes on Linux, 1024 on macOS), so no
+/// snapshot of a real file system nests deeper (`a/` repeated 2048 times
+/// fills 4096 bytes). The bound stops a hostile snapshot that nests without
+/// end. A directory deeper than this is an error and is not made, nor is
+/// its tree read.
+pub const MAX_DEPTH: usize = 2048;
 
 /// Files restored at once.
 const FILES_AT_ONCE: usize = 16;
@@ -33,72 +112,241 @@ const CHUNKS_AHEAD: usize = 4;
 /// the memory of a restore to this many chunks, each held sealed and
 /// opened: about 2 MiB per chunk on average, 32 MiB at most.
 const CHUNKS_IN_FLIGHT: usize = 16;
+/// Existing files read at once to compare with the snapshot (`if-changed`),
+/// each through a buffer of up to twice the largest chunk (16 MiB with the
+/// default chunker settings).
+const COMPARES_AT_ONCE: usize = 4;
 /// Files found by the walk and waiting for a task.
 const FILE_QUEUE: usize = 1024;
+/// Directories held open at once, by the walk and by files waiting for or
+/// being written (one descriptor each; macOS allows 256 by default).
+const DIRS_OPEN: usize = 64;
 
-/// What a restore did.
+/// When a restore replaces what the target already holds under the name of
+/// a file or symlink of the snapshot (restic's `--overwrite`; directories
+/// already there are always reused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overwrite {
+    /// Write every file anew, whatever is there (restic's default). A
+    /// symlink already there that differs stays an error.
+    #[default]
+    Always,
+    /// Keep a file whose size and mtime match the snapshot's, or whose
+    /// content does (then only its mode and mtime are set); replace the
+    /// rest, and symlinks that differ.
+    IfChanged,
+    /// Keep whatever is there, reported as skipped.
+    Never,
+}
+
+/// What to restore and how: the defaults restore the whole snapshot,
+/// writing every file anew.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Restore only the entry at this `/`-separated path inside the
+    /// snapshot; it lands in the target under its own name.
+    pub path: Option<String>,
+    /// Gitignore-style patterns (`*`, `?`, `[...]`, `**`, a leading `/`
+    /// anchors to the snapshot's root, a trailing `/` matches directories
+    /// only, `!` takes back) matched against the path inside the snapshot.
+    /// When any is given (here or in `iinclude`), only what they include is
+    /// restored: a matched directory with everything below it, and the
+    /// directories leading to a matched entry.
+    pub include: Vec<String>,
+    /// Like `include`, matched case-insensitively (restic's `--iinclude`).
+    pub iinclude: Vec<String>,
+    /// Patterns like `include`'s whose matches are not restored; a matched
+    /// directory is skipped whole, its tree not read. Exclusion wins over
+    /// inclusion.
+    pub exclude: Vec<String>,
+    /// Like `exclude`, matched case-insensitively (restic's `--iexclude`).
+    pub iexclude: Vec<String>,
+    /// When to replace what the target already holds.
+    pub overwrite: Overwrite,
+    /// Read the trees and the target, write nothing, and list in the
+    /// report what would be done.
+    pub dry_run: bool,
+}
+
+/// What a restore did, or in a dry run would do, with one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing was at its name: made.
+    New,
+    /// Something else was at its name: unlinked, and the entry made anew.
+    Replaced,
+    /// Already as in the snapshot: kept (a file's mode and mtime set if
+    /// they differed; a directory found in place).
+    Unchanged,
+    /// Something was at its name and [`Overwrite::Never`] kept it.
+    Skipped,
+}
+
+impl Action {
+    /// Its name in reports: `new`, `replaced`, `unchanged` or `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::New => "new",
+            Action::Replaced => "replaced",
+            Action::Unchanged => "unchanged",
+            Action::Skipped => "skipped",
+        }
+    }
+}
+
+/// One entry of a dry run and what would be done with it.
+#[derive(Clone, Debug)]
+pub struct PlannedAction {
+    /// Where it would be, in the target.
+    pub path: PathBuf,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// What would be done.
+    pub action: Action,
+    /// Its size in the snapshot, bytes (files; 0 for the others).
+    pub size: u64,
+}
+
+/// What a restore did (in a dry run: would do).
 #[derive(Debug, Default)]
 pub struct RestoreReport {
-    /// Regular files written.
+    /// Regular files written, new or replaced.
     pub files: u64,
-    /// Directories made.
+    /// Symlinks made, new or replaced.
+    pub symlinks: u64,
+    /// Directories made or found in place.
     pub dirs: u64,
-    /// Bytes written.
+    /// Bytes written (in a dry run: the sizes of the files to write).
     pub bytes: u64,
+    /// Files and symlinks already as in the snapshot, kept.
+    pub unchanged: u64,
+    /// Files and symlinks kept because something was at their name and the
+    /// overwrite policy is [`Overwrite::Never`].
+    pub skipped: u64,
     /// Entries that could not be restored, with why.
     pub errors: Vec<(PathBuf, String)>,
     /// Bad copies met (and read around) on the servers.
     pub bad_copies: Vec<BadCopy>,
+    /// In a dry run, every entry chosen, with what would be done, in no
+    /// particular order; empty otherwise.
+    pub actions: Vec<PlannedAction>,
 }
 
-struct FileJob {
-    dest: PathBuf,
-    entry: Entry,
+/// An include or exclude pattern that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("bad {flag} pattern: {error}")]
+pub struct PatternError {
+    /// Which list it is in: `include`, `iinclude`, `exclude` or `iexclude`.
+    pub flag: &'static str,
+    /// What `ignore` said, naming the pattern.
+    pub error: ignore::Error,
 }
 
 /// Restores `snapshot` (or the entry at `path` inside it, `/`-separated)
-/// into `target`, which is created if missing.
+/// into `target`, which is created if missing, writing every file anew:
+/// [`restore_with`] with the default [`RestoreOptions`].
 ///
 /// # Errors
-/// When the snapshot's root or `path` cannot be found or read, or the
-/// target cannot be made. Failures of single entries are in the report.
+/// As [`restore_with`].
 pub async fn restore(
     repo: Arc<Repo>,
     snapshot: &Snapshot,
     path: Option<&str>,
     target: &Path,
 ) -> anyhow::Result<RestoreReport> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(target)
-        .with_context(|| format!("creating {}", target.display()))?;
-    let root = repo
+    let options = RestoreOptions {
+        path: path.map(str::to_owned),
+        ..RestoreOptions::default()
+    };
+    restore_with(repo, snapshot, target, &options).await
+}
+
+/// Restores what `options` choose of `snapshot` into `target`, which is
+/// created if missing (not in a dry run). Nothing outside `target` is
+/// created, written, or has its metadata changed, whatever the snapshot
+/// holds and whatever `target` already holds (see the module notes).
+///
+/// # Errors
+/// A [`PatternError`] for a pattern that does not parse; when the
+/// snapshot's root or `options.path` cannot be found or read, or the
+/// target cannot be made or opened. Failures of single entries are in the
+/// report.
+pub async fn restore_with(
+    repo: Arc<Repo>,
+    snapshot: &Snapshot,
+    target: &Path,
+    options: &RestoreOptions,
+) -> anyhow::Result<RestoreReport> {
+    let select = Selection::new(options)?;
+    let chunker = Chunker::new(repo.chunker).context("the repository's chunker settings")?;
+    let root_tree = repo
         .read_tree(snapshot.root)
         .await
         .context("reading the snapshot's root tree")?;
-    let top: Vec<Entry> = match path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
-        None => root.entries,
-        Some(p) => vec![find_entry(&repo, root.entries, p).await?],
+    let path = options
+        .path
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty());
+    // Before the target is made: a wrong path leaves nothing behind.
+    let (top, above, base) = match path {
+        None => (root_tree.entries, vec![snapshot.root], Vec::new()),
+        Some(p) => {
+            let entry = find_entry(&repo, root_tree.entries, p).await?;
+            let mut parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+            parts.pop();
+            (vec![entry], Vec::new(), parts.join("/").into_bytes())
+        }
     };
+    let root = Arc::new(OpenDir {
+        fd: open_target(target, options.dry_run)?,
+        path: target.to_owned(),
+        _permit: None,
+    });
+    let how = How {
+        overwrite: options.overwrite,
+        dry_run: options.dry_run,
+    };
+    // What the patterns say about the directories above `path`.
+    let mut chosen = None;
+    let mut top = top;
+    let mut prefix = Vec::new();
+    for part in base.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+        push_name(&mut prefix, part);
+        if select.excluded(&prefix, true) {
+            top.clear();
+        }
+        chosen = select.include.decision(&prefix, true).or(chosen);
+    }
     // The walk runs ahead in its own task, handing files over as it meets
     // them; each file is then restored by its own task, so that chunks are
     // fetched, opened and written on every core at once.
-    let (file_tx, mut file_rx) = tokio::sync::mpsc::channel(FILE_QUEUE);
+    let (file_tx, mut file_rx) = mpsc::channel(FILE_QUEUE);
     // In a JoinSet so that it is stopped if this function returns early.
     let mut walker = tokio::task::JoinSet::new();
     {
-        let repo = repo.clone();
-        let target = target.to_owned();
+        let mut walk = Walker {
+            repo: repo.clone(),
+            root: root.clone(),
+            files: file_tx,
+            dirs_open: Arc::new(Semaphore::new(DIRS_OPEN)),
+            walked: Walked::default(),
+            select,
+            how,
+            base,
+        };
         walker.spawn(async move {
-            let mut walked = Walked::default();
-            for entry in top {
-                walk(&repo, entry, target.clone(), &file_tx, &mut walked).await;
-            }
-            walked
+            walk.run(top, above, chosen).await;
+            walk.walked
         });
     }
-    let in_flight = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT));
+    let files = Arc::new(FileCtx {
+        repo: repo.clone(),
+        in_flight: Semaphore::new(CHUNKS_IN_FLIGHT),
+        compares: Semaphore::new(COMPARES_AT_ONCE),
+        chunker,
+        how,
+    });
     let mut report = RestoreReport::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut walking = true;
@@ -106,20 +354,34 @@ pub async fn restore(
         tokio::select! {
             job = file_rx.recv(), if walking && tasks.len() < FILES_AT_ONCE => match job {
                 Some(job) => {
-                    let (repo, in_flight) = (repo.clone(), in_flight.clone());
+                    let (files, job) = (files.clone(), Arc::new(job));
                     tasks.spawn(async move {
-                        let r = restore_file(&repo, &job, &in_flight).await;
-                        (job.dest, r)
+                        let done = restore_file(&files, &job).await;
+                        (job.dest(), job.entry.size, done)
                     });
                 }
                 None => walking = false,
             },
             Some(joined) = tasks.join_next() => {
-                let (dest, r) = joined.context("a restore task failed")?;
-                match r {
-                    Ok(n) => {
-                        report.files += 1;
-                        report.bytes += n;
+                let (dest, size, done) = joined.context("a restore task failed")?;
+                match done {
+                    Ok((action, written)) => {
+                        match action {
+                            Action::New | Action::Replaced => {
+                                report.files += 1;
+                                report.bytes += written;
+                            }
+                            Action::Unchanged => report.unchanged += 1,
+                            Action::Skipped => report.skipped += 1,
+                        }
+                        if how.dry_run {
+                            report.actions.push(PlannedAction {
+                                path: dest,
+                                kind: EntryKind::File,
+                                action,
+                                size,
+                            });
+                        }
                     }
                     Err(e) => report.errors.push((dest, format!("{e:#}"))),
                 }
@@ -128,22 +390,72 @@ pub async fn restore(
     }
     let Walked {
         dirs,
-        dir_count,
         errors,
+        symlinks,
+        unchanged,
+        skipped,
+        actions,
     } = walker
         .join_next()
         .await
         .context("the restore walk vanished")?
         .context("the restore walk failed")?;
-    report.dirs = dir_count;
+    report.dirs = dirs
+        .iter()
+        .filter(|d| matches!(d.state, DirState::Present | DirState::Planned))
+        .count() as u64;
+    report.symlinks = symlinks;
+    report.unchanged += unchanged;
+    report.skipped += skipped;
     report.errors.extend(errors);
-    for (dest, entry) in dirs.iter().rev() {
-        if let Err(e) = set_metadata(dest, entry) {
-            report.errors.push((dest.clone(), format!("{e:#}")));
+    report.actions.extend(actions);
+    if !how.dry_run {
+        // A directory comes after its parent in `dirs`, so going backwards
+        // sets every directory's mode before its ancestors' (which may take
+        // away the access that opening it needs).
+        for i in (0..dirs.len()).rev() {
+            if dirs[i].state != DirState::Present {
+                continue;
+            }
+            let names = lineage(&dirs, i).into_iter().map(|e| e.name.as_slice());
+            let set = root
+                .fd()
+                .context("the target is not open")
+                .and_then(|fd| open_beneath(fd, names).context("opening the directory"))
+                .and_then(|fd| set_metadata(fd.as_fd(), &dirs[i].entry));
+            if let Err(e) = set {
+                report
+                    .errors
+                    .push((made_path(&root.path, &dirs, i), format!("{e:#}")));
+            }
         }
     }
     report.bad_copies = repo.cluster.bad_copies();
     Ok(report)
+}
+
+/// Opens the target (the one path the kernel resolves, symlinks and all:
+/// the user named it), first making it, with its missing parents, unless
+/// this is a dry run; `None` in a dry run when it does not exist.
+fn open_target(target: &Path, dry_run: bool) -> anyhow::Result<Option<OwnedFd>> {
+    if !dry_run {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(target)
+            .with_context(|| format!("creating {}", target.display()))?;
+    }
+    match rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) if dry_run => Ok(None),
+        Err(e) => {
+            Err(std::io::Error::from(e)).with_context(|| format!("opening {}", target.display()))
+        }
+    }
 }
 
 /// Follows a `/`-separated path from the root entries.
@@ -172,144 +484,1157 @@ pub async fn find_entry(
     bail!("empty path")
 }
 
+/// A directory in the target, open.
+struct OpenDir {
+    /// `None` in a dry run for a directory that is not there yet (whose
+    /// entries would all be new).
+    fd: Option<OwnedFd>,
+    /// Where it is, for messages.
+    path: PathBuf,
+    /// Held while the descriptor is open (none for the target itself).
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl OpenDir {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+}
+
+/// A file for a restore task: its directory, open, and its entry.
+struct FileJob {
+    dir: Arc<OpenDir>,
+    entry: Entry,
+}
+
+impl FileJob {
+    fn dest(&self) -> PathBuf {
+        self.dir.path.join(OsStr::from_bytes(&self.entry.name))
+    }
+}
+
+/// The overwrite policy and whether this is a dry run.
+#[derive(Clone, Copy)]
+struct How {
+    overwrite: Overwrite,
+    dry_run: bool,
+}
+
+/// Where a directory the walk met stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DirState {
+    /// In the target: made by this restore or found there.
+    Present,
+    /// Dry run: not in the target; would be made.
+    Planned,
+    /// Not made (yet): read only because something below it may be
+    /// included; made when something is.
+    Deferred,
+    /// Could not be made (the error is recorded): nothing below it is
+    /// restored.
+    Failed,
+}
+
+/// A directory the walk met, for its entries' paths, its metadata at the
+/// end, and the directories made below it. Its path is its ancestors'
+/// names (see [`lineage`]): storing whole paths would take memory quadratic
+/// in the nesting.
+struct MadeDir {
+    /// Index of its parent in [`Walked::dirs`]; `None` under the target.
+    parent: Option<usize>,
+    entry: Entry,
+    state: DirState,
+    /// The include patterns' decision for its entries that no pattern
+    /// matches themselves: that of the nearest directory (it or above) a
+    /// pattern matched (`Some(true)` included, `Some(false)` taken back
+    /// with `!`).
+    chosen: Option<bool>,
+}
+
 /// What the walk gathered besides the files it handed over.
 #[derive(Default)]
 struct Walked {
-    /// Directories made, parents first, for their metadata at the end.
-    dirs: Vec<(PathBuf, Entry)>,
-    dir_count: u64,
+    /// Directories met, each after its parent.
+    dirs: Vec<MadeDir>,
     errors: Vec<(PathBuf, String)>,
+    /// Symlinks made.
+    symlinks: u64,
+    /// Symlinks kept as they were.
+    unchanged: u64,
+    /// Symlinks kept by [`Overwrite::Never`].
+    skipped: u64,
+    /// Dry runs: directories and symlinks, with what would be done.
+    actions: Vec<PlannedAction>,
 }
 
-/// Makes directories and symlinks under `parent` and hands files to
-/// `files`. Errors are recorded, never fatal.
-async fn walk(
-    repo: &Arc<Repo>,
-    entry: Entry,
-    parent: PathBuf,
-    files: &mpsc::Sender<FileJob>,
-    walked: &mut Walked,
-) {
-    // Names were checked when their tree was decoded; checked again here
-    // because this is the line that keeps writes inside the target.
-    if !valid_name(&entry.name) {
-        walked.errors.push((
-            parent,
-            format!(
-                "refused entry name {:?}",
-                String::from_utf8_lossy(&entry.name)
-            ),
-        ));
-        return;
-    }
-    let dest = parent.join(std::ffi::OsStr::from_bytes(&entry.name));
-    let result: anyhow::Result<()> = async {
-        match (&entry.kind, &entry.content) {
-            (EntryKind::Dir, Content::Subtree(id)) => {
-                make_dir(&dest)?;
-                walked.dir_count += 1;
-                let tree = repo.read_tree(*id).await?;
-                walked.dirs.push((dest.clone(), entry.clone()));
-                for child in tree.entries {
-                    Box::pin(walk(repo, child, dest.clone(), files, walked)).await;
-                }
-                Ok(())
+/// The directory whose entries the walk is making.
+struct Level {
+    /// Walked directory index, `None` for the target.
+    made: Option<usize>,
+    /// Open, once made (the target always is, if only as `None` in a dry
+    /// run); `None` while deferred.
+    dir: Option<Arc<OpenDir>>,
+    /// Where it is in the target, for messages.
+    path: PathBuf,
+    /// Its path inside the snapshot, `/`-separated, "" for the root.
+    snap_path: Vec<u8>,
+    /// The include decision its entries inherit.
+    chosen: Option<bool>,
+    /// The depth of its entries (1 in the target).
+    depth: usize,
+}
+
+/// The walk: makes directories and symlinks and hands files over.
+struct Walker {
+    repo: Arc<Repo>,
+    /// The target.
+    root: Arc<OpenDir>,
+    files: mpsc::Sender<FileJob>,
+    /// Bounds the directories held open, to [`DIRS_OPEN`].
+    dirs_open: Arc<Semaphore>,
+    walked: Walked,
+    select: Selection,
+    how: How,
+    /// The snapshot path of the directory holding the top entries.
+    base: Vec<u8>,
+}
+
+impl Walker {
+    /// Makes `top` in the target, then walks every directory made, depth
+    /// first, with a stack rather than recursion: the nesting is up to the
+    /// snapshot, the call stack is not. `above` holds the tree ids above
+    /// `top` (the root tree's, for a whole snapshot), `chosen` the include
+    /// decision `top` inherits. Errors are recorded, never fatal.
+    async fn run(&mut self, top: Vec<Entry>, above: Vec<ChunkId>, chosen: Option<bool>) {
+        // Walked directories whose trees are still to be read, the next last.
+        let mut pending = Vec::new();
+        let level = Level {
+            made: None,
+            dir: Some(self.root.clone()),
+            path: self.root.path.clone(),
+            snap_path: self.base.clone(),
+            chosen,
+            depth: 1,
+        };
+        self.make_entries(level, top, &above, &mut pending).await;
+        while let Some(i) = pending.pop() {
+            if self.blocked(i) {
+                continue;
             }
-            (EntryKind::File, Content::Chunks(_)) => {
-                let job = FileJob {
-                    dest: dest.clone(),
-                    entry: entry.clone(),
+            let path = made_path(&self.root.path, &self.walked.dirs, i);
+            let chain = lineage(&self.walked.dirs, i);
+            let depth = chain.len() + 1;
+            // Only directories with a subtree are walked: `dir` is the last.
+            let mut ancestors = above.clone();
+            ancestors.extend(chain.iter().filter_map(|e| match e.content {
+                Content::Subtree(id) => Some(id),
+                _ => None,
+            }));
+            let names: Vec<&[u8]> = chain.iter().map(|e| e.name.as_slice()).collect();
+            let mut snap_path = self.base.clone();
+            for name in &names {
+                push_name(&mut snap_path, name);
+            }
+            let state = self.walked.dirs[i].state;
+            let opened = async {
+                let Some(&id) = ancestors.last() else {
+                    bail!("not a directory");
+                };
+                let tree = self.repo.read_tree(id).await?;
+                let dir = match state {
+                    DirState::Present => {
+                        let permit = self
+                            .dirs_open
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .context("the restore is shutting down")?;
+                        let root = self.root.fd().context("the target is not open")?;
+                        let fd = open_beneath(root, names.iter().copied())
+                            .context("opening the directory")?;
+                        Some(Arc::new(OpenDir {
+                            fd: Some(fd),
+                            path: path.clone(),
+                            _permit: Some(permit),
+                        }))
+                    }
+                    DirState::Planned => Some(Arc::new(OpenDir {
+                        fd: None,
+                        path: path.clone(),
+                        _permit: None,
+                    })),
+                    DirState::Deferred | DirState::Failed => None,
+                };
+                anyhow::Ok((tree, dir))
+            }
+            .await;
+            match opened {
+                Ok((tree, dir)) => {
+                    let level = Level {
+                        made: Some(i),
+                        dir,
+                        path,
+                        snap_path,
+                        chosen: self.walked.dirs[i].chosen,
+                        depth,
+                    };
+                    self.make_entries(level, tree.entries, &ancestors, &mut pending)
+                        .await;
+                }
+                Err(e) => self.walked.errors.push((path, format!("{e:#}"))),
+            }
+        }
+    }
+
+    /// Makes the chosen `entries` of `level`: symlinks and directories
+    /// here, files handed over. The directories to walk go on `pending`, in
+    /// order. `ancestors` holds the tree ids of `level` and the directories
+    /// above it.
+    async fn make_entries(
+        &mut self,
+        mut level: Level,
+        entries: Vec<Entry>,
+        ancestors: &[ChunkId],
+        pending: &mut Vec<usize>,
+    ) {
+        let first_made = pending.len();
+        let mut prev: Option<Vec<u8>> = None;
+        for entry in entries {
+            let name = OsStr::from_bytes(&entry.name);
+            // Names were checked when their tree was decoded; checked again
+            // here because this is the line that keeps writes inside the
+            // target.
+            if !valid_name(&entry.name) {
+                self.walked.errors.push((
+                    level.path.clone(),
+                    format!("refused entry name {:?}", name.to_string_lossy()),
+                ));
+                continue;
+            }
+            if prev.as_deref().is_some_and(|p| p >= entry.name.as_slice()) {
+                self.walked.errors.push((
+                    level.path.join(name),
+                    "refused: entry out of order or duplicated".into(),
+                ));
+                continue;
+            }
+            prev = Some(entry.name.clone());
+            let mut snap_path = level.snap_path.clone();
+            push_name(&mut snap_path, &entry.name);
+            let is_dir = entry.kind == EntryKind::Dir;
+            if self.select.excluded(&snap_path, is_dir) {
+                continue;
+            }
+            let chosen = self
+                .select
+                .include
+                .decision(&snap_path, is_dir)
+                .or(level.chosen);
+            let included = self.select.include.is_empty() || chosen == Some(true);
+            if entry.kind == EntryKind::File && matches!(entry.content, Content::Chunks(_)) {
+                if !included {
+                    continue;
+                }
+                let Some(dir) = self.activate(&mut level).await else {
+                    continue;
                 };
                 // A closed channel means the restore is failing already.
-                let _ = files.send(job).await;
-                Ok(())
+                let _ = self.files.send(FileJob { dir, entry }).await;
+                continue;
             }
-            (EntryKind::Symlink, Content::Symlink(target)) => {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest)
-                    .with_context(|| format!("making symlink {}", dest.display()))?;
-                let mtime = filetime::FileTime::from_unix_time(
-                    entry.mtime_ns.div_euclid(1_000_000_000),
-                    entry.mtime_ns.rem_euclid(1_000_000_000) as u32,
-                );
-                filetime::set_symlink_file_times(&dest, mtime, mtime)?;
-                Ok(())
+            let dest = level.path.join(name);
+            match (entry.kind, &entry.content) {
+                (EntryKind::Dir, Content::Subtree(id)) => {
+                    if !included && !self.select.include.may_hold(&snap_path) {
+                        continue;
+                    }
+                    if let Err(e) = check_descent(level.depth, ancestors, id) {
+                        self.walked.errors.push((dest, format!("{e:#}")));
+                        continue;
+                    }
+                    let state = if included {
+                        let Some(dir) = self.activate(&mut level).await else {
+                            continue;
+                        };
+                        match self.place_dir(dir.fd(), &dest, &entry) {
+                            Ok(state) => state,
+                            Err(e) => {
+                                self.walked.errors.push((dest, format!("{e:#}")));
+                                continue;
+                            }
+                        }
+                    } else {
+                        DirState::Deferred
+                    };
+                    pending.push(self.walked.dirs.len());
+                    self.walked.dirs.push(MadeDir {
+                        parent: level.made,
+                        entry,
+                        state,
+                        chosen,
+                    });
+                }
+                _ if !included => {}
+                (EntryKind::Symlink, Content::Symlink(target)) => {
+                    let Some(dir) = self.activate(&mut level).await else {
+                        continue;
+                    };
+                    let placed = place_symlink(dir.fd(), name, target, entry.mtime_ns, self.how);
+                    match placed {
+                        Ok(action) => self.count_symlink(dest, action),
+                        Err(e) => self.walked.errors.push((dest, format!("{e:#}"))),
+                    }
+                }
+                (kind, _) => self
+                    .walked
+                    .errors
+                    .push((dest, format!("{kind:?} entries are not restored yet"))),
             }
-            (kind, _) => bail!("{kind:?} entries are not restored yet"),
+        }
+        // The first directory met here is walked next.
+        pending[first_made..].reverse();
+    }
+
+    fn count_symlink(&mut self, path: PathBuf, action: Action) {
+        let w = &mut self.walked;
+        match action {
+            Action::New | Action::Replaced => w.symlinks += 1,
+            Action::Unchanged => w.unchanged += 1,
+            Action::Skipped => w.skipped += 1,
+        }
+        if self.how.dry_run {
+            w.actions.push(PlannedAction {
+                path,
+                kind: EntryKind::Symlink,
+                action,
+                size: 0,
+            });
         }
     }
-    .await;
-    if let Err(e) = result {
-        walked.errors.push((dest, format!("{e:#}")));
+
+    /// Makes directory `entry` (at `dest`) in `parent`, or finds it there;
+    /// in a dry run only looks. Its metadata is set at the end.
+    fn place_dir(
+        &mut self,
+        parent: Option<BorrowedFd<'_>>,
+        dest: &Path,
+        entry: &Entry,
+    ) -> anyhow::Result<DirState> {
+        let name = OsStr::from_bytes(&entry.name);
+        let state = match parent {
+            None => DirState::Planned,
+            Some(fd) if self.how.dry_run => match look(fd, name)? {
+                None => DirState::Planned,
+                Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => DirState::Present,
+                Some(_) => bail!("exists and is not a directory (left alone, never followed)"),
+            },
+            Some(fd) => {
+                make_dir(fd, name)?;
+                DirState::Present
+            }
+        };
+        if self.how.dry_run {
+            self.walked.actions.push(PlannedAction {
+                path: dest.to_owned(),
+                kind: EntryKind::Dir,
+                action: match state {
+                    DirState::Planned => Action::New,
+                    _ => Action::Unchanged,
+                },
+                size: 0,
+            });
+        }
+        Ok(state)
+    }
+
+    /// The open directory of `level`, making it first (and the deferred
+    /// directories above it) if it was deferred. `None` when it, or one
+    /// above it, could not be made: the error is recorded once.
+    async fn activate(&mut self, level: &mut Level) -> Option<Arc<OpenDir>> {
+        if let Some(dir) = &level.dir {
+            return Some(dir.clone());
+        }
+        // Deferred, so a walked directory (the target never is).
+        let i = level.made?;
+        if self.blocked(i) {
+            return None;
+        }
+        match self.make_deferred(i).await {
+            Ok(dir) => {
+                level.dir = Some(dir.clone());
+                Some(dir)
+            }
+            Err((j, e)) => {
+                self.walked.dirs[j].state = DirState::Failed;
+                let path = made_path(&self.root.path, &self.walked.dirs, j);
+                self.walked.errors.push((path, format!("{e:#}")));
+                None
+            }
+        }
+    }
+
+    /// Makes deferred directory `i` and the deferred ones above it, top
+    /// down, and opens `i`.
+    ///
+    /// # Errors
+    /// The index of the directory that failed, with why.
+    async fn make_deferred(&mut self, i: usize) -> Result<Arc<OpenDir>, (usize, anyhow::Error)> {
+        let mut chain = Vec::new();
+        let mut at = Some(i);
+        while let Some(j) = at {
+            if self.walked.dirs[j].state != DirState::Deferred {
+                break;
+            }
+            chain.push(j);
+            at = self.walked.dirs[j].parent;
+        }
+        chain.reverse();
+        let permit = self
+            .dirs_open
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| (i, anyhow!(e).context("the restore is shutting down")))?;
+        // The directory above the highest deferred one: the target, or one
+        // present (or, in a dry run, planned).
+        let mut parent: Option<OwnedFd> = match at {
+            None => match self.root.fd() {
+                Some(fd) => Some(fd.try_clone_to_owned().map_err(|e| (i, e.into()))?),
+                None => None,
+            },
+            Some(p) if self.walked.dirs[p].state == DirState::Present => {
+                let names = lineage(&self.walked.dirs, p)
+                    .into_iter()
+                    .map(|e| e.name.as_slice());
+                let root = self
+                    .root
+                    .fd()
+                    .ok_or_else(|| (p, anyhow!("the target is not open")))?;
+                Some(
+                    open_beneath(root, names)
+                        .context("opening the directory")
+                        .map_err(|e| (p, e))?,
+                )
+            }
+            Some(_) => None,
+        };
+        for &j in &chain {
+            let dest = made_path(&self.root.path, &self.walked.dirs, j);
+            let above = parent.take();
+            // Invariant: `j` comes from the walk, so it is in range.
+            let entry = self.walked.dirs[j].entry.clone();
+            let state = self
+                .place_dir(above.as_ref().map(|f| f.as_fd()), &dest, &entry)
+                .map_err(|e| (j, e))?;
+            self.walked.dirs[j].state = state;
+            if state == DirState::Present
+                && let Some(at) = &above
+            {
+                let fd = rustix::fs::openat(
+                    at,
+                    OsStr::from_bytes(&entry.name),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| {
+                    (
+                        j,
+                        anyhow!(std::io::Error::from(e)).context("opening the directory"),
+                    )
+                })?;
+                parent = Some(fd);
+            }
+        }
+        Ok(Arc::new(OpenDir {
+            fd: parent,
+            path: made_path(&self.root.path, &self.walked.dirs, i),
+            _permit: Some(permit),
+        }))
+    }
+
+    /// Whether walked directory `i` or one above it could not be made.
+    fn blocked(&self, i: usize) -> bool {
+        let mut at = Some(i);
+        while let Some(j) = at {
+            if self.walked.dirs[j].state == DirState::Failed {
+                return true;
+            }
+            at = self.walked.dirs[j].parent;
+        }
+        false
     }
 }
 
-/// Makes a directory; an existing directory is fine, anything else there
-/// (a file, a symlink) is an error.
-fn make_dir(dest: &Path) -> anyhow::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dest) {
+/// Appends `name` to a `/`-separated snapshot path.
+fn push_name(path: &mut Vec<u8>, name: &[u8]) {
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+}
+
+/// The entries a restore takes: its include and exclude patterns.
+struct Selection {
+    include: Patterns,
+    exclude: Patterns,
+}
+
+impl Selection {
+    fn new(options: &RestoreOptions) -> Result<Self, PatternError> {
+        Ok(Self {
+            include: Patterns::new(
+                [
+                    ("include", &options.include, false),
+                    ("iinclude", &options.iinclude, true),
+                ],
+                true,
+            )?,
+            exclude: Patterns::new(
+                [
+                    ("exclude", &options.exclude, false),
+                    ("iexclude", &options.iexclude, true),
+                ],
+                false,
+            )?,
+        })
+    }
+
+    /// Whether the entry at `path` in the snapshot is excluded (a directory
+    /// whole).
+    fn excluded(&self, path: &[u8], is_dir: bool) -> bool {
+        self.exclude.decision(path, is_dir) == Some(true)
+    }
+}
+
+/// Gitignore-style patterns, matched against paths inside the snapshot.
+struct Patterns {
+    /// Case-sensitive and case-insensitive matchers (empty ones left out).
+    matchers: Vec<Gitignore>,
+    /// What each pattern can reach, for [`Patterns::may_hold`].
+    scopes: Vec<Scope>,
+}
+
+impl Patterns {
+    /// Builds the matchers of `lists` (flag, patterns, case-insensitive);
+    /// with `scopes`, also what each pattern can reach.
+    fn new(
+        lists: [(&'static str, &[String], bool); 2],
+        scopes: bool,
+    ) -> Result<Self, PatternError> {
+        let mut out = Patterns {
+            matchers: Vec::new(),
+            scopes: Vec::new(),
+        };
+        for (flag, patterns, folded) in lists {
+            if patterns.is_empty() {
+                continue;
+            }
+            // Relative to ".": the ignore crate strips nothing from the
+            // relative paths matched.
+            let mut b = GitignoreBuilder::new(".");
+            b.case_insensitive(folded)
+                .map_err(|error| PatternError { flag, error })?;
+            for p in patterns {
+                b.add_line(None, p)
+                    .map_err(|error| PatternError { flag, error })?;
+                if scopes {
+                    out.scopes.push(Scope::of(p, folded));
+                }
+            }
+            out.matchers
+                .push(b.build().map_err(|error| PatternError { flag, error })?);
+        }
+        Ok(out)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.matchers.is_empty()
+    }
+
+    /// What the patterns say about `path` itself: `Some(true)` matched,
+    /// `Some(false)` taken back with `!`, `None` no pattern matches it.
+    fn decision(&self, path: &[u8], is_dir: bool) -> Option<bool> {
+        let path = Path::new(OsStr::from_bytes(path));
+        let mut out = None;
+        for m in &self.matchers {
+            match m.matched(path, is_dir) {
+                Match::Ignore(_) => return Some(true),
+                Match::Whitelist(_) => out = Some(false),
+                Match::None => {}
+            }
+        }
+        out
+    }
+
+    /// Whether something below directory `path` (not itself matched) may
+    /// match: `false` only when every pattern is anchored and its leading
+    /// components rule `path` out.
+    fn may_hold(&self, path: &[u8]) -> bool {
+        let names: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        self.scopes.iter().any(|s| s.may_hold(&names))
+    }
+}
+
+/// What one include pattern can match, as far as choosing which
+/// directories to read goes.
+enum Scope {
+    /// Nothing (a comment or a blank line).
+    Nothing,
+    /// Paths at any depth: unanchored patterns, negations, and anything
+    /// this does not parse.
+    Anywhere,
+    /// An anchored pattern's components, from the snapshot's root.
+    Under(Vec<Component>),
+}
+
+/// One component of an anchored pattern.
+enum Component {
+    /// `**`: any number of directories.
+    AnyDepth,
+    /// A glob for one name.
+    Name(globset::GlobMatcher),
+}
+
+impl Scope {
+    /// Parses `pattern` as the ignore crate's gitignore builder does.
+    fn of(pattern: &str, folded: bool) -> Scope {
+        if pattern.starts_with('#') {
+            return Scope::Nothing;
+        }
+        let mut line = if pattern.ends_with("\\ ") {
+            pattern
+        } else {
+            pattern.trim_end()
+        };
+        if line.is_empty() {
+            return Scope::Nothing;
+        }
+        let mut anchored = false;
+        if line.starts_with("\\!") || line.starts_with("\\#") {
+            line = &line[1..];
+        } else {
+            if line.starts_with('!') {
+                return Scope::Anywhere;
+            }
+            if let Some(rest) = line.strip_prefix('/') {
+                line = rest;
+                anchored = true;
+            }
+        }
+        if let Some(rest) = line.strip_suffix('/') {
+            line = rest.strip_suffix('\\').unwrap_or(rest);
+        }
+        if !anchored && !line.contains('/') {
+            return Scope::Anywhere;
+        }
+        let mut components = Vec::new();
+        for part in line.split('/') {
+            if part == "**" {
+                components.push(Component::AnyDepth);
+                continue;
+            }
+            let glob = globset::GlobBuilder::new(part)
+                .literal_separator(true)
+                .case_insensitive(folded)
+                .backslash_escape(true)
+                .build();
+            match glob {
+                Ok(g) if !part.is_empty() => components.push(Component::Name(g.compile_matcher())),
+                _ => return Scope::Anywhere,
+            }
+        }
+        Scope::Under(components)
+    }
+
+    /// Whether the pattern may match something below the directory whose
+    /// path inside the snapshot has components `names`, when it does not
+    /// match the directory or one above it.
+    fn may_hold(&self, names: &[&[u8]]) -> bool {
+        let components = match self {
+            Scope::Nothing => return false,
+            Scope::Anywhere => return true,
+            Scope::Under(c) => c,
+        };
+        for (i, name) in names.iter().enumerate() {
+            match components.get(i) {
+                // As deep as the pattern: it could only match here or above.
+                None => return false,
+                Some(Component::AnyDepth) => return true,
+                Some(Component::Name(g)) => {
+                    if !g.is_match(Path::new(OsStr::from_bytes(name))) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Whether a directory at `depth`, whose tree is `id`, may be made and
+/// walked below directories whose trees are `ancestors`.
+///
+/// # Errors
+/// When it would nest deeper than [`MAX_DEPTH`] or its tree is one of its
+/// ancestors' (a cycle: the walk would never end).
+fn check_descent(depth: usize, ancestors: &[ChunkId], id: &ChunkId) -> anyhow::Result<()> {
+    if depth > MAX_DEPTH {
+        bail!("refused: nested deeper than {MAX_DEPTH} directories");
+    }
+    if ancestors.contains(id) {
+        bail!("refused: its tree {id} is also that of a directory above it (a cycle)");
+    }
+    Ok(())
+}
+
+/// The entries of the walked directories from the target down to `i`.
+fn lineage(dirs: &[MadeDir], mut i: usize) -> Vec<&Entry> {
+    // Invariant: `i` and every parent index come from the walk, which pushes
+    // a directory after its parent, so each is in range.
+    let mut chain = vec![&dirs[i].entry];
+    while let Some(parent) = dirs[i].parent {
+        chain.push(&dirs[parent].entry);
+        i = parent;
+    }
+    chain.reverse();
+    chain
+}
+
+/// Walked directory `i`'s path under `root`, for messages.
+fn made_path(root: &Path, dirs: &[MadeDir], i: usize) -> PathBuf {
+    let mut path = root.to_owned();
+    path.extend(
+        lineage(dirs, i)
+            .into_iter()
+            .map(|e| OsStr::from_bytes(&e.name)),
+    );
+    path
+}
+
+/// Opens the directory `names` leads to from `root`, one component at a
+/// time, following no symlink.
+///
+/// # Errors
+/// When a component is missing, not a directory, or a symlink.
+fn open_beneath<'a>(
+    root: BorrowedFd<'_>,
+    names: impl IntoIterator<Item = &'a [u8]>,
+) -> std::io::Result<OwnedFd> {
+    let mut fd: Option<OwnedFd> = None;
+    for name in names {
+        let at = fd.as_ref().map_or(root, |f| f.as_fd());
+        fd = Some(rustix::fs::openat(
+            at,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+    }
+    match fd {
+        Some(fd) => Ok(fd),
+        None => root.try_clone_to_owned(),
+    }
+}
+
+/// Makes directory `name` in `parent`; an existing directory is fine,
+/// anything else there (a file, a symlink) is an error and is left alone.
+fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<()> {
+    match rustix::fs::mkdirat(parent, name, Mode::RWXU) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let m = std::fs::symlink_metadata(dest)?;
-            if m.file_type().is_dir() {
+        Err(Errno::EXIST) => {
+            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .context("looking at what is there")?;
+            if FileType::from_raw_mode(st.st_mode).is_dir() {
                 Ok(())
             } else {
-                bail!("{} exists and is not a directory", dest.display())
+                bail!("exists and is not a directory (left alone, never followed)")
             }
         }
-        Err(e) => Err(e).with_context(|| format!("creating {}", dest.display())),
+        Err(e) => Err(std::io::Error::from(e)).context("creating the directory"),
     }
 }
 
-async fn restore_file(
-    repo: &Arc<Repo>,
-    job: &FileJob,
-    in_flight: &Arc<Semaphore>,
-) -> anyhow::Result<u64> {
+/// What the file tasks share.
+struct FileCtx {
+    repo: Arc<Repo>,
+    /// Bounds the chunks held, to [`CHUNKS_IN_FLIGHT`].
+    in_flight: Semaphore,
+    /// Bounds the existing files read at once, to [`COMPARES_AT_ONCE`].
+    compares: Semaphore,
+    chunker: Chunker,
+    how: How,
+}
+
+/// What to do with a file's name in the target.
+enum Plan {
+    /// Nothing there: make the file.
+    New,
+    /// Something else there: make the file anew in its place.
+    Replace,
+    /// The same file there: keep it, setting its mode and mtime through
+    /// this descriptor when given.
+    Keep(Option<std::fs::File>),
+    /// Something there, kept by [`Overwrite::Never`].
+    Skip,
+}
+
+/// Restores one file as the overwrite policy says (in a dry run, only
+/// decides). Returns what was done and the bytes written (in a dry run,
+/// those that would be).
+///
+/// # Errors
+/// When what is in the target cannot be looked at, or the file cannot be
+/// fetched or written.
+async fn restore_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>) -> anyhow::Result<(Action, u64)> {
+    let plan = plan_file(ctx, job).await?;
+    let action = match plan {
+        Plan::New => Action::New,
+        Plan::Replace => Action::Replaced,
+        Plan::Keep(fix) => {
+            if let Some(file) = fix
+                && !ctx.how.dry_run
+            {
+                set_metadata(file.as_fd(), &job.entry)?;
+            }
+            return Ok((Action::Unchanged, 0));
+        }
+        Plan::Skip => return Ok((Action::Skipped, 0)),
+    };
+    if ctx.how.dry_run {
+        return Ok((action, job.entry.size));
+    }
+    let written = write_file(ctx, job).await?;
+    Ok((action, written))
+}
+
+/// Decides what to do with `job`'s name in the target (see the module
+/// notes), reading the file there when its content decides.
+///
+/// # Errors
+/// When what is there cannot be looked at, or is a directory (and the
+/// policy is not [`Overwrite::Never`]).
+async fn plan_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>) -> anyhow::Result<Plan> {
+    let Some(dir) = job.dir.fd() else {
+        // Dry run, in a directory that is not there yet.
+        return Ok(Plan::New);
+    };
+    let name = OsStr::from_bytes(&job.entry.name);
+    let Some(st) = look(dir, name)? else {
+        return Ok(Plan::New);
+    };
+    let kind = FileType::from_raw_mode(st.st_mode);
+    match ctx.how.overwrite {
+        Overwrite::Never => return Ok(Plan::Skip),
+        _ if kind.is_dir() => bail!("a directory is in the way (left alone)"),
+        Overwrite::Always => return Ok(Plan::Replace),
+        Overwrite::IfChanged => {}
+    }
+    let entry = &job.entry;
+    if !kind.is_file() || u64::try_from(st.st_size).ok() != Some(entry.size) {
+        return Ok(Plan::Replace);
+    }
+    let same_mtime = stat_mtime_ns(&st) == i128::from(entry.mtime_ns);
+    let same_mode = st.st_mode & 0o7777 == (entry.mode & 0o7777) as RawMode;
+    if same_mtime && same_mode {
+        return Ok(Plan::Keep(None));
+    }
+    if st.st_nlink != 1 {
+        // Also linked from elsewhere, maybe outside the target: neither
+        // read nor changed.
+        return Ok(Plan::Replace);
+    }
+    let _permit = ctx
+        .compares
+        .acquire()
+        .await
+        .context("the restore is shutting down")?;
+    let (ctx, job) = (ctx.clone(), job.clone());
+    tokio::task::spawn_blocking(move || {
+        // Invariant: `plan_file` returned above unless the directory is open.
+        let Some(dir) = job.dir.fd() else {
+            return Ok(Plan::New);
+        };
+        compare_file(
+            dir,
+            &job.entry,
+            &st,
+            same_mtime,
+            &ctx.chunker,
+            &ctx.repo.keys,
+        )
+    })
+    .await
+    .context("comparing with the existing file")?
+}
+
+/// `if-changed`, for a regular file `name` in `dir` of the snapshot's size
+/// and one link (`seen`): keeps it if its mtime (`same_mtime`) or its
+/// chunks match `entry`'s, through a descriptor to set its mode and mtime.
+///
+/// # Errors
+/// When it cannot be read.
+fn compare_file(
+    dir: BorrowedFd<'_>,
+    entry: &Entry,
+    seen: &Stat,
+    same_mtime: bool,
+    chunker: &Chunker,
+    keys: &RepoKeys,
+) -> anyhow::Result<Plan> {
+    let Content::Chunks(chunks) = &entry.content else {
+        bail!("not a file");
+    };
+    // Non-blocking: should a FIFO have taken its place since, opening it
+    // neither waits for a writer nor reads from one (`fstat` tells).
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(&entry.name),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        // Unreadable (or gone): write it anew.
+        return Ok(Plan::Replace);
+    };
+    let st = rustix::fs::fstat(&fd)
+        .map_err(std::io::Error::from)
+        .context("looking at the existing file")?;
+    let same = FileType::from_raw_mode(st.st_mode).is_file()
+        && st.st_nlink == 1
+        && (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino)
+        && u64::try_from(st.st_size).ok() == Some(entry.size);
+    if !same {
+        return Ok(Plan::Replace);
+    }
+    let file = std::fs::File::from(fd);
+    if same_mtime
+        || same_chunks(&file, chunker, keys, chunks).context("reading the existing file")?
+    {
+        Ok(Plan::Keep(Some(file)))
+    } else {
+        Ok(Plan::Replace)
+    }
+}
+
+/// Whether `file`, cut by `chunker` and hashed with `keys`, is `chunks`.
+/// Reads through a buffer of at most twice the largest chunk (less for a
+/// small file) and stops at the first chunk that differs.
+///
+/// # Errors
+/// The read's I/O error.
+fn same_chunks(
+    file: &std::fs::File,
+    chunker: &Chunker,
+    keys: &RepoKeys,
+    chunks: &[ChunkId],
+) -> std::io::Result<bool> {
+    let max = chunker.max_size();
+    let size = file.metadata()?.len();
+    // One byte past the size, to see the end.
+    let cap = usize::try_from(size)
+        .map_or(2 * max, |s| s.saturating_add(1).min(2 * max))
+        .max(1);
+    let mut buf = vec![0u8; cap];
+    // Bytes read and not yet cut: `buf[start..end]`.
+    let (mut start, mut end, mut eof) = (0, 0, false);
+    let mut next = chunks.iter();
+    let mut reader = file;
+    loop {
+        if !eof && end - start < max {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            while end < buf.len() {
+                match reader.read(&mut buf[end..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => end += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        match chunker.cut(&buf[start..end], eof) {
+            Some(len) => {
+                if next.next() != Some(&keys.chunk_id(&buf[start..start + len])) {
+                    return Ok(false);
+                }
+                start += len;
+            }
+            // All cut.
+            None if eof => return Ok(next.next().is_none()),
+            // More than the buffer holds: it grew since its size was read.
+            None => return Ok(false),
+        }
+    }
+}
+
+/// Writes `job`'s file anew in its directory: its chunks fetched ahead,
+/// in order, zero runs left as holes, then its mode and mtime. Returns the
+/// bytes written.
+///
+/// # Errors
+/// When the file cannot be made, a chunk fetched, or the data written, or
+/// the length written differs from the snapshot's.
+async fn write_file(ctx: &Arc<FileCtx>, job: &FileJob) -> anyhow::Result<u64> {
     let Content::Chunks(chunks) = &job.entry.content else {
         bail!("not a file");
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&job.dest)
-        .with_context(|| format!("creating {}", job.dest.display()))?;
+    let dir = job.dir.fd().context("its directory was not made")?;
+    let file = create_file(dir, OsStr::from_bytes(&job.entry.name))?;
     let mut fetches = futures::stream::iter(chunks.iter().copied())
-        .map(|id: ChunkId| {
-            let (repo, in_flight) = (repo.clone(), in_flight.clone());
-            async move {
-                // Held until the chunk is written. The semaphore is fair, so
-                // a file's earlier chunk never waits behind its later ones.
-                let permit = in_flight.acquire_owned().await?;
-                let data = repo
-                    .read_chunk(id)
-                    .await
-                    .with_context(|| format!("chunk {id}"))?;
-                anyhow::Ok((data, permit))
-            }
+        .map(|id: ChunkId| async move {
+            // Held until the chunk is written. The semaphore is fair, so
+            // a file's earlier chunk never waits behind its later ones.
+            let permit = ctx.in_flight.acquire().await?;
+            let data = ctx
+                .repo
+                .read_chunk(id)
+                .await
+                .with_context(|| format!("chunk {id}"))?;
+            anyhow::Ok((data, permit))
         })
         .buffered(CHUNKS_AHEAD);
     let mut written = 0u64;
     while let Some(fetched) = fetches.next().await {
         let (data, _permit) = fetched?;
-        write_sparse(&file, &data, written)
-            .with_context(|| format!("writing {}", job.dest.display()))?;
+        write_sparse(&file, &data, written).context("writing")?;
         written += data.len() as u64;
     }
     // A trailing hole was skipped, not written: give the file its length.
-    file.set_len(written)
-        .with_context(|| format!("writing {}", job.dest.display()))?;
+    file.set_len(written).context("writing")?;
     if written != job.entry.size {
         bail!(
             "restored {written} bytes, the snapshot says {}",
             job.entry.size
         );
     }
-    drop(file);
-    set_metadata(&job.dest, &job.entry)?;
+    set_metadata(file.as_fd(), &job.entry)?;
     Ok(written)
+}
+
+/// Places symlink `name` in `dir` (`None`: a directory a dry run would
+/// make), pointing at `target`, with its mtime, as `how` says: made when
+/// the name is free; kept when the same symlink is there (its mtime set if
+/// it has one link); otherwise an error, but for `if-changed`, which
+/// replaces a non-directory, and `never`, which skips.
+///
+/// # Errors
+/// When what is there cannot be looked at or may not be replaced, or the
+/// symlink cannot be made.
+fn place_symlink(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    target: &[u8],
+    mtime_ns: i64,
+    how: How,
+) -> anyhow::Result<Action> {
+    let Some(dir) = dir else {
+        return Ok(Action::New);
+    };
+    let Some(st) = look(dir, name)? else {
+        if !how.dry_run {
+            make_symlink(dir, name, target, mtime_ns)?;
+        }
+        return Ok(Action::New);
+    };
+    if how.overwrite == Overwrite::Never {
+        return Ok(Action::Skipped);
+    }
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind.is_symlink()
+        && rustix::fs::readlinkat(dir, name, Vec::new()).is_ok_and(|t| t.as_bytes() == target)
+    {
+        if !how.dry_run && st.st_nlink == 1 && stat_mtime_ns(&st) != i128::from(mtime_ns) {
+            rustix::fs::utimensat(dir, name, &timestamps(mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .context("setting the symlink's mtime")?;
+        }
+        return Ok(Action::Unchanged);
+    }
+    if kind.is_dir() {
+        bail!("making the symlink: a directory is in the way (left alone)");
+    }
+    if how.overwrite == Overwrite::Always {
+        bail!(
+            "making the symlink: something else is already there (left alone; \
+             `--overwrite if-changed` replaces it)"
+        );
+    }
+    if !how.dry_run {
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e)).context("removing what is in the way");
+            }
+        }
+        make_symlink(dir, name, target, mtime_ns)?;
+    }
+    Ok(Action::Replaced)
+}
+
+/// What is at `name` in `dir`, not following a symlink; `None` when
+/// nothing is.
+///
+/// # Errors
+/// The `fstatat` error but `ENOENT`.
+fn look(dir: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<Option<Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(std::io::Error::from(e)).context("looking at what is there"),
+    }
+}
+
+/// `st`'s mtime, ns since the epoch (wide: the platform's field types vary).
+fn stat_mtime_ns(st: &Stat) -> i128 {
+    i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+}
+
+/// Makes symlink `name` in `dir`, pointing at `target`, with its mtime.
+fn make_symlink(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    target: &[u8],
+    mtime_ns: i64,
+) -> anyhow::Result<()> {
+    rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name)
+        .map_err(std::io::Error::from)
+        .context("making the symlink")?;
+    rustix::fs::utimensat(dir, name, &timestamps(mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(std::io::Error::from)
+        .context("setting the symlink's mtime")?;
+    Ok(())
+}
+
+/// Makes file `name` in `dir` afresh, for writing: a non-directory already
+/// there is unlinked first, never opened, since it may be a hard link to a
+/// file outside the target or a symlink to one.
+fn create_file(dir: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<std::fs::File> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+            bail!("a directory is in the way (left alone)")
+        }
+        Ok(_) => match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e)).context("removing what is in the way");
+            }
+        },
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(std::io::Error::from(e)).context("looking at what is there"),
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(std::io::Error::from)
+    .context("creating the file")?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// Zero runs at least this long (bytes) are left as holes rather than
@@ -337,16 +1662,333 @@ fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resu
     file.write_all_at(&data[start..], offset + start as u64)
 }
 
-/// Sets mode and mtime on a restored file or directory. Ownership is not
-/// restored yet (restic does it only when run as root).
-fn set_metadata(dest: &Path, entry: &Entry) -> anyhow::Result<()> {
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(entry.mode & 0o7777))
-        .with_context(|| format!("setting the mode of {}", dest.display()))?;
-    let mtime = filetime::FileTime::from_unix_time(
-        entry.mtime_ns.div_euclid(1_000_000_000),
-        entry.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_file_times(dest, mtime, mtime)
-        .with_context(|| format!("setting the mtime of {}", dest.display()))?;
+/// Sets mode and mtime on a restored file or directory, through its open
+/// descriptor. Ownership is not restored yet (restic does it only when run
+/// as root).
+fn set_metadata(fd: BorrowedFd<'_>, entry: &Entry) -> anyhow::Result<()> {
+    // Only permission bits go in: 0o7777 fits in every platform's mode_t.
+    rustix::fs::fchmod(fd, Mode::from_raw_mode((entry.mode & 0o7777) as RawMode))
+        .map_err(std::io::Error::from)
+        .context("setting the mode")?;
+    rustix::fs::futimens(fd, &timestamps(entry.mtime_ns))
+        .map_err(std::io::Error::from)
+        .context("setting the mtime")?;
     Ok(())
+}
+
+/// Access and modification times both at `mtime_ns` (ns since the epoch).
+fn timestamps(mtime_ns: i64) -> Timestamps {
+    let at = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        // In 0..1e9, which fits every platform's type.
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as Nsecs,
+    };
+    Timestamps {
+        last_access: at,
+        last_modification: at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn dir_fd(path: &Path) -> OwnedFd {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_file_replaces_links_and_never_writes_through_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside, target) = (tmp.path().join("outside"), tmp.path().join("target"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(outside.join("hard"), b"outside").unwrap();
+        std::fs::hard_link(outside.join("hard"), target.join("hard")).unwrap();
+        std::os::unix::fs::symlink(outside.join("soft"), target.join("soft")).unwrap();
+        let fd = dir_fd(&target);
+        for name in ["hard", "soft"] {
+            let f = create_file(fd.as_fd(), OsStr::new(name)).unwrap();
+            f.write_all_at(b"new", 0).unwrap();
+            assert_eq!(f.metadata().unwrap().nlink(), 1);
+            assert_eq!(std::fs::read(target.join(name)).unwrap(), b"new");
+        }
+        assert_eq!(std::fs::read(outside.join("hard")).unwrap(), b"outside");
+        assert!(!outside.join("soft").exists());
+        std::fs::create_dir(target.join("dir")).unwrap();
+        let err = create_file(fd.as_fd(), OsStr::new("dir")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("directory is in the way"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn directories_are_never_reached_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside, target) = (tmp.path().join("outside"), tmp.path().join("target"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(target.join("real")).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("real/evil")).unwrap();
+        let fd = dir_fd(&target);
+        let err = make_dir(
+            open_beneath(fd.as_fd(), [&b"real"[..]]).unwrap().as_fd(),
+            OsStr::new("evil"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+        assert!(open_beneath(fd.as_fd(), [&b"real"[..], b"evil"]).is_err());
+        make_dir(fd.as_fd(), OsStr::new("real")).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn descent_stops_at_the_depth_bound_and_at_cycles() {
+        let (a, b) = (ChunkId([1; 32]), ChunkId([2; 32]));
+        assert!(check_descent(1, &[], &a).is_ok());
+        assert!(check_descent(MAX_DEPTH, &[b], &a).is_ok());
+        assert!(check_descent(MAX_DEPTH + 1, &[b], &a).is_err());
+        let cycle = check_descent(3, &[a, b], &a).unwrap_err();
+        assert!(cycle.to_string().contains("cycle"), "{cycle}");
+    }
+
+    #[test]
+    fn lineage_follows_parents() {
+        let dir = |name: &[u8], parent| MadeDir {
+            parent,
+            entry: Entry {
+                name: name.to_vec(),
+                kind: EntryKind::Dir,
+                mode: 0o40755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                size: 0,
+                inode: 0,
+                device: 0,
+                rdev: 0,
+                xattrs: vec![],
+                content: Content::Subtree(ChunkId([0; 32])),
+            },
+            state: DirState::Present,
+            chosen: None,
+        };
+        let dirs = [
+            dir(b"a", None),
+            dir(b"b", None),
+            dir(b"c", Some(0)),
+            dir(b"d", Some(2)),
+        ];
+        let names: Vec<&[u8]> = lineage(&dirs, 3)
+            .iter()
+            .map(|e| e.name.as_slice())
+            .collect();
+        assert_eq!(names, [&b"a"[..], b"c", b"d"]);
+        assert_eq!(made_path(Path::new("/t"), &dirs, 1), Path::new("/t/b"));
+    }
+
+    fn options(include: &[&str], iinclude: &[&str], exclude: &[&str]) -> RestoreOptions {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        RestoreOptions {
+            include: strings(include),
+            iinclude: strings(iinclude),
+            exclude: strings(exclude),
+            ..RestoreOptions::default()
+        }
+    }
+
+    #[test]
+    fn patterns_include_exclude_and_prune_as_gitignore_does() {
+        let s = Selection::new(&options(
+            &["/src/a/*.txt", "docs/", "!docs/draft"],
+            &["README*"],
+            &["*.tmp", "/src/a/skip/"],
+        ))
+        .unwrap();
+        let inc = |p: &str, dir| s.include.decision(p.as_bytes(), dir);
+        assert_eq!(inc("src/a/x.txt", false), Some(true), "anchored");
+        assert_eq!(inc("src/b/a/x.txt", false), None, "anchored to the root");
+        assert_eq!(inc("src/a/b/x.txt", false), None, "`*` stays in a name");
+        assert_eq!(inc("deep/docs", true), Some(true), "unanchored, any depth");
+        assert_eq!(inc("deep/docs", false), None, "`docs/` is for directories");
+        assert_eq!(inc("docs/draft", false), Some(false), "taken back");
+        assert_eq!(inc("x/readme.md", false), Some(true), "case-folded");
+        assert_eq!(inc("x/Readme.md", false), Some(true));
+        assert!(s.excluded(b"src/a/y.tmp", false));
+        assert!(s.excluded(b"src/a/skip", true));
+        assert!(!s.excluded(b"src/a/skip", false), "directories only");
+        assert!(!s.excluded(b"src/b/src/a/skip", true), "anchored");
+        // Unanchored patterns can match anywhere below.
+        assert!(s.include.may_hold(b"anything/at/all"));
+        let anchored = Selection::new(&options(&["/src/a/*.txt", "/lib/**/x"], &[], &[])).unwrap();
+        let may = |p: &str| anchored.include.may_hold(p.as_bytes());
+        assert!(may("src"));
+        assert!(may("src/a"));
+        assert!(!may("src/a/b"), "deeper than the pattern");
+        assert!(!may("src/b"));
+        assert!(!may("other"));
+        assert!(may("lib/q/r/s"), "`**` reaches any depth");
+        assert!(Selection::new(&options(&["a/[z-a"], &[], &[])).is_err());
+        let none = Selection::new(&RestoreOptions::default()).unwrap();
+        assert!(none.include.is_empty());
+        assert!(!none.excluded(b"a", true));
+    }
+
+    fn keys() -> RepoKeys {
+        RepoKeys::derive(&ringvault_common::keys::MasterKey::from_bytes([7; 32]))
+    }
+
+    fn small_chunker() -> Chunker {
+        Chunker::new(ringvault_common::chunker::ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 1,
+        })
+        .unwrap()
+    }
+
+    fn pseudo_random(n: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_chunks_is_true_only_for_the_same_bytes() {
+        let (chunker, keys) = (small_chunker(), keys());
+        let data = pseudo_random(300_000);
+        let ids: Vec<ChunkId> = chunker.split(&data).map(|c| keys.chunk_id(c)).collect();
+        assert!(ids.len() > 10);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let check = |bytes: &[u8], ids: &[ChunkId]| {
+            std::fs::write(&path, bytes).unwrap();
+            same_chunks(&std::fs::File::open(&path).unwrap(), &chunker, &keys, ids).unwrap()
+        };
+        assert!(check(&data, &ids));
+        let mut edited = data.clone();
+        edited[150_000] ^= 1;
+        assert!(!check(&edited, &ids));
+        assert!(!check(&data[..299_999], &ids));
+        assert!(!check(&data, &ids[..ids.len() - 1]));
+        assert!(check(b"", &[]));
+        assert!(!check(b"x", &[]));
+    }
+
+    fn file_entry(name: &[u8], data: &[u8], mode: u32, mtime_ns: i64) -> Entry {
+        let (chunker, keys) = (small_chunker(), keys());
+        Entry {
+            name: name.to_vec(),
+            kind: EntryKind::File,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_ns,
+            ctime_ns: 0,
+            size: data.len() as u64,
+            inode: 0,
+            device: 0,
+            rdev: 0,
+            xattrs: vec![],
+            content: Content::Chunks(chunker.split(data).map(|c| keys.chunk_id(c)).collect()),
+        }
+    }
+
+    #[test]
+    fn an_existing_file_is_kept_only_when_its_content_matches_and_it_has_one_link() {
+        let (chunker, keys) = (small_chunker(), keys());
+        let tmp = tempfile::tempdir().unwrap();
+        let data = pseudo_random(50_000);
+        let entry = file_entry(b"f", &data, 0o100600, 1_000_000_000_123_456_789);
+        let path = tmp.path().join("f");
+        let fd = dir_fd(tmp.path());
+        let plan = |same_mtime| {
+            let st = rustix::fs::statat(fd.as_fd(), "f", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            compare_file(fd.as_fd(), &entry, &st, same_mtime, &chunker, &keys).unwrap()
+        };
+        std::fs::write(&path, &data).unwrap();
+        assert!(matches!(plan(false), Plan::Keep(Some(_))), "same bytes");
+        let mut edited = data.clone();
+        edited[10] ^= 1;
+        std::fs::write(&path, &edited).unwrap();
+        assert!(matches!(plan(false), Plan::Replace), "other bytes");
+        assert!(
+            matches!(plan(true), Plan::Keep(Some(_))),
+            "size and mtime trusted"
+        );
+        std::fs::write(&path, &data).unwrap();
+        std::fs::hard_link(&path, tmp.path().join("elsewhere")).unwrap();
+        assert!(
+            matches!(plan(false), Plan::Replace),
+            "linked from elsewhere"
+        );
+    }
+
+    #[test]
+    fn a_symlink_is_kept_replaced_or_refused_by_the_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside, target) = (tmp.path().join("outside"), tmp.path().join("target"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(target.join("dir")).unwrap();
+        std::fs::write(outside.join("secret"), b"outside").unwrap();
+        let fd = dir_fd(&target);
+        let how = |overwrite, dry_run| How { overwrite, dry_run };
+        let place = |name: &str, how| {
+            place_symlink(
+                Some(fd.as_fd()),
+                OsStr::new(name),
+                b"to",
+                5_000_000_000,
+                how,
+            )
+        };
+        let link = |name: &str| std::fs::read_link(target.join(name)).unwrap();
+        assert_eq!(
+            place("l", how(Overwrite::Always, true)).unwrap(),
+            Action::New
+        );
+        assert!(
+            std::fs::symlink_metadata(target.join("l")).is_err(),
+            "dry run"
+        );
+        assert_eq!(
+            place("l", how(Overwrite::Always, false)).unwrap(),
+            Action::New
+        );
+        assert_eq!(link("l"), Path::new("to"));
+        for overwrite in [Overwrite::Always, Overwrite::IfChanged] {
+            assert_eq!(
+                place("l", how(overwrite, false)).unwrap(),
+                Action::Unchanged
+            );
+        }
+        std::os::unix::fs::symlink(outside.join("secret"), target.join("other")).unwrap();
+        let e = place("other", how(Overwrite::Always, false)).unwrap_err();
+        assert!(format!("{e:#}").contains("making the symlink"), "{e:#}");
+        let never = place("other", how(Overwrite::Never, false)).unwrap();
+        assert_eq!(never, Action::Skipped);
+        let dry = place("other", how(Overwrite::IfChanged, true)).unwrap();
+        assert_eq!(dry, Action::Replaced);
+        assert_eq!(link("other"), outside.join("secret"), "dry run");
+        let replaced = place("other", how(Overwrite::IfChanged, false)).unwrap();
+        assert_eq!(replaced, Action::Replaced);
+        assert_eq!(link("other"), Path::new("to"));
+        assert!(place("dir", how(Overwrite::IfChanged, false)).is_err());
+        assert!(target.join("dir").is_dir());
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"outside");
+    }
 }
