@@ -14,6 +14,7 @@ use ringvault_common::tree::{Content, Entry, EntryKind};
 use serde_json::json;
 
 use crate::backup::{self, BackupOptions, display_name};
+use crate::browse;
 use crate::check;
 use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
@@ -24,6 +25,7 @@ use crate::repo::{self, WrongPassword};
 use crate::restore;
 use crate::service;
 use crate::status;
+use ringvault_common::tls::Role;
 
 /// Exit code: the backup or restore finished but skipped some entries.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -33,6 +35,9 @@ pub const EXIT_DEGRADED: u8 = 4;
 pub const EXIT_UNREACHABLE: u8 = 10;
 /// Exit code: the password does not open the repository.
 pub const EXIT_WRONG_PASSWORD: u8 = 12;
+/// Exit code: the servers refused the request for this certificate (its
+/// role does not allow it, or it is revoked).
+pub const EXIT_FORBIDDEN: u8 = 13;
 
 /// ringvault: continuous, deduplicating, encrypted backup to a replicated
 /// cluster of chunk servers.
@@ -96,6 +101,45 @@ pub enum Command {
     Status,
     /// List snapshots.
     Snapshots,
+    /// Every distinct version of a file or directory across the snapshots:
+    /// when it appeared, changed (content or metadata) or disappeared.
+    Versions {
+        /// Path inside the snapshots, `/`-separated (e.g. Documents/a.txt).
+        path: String,
+    },
+    /// What was added, removed or modified between two snapshots (unchanged
+    /// subtrees are skipped by tree id).
+    Diff {
+        /// The older snapshot (a unique prefix, or `latest`).
+        from: String,
+        /// The newer snapshot.
+        to: String,
+        /// Only under this path.
+        path: Option<String>,
+    },
+    /// Paths matching a glob in the snapshots (the whole path when the
+    /// pattern holds a `/`, else the file name).
+    Find {
+        /// The pattern: `*`, `?`, `[...]`, `**`.
+        pattern: String,
+        /// Only in these snapshots (repeatable) [default: all].
+        #[arg(long = "snapshot")]
+        snapshots: Vec<String>,
+        /// Only entries modified after this time (RFC 3339 or YYYY-MM-DD,
+        /// UTC) or this long ago (7d, 12h).
+        #[arg(long, value_parser = parse_when)]
+        newer: Option<i64>,
+        /// Only entries modified before this time.
+        #[arg(long, value_parser = parse_when)]
+        older: Option<i64>,
+    },
+    /// Write a file of a snapshot to standard output.
+    Cat {
+        /// Snapshot (a unique prefix, or `latest`), or SNAPSHOT:PATH.
+        snapshot: String,
+        /// Path inside the snapshot.
+        path: Option<String>,
+    },
     /// List a directory of a snapshot.
     Ls {
         /// Snapshot id (a unique prefix) or `latest`.
@@ -104,15 +148,68 @@ pub enum Command {
         path: Option<String>,
     },
     /// Restore a snapshot (or part of it) into a directory.
+    ///
+    /// Patterns are gitignore-style (`*`, `?`, `[...]`, `**`; a leading `/`
+    /// anchors to the snapshot's root, a trailing `/` matches directories
+    /// only, `!` takes back), matched against paths inside the snapshot.
     Restore {
-        /// Snapshot id (a unique prefix) or `latest`.
+        /// Snapshot id (a unique prefix) or `latest`; SNAPSHOT:PATH restores
+        /// only PATH, as --path does.
         snapshot: String,
-        /// Restore only this path inside the snapshot.
+        /// Restore only this path inside the snapshot (it lands in the
+        /// target under its own name).
         #[arg(long)]
         path: Option<String>,
         /// Directory to restore into (created if missing).
         #[arg(long)]
         target: PathBuf,
+        /// Restore only what matches (repeatable): a matched directory
+        /// with everything below it, and the directories leading there.
+        #[arg(long = "include", value_name = "PATTERN")]
+        include: Vec<String>,
+        /// Like --include, ignoring case (repeatable).
+        #[arg(long = "iinclude", value_name = "PATTERN")]
+        iinclude: Vec<String>,
+        /// Leave out what matches (repeatable); a matched directory is
+        /// skipped whole. Wins over --include.
+        #[arg(long = "exclude", value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Like --exclude, ignoring case (repeatable).
+        #[arg(long = "iexclude", value_name = "PATTERN")]
+        iexclude: Vec<String>,
+        /// When to replace a file already in the target: always; if-changed
+        /// (unless its size and mtime, or its content, match the snapshot's);
+        /// never.
+        #[arg(long, value_enum, default_value_t = restore::Overwrite::Always)]
+        overwrite: restore::Overwrite,
+        /// Read the snapshot and the target, write nothing, and list what
+        /// would be done to each entry (new, replaced, unchanged, skipped).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Serve the snapshots as a read-only file system (FUSE).
+    ///
+    /// MOUNTPOINT gets `snapshots/<time>/`, `hosts/<host>/<time>/` and a
+    /// `latest` link. Runs until SIGINT or SIGTERM, then unmounts.
+    Mount {
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Let other users in too (FUSE `allow_other`); each file's
+        /// recorded owner and mode still apply.
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Serve a local web page to browse, download and restore from.
+    ///
+    /// The page shows a timeline of snapshots, a file browser, a file's
+    /// versions side by side, diffs, downloads and restores. Prints its
+    /// address, with an access token, as one line (`ringvault ui:
+    /// http://127.0.0.1:PORT/#token=...`) and runs until SIGINT or SIGTERM.
+    Ui {
+        /// Address to listen on: loopback only (127.0.0.1:PORT, [::1]:PORT
+        /// or localhost:PORT; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = crate::ui::parse_listen)]
+        listen: std::net::SocketAddr,
     },
     /// Run the agent as a service of this user (systemd, or launchd on
     /// macOS).
@@ -162,6 +259,41 @@ pub enum Command {
         /// Cluster subcommand.
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// The repository's keys: one per password, each wrapping the same
+    /// master key (changing them needs an admin certificate).
+    Key {
+        /// Key subcommand.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+/// `ringvault key ...`
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the keys: id, user, host, creation time; `*` marks the one the
+    /// password opened.
+    List,
+    /// Add a key for a new password (from --new-password-file,
+    /// RINGVAULT_NEW_PASSWORD, or a prompt).
+    Add {
+        /// Read the new password from this file (mode 0600).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key by id (a unique prefix of 4 hex digits or more). The key
+    /// the current password opens cannot be removed.
+    Remove {
+        /// The key id.
+        id: String,
+    },
+    /// Change the current password: add a key for the new one, then remove
+    /// the current key.
+    Passwd {
+        /// Read the new password from this file (mode 0600).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
     },
 }
 
@@ -237,6 +369,64 @@ pub enum ClusterCommand {
         #[arg(long)]
         weight: u32,
     },
+    /// Issue a certificate for another agent (host) of a repository, with a
+    /// role: writer (back up, never delete: for hosts), reader (restore,
+    /// check), admin (also forget, prune, manage keys). Writes
+    /// DIR/agent-<id>/ (or --out) and prints the certificate's fingerprint.
+    AddAgent {
+        /// The `cluster init` directory (holds ca.key and cluster.toml).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Repository the certificate is for.
+        #[arg(long)]
+        repository: String,
+        /// Agent id (letters, digits, `-`, `_`, `.`).
+        #[arg(long)]
+        agent_id: String,
+        /// reader, writer or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Output directory [default: DIR/agent-<id>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a certificate by its SHA-256 fingerprint (new epoch): every
+    /// server refuses every request made with it.
+    Revoke {
+        /// The `cluster init` directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's fingerprint (64 hex digits; colons allowed).
+        #[arg(required_unless_present = "cert", conflicts_with = "cert")]
+        fingerprint: Option<String>,
+        /// Or the certificate file (PEM).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
+}
+
+/// Parses a time for `find`: RFC 3339 (`2026-11-20T08:00:00Z`, or with a
+/// space), a date (`2026-11-20`, UTC midnight), or a duration ago (`7d`);
+/// ns since the Unix epoch.
+fn parse_when(text: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now();
+    let at = if let Ok(ago) = parse_duration_s(text) {
+        now - std::time::Duration::from_secs(ago)
+    } else if text.len() == 10 {
+        humantime::parse_rfc3339_weak(&format!("{text} 00:00:00")).map_err(|e| e.to_string())?
+    } else {
+        humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text:?}: {e}"))?
+    };
+    let ns = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?
+        .as_nanos();
+    i64::try_from(ns).map_err(|_| format!("{text:?} is too far ahead"))
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    text.parse()
+        .map_err(|e: ringvault_common::tls::TlsError| e.to_string())
 }
 
 /// `forget`'s policy flags (restic's names).
@@ -333,6 +523,11 @@ pub struct ClusterInitArgs {
     /// Agent id named in the agent certificate.
     #[arg(long, default_value = "agent-1")]
     agent_id: String,
+    /// Role of that certificate: admin (the default: the operator's own
+    /// agent), writer or reader. Give hosts writer certificates with
+    /// `cluster add-agent`.
+    #[arg(long, default_value = "admin", value_parser = parse_role)]
+    role: Role,
     /// N: copies of every chunk [default: min(3, nodes)].
     #[arg(long)]
     replicas: Option<u32>,
@@ -399,8 +594,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<WrongPassword>() {
             return EXIT_WRONG_PASSWORD;
         }
-        if let Some(ClientError::Unreachable(_)) = cause.downcast_ref::<ClientError>() {
-            return EXIT_UNREACHABLE;
+        match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Unreachable(_)) => return EXIT_UNREACHABLE,
+            Some(ClientError::Forbidden(_)) => return EXIT_FORBIDDEN,
+            _ => {}
         }
     }
     1
@@ -508,6 +705,69 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_snapshots(&cli, &snaps);
             Ok(0)
         }
+        Command::Versions { path } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let versions = browse::versions(&r, path).await?;
+            r.cluster.close().await;
+            print_versions(&cli, &versions);
+            Ok(0)
+        }
+        Command::Diff { from, to, path } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let (a, sa) = r.find_snapshot(from).await?;
+            let (b, sb) = r.find_snapshot(to).await?;
+            let report = browse::diff(
+                &r,
+                (a, sa.root),
+                (b, sb.root),
+                path.as_deref().unwrap_or(""),
+            )
+            .await?;
+            r.cluster.close().await;
+            print_diff(&cli, &report);
+            Ok(0)
+        }
+        Command::Find {
+            pattern,
+            snapshots,
+            newer,
+            older,
+        } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let selected = if snapshots.is_empty() {
+                r.snapshots().await?
+            } else {
+                let mut v = Vec::new();
+                for s in snapshots {
+                    v.push(r.find_snapshot(s).await?);
+                }
+                v
+            };
+            let mut found = browse::find(&r, pattern, &selected).await?;
+            found.retain(|f| {
+                newer.is_none_or(|t| f.mtime_ns > t) && older.is_none_or(|t| f.mtime_ns < t)
+            });
+            r.cluster.close().await;
+            print_found(&cli, &found);
+            Ok(if found.is_empty() { 1 } else { 0 })
+        }
+        Command::Cat { snapshot, path } => {
+            let (snapshot, path) = match (snapshot.split_once(':'), path) {
+                (_, Some(p)) => (snapshot.as_str(), p.as_str()),
+                (Some((s, p)), None) => (s, p),
+                (None, None) => anyhow::bail!("give a path: SNAPSHOT PATH or SNAPSHOT:PATH"),
+            };
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let (_, snap) = r.find_snapshot(snapshot).await?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            browse::cat(&r, snap.root, path, &mut out).await?;
+            r.cluster.close().await;
+            Ok(0)
+        }
         Command::Ls { snapshot, path } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
             let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
@@ -535,11 +795,33 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             snapshot,
             path,
             target,
+            include,
+            iinclude,
+            exclude,
+            iexclude,
+            overwrite,
+            dry_run,
         } => {
+            let (snapshot, path) = match (snapshot.split_once(':'), path) {
+                (Some(_), Some(_)) => {
+                    anyhow::bail!("give the path once: SNAPSHOT:PATH or --path PATH")
+                }
+                (Some((s, p)), None) => (s, Some(p.to_owned())),
+                (None, p) => (snapshot.as_str(), p.clone()),
+            };
+            let options = restore::RestoreOptions {
+                path,
+                include: include.clone(),
+                iinclude: iinclude.clone(),
+                exclude: exclude.clone(),
+                iexclude: iexclude.clone(),
+                overwrite: *overwrite,
+                dry_run: *dry_run,
+            };
             let loaded = repo::load_config(cli.config.as_deref())?;
             let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
             let (id, snap) = r.find_snapshot(snapshot).await?;
-            let report = restore::restore(r.clone(), &snap, path.as_deref(), target).await?;
+            let report = restore::restore_with(r.clone(), &snap, target, &options).await?;
             r.cluster.close().await;
             for b in &report.bad_copies {
                 eprintln!(
@@ -550,24 +832,54 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             for (p, e) in &report.errors {
                 eprintln!("error: {}: {e}", p.display());
             }
+            let mut actions: Vec<&restore::PlannedAction> = report.actions.iter().collect();
+            actions.sort_by(|a, b| a.path.cmp(&b.path));
+            let kind = |k: EntryKind| match k {
+                EntryKind::Dir => "dir",
+                EntryKind::Symlink => "symlink",
+                _ => "file",
+            };
             if cli.json {
-                println!(
-                    "{}",
-                    json!({
-                        "snapshot": id.to_hex(), "files": report.files, "dirs": report.dirs,
-                        "bytes": report.bytes, "errors": report.errors.len(),
-                        "bad_copies": report.bad_copies.iter().map(|b| json!({
-                            "chunk": b.chunk.to_hex(), "node": b.node.0, "reason": b.reason})).collect::<Vec<_>>(),
-                    })
-                );
+                let mut out = json!({
+                    "snapshot": id.to_hex(), "dry_run": dry_run, "files": report.files,
+                    "symlinks": report.symlinks, "dirs": report.dirs, "bytes": report.bytes,
+                    "unchanged": report.unchanged, "skipped": report.skipped,
+                    "errors": report.errors.len(),
+                    "bad_copies": report.bad_copies.iter().map(|b| json!({
+                        "chunk": b.chunk.to_hex(), "node": b.node.0, "reason": b.reason})).collect::<Vec<_>>(),
+                });
+                if *dry_run {
+                    out["actions"] = actions
+                        .iter()
+                        .map(|a| {
+                            json!({
+                                "path": a.path.to_string_lossy(), "kind": kind(a.kind),
+                                "action": a.action.as_str(), "size": a.size,
+                            })
+                        })
+                        .collect();
+                }
+                println!("{out}");
             } else {
+                for a in &actions {
+                    println!("{:<9} {}", a.action.as_str(), a.path.display());
+                }
                 println!(
-                    "restored snapshot {} to {}: {} files, {} directories, {}{}",
+                    "{} snapshot {} to {}: {} files ({}), {} symlinks, {} directories, \
+                     {} unchanged, {} skipped{}",
+                    if *dry_run {
+                        "dry run: would restore"
+                    } else {
+                        "restored"
+                    },
                     id.short(),
                     target.display(),
                     report.files,
-                    report.dirs,
                     indicatif::HumanBytes(report.bytes),
+                    report.symlinks,
+                    report.dirs,
+                    report.unchanged,
+                    report.skipped,
                     if report.errors.is_empty() {
                         String::new()
                     } else {
@@ -580,6 +892,26 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 EXIT_INCOMPLETE
             })
+        }
+        Command::Mount {
+            mountpoint,
+            allow_other,
+        } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let options = crate::mount::MountOptions {
+                allow_other: *allow_other,
+            };
+            let code = crate::mount::run(r.clone(), mountpoint, &options).await;
+            r.cluster.close().await;
+            code
+        }
+        Command::Ui { listen } => {
+            let loaded = repo::load_config(cli.config.as_deref())?;
+            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            crate::ui::run(r.clone(), *listen).await?;
+            r.cluster.close().await;
+            Ok(0)
         }
         Command::Forget {
             keep,
@@ -709,6 +1041,54 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Cluster {
+            command:
+                ClusterCommand::AddAgent {
+                    dir,
+                    repository,
+                    agent_id,
+                    role,
+                    out,
+                },
+        } => {
+            let layout = cluster::add_agent(dir, repository, agent_id, *role, out.as_deref())?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "config": layout.config, "fingerprint": layout.fingerprint, "role": role.as_str() })
+                );
+            } else {
+                println!(
+                    "agent config: {}   (role {role}; copy its directory to the host)",
+                    layout.config.display()
+                );
+                println!("certificate fingerprint (SHA-256): {}", layout.fingerprint);
+            }
+            Ok(0)
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Revoke {
+                    dir,
+                    fingerprint,
+                    cert,
+                },
+        } => {
+            let fingerprint = match (fingerprint, cert) {
+                (Some(f), _) => f.replace(':', "").to_ascii_lowercase(),
+                (None, Some(path)) => {
+                    let pem = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    ringvault_common::tls::fingerprint_pem(&pem)
+                        .with_context(|| format!("reading {}", path.display()))?
+                }
+                (None, None) => anyhow::bail!("give a fingerprint or --cert FILE"),
+            };
+            let change = cluster::MapChange::Revoke { fingerprint };
+            print_map_change(&cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
+        }
+        Command::Key { command } => run_key(&cli, command).await,
+        Command::Cluster {
             command: ClusterCommand::Init(a),
         } => {
             let replicas = a.replicas.unwrap_or(a.nodes.min(3));
@@ -720,6 +1100,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 base_port: a.base_port,
                 repository: a.repository.clone(),
                 agent_id: a.agent_id.clone(),
+                role: a.role,
                 replicas,
                 write_quorum: a.write_quorum.unwrap_or(replicas.min(2)),
             })?;
@@ -742,6 +1123,94 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+    }
+}
+
+async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+    let new_password = |file: &Option<PathBuf>| -> anyhow::Result<zeroize::Zeroizing<String>> {
+        if let Ok(p) = std::env::var("RINGVAULT_NEW_PASSWORD") {
+            return Ok(zeroize::Zeroizing::new(p));
+        }
+        if let Some(f) = file {
+            let text = zeroize::Zeroizing::new(
+                ringvault_common::private::read_private(f)
+                    .context("reading the new password file")?,
+            );
+            return Ok(zeroize::Zeroizing::new(
+                text.lines().next().unwrap_or("").to_owned(),
+            ));
+        }
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "no new password: set RINGVAULT_NEW_PASSWORD, pass --new-password-file, or run on a terminal"
+            );
+        }
+        let p = zeroize::Zeroizing::new(rpassword::prompt_password("new password: ")?);
+        let again = zeroize::Zeroizing::new(rpassword::prompt_password("enter it again: ")?);
+        if *again != *p {
+            anyhow::bail!("the passwords differ");
+        }
+        Ok(p)
+    };
+    let code = match command {
+        KeyCommand::List => {
+            let keys = r.keys().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&keys)?);
+            } else {
+                println!(" {:<16}  {:<12}  {:<20}  created", "id", "user", "host");
+                for k in &keys {
+                    println!(
+                        "{}{:<16}  {:<12}  {:<20}  {}",
+                        if k.current { "*" } else { " " },
+                        &k.id[..16],
+                        k.user,
+                        k.host,
+                        if k.created_ns == 0 {
+                            "-".to_owned()
+                        } else {
+                            format_time(k.created_ns)
+                        }
+                    );
+                }
+            }
+            0
+        }
+        KeyCommand::Add { new_password_file } => {
+            let password = new_password(new_password_file)?;
+            let id = r.add_key(&password, KdfParams::default()).await?;
+            print_key_change(cli, "added", &id);
+            0
+        }
+        KeyCommand::Remove { id } => {
+            let id = r.find_key(id).await?;
+            r.remove_key(id).await?;
+            print_key_change(cli, "removed", &id);
+            0
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let password = new_password(new_password_file)?;
+            let id = r.add_key(&password, KdfParams::default()).await?;
+            r.cluster
+                .delete_key(r.key_id)
+                .await
+                .context("removing the old key (the new one is stored: remove the old one with `ringvault key remove`)")?;
+            print_key_change(cli, "replaced the current key by", &id);
+            0
+        }
+    };
+    r.cluster.close().await;
+    Ok(code)
+}
+
+fn print_key_change(cli: &Cli, what: &str, id: &[u8; 32]) {
+    let id = hex::encode(id);
+    if cli.json {
+        println!("{}", json!({ "done": what, "id": id }));
+    } else {
+        println!("{what} key {}", &id[..16]);
     }
 }
 
@@ -953,6 +1422,74 @@ fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {
     println!("{} snapshot(s)", snaps.len());
 }
 
+fn print_versions(cli: &Cli, versions: &[browse::Version]) {
+    if cli.json {
+        println!("{}", serde_json::to_string(versions).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:<8}  {:<20}  {:<12}  {:<8}  {:>10}  {:<16}  SNAPSHOTS",
+        "ID", "TIME", "HOST", "CHANGE", "SIZE", "DIGEST"
+    );
+    for v in versions {
+        let change = match v.change {
+            browse::Change::Added => "added",
+            browse::Change::Removed => "removed",
+            browse::Change::Content => "content",
+            browse::Change::Metadata => "metadata",
+        };
+        println!(
+            "{:<8}  {:<20}  {:<12}  {:<8}  {:>10}  {:<16}  {}",
+            &v.snapshot[..8],
+            format_time(v.time_ns),
+            v.host,
+            change,
+            indicatif::HumanBytes(v.size).to_string(),
+            v.digest,
+            v.snapshots
+        );
+    }
+}
+
+fn print_diff(cli: &Cli, r: &browse::DiffReport) {
+    if cli.json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    for c in &r.changes {
+        let mark = match c.change {
+            browse::Change::Added => "+",
+            browse::Change::Removed => "-",
+            browse::Change::Content => "M",
+            browse::Change::Metadata => "U",
+        };
+        let slash = if c.kind == EntryKind::Dir { "/" } else { "" };
+        println!("{mark}    {}{slash}", c.path);
+    }
+    println!(
+        "{} change(s) between {} and {}",
+        r.changes.len(),
+        &r.from[..8],
+        &r.to[..8]
+    );
+}
+
+fn print_found(cli: &Cli, found: &[browse::Found]) {
+    if cli.json {
+        println!("{}", serde_json::to_string(found).unwrap_or_default());
+        return;
+    }
+    for f in found {
+        println!(
+            "{}  {:<20}  {:>10}  {}",
+            &f.snapshot[..8],
+            format_time(f.mtime_ns),
+            indicatif::HumanBytes(f.size).to_string(),
+            f.path
+        );
+    }
+}
+
 fn kind_name(k: EntryKind) -> &'static str {
     match k {
         EntryKind::File => "file",
@@ -1130,6 +1667,7 @@ fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
                 "committed": r.committed.iter().map(|n| n.0).collect::<Vec<_>>(),
                 "unreachable": r.unreachable.iter().map(|(n, e)| json!({"node": n.0, "error": e})).collect::<Vec<_>>(),
                 "node_dir": r.node_dir.as_ref().map(|d| d.display().to_string()),
+                "revoked": r.map.revoked,
             })
         );
         return;

@@ -15,6 +15,7 @@
 //! one backup.
 
 pub mod backup;
+pub mod browse;
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -24,9 +25,12 @@ pub mod exclude;
 pub mod fsutil;
 pub mod gc;
 pub mod index;
+pub mod mount;
 pub mod quickstart;
 pub mod repo;
 pub mod restore;
 pub mod service;
 pub mod status;
+pub mod tree_cache;
+pub mod ui;
 pub mod watch;

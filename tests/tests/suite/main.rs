@@ -4,10 +4,18 @@
 //! `#[ignore]`d; CI runs them with `-- --include-ignored`.
 
 mod agent;
+mod browse;
 mod durability;
 mod e2e;
+mod hostile_clients;
+mod hostile_servers;
+mod hostile_trees;
+mod mount;
 mod proxy;
+mod restore_options;
 mod retention;
+mod security;
+mod ui;
 
 /// Small chunks so that test files span many of them.
 pub const TEST_CHUNKS: &str = "16384,65536,262144";
