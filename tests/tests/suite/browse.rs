@@ -151,6 +151,20 @@ fn versions_diff_find_and_cat_follow_the_history_of_a_tree() {
         Some(1),
         "find exits 1 when nothing matches"
     );
+    // --newer and --older bound the entries' modification times.
+    let f = json(
+        &c,
+        &["find", "new.txt", "--newer", "1d", "--older", "2200-01-01"],
+    );
+    assert_eq!(f.as_array().unwrap().len(), 3, "{f}");
+    let out = c
+        .run(&["find", "new.txt", "--newer", "2200-01-01T00:00:00Z"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = c
+        .run(&["find", "new.txt", "--older", "2000-01-01"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
 
     // cat: the bytes of any version.
     let out = c.run(&["cat", &s1[..8], "src/dir-07/big.bin"]).unwrap();
