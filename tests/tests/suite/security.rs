@@ -291,14 +291,7 @@ fn a_revoked_certificate_is_refused_by_every_server() {
     // An agent that knows only node 3 is refused by it once it has the map.
     let only_node_3 = laptop.parent().unwrap().join("node3.toml");
     let text = std::fs::read_to_string(&laptop).unwrap();
-    let address = std::fs::read_to_string(c.node_dir(2).join("chunkserver.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("listen = ")
-                .map(|v| v.trim_matches('"').to_owned())
-        })
-        .unwrap();
+    let address = c.server_address(2);
     let servers_line = text.lines().find(|l| l.starts_with("servers")).unwrap();
     std::fs::write(
         &only_node_3,
@@ -384,14 +377,7 @@ fn several_passwords_open_one_repository_and_a_fresh_machine_restores_with_one()
     assert!(list.iter().all(|k| !k["host"].as_str().unwrap().is_empty()));
 
     // A fresh machine: one server's address, the certificate, one password.
-    let server = std::fs::read_to_string(c.node_dir(1).join("chunkserver.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("listen = ")
-                .map(|v| v.trim_matches('"').to_owned())
-        })
-        .unwrap();
+    let server = c.server_address(1);
     let (home, config) = fresh_machine(&c, "fresh", &server);
     let target = home.join("restored");
     let mut restore = Command::new(ringvault_tests::bin("ringvault"));
