@@ -15,16 +15,14 @@ use std::time::SystemTime;
 
 use ringvault_common::ChunkId;
 
-/// Inserts between two size checks (a check lists the whole cache).
-const CHECK_EVERY: u64 = 64;
-
 /// The tree cache of one repository on this machine.
 pub struct TreeCache {
     dir: PathBuf,
     /// Most bytes kept; 0: the cache is off.
     limit: u64,
-    /// Bytes inserted since the last size check, and inserts.
-    since_check: Mutex<(u64, u64)>,
+    /// The bytes the cache holds, as last counted plus what this process
+    /// added since (`None` until the first insert counts them).
+    held: Mutex<Option<u64>>,
     /// Trees served from the cache.
     hits: AtomicU64,
     /// Trees fetched from the cluster.
@@ -38,7 +36,7 @@ impl TreeCache {
         Self {
             dir,
             limit,
-            since_check: Mutex::new((0, 0)),
+            held: Mutex::new(None),
             hits: AtomicU64::new(0),
             fetched: AtomicU64::new(0),
         }
@@ -82,19 +80,19 @@ impl TreeCache {
             let _ = std::fs::remove_file(&tmp);
             return;
         }
-        let due = {
-            let mut since = self.since_check.lock().unwrap_or_else(|p| p.into_inner());
-            since.0 += blob.len() as u64;
-            since.1 += 1;
-            let due = since.1 >= CHECK_EVERY || since.0 >= self.limit / 8;
-            if due {
-                *since = (0, 0);
-            }
-            due
+        // Counting lists the whole cache: done once, then only when the
+        // running total passes the limit (trimming leaves 90%, so at most
+        // once per tenth of the limit written).
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let total = match *held {
+            Some(t) => t + blob.len() as u64,
+            None => trim(&self.dir, u64::MAX),
         };
-        if due {
-            trim(&self.dir, self.limit);
-        }
+        *held = Some(if total > self.limit {
+            trim(&self.dir, self.limit)
+        } else {
+            total
+        });
     }
 
     /// (trees served from the cache, trees fetched from the cluster) so far.
@@ -107,11 +105,12 @@ impl TreeCache {
 }
 
 /// Deletes the least recently used files of the cache in `dir` until it
-/// holds at most 90% of `limit` bytes, when it holds more than `limit`.
-fn trim(dir: &Path, limit: u64) {
+/// holds at most 90% of `limit` bytes, when it holds more than `limit`;
+/// returns the bytes it holds then.
+fn trim(dir: &Path, limit: u64) -> u64 {
     let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
     let Ok(subdirs) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
     for sub in subdirs.flatten() {
         let Ok(entries) = std::fs::read_dir(sub.path()) else {
@@ -128,7 +127,7 @@ fn trim(dir: &Path, limit: u64) {
     }
     let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
     if total <= limit {
-        return;
+        return total;
     }
     files.sort();
     let goal = limit / 10 * 9;
@@ -140,6 +139,7 @@ fn trim(dir: &Path, limit: u64) {
             total -= len;
         }
     }
+    total
 }
 
 #[cfg(test)]
@@ -168,8 +168,8 @@ mod tests {
         // Far more than the bound: the oldest go, the cache stays bounded.
         for i in 2..=200u8 {
             cache.put(&id(i), &[i; 4096]);
+            assert!(size(&dir.path().join("trees")) <= 64 << 10, "after {i}");
         }
-        assert!(size(&dir.path().join("trees")) <= 64 << 10);
         assert!(cache.get(&id(200)).is_some(), "the newest stays");
         assert!(cache.get(&id(2)).is_none(), "the oldest went");
     }
