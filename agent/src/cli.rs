@@ -772,15 +772,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let loaded = repo::load_config(cli.config.as_deref())?;
             let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
             let (id, snap) = r.find_snapshot(snapshot).await?;
-            let root = r.read_tree(snap.root).await?;
             let entries = match path
                 .as_deref()
                 .map(|p| p.trim_matches('/'))
                 .filter(|p| !p.is_empty())
             {
-                None => root.entries,
+                None => r.read_tree(snap.root).await?.entries,
                 Some(p) => {
-                    let e = restore::find_entry(&r, root.entries, p).await?;
+                    let mut trees = browse::Trees::default();
+                    let e = browse::lookup(&r, &mut trees, snap.root, p)
+                        .await?
+                        .with_context(|| format!("no {p:?} in the snapshot"))?;
                     match e.content {
                         Content::Subtree(t) => r.read_tree(t).await?.entries,
                         _ => vec![e],

@@ -443,21 +443,18 @@ impl Repo {
         Ok(id)
     }
 
-    /// Removes key `id`. Refuses the key this session was opened with (use
-    /// `key passwd` to replace it) so a typo cannot lock everyone out.
+    /// Removes key `id` (resolve a prefix with [`Repo::find_key`] first).
+    /// Refuses the key this session was opened with (use `key passwd` to
+    /// replace it) so a typo cannot lock everyone out.
     ///
     /// # Errors
-    /// An unknown id, the current key, or the cluster's refusal.
+    /// The current key, or the cluster's refusal.
     pub async fn remove_key(&self, id: [u8; 32]) -> anyhow::Result<()> {
         self.require_admin("removing a key")?;
         if id == self.key_id {
             bail!(
                 "refusing to remove the key this password opens; use `ringvault key passwd` to change it, or open with another password"
             );
-        }
-        let known = self.cluster.list_keys().await?;
-        if !known.iter().any(|(k, _)| *k == id) {
-            bail!("no key {} in the repository", hex::encode(id));
         }
         self.cluster
             .delete_key(id)

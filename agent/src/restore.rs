@@ -279,10 +279,6 @@ pub async fn restore_with(
 ) -> anyhow::Result<RestoreReport> {
     let select = Selection::new(options)?;
     let chunker = Chunker::new(repo.chunker).context("the repository's chunker settings")?;
-    let root_tree = repo
-        .read_tree(snapshot.root)
-        .await
-        .context("reading the snapshot's root tree")?;
     let path = options
         .path
         .as_deref()
@@ -290,9 +286,18 @@ pub async fn restore_with(
         .filter(|p| !p.is_empty());
     // Before the target is made: a wrong path leaves nothing behind.
     let (top, above, base) = match path {
-        None => (root_tree.entries, vec![snapshot.root], Vec::new()),
+        None => {
+            let root_tree = repo
+                .read_tree(snapshot.root)
+                .await
+                .context("reading the snapshot's root tree")?;
+            (root_tree.entries, vec![snapshot.root], Vec::new())
+        }
         Some(p) => {
-            let entry = find_entry(&repo, root_tree.entries, p).await?;
+            let mut trees = crate::browse::Trees::default();
+            let entry = crate::browse::lookup(&repo, &mut trees, snapshot.root, p)
+                .await?
+                .with_context(|| format!("no {p:?} in the snapshot"))?;
             let mut parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
             parts.pop();
             (vec![entry], Vec::new(), parts.join("/").into_bytes())
@@ -456,32 +461,6 @@ fn open_target(target: &Path, dry_run: bool) -> anyhow::Result<Option<OwnedFd>> 
             Err(std::io::Error::from(e)).with_context(|| format!("opening {}", target.display()))
         }
     }
-}
-
-/// Follows a `/`-separated path from the root entries.
-///
-/// # Errors
-/// When a component is missing or not a directory.
-pub async fn find_entry(
-    repo: &Arc<Repo>,
-    mut entries: Vec<Entry>,
-    path: &str,
-) -> anyhow::Result<Entry> {
-    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        let entry = entries
-            .into_iter()
-            .find(|e| e.name == part.as_bytes())
-            .with_context(|| format!("no {:?} in the snapshot", parts[..=i].join("/")))?;
-        if i + 1 == parts.len() {
-            return Ok(entry);
-        }
-        let Content::Subtree(id) = entry.content else {
-            bail!("{:?} is not a directory", parts[..=i].join("/"));
-        };
-        entries = repo.read_tree(id).await?.entries;
-    }
-    bail!("empty path")
 }
 
 /// A directory in the target, open.

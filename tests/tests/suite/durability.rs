@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::{TEST_CHUNKS, random_bytes};
+use crate::{TEST_CHUNKS, make_files};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
 use serde_json::Value;
 
@@ -35,20 +35,6 @@ fn backed_up(files: usize, size: usize, seed: u64) -> (TestCluster, PathBuf) {
     make_files(&src, "data", files, size, seed);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();
     (c, src)
-}
-
-/// `files` files of `size` random bytes each under `root/name/`.
-fn make_files(root: &Path, name: &str, files: usize, size: usize, seed: u64) -> PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    for i in 0..files {
-        std::fs::write(
-            dir.join(format!("f{i}.bin")),
-            random_bytes(size, seed + i as u64),
-        )
-        .unwrap();
-    }
-    dir
 }
 
 fn source(c: &TestCluster) -> PathBuf {

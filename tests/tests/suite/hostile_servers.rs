@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{TEST_CHUNKS, random_bytes};
+use crate::TEST_CHUNKS;
 use ringvault_common::{ChunkId, SnapshotId};
 use ringvault_tests::hostile::{BlobLie, HostileServer, Rules};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff, wait_for};
@@ -55,15 +55,7 @@ fn hostile_cluster(nodes: u32, replicas: u32, quorum: u32) -> (TestCluster, Host
 /// `seed`, replacing earlier ones.
 fn write_source(c: &TestCluster, seed: u64) -> PathBuf {
     let src = c.dir.path().join("src");
-    let data = src.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for i in 0..FILES {
-        std::fs::write(
-            data.join(format!("f{i}.bin")),
-            random_bytes(FILE_BYTES, seed + i as u64),
-        )
-        .unwrap();
-    }
+    crate::make_files(&src, "data", FILES, FILE_BYTES, seed);
     src
 }
 

@@ -33,3 +33,25 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// `files` files `f<i>.bin` of `size` random bytes each (seeds `seed`,
+/// `seed + 1`, ...) under `root/name/`, replacing earlier ones; returns
+/// that directory.
+pub fn make_files(
+    root: &std::path::Path,
+    name: &str,
+    files: usize,
+    size: usize,
+    seed: u64,
+) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..files {
+        std::fs::write(
+            dir.join(format!("f{i}.bin")),
+            random_bytes(size, seed + i as u64),
+        )
+        .unwrap();
+    }
+    dir
+}
