@@ -310,6 +310,33 @@ impl TestCluster {
             .to_owned()
     }
 
+    /// Waits (at most 30 s) until every server answers `cluster status` and
+    /// sees every peer up: after a restart, peers route around a server
+    /// until their next probe, and a test that needs it written to must
+    /// wait for that.
+    ///
+    /// # Errors
+    /// When that does not happen in time.
+    pub fn wait_all_up(&self) -> anyhow::Result<()> {
+        wait_for(
+            "every server to see every peer up",
+            Duration::from_secs(30),
+            || {
+                let out = self.run(&["--json", "cluster", "status"]).ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let rows = v["nodes"].as_array()?;
+                let up = !rows.is_empty()
+                    && rows.iter().all(|r| {
+                        r["state"] == "up"
+                            && r["peers"]
+                                .as_array()
+                                .is_some_and(|p| p.iter().all(|p| p["state"] == "up"))
+                    });
+                up.then_some(())
+            },
+        )
+    }
+
     /// The process id of node `i`, while it runs.
     pub fn server_pid(&self, i: usize) -> Option<u32> {
         self.procs[i].as_ref().map(Child::id)

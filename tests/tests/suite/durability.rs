@@ -102,30 +102,6 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn(
         .unwrap_or_else(|e| panic!("{e}: {}", context()));
 }
 
-/// Waits until every server answers and sees every peer up (a restarted
-/// server is routed around until its peers' next probe).
-fn wait_all_up(c: &TestCluster) {
-    let start = Instant::now();
-    loop {
-        let rows = status(c);
-        let up = !rows.is_empty()
-            && rows.iter().all(|r| {
-                r["state"] == "up"
-                    && r["peers"]
-                        .as_array()
-                        .is_some_and(|p| p.iter().all(|p| p["state"] == "up"))
-            });
-        if up {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "servers do not see each other: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn blobs_on(c: &TestCluster, i: usize) -> u64 {
     status(c)
         .get(i)
@@ -290,7 +266,7 @@ fn with_two_of_three_servers_down_a_backup_fails_naming_the_quorum_and_reads_sti
     }
     c.restart(1).unwrap();
     c.restart(2).unwrap();
-    wait_all_up(&c);
+    c.wait_all_up().unwrap();
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();
     wait_until_healthy(&c, Duration::from_secs(60));
     assert_restores(&c, &src, "restored");
@@ -487,6 +463,7 @@ fn the_chunk_server_serves_prometheus_metrics() {
     let mut c = cluster(3, 3, 2, false);
     c.set_server_setting(0, "metrics-listen", &format!("\"127.0.0.1:{port}\""));
     c.restart(0).unwrap();
+    c.wait_all_up().unwrap();
     let src = source(&c);
     make_files(&src, "data", 2, 256 << 10, 11);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();

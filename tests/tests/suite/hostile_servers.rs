@@ -46,7 +46,7 @@ fn hostile_cluster(nodes: u32, replicas: u32, quorum: u32) -> (TestCluster, Host
     })
     .unwrap();
     let hostile = HostileServer::impersonate(&mut c, 0).unwrap();
-    wait_all_up(&c);
+    c.wait_all_up().unwrap();
     c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
     (c, hostile)
 }
@@ -71,28 +71,6 @@ fn status(c: &TestCluster) -> Vec<Value> {
     let out = c.run(&["--json", "cluster", "status"]).unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["nodes"].as_array().cloned().unwrap_or_default()
-}
-
-/// Waits until every server answers and sees every peer up: node 0 was
-/// restarted behind the hostile server, and its peers route around it
-/// until their next probe.
-fn wait_all_up(c: &TestCluster) {
-    wait_for(
-        "every server to see every peer up",
-        Duration::from_secs(30),
-        || {
-            let rows = status(c);
-            let up = !rows.is_empty()
-                && rows.iter().all(|r| {
-                    r["state"] == "up"
-                        && r["peers"]
-                            .as_array()
-                            .is_some_and(|p| p.iter().all(|p| p["state"] == "up"))
-                });
-            up.then_some(())
-        },
-    )
-    .unwrap();
 }
 
 /// Runs `ringvault --json check [--read-data]`: (exit code, report).
@@ -663,7 +641,7 @@ fn blobs_a_hostile_peer_plants_by_repair_are_reported_damaged() {
         "nothing was falsified"
     );
     c.proxy(1).cut(false);
-    wait_all_up(&c);
+    c.wait_all_up().unwrap();
 
     let (code, report) = check(&c, true);
     let chunks = report["chunks"].as_u64().unwrap();

@@ -290,6 +290,7 @@ fn a_prune_killed_at_any_point_is_harmless() {
     // A server restarted mid-round forgets the round: that prune reports
     // it and leaves its blobs alone.
     c.restart(1).unwrap();
+    c.wait_all_up().unwrap();
     for _ in 0..2 {
         json(&c, &["prune"]);
         std::thread::sleep(GRACE);
