@@ -18,6 +18,29 @@
 //! The snapshot record is written only after every chunk and tree has W
 //! durable copies, and the local index is updated only after that: a crash
 //! at any point leaves no snapshot that names missing data.
+//!
+//! Chunks the backup does not upload or ask for (a file's chunk list from
+//! the local index, a subtree the watching agent takes from the previous
+//! snapshot) may have been deleted by a prune since they were confirmed.
+//! The backup reads every server's garbage-collection fence first
+//! ([`ringvault_common::gc`]); index entries and the previous snapshot are
+//! trusted as they are only when confirmed under an equal, quiet fence.
+//! Otherwise their chunks are asked for (batched has-queries, which also
+//! protect them from a prune round running now), a file whose chunk is
+//! missing is read again, and the previous snapshot's subtrees are not
+//! reused (a full scan). The record is then stored under the fence read at
+//! the start: a server where a prune round began or ended since refuses it,
+//! and the backup runs again ([`FENCE_ATTEMPTS`] at most), this time asking
+//! for everything it relies on.
+//!
+//! A file's entry takes its size, times and mode from the `fstat` after the
+//! read whose chunks it lists, when that equals the one before the read and
+//! the bytes read; so a file's size is always the sum of its chunks'
+//! lengths, which the entry records (tree version 2). Each entry also
+//! records its owner's user and group names (looked up once per id) and
+//! its extended attributes in every namespace the process may read
+//! ([`crate::fsmeta`]); hard links are told by `device`, `inode` and
+//! `links` (`st_nlink`), as restic does, not by an entry kind.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -32,19 +55,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use futures::StreamExt;
 use ringvault_common::chunker::Chunker;
 use ringvault_common::seal;
 use ringvault_common::snapshot::{Snapshot, Summary};
-use ringvault_common::tree::{Content, Entry, EntryKind, TREE_PART_BYTES, Tree};
+use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, TREE_PART_BYTES, Tree};
+use ringvault_common::wire::MAX_HAS_IDS;
 use ringvault_common::{ChunkId, SnapshotId};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::client::ClientError;
 use crate::exclude::Excludes;
+use crate::fsmeta::{Names, read_xattrs};
 use crate::fsutil::times;
 use crate::index::{FileRecord, IndexReader, LocalIndex, UpdateLog};
 use crate::repo::{Repo, random};
 use crate::watch::DirtySet;
+
+mod sparse;
 
 /// Bytes of read buffers (and the chunks cut from them) waiting for upload,
 /// at most.
@@ -73,6 +102,15 @@ const READ_ATTEMPTS: usize = 3;
 /// The seen-set is cleared past this many ids (a bounded cache: forgetting
 /// only costs a has-query).
 const SEEN_LIMIT: usize = 1 << 18;
+/// Times a backup runs when prune rounds keep moving the fence under it.
+pub const FENCE_ATTEMPTS: usize = 5;
+/// Has-queries in flight while confirming index entries.
+const CONFIRM_CONCURRENCY: usize = 4;
+/// Test hook: when set, a backup waits, just before it stores its snapshot
+/// record, until the file this names exists (at most 120 s), after creating
+/// the file named by it with `.waiting` appended. The end-to-end tests use
+/// it to run a prune at that very moment.
+pub const HOLD_BEFORE_RECORD_ENV: &str = "RINGVAULT_TEST_HOLD_BEFORE_RECORD";
 
 /// What to back up.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +119,9 @@ pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     /// Tags for the snapshot.
     pub tags: Vec<String>,
+    /// The snapshot's recorded time, ns since the Unix epoch, instead of
+    /// the time the backup starts (`backup --time`).
+    pub time_ns: Option<i64>,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
     /// Only these paths changed since the last snapshot of the same paths
@@ -123,7 +164,8 @@ pub struct Counters {
     pub dirs: AtomicU64,
     /// Bytes in the files scanned.
     pub bytes: AtomicU64,
-    /// Bytes read from files.
+    /// Bytes read from files on disk (holes of sparse files are not read,
+    /// so not counted).
     pub bytes_read: AtomicU64,
     /// Bytes of chunks the cluster lacked.
     pub new_bytes: AtomicU64,
@@ -131,15 +173,55 @@ pub struct Counters {
     pub sent_bytes: AtomicU64,
 }
 
-/// Runs one backup of `opts.paths` into the repository.
+impl Counters {
+    /// Sets every total back to 0 (a backup starting again).
+    fn reset(&self) {
+        for c in [
+            &self.files,
+            &self.dirs,
+            &self.bytes,
+            &self.bytes_read,
+            &self.new_bytes,
+            &self.sent_bytes,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs one backup of `opts.paths` into the repository: again, checking
+/// every chunk it relies on, when a prune moved the fence meanwhile (see
+/// the module docs).
 ///
 /// # Errors
 /// When a source path cannot be read at all, the cluster cannot take the
-/// data (quorum not reached, unreachable), or the snapshot cannot be stored.
+/// data (quorum not reached, unreachable), or the snapshot cannot be stored
+/// (also after [`FENCE_ATTEMPTS`] tries with prunes running each time).
 /// Unreadable files inside the sources are reported in the result instead.
 pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<BackupReport> {
+    let mut attempt = 1;
+    loop {
+        match backup_once(repo.clone(), &opts).await {
+            Err(e)
+                if attempt < FENCE_ATTEMPTS
+                    && e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<ClientError>(),
+                            Some(ClientError::FenceMoved(_))
+                        )
+                    }) =>
+            {
+                tracing::warn!(attempt, error = %format!("{e:#}"), "a prune ran during the backup; checking its chunks and trying again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn backup_once(repo: Arc<Repo>, opts: &BackupOptions) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
-    let time_ns = now_ns();
+    let time_ns = opts.time_ns.unwrap_or_else(now_ns);
     let wire_before = repo.cluster.wire_bytes_sent();
     let mut sources = Vec::new();
     for p in &opts.paths {
@@ -173,9 +255,23 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
             .rev()
             .find(|(_, s)| s.host == host && s.paths == paths),
     };
+    // Read before anything is checked: see the module docs.
+    let fences = repo.cluster.gc_fences().await;
+    let fence_tag = fences.quiet_tag();
+    let index = Arc::new(LocalIndex::open(&repo.state_dir)?);
+    // The parent's subtrees are reused only while nothing can have been
+    // deleted since it was stored.
+    let parent_vouched = match (&parent, fence_tag) {
+        (Some((id, _)), Some(tag)) => index.snapshot_fence(id)? == Some(tag),
+        _ => false,
+    };
+    if opts.dirty.is_some() && parent.is_some() && !parent_vouched {
+        tracing::info!("a prune may have run since the last snapshot: scanning everything");
+    }
+    let confirmed = Arc::new(confirm_index_chunks(&repo, &index, &sources, fence_tag).await?);
     // With a dirty set, unchanged subtrees come from the parent's trees.
     let previous = match (&opts.dirty, &parent) {
-        (Some(_), Some((_, snap))) => Some(
+        (Some(_), Some((_, snap))) if parent_vouched => Some(
             repo.read_tree(snap.root)
                 .await
                 .context("reading the previous snapshot's root tree")?
@@ -187,8 +283,8 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
     let parent_snapshot = parent.clone();
     let parent = parent.map(|(id, _)| id);
 
-    let index = Arc::new(LocalIndex::open(&repo.state_dir)?);
     let counters = opts.counters.clone().unwrap_or_default();
+    counters.reset();
     let budget = Arc::new(Semaphore::new(UPLOAD_BUDGET >> 10));
     let (tx, rx) = mpsc::channel::<Upload>(1024);
     let uploader = tokio::spawn(upload_loop(repo.clone(), rx, counters.clone()));
@@ -215,6 +311,10 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
                 pack: None,
                 dirty,
                 excludes,
+                fence_tag,
+                confirmed,
+                names: Names::default(),
+                zero_runs: None,
             };
             let previous = previous.unwrap_or_default();
             let mut root = Tree::default();
@@ -290,15 +390,19 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         },
     };
     let (id, record) = snapshot.seal(&repo.keys, random());
+    hold_before_record().await;
     repo.cluster
-        .put_snapshot(id, Bytes::from(record))
+        .put_snapshot(id, Bytes::from(record), &fences)
         .await
         .context("storing the snapshot record")?;
     let wire_bytes = repo.cluster.wire_bytes_sent().saturating_sub(wire_before);
-    tokio::task::spawn_blocking(move || index.commit(updates))
-        .await
-        .context("index task")?
-        .context("updating the local index")?;
+    tokio::task::spawn_blocking(move || {
+        index.commit(updates)?;
+        index.set_snapshot_fence(&id, fence_tag.unwrap_or(0))
+    })
+    .await
+    .context("index task")?
+    .context("updating the local index")?;
     Ok(BackupReport {
         id,
         unchanged: false,
@@ -306,6 +410,88 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
         errors,
         wire_bytes,
     })
+}
+
+/// The chunks of index entries under `sources` that the fence reading
+/// `fence_tag` does not vouch for and that the cluster holds (has-queries,
+/// [`MAX_HAS_IDS`] ids each, [`CONFIRM_CONCURRENCY`] at once). A present
+/// answer also protects the chunk from a prune round running now.
+///
+/// # Errors
+/// When the index cannot be read or the cluster does not answer.
+async fn confirm_index_chunks(
+    repo: &Arc<Repo>,
+    index: &Arc<LocalIndex>,
+    sources: &[(PathBuf, Vec<u8>)],
+    fence_tag: Option<u64>,
+) -> anyhow::Result<HashSet<ChunkId>> {
+    let (index, paths) = (
+        index.clone(),
+        sources
+            .iter()
+            .map(|(p, _)| p.as_os_str().as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+    );
+    let ids = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<ChunkId>> {
+        let reader = index.reader()?;
+        let mut ids = HashSet::new();
+        for path in &paths {
+            reader.for_each_under(path, |_, rec| {
+                if fence_tag != Some(rec.fence) {
+                    ids.extend(rec.chunks.iter().map(|c| c.id));
+                }
+            })?;
+        }
+        Ok(ids.into_iter().collect())
+    })
+    .await
+    .context("index task")??;
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    tracing::info!(
+        chunks = ids.len(),
+        "confirming the local index's chunks with the cluster"
+    );
+    let parts: Vec<Vec<ChunkId>> = ids.chunks(MAX_HAS_IDS).map(<[_]>::to_vec).collect();
+    let mut asks = futures::stream::iter(parts)
+        .map(|part| {
+            let repo = repo.clone();
+            async move {
+                let present = repo.cluster.has(&part).await?;
+                anyhow::Ok(part.into_iter().zip(present).collect::<Vec<_>>())
+            }
+        })
+        .buffer_unordered(CONFIRM_CONCURRENCY);
+    let mut confirmed = HashSet::new();
+    while let Some(answer) = asks.next().await {
+        let answer =
+            answer.context("asking the cluster which chunks of the local index it holds")?;
+        confirmed.extend(answer.into_iter().filter(|(_, p)| *p).map(|(id, _)| id));
+    }
+    Ok(confirmed)
+}
+
+/// See [`HOLD_BEFORE_RECORD_ENV`].
+async fn hold_before_record() {
+    test_hold(HOLD_BEFORE_RECORD_ENV).await;
+}
+
+/// A test hook: when environment variable `var` names a path, writes
+/// `<path>.waiting` and waits until `<path>` exists (two minutes at most).
+pub(crate) async fn test_hold(var: &str) {
+    let Some(release) = std::env::var_os(var).map(PathBuf::from) else {
+        return;
+    };
+    let mut waiting = release.clone().into_os_string();
+    waiting.push(".waiting");
+    if let Err(e) = std::fs::write(&waiting, b"") {
+        tracing::warn!(error = %e, "test hook: cannot signal the hold");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !release.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A chunk (or tree) on its way to the cluster. Its bytes share a [`Pinned`]
@@ -365,6 +551,15 @@ struct Walker {
     /// What changed since the previous snapshot, when a watcher knows.
     dirty: Option<DirtySet>,
     excludes: Excludes,
+    /// The tag of the fence read at the start, when it can vouch.
+    fence_tag: Option<u64>,
+    /// Chunks of index entries the fence does not vouch for that the
+    /// cluster confirmed present.
+    confirmed: Arc<HashSet<ChunkId>>,
+    /// Owner and group names met so far.
+    names: Names,
+    /// The chunk of a long zero run, once a sparse file needed it.
+    zero_runs: Option<sparse::ZeroRuns>,
 }
 
 /// A read buffer being filled with small files and trees. Their ids are
@@ -431,7 +626,11 @@ impl Walker {
 
     /// Reads a small file (`size` bytes by its metadata) into the pack and
     /// cuts it; `None` when it turned out larger (read it the long way).
-    fn read_small(&mut self, f: &mut File, size: usize) -> Result<Option<Vec<ChunkId>>, WalkError> {
+    fn read_small(
+        &mut self,
+        f: &mut File,
+        size: usize,
+    ) -> Result<Option<Vec<ChunkRef>>, WalkError> {
         let mut pack = self.pack_with_room(size + 1)?;
         let start = pack.buf.len();
         // One byte past the size, to see the end without another read.
@@ -451,7 +650,7 @@ impl Walker {
         while let Some(len) = self.chunker.cut(&pack.buf[offset..], true) {
             let id = self.repo.keys.chunk_id(&pack.buf[offset..offset + len]);
             pack.items.push((id, offset..offset + len));
-            chunks.push(id);
+            chunks.push(chunk_ref(id, len));
             offset += len;
         }
         self.pack = Some(pack);
@@ -459,6 +658,13 @@ impl Walker {
             .bytes_read
             .fetch_add(n as u64, Ordering::Relaxed);
         Ok(Some(chunks))
+    }
+
+    /// The chunk of a long zero run (computed at the first sparse file).
+    fn zero_runs(&mut self) -> sparse::ZeroRuns {
+        *self
+            .zero_runs
+            .get_or_insert_with(|| sparse::ZeroRuns::new(&self.chunker, &self.repo.keys))
     }
 
     /// Hands a chunk to the uploader.
@@ -535,24 +741,14 @@ impl Walker {
             Some(Content::Subtree(id)) if self.dirty.is_some() => Some(*id),
             _ => None,
         };
-        let (mtime_ns, ctime_ns) = times(meta);
-        let mut entry = Entry {
-            name,
-            kind: EntryKind::File,
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime_ns,
-            ctime_ns,
-            size: meta.len(),
-            inode: meta.ino(),
-            device: meta.dev(),
-            rdev: meta.rdev(),
-            xattrs: Vec::new(),
-            content: Content::None,
-        };
+        let mut entry = entry_from(name, meta);
         let content = if ft.is_file() {
-            self.file(path, meta).map(Content::Chunks)
+            // The metadata that bracketed the read, not the scan's.
+            self.file(path, meta).map(|(chunks, read)| {
+                let name = std::mem::take(&mut entry.name);
+                entry = entry_from(name, &read);
+                Content::Chunks(chunks)
+            })
         } else if ft.is_dir() {
             entry.kind = EntryKind::Dir;
             entry.size = 0;
@@ -583,9 +779,20 @@ impl Walker {
             }
             Err(fatal) => return Err(fatal),
         }
+        entry.user = self.names.user(entry.uid);
+        entry.group = self.names.group(entry.gid);
+        match read_xattrs(path) {
+            Ok(xattrs) => entry.xattrs = xattrs,
+            // Back up more rather than less: the entry without them.
+            Err(e) => {
+                let why = format!("reading its extended attributes: {e}");
+                tracing::warn!(path = %path.display(), error = %why, "backed up without them");
+                self.errors.push((path.to_owned(), why));
+            }
+        }
         if ft.is_file() {
             self.counters.files.fetch_add(1, Ordering::Relaxed);
-            self.counters.bytes.fetch_add(meta.len(), Ordering::Relaxed);
+            self.counters.bytes.fetch_add(entry.size, Ordering::Relaxed);
         }
         Ok(Some(entry))
     }
@@ -646,28 +853,51 @@ impl Walker {
         self.store_tree(tree).map_err(WalkError::Fatal)
     }
 
-    /// A file's chunk list: from the index when its fingerprint is
-    /// unchanged, else by reading it.
-    fn file(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<Vec<ChunkId>, WalkError> {
+    /// A file's chunk list and the metadata that goes with it: from the
+    /// index when its fingerprint is unchanged and its chunks are known to
+    /// be stored (see the module docs), else by reading it, with the
+    /// metadata of the `fstat` after a read that the file did not change
+    /// during.
+    fn file(
+        &mut self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(Vec<ChunkRef>, std::fs::Metadata), WalkError> {
         let key = path.as_os_str().as_bytes();
-        let (mtime_ns, _) = times(meta);
-        let now = fingerprint(meta, Vec::new());
+        let fence = self.fence_tag.unwrap_or(0);
         if let Some(rec) = self.index.get(key)
-            && rec.same_file(&now)
+            && rec.same_file(&fingerprint(meta, Vec::new()))
+            && rec.chunks.iter().all(|c| c.len.is_some())
         {
-            return Ok(rec.chunks);
+            let vouched = self.fence_tag == Some(rec.fence);
+            if vouched || rec.chunks.iter().all(|c| self.confirmed.contains(&c.id)) {
+                if !vouched {
+                    // Confirmed under this fence: next time, no question.
+                    let rec = FileRecord {
+                        fence,
+                        ..rec.clone()
+                    };
+                    self.updates.push(key, &rec).map_err(WalkError::Fatal)?;
+                }
+                return Ok((rec.chunks, meta.clone()));
+            }
+            tracing::debug!(path = %path.display(), "a chunk from the index is gone; reading again");
         }
         for _ in 0..READ_ATTEMPTS {
             let read_start = now_ns();
             let (chunks, before, after) = self.read_chunks(path)?;
-            if fingerprint(&before, Vec::new()).same_file(&fingerprint(&after, Vec::new())) {
+            let read: u64 = chunks.iter().filter_map(|c| c.len).map(u64::from).sum();
+            if fingerprint(&before, Vec::new()).same_file(&fingerprint(&after, Vec::new()))
+                && read == after.len()
+            {
+                let (mtime_ns, _) = times(&after);
                 let racy = mtime_ns >= read_start - RACY_WINDOW_NS;
                 if !racy {
-                    self.updates
-                        .push(key, &fingerprint(&after, chunks.clone()))
-                        .map_err(WalkError::Fatal)?;
+                    let mut rec = fingerprint(&after, chunks.clone());
+                    rec.fence = fence;
+                    self.updates.push(key, &rec).map_err(WalkError::Fatal)?;
                 }
-                return Ok(chunks);
+                return Ok((chunks, after));
             }
             tracing::debug!(path = %path.display(), "changed while read; reading again");
         }
@@ -681,7 +911,7 @@ impl Walker {
     fn read_chunks(
         &mut self,
         path: &Path,
-    ) -> Result<(Vec<ChunkId>, std::fs::Metadata, std::fs::Metadata), WalkError> {
+    ) -> Result<(Vec<ChunkRef>, std::fs::Metadata, std::fs::Metadata), WalkError> {
         let mut f = File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -696,6 +926,11 @@ impl Walker {
             let after = f.metadata()?;
             return Ok((chunks, before, after));
         }
+        // Holes are not read: they come back as zeros, cut without the
+        // chunker's work where they are long (see `sparse`).
+        let holes = sparse::looks_sparse(&before);
+        let mut reader = sparse::HoleReader::new(&f, 0, holes);
+        let zeros = holes.then(|| self.zero_runs());
         // Each block: the tail of the last one that held no boundary yet,
         // then up to READ_BLOCK fresh bytes (a small file's whole size).
         let mut remaining = before.len();
@@ -715,24 +950,36 @@ impl Walker {
             block.extend_from_slice(&carry);
             // The old block's budget is released once its last chunk is.
             drop(std::mem::take(&mut carry));
-            // Into spare capacity: no zeroing of what the read overwrites.
-            let n = (&mut f).take(want as u64).read_to_end(&mut block)?;
+            let took = reader.take_into(&mut block, want)?;
+            let n = took.logical;
             let eof = n < want;
             remaining = remaining.saturating_sub(n as u64);
             self.counters
                 .bytes_read
-                .fetch_add(n as u64, Ordering::Relaxed);
+                .fetch_add(took.from_disk as u64, Ordering::Relaxed);
             let block_bytes = Bytes::from_owner(Pinned {
                 data: block,
                 _permit: permit,
             });
-            let mut offset = 0;
-            while let Some(len) = self.chunker.cut(&block_bytes[offset..], eof) {
+            let (mut offset, mut zero_end) = (0, 0);
+            loop {
+                let zero = zeros
+                    .as_ref()
+                    .and_then(|z| z.cut(&block_bytes, offset, &mut zero_end));
+                let (len, id) = match zero {
+                    Some(cut) => cut,
+                    None => match self.chunker.cut(&block_bytes[offset..], eof) {
+                        Some(len) => {
+                            let id = self.repo.keys.chunk_id(&block_bytes[offset..offset + len]);
+                            (len, id)
+                        }
+                        None => break,
+                    },
+                };
                 let data = block_bytes.slice(offset..offset + len);
                 offset += len;
-                let id = self.repo.keys.chunk_id(&data);
                 self.send(id, data)?;
-                chunks.push(id);
+                chunks.push(chunk_ref(id, len));
             }
             if eof {
                 break;
@@ -744,7 +991,7 @@ impl Walker {
     }
 }
 
-fn fingerprint(m: &std::fs::Metadata, chunks: Vec<ChunkId>) -> FileRecord {
+fn fingerprint(m: &std::fs::Metadata, chunks: Vec<ChunkRef>) -> FileRecord {
     let (mtime_ns, ctime_ns) = times(m);
     FileRecord {
         size: m.len(),
@@ -753,6 +1000,39 @@ fn fingerprint(m: &std::fs::Metadata, chunks: Vec<ChunkId>) -> FileRecord {
         inode: m.ino(),
         device: m.dev(),
         chunks,
+        fence: 0,
+    }
+}
+
+/// A chunk cut by the chunker (whose chunks are at most 16 MiB, so the
+/// length fits).
+fn chunk_ref(id: ChunkId, len: usize) -> ChunkRef {
+    ChunkRef {
+        id,
+        len: u32::try_from(len).ok(),
+    }
+}
+
+/// A tree entry for `name` with the metadata `meta` (content: none yet).
+fn entry_from(name: Vec<u8>, meta: &std::fs::Metadata) -> Entry {
+    let (mtime_ns, ctime_ns) = times(meta);
+    Entry {
+        name,
+        kind: EntryKind::File,
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns,
+        ctime_ns,
+        size: meta.len(),
+        inode: meta.ino(),
+        device: meta.dev(),
+        rdev: meta.rdev(),
+        xattrs: Vec::new(),
+        content: Content::None,
+        user: Vec::new(),
+        group: Vec::new(),
+        links: meta.nlink(),
     }
 }
 

@@ -90,8 +90,8 @@ pub fn digest(entry: &Entry) -> String {
     let hash = match &entry.content {
         Content::Chunks(ids) => {
             let mut h = blake3::Hasher::new();
-            for id in ids {
-                h.update(&id.0);
+            for c in ids {
+                h.update(&c.id.0);
             }
             h.finalize()
         }
@@ -516,11 +516,11 @@ pub async fn cat(
     let entry = lookup(repo, &mut trees, root, path)
         .await?
         .with_context(|| format!("no {path:?} in the snapshot"))?;
-    let Content::Chunks(ids) = entry.content else {
+    if !matches!(entry.content, Content::Chunks(_)) {
         bail!("{path:?} is not a file");
-    };
+    }
     let mut written = 0u64;
-    for id in ids {
+    for id in entry.chunk_ids() {
         let bytes = repo.read_chunk(id).await?;
         out.write_all(&bytes).context("writing the file out")?;
         written += bytes.len() as u64;

@@ -8,15 +8,24 @@
 //! every copy from every server that holds one and opens it (AEAD and the
 //! keyed hash), so a copy counts only if it decrypts to its id; a server's
 //! copy that fails its own checksum is quarantined there and repaired.
+//!
+//! Every file's size is checked against its chunks (restic's "metadata
+//! size and sum of blob sizes do not match"): from the lengths the tree
+//! records (tree version 2), and with `--read-data` also from the bytes
+//! each chunk opens to, which covers version 1 trees and a tree that
+//! records a wrong length.
+//!
+//! Servers whose store is not ok (full, read-only, failing) are named; a
+//! read-only or failing one makes the check fail.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use ringvault_chunkserver::net::CallError;
 use ringvault_common::seal;
-use ringvault_common::tree::Content;
-use ringvault_common::wire::ErrorCode;
+use ringvault_common::tree::{ChunkRef, Content};
+use ringvault_common::wire::{ErrorCode, StoreState};
 use ringvault_common::{ChunkId, NodeId};
 
 use crate::client::ClientError;
@@ -49,20 +58,41 @@ pub struct CheckReport {
     pub damaged: Vec<(ChunkId, NodeId, String)>,
     /// Trees that could not be read (their subtrees were not checked).
     pub unreadable_trees: Vec<(ChunkId, String)>,
+    /// Files whose size is not the sum of their chunks' lengths, or chunks
+    /// whose plaintext length is not the one their tree records: (tree,
+    /// what).
+    pub size_mismatches: Vec<(ChunkId, String)>,
+    /// Servers whose store is not ok: (server, state, its last error).
+    pub stores: Vec<(NodeId, StoreState, String)>,
 }
 
 impl CheckReport {
-    /// Whether nothing is lost, damaged or short of N copies.
+    /// Whether nothing is lost, damaged or short of N copies, and no
+    /// server's store is read-only or failing (a full store, which refuses
+    /// only new blobs, is reported but healthy).
     pub fn is_healthy(&self) -> bool {
+        self.copies_ok()
+            && self
+                .stores
+                .iter()
+                .all(|(_, state, _)| *state == StoreState::Full)
+    }
+
+    /// Whether every chunk has N healthy copies and every tree was read.
+    pub fn copies_ok(&self) -> bool {
         self.degraded.is_empty()
             && self.lost.is_empty()
             && self.damaged.is_empty()
             && self.unreadable_trees.is_empty()
+            && self.size_mismatches.is_empty()
     }
 
-    /// Whether some chunk has no healthy copy (or a tree is unreadable).
+    /// Whether some chunk has no healthy copy, a tree is unreadable, or a
+    /// file would not restore to its recorded size.
     pub fn has_loss(&self) -> bool {
-        !self.lost.is_empty() || !self.unreadable_trees.is_empty()
+        !self.lost.is_empty()
+            || !self.unreadable_trees.is_empty()
+            || !self.size_mismatches.is_empty()
     }
 }
 
@@ -79,11 +109,32 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
         read_data,
         ..CheckReport::default()
     };
+    // The servers thought up, at once: a down one would cost a connect
+    // timeout, and its copies are not counted anyway.
+    let statuses = futures::future::join_all(
+        repo.cluster
+            .servers()
+            .into_iter()
+            .filter(|(_, _, up)| *up)
+            .map(|(node, _, _)| async move { (node, repo.cluster.node_status(node).await) }),
+    )
+    .await;
+    for (node, status) in statuses {
+        if let Ok(s) = status
+            && s.store != StoreState::Ok
+        {
+            report.stores.push((node, s.store, s.store_error));
+        }
+    }
     let snapshots = repo.snapshots().await?;
     report.snapshots = snapshots.len();
     let mut chunks: HashSet<ChunkId> = HashSet::new();
     let mut seen_trees: HashSet<ChunkId> = HashSet::new();
     let mut queue: VecDeque<ChunkId> = snapshots.iter().map(|(_, s)| s.root).collect();
+    // Recorded lengths (version 2 trees), and, for --read-data, the files
+    // whose size only the data can check (version 1 trees).
+    let mut recorded: HashMap<ChunkId, u32> = HashMap::new();
+    let mut unsized_files: Vec<(ChunkId, String, u64, Vec<ChunkId>)> = Vec::new();
     while let Some(tree_id) = queue.pop_front() {
         if !seen_trees.insert(tree_id) {
             continue;
@@ -99,9 +150,38 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
         report.trees += 1;
         chunks.extend(parts);
         for entry in tree.entries {
-            match entry.content {
-                Content::Chunks(ids) => chunks.extend(ids),
-                Content::Subtree(t) => queue.push_back(t),
+            let name = || String::from_utf8_lossy(&entry.name).into_owned();
+            match entry.chunk_bytes() {
+                Some(sum) if sum != entry.size => report.size_mismatches.push((
+                    tree_id,
+                    format!(
+                        "file {:?}: metadata size {} and sum of chunk sizes {sum} do not match",
+                        name(),
+                        entry.size
+                    ),
+                )),
+                Some(_) => {}
+                None if read_data && matches!(entry.content, Content::Chunks(_)) => {
+                    unsized_files.push((tree_id, name(), entry.size, entry.chunk_ids().collect()))
+                }
+                None => {}
+            }
+            match &entry.content {
+                Content::Chunks(refs) => {
+                    for &ChunkRef { id, len } in refs {
+                        chunks.insert(id);
+                        if let Some(len) = len
+                            && let Some(other) = recorded.insert(id, len)
+                            && other != len
+                        {
+                            report.size_mismatches.push((
+                                tree_id,
+                                format!("chunk {id} is recorded as {other} and as {len} bytes"),
+                            ));
+                        }
+                    }
+                }
+                Content::Subtree(t) => queue.push_back(*t),
                 Content::None | Content::Symlink(_) => {}
             }
         }
@@ -110,7 +190,35 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
     ids.sort();
     report.chunks = ids.len();
     let healthy: Vec<u32> = if read_data {
-        read_every_copy(repo, &ids, &mut report.damaged).await
+        let (good, lengths) = read_every_copy(repo, &ids, &mut report.damaged).await;
+        for (id, len) in &lengths {
+            if let Some(&want) = recorded.get(id)
+                && want != *len
+            {
+                report.size_mismatches.push((
+                    *id,
+                    format!("chunk {id} opens to {len} bytes, its tree records {want}"),
+                ));
+            }
+        }
+        for (tree, name, size, ids) in unsized_files {
+            let sum: Option<u64> = ids
+                .iter()
+                .map(|id| lengths.get(id).map(|&l| u64::from(l)))
+                .sum();
+            // A chunk that could not be read is reported as lost or damaged.
+            if let Some(sum) = sum
+                && sum != size
+            {
+                report.size_mismatches.push((
+                    tree,
+                    format!(
+                        "file {name:?}: metadata size {size} and sum of chunk sizes {sum} do not match"
+                    ),
+                ));
+            }
+        }
+        good
     } else {
         repo.cluster.copies(&ids).await?
     };
@@ -127,12 +235,13 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
 }
 
 /// Reads every copy of each chunk from every live server and opens it;
-/// returns the good copies per chunk, noting bad ones in `damaged`.
+/// returns the good copies per chunk and the plaintext length, bytes, of
+/// each chunk with a good copy, noting bad copies in `damaged`.
 async fn read_every_copy(
     repo: &Arc<Repo>,
     ids: &[ChunkId],
     damaged: &mut Vec<(ChunkId, NodeId, String)>,
-) -> Vec<u32> {
+) -> (Vec<u32>, HashMap<ChunkId, u32>) {
     // Live means answering now: the view this agent took over at connect
     // may be a peer's stale one (a server just restarted is still routed
     // around there), and skipping a live holder would under-count copies.
@@ -149,17 +258,21 @@ async fn read_every_copy(
             async move {
                 let mut good = 0u32;
                 let mut bad = Vec::new();
+                let mut plain_len = None;
                 for node in nodes {
                     match repo.cluster.get_from(node, &id).await {
                         Ok(None) => {}
                         Ok(Some(blob)) => {
                             let keys = repo.clone();
                             let opened = tokio::task::spawn_blocking(move || {
-                                seal::open(&keys.keys, &id, &blob).map(|_| ())
+                                seal::open(&keys.keys, &id, &blob).map(|plain| plain.len())
                             })
                             .await;
                             match opened {
-                                Ok(Ok(())) => good += 1,
+                                Ok(Ok(len)) => {
+                                    good += 1;
+                                    plain_len = u32::try_from(len).ok();
+                                }
                                 Ok(Err(e)) => bad.push((id, node, e.to_string())),
                                 Err(e) => bad.push((id, node, e.to_string())),
                             }
@@ -173,14 +286,18 @@ async fn read_every_copy(
                         Err(e) => tracing::warn!(%node, chunk = %id, error = %e, "read failed"),
                     }
                 }
-                (i, good, bad)
+                (i, good, bad, plain_len)
             }
         })
         .buffer_unordered(READS_IN_FLIGHT);
     let mut good = vec![0u32; ids.len()];
-    while let Some((i, g, bad)) = results.next().await {
+    let mut lengths = HashMap::new();
+    while let Some((i, g, bad, len)) = results.next().await {
         good[i] = g;
         damaged.extend(bad);
+        if let Some(len) = len {
+            lengths.insert(ids[i], len);
+        }
     }
-    good
+    (good, lengths)
 }

@@ -3,11 +3,13 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ringvault_common::SnapshotId;
 use ringvault_common::chunker::ChunkerParams;
+use ringvault_common::duration::CalendarDuration;
 use ringvault_common::keys::KdfParams;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind};
@@ -20,12 +22,15 @@ use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
 use crate::daemon;
 use crate::gc;
+use crate::password::{self, PasswordFlags, PasswordSource};
 use crate::quickstart;
 use crate::repo::{self, WrongPassword};
 use crate::restore;
+use crate::restore::progress::{RestoreProgress, Show, Ticker};
 use crate::service;
 use crate::status;
 use ringvault_common::tls::Role;
+use ringvault_common::wire::StoreState;
 
 /// Exit code: the backup or restore finished but skipped some entries.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -48,9 +53,16 @@ pub struct Cli {
     /// config dir's agent.toml, or the quickstart's].
     #[arg(long, global = true, env = "RINGVAULT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Read the repository password from this file.
-    #[arg(long, global = true)]
+    /// Read the repository password from this file (its first line; mode
+    /// 0600). Beats RINGVAULT_PASSWORD_FILE, RINGVAULT_PASSWORD_COMMAND and
+    /// RINGVAULT_PASSWORD, as restic's flag does.
+    #[arg(long, global = true, conflicts_with = "password_command")]
     pub password_file: Option<PathBuf>,
+    /// Run this shell command for the repository password (the first line
+    /// of its output); a failing command is an error. Beats the
+    /// environment, as restic's flag does.
+    #[arg(long, global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -60,6 +72,16 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Where the flags point at the password.
+    fn password_flags(&self) -> PasswordFlags {
+        PasswordFlags {
+            file: self.password_file.clone(),
+            command: self.password_command.clone(),
+        }
+    }
 }
 
 /// Subcommands.
@@ -92,6 +114,10 @@ pub enum Command {
         /// Tag the snapshot (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Record this as the snapshot's time instead of now (RFC 3339,
+        /// or YYYY-MM-DD: UTC midnight), as restic's --time.
+        #[arg(long, value_parser = parse_time)]
+        time: Option<i64>,
     },
     /// Watch the config's `paths` and take a snapshot whenever they change
     /// (runs until SIGTERM or Ctrl-C).
@@ -126,7 +152,8 @@ pub enum Command {
         #[arg(long = "snapshot")]
         snapshots: Vec<String>,
         /// Only entries modified after this time (RFC 3339 or YYYY-MM-DD,
-        /// UTC) or this long ago (7d, 12h).
+        /// UTC) or this long ago (restic's syntax: 7d, 12h, 6m for six
+        /// months, 1y5m7d2h).
         #[arg(long, value_parser = parse_when)]
         newer: Option<i64>,
         /// Only entries modified before this time.
@@ -183,9 +210,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = restore::Overwrite::Always)]
         overwrite: restore::Overwrite,
         /// Read the snapshot and the target, write nothing, and list what
-        /// would be done to each entry (new, replaced, unchanged, skipped).
+        /// would be done to each entry (new, replaced, unchanged, skipped;
+        /// with --delete, deleted).
         #[arg(long)]
         dry_run: bool,
+        /// After the restore, read back every file it wrote and check it
+        /// against the snapshot (exit 1 when one differs).
+        #[arg(long, conflicts_with = "dry_run")]
+        verify: bool,
+        /// Remove from the target what the snapshot does not have, below
+        /// the restored path only (what --exclude matches, or --include
+        /// does not, stays).
+        #[arg(long)]
+        delete: bool,
+        /// As root, give entries their recorded owner and group ids even
+        /// where the recorded names have other ids here (as tar).
+        #[arg(long)]
+        numeric_owner: bool,
+        /// Restore no extended attributes (nor POSIX ACLs and file
+        /// capabilities, which are kept in them).
+        #[arg(long)]
+        no_xattrs: bool,
     },
     /// Serve the snapshots as a read-only file system (FUSE).
     ///
@@ -275,8 +320,8 @@ pub enum KeyCommand {
     /// List the keys: id, user, host, creation time; `*` marks the one the
     /// password opened.
     List,
-    /// Add a key for a new password (from --new-password-file,
-    /// RINGVAULT_NEW_PASSWORD, or a prompt).
+    /// Add a key for a new password (from --new-password-file, else
+    /// RINGVAULT_NEW_PASSWORD, else a prompt; an empty one is refused).
     Add {
         /// Read the new password from this file (mode 0600).
         #[arg(long)]
@@ -405,14 +450,31 @@ pub enum ClusterCommand {
     },
 }
 
-/// Parses a time for `find`: RFC 3339 (`2026-11-20T08:00:00Z`, or with a
-/// space), a date (`2026-11-20`, UTC midnight), or a duration ago (`7d`);
-/// ns since the Unix epoch.
+/// Parses a time for `find`: an age in restic's duration syntax
+/// (`7d`, `6m` for six months, `1y5m7d2h`: now minus that, on the UTC
+/// calendar), RFC 3339 (`2026-11-20T08:00:00Z`, or with a space) or a date
+/// (`2026-11-20`, UTC midnight); ns since the Unix epoch.
 fn parse_when(text: &str) -> Result<i64, String> {
-    let now = std::time::SystemTime::now();
-    let at = if let Ok(ago) = parse_duration_s(text) {
-        now - std::time::Duration::from_secs(ago)
-    } else if text.len() == 10 {
+    match text.parse::<CalendarDuration>() {
+        Ok(ago) => {
+            let at = ago.before(crate::backup::now_ns());
+            i64::try_from(at).map_err(|_| format!("{text:?} ago is before 1677"))
+        }
+        Err(_) if text.trim().starts_with(|c: char| c.is_ascii_digit()) => {
+            parse_time(text).map_err(|_| {
+                format!(
+                    "{text:?} is neither an age (1y5m7d2h: y, m for months, d, h) nor a time (RFC 3339 or YYYY-MM-DD)"
+                )
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses an absolute time: RFC 3339 (`2026-11-20T08:00:00Z`, or with a
+/// space) or a date (`2026-11-20`, UTC midnight); ns since the Unix epoch.
+fn parse_time(text: &str) -> Result<i64, String> {
+    let at = if text.len() == 10 {
         humantime::parse_rfc3339_weak(&format!("{text} 00:00:00")).map_err(|e| e.to_string())?
     } else {
         humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text:?}: {e}"))?
@@ -450,10 +512,25 @@ pub struct KeepArgs {
     /// ... of each of the last N years.
     #[arg(long, value_name = "N")]
     keep_yearly: Option<u32>,
-    /// Keep every snapshot within this long of the newest: seconds, or a
-    /// number with s, m, h, d, w or y (e.g. 7d).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
-    keep_within: Option<u64>,
+    /// Keep every snapshot within this long of the newest, in restic's
+    /// syntax: y, m (months), d, h, combined (e.g. 7d, 6m, 1y5m7d2h).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<CalendarDuration>,
+    /// Keep the newest snapshot of each hour within this long of the newest.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_hourly: Option<CalendarDuration>,
+    /// ... of each day.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_daily: Option<CalendarDuration>,
+    /// ... of each ISO week.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_weekly: Option<CalendarDuration>,
+    /// ... of each month.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_monthly: Option<CalendarDuration>,
+    /// ... of each year.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_yearly: Option<CalendarDuration>,
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long, value_name = "TAG")]
     keep_tag: Vec<String>,
@@ -469,37 +546,16 @@ impl KeepArgs {
             weekly: self.keep_weekly.unwrap_or(0),
             monthly: self.keep_monthly.unwrap_or(0),
             yearly: self.keep_yearly.unwrap_or(0),
-            within_s: self.keep_within.unwrap_or(0),
+            within: self.keep_within.unwrap_or_default(),
+            within_hourly: self.keep_within_hourly.unwrap_or_default(),
+            within_daily: self.keep_within_daily.unwrap_or_default(),
+            within_weekly: self.keep_within_weekly.unwrap_or_default(),
+            within_monthly: self.keep_within_monthly.unwrap_or_default(),
+            within_yearly: self.keep_within_yearly.unwrap_or_default(),
             tags: self.keep_tag.clone(),
         };
         (!p.is_empty()).then_some(p)
     }
-}
-
-/// Parses `90`, `90s`, `15m`, `24h`, `7d`, `2w`, `1y` into seconds.
-fn parse_duration_s(text: &str) -> Result<u64, String> {
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with s, m, h, d, w or y"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        "y" => 365 * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (s, m, h, d, w, y)"
-            ));
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Arguments of `cluster init`.
@@ -540,6 +596,12 @@ pub struct ClusterInitArgs {
 /// their causes, and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Agent | Command::Ui { .. } | Command::Mount { .. }
+    ) {
+        die_quietly_on_a_closed_pipe();
+    }
     ringvault_chunkserver::init_logging("warn");
     let runtime = match runtime() {
         Ok(r) => r,
@@ -554,6 +616,22 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// Gives SIGPIPE back its default action, as every Unix tool has it: a
+/// command whose reader goes away (`ringvault ls latest | head -1`) ends
+/// at its next write, quietly, killed by the signal (exit status 141 in a
+/// shell), as restic and `ls` do. The Rust runtime ignores SIGPIPE, which
+/// turns that write into an error on which `println!` panics (exit 101,
+/// "failed printing to stdout"). The long-running commands (`agent`, `ui`,
+/// `mount`) keep ignoring it, so a closed log pipe cannot kill a daemon.
+#[allow(unsafe_code)]
+fn die_quietly_on_a_closed_pipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler code, and this
+    // runs at start, before the runtime or any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -617,7 +695,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Init { chunker_params } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let password = repo::password(&loaded.config, cli.password_file.as_deref(), true)?;
+            let password = password::password(&loaded.config, &cli.password_flags(), true)?;
             let chunker = chunker_params.unwrap_or_default();
             repo::init(&loaded.config, &password, KdfParams::default(), chunker).await?;
             println!(
@@ -626,15 +704,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Backup { paths, tags } => {
+        Command::Backup { paths, tags, time } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let report = backup::backup(
                 r.clone(),
                 BackupOptions {
                     paths: paths.clone(),
                     tags: tags.clone(),
                     progress,
+                    time_ns: *time,
                     ..BackupOptions::default()
                 },
             )
@@ -649,7 +728,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Agent => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let watching =
                 daemon::Watching::start(&loaded.config.paths, loaded.config.event_queue)?;
             daemon::run(r.clone(), watching, true).await?;
@@ -699,7 +778,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Snapshots => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let snaps = r.snapshots().await?;
             r.cluster.close().await;
             print_snapshots(&cli, &snaps);
@@ -707,7 +786,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Versions { path } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let versions = browse::versions(&r, path).await?;
             r.cluster.close().await;
             print_versions(&cli, &versions);
@@ -715,7 +794,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Diff { from, to, path } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let (a, sa) = r.find_snapshot(from).await?;
             let (b, sb) = r.find_snapshot(to).await?;
             let report = browse::diff(
@@ -736,7 +815,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             older,
         } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let selected = if snapshots.is_empty() {
                 r.snapshots().await?
             } else {
@@ -761,7 +840,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 (None, None) => anyhow::bail!("give a path: SNAPSHOT PATH or SNAPSHOT:PATH"),
             };
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let (_, snap) = r.find_snapshot(snapshot).await?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
             browse::cat(&r, snap.root, path, &mut out).await?;
@@ -770,7 +849,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Ls { snapshot, path } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let (id, snap) = r.find_snapshot(snapshot).await?;
             let entries = match path
                 .as_deref()
@@ -803,6 +882,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             iexclude,
             overwrite,
             dry_run,
+            verify,
+            delete,
+            numeric_owner,
+            no_xattrs,
         } => {
             let (snapshot, path) = match (snapshot.split_once(':'), path) {
                 (Some(_), Some(_)) => {
@@ -819,34 +902,103 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 iexclude: iexclude.clone(),
                 overwrite: *overwrite,
                 dry_run: *dry_run,
+                // The passes after the restore work from what it did.
+                list: *verify || *delete,
+                numeric_owner: *numeric_owner,
+                no_xattrs: *no_xattrs,
+                progress: Some(Arc::new(RestoreProgress::new())),
             };
+            if *delete
+                && target.components().eq(Path::new("/").components())
+                && include.is_empty()
+                && iinclude.is_empty()
+                && exclude.is_empty()
+                && iexclude.is_empty()
+            {
+                anyhow::bail!("--target / --delete needs an --include or --exclude pattern");
+            }
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let (id, snap) = r.find_snapshot(snapshot).await?;
+            let counters = options.progress.clone().unwrap_or_default();
+            let show = if cli.json && !cli.no_progress {
+                Show::Json
+            } else if progress {
+                Show::Bar
+            } else {
+                Show::Nothing
+            };
+            let ticker = Ticker::start(counters.clone(), show);
             let report = restore::restore_with(r.clone(), &snap, target, &options).await?;
+            let deleted = if *delete {
+                Some(
+                    restore::delete::delete_extra(
+                        &r,
+                        &snap,
+                        target,
+                        &options,
+                        &report,
+                        Some(&*counters),
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            ticker.finish().await;
+            let verified = if *verify {
+                let written = restore::verify::written_files(&report);
+                Some(
+                    restore::verify::verify(&r, &snap, target, options.path.as_deref(), &written)
+                        .await?,
+                )
+            } else {
+                None
+            };
             r.cluster.close().await;
+            let status = counters.status(true);
             for b in &report.bad_copies {
                 eprintln!(
                     "warning: bad copy of chunk {} on {}: {} (read from another replica)",
                     b.chunk, b.node, b.reason
                 );
             }
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
             for (p, e) in &report.errors {
                 eprintln!("error: {}: {e}", p.display());
             }
-            let mut actions: Vec<&restore::PlannedAction> = report.actions.iter().collect();
+            let (mut gone, delete_errors) = match &deleted {
+                Some(d) => (d.deleted.iter().collect(), d.errors.as_slice()),
+                None => (Vec::new(), &[][..]),
+            };
+            gone.sort();
+            for (p, e) in delete_errors {
+                eprintln!("error: {}: not deleted: {e}", p.display());
+            }
+            let verify_errors = verified.as_ref().map_or(&[][..], |v| v.errors.as_slice());
+            for (p, e) in verify_errors {
+                eprintln!("error: {}: verification failed: {e}", p.display());
+            }
+            // Listed only to plan the passes after it, unless a dry run.
+            let listed = if *dry_run { &report.actions[..] } else { &[] };
+            let mut actions: Vec<&restore::PlannedAction> = listed.iter().collect();
             actions.sort_by(|a, b| a.path.cmp(&b.path));
             let kind = |k: EntryKind| match k {
                 EntryKind::Dir => "dir",
                 EntryKind::Symlink => "symlink",
+                EntryKind::Fifo => "fifo",
+                EntryKind::CharDevice | EntryKind::BlockDevice => "device",
                 _ => "file",
             };
             if cli.json {
                 let mut out = json!({
                     "snapshot": id.to_hex(), "dry_run": dry_run, "files": report.files,
-                    "symlinks": report.symlinks, "dirs": report.dirs, "bytes": report.bytes,
+                    "symlinks": report.symlinks, "specials": report.specials,
+                    "dirs": report.dirs, "bytes": report.bytes,
                     "unchanged": report.unchanged, "skipped": report.skipped,
-                    "errors": report.errors.len(),
+                    "errors": report.errors.len() + delete_errors.len(), "warnings": report.warnings,
                     "bad_copies": report.bad_copies.iter().map(|b| json!({
                         "chunk": b.chunk.to_hex(), "node": b.node.0, "reason": b.reason})).collect::<Vec<_>>(),
                 });
@@ -860,15 +1012,42 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                             })
                         })
                         .collect();
+                    if *delete {
+                        out["deleted"] = gone.iter().map(|p| p.to_string_lossy()).collect();
+                    }
+                }
+                // restic's summary names.
+                out["message_type"] = json!("summary");
+                for (k, v) in [
+                    ("seconds_elapsed", status.seconds_elapsed),
+                    ("total_files", status.total_files),
+                    ("files_restored", status.files_restored),
+                    ("files_skipped", status.files_skipped),
+                    ("files_deleted", status.files_deleted),
+                    ("total_bytes", status.total_bytes),
+                    ("bytes_restored", status.bytes_restored),
+                    ("bytes_skipped", status.bytes_skipped),
+                ] {
+                    out[k] = json!(v);
+                }
+                if let Some(v) = &verified {
+                    out["files_verified"] = json!(v.files);
+                    out["bytes_verified"] = json!(v.bytes);
+                    out["verify_errors"] = json!(v.errors.len());
                 }
                 println!("{out}");
             } else {
                 for a in &actions {
                     println!("{:<9} {}", a.action.as_str(), a.path.display());
                 }
+                if *dry_run {
+                    for p in &gone {
+                        println!("{:<9} {}", "deleted", p.display());
+                    }
+                }
                 println!(
                     "{} snapshot {} to {}: {} files ({}), {} symlinks, {} directories, \
-                     {} unchanged, {} skipped{}",
+                     {} unchanged, {} skipped{}{}",
                     if *dry_run {
                         "dry run: would restore"
                     } else {
@@ -882,14 +1061,34 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     report.dirs,
                     report.unchanged,
                     report.skipped,
-                    if report.errors.is_empty() {
+                    match &deleted {
+                        Some(d) => format!(", {} deleted", d.deleted.len()),
+                        None => String::new(),
+                    },
+                    if report.errors.is_empty() && delete_errors.is_empty() {
                         String::new()
                     } else {
-                        format!(", {} errors", report.errors.len())
+                        format!(", {} errors", report.errors.len() + delete_errors.len())
                     }
                 );
+                if let Some(v) = &verified {
+                    println!(
+                        "verified {} files ({}) in {}{}",
+                        v.files,
+                        indicatif::HumanBytes(v.bytes),
+                        target.display(),
+                        if v.errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} differ from the snapshot", v.errors.len())
+                        }
+                    );
+                }
             }
-            Ok(if report.errors.is_empty() {
+            Ok(if !verify_errors.is_empty() {
+                // restic's exit status for a failed verification.
+                1
+            } else if report.errors.is_empty() && delete_errors.is_empty() {
                 0
             } else {
                 EXIT_INCOMPLETE
@@ -900,7 +1099,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             allow_other,
         } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let options = crate::mount::MountOptions {
                 allow_other: *allow_other,
             };
@@ -910,7 +1109,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Ui { listen } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             crate::ui::run(r.clone(), *listen).await?;
             r.cluster.close().await;
             Ok(0)
@@ -931,7 +1130,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     loaded.path.display()
                 );
             }
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let report = gc::forget(&r, &policy, host.as_deref(), *dry_run).await?;
             print_forget(&cli, &report);
             if *prune && !*dry_run {
@@ -944,7 +1143,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Prune { restore_trash } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             if *restore_trash {
                 let n = gc::restore_trash(&r).await?;
                 r.cluster.close().await;
@@ -966,7 +1165,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Stats => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let st = gc::stats(&r).await?;
             r.cluster.close().await;
             print_stats(&cli, &st);
@@ -974,7 +1173,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Check { read_data } => {
             let loaded = repo::load_config(cli.config.as_deref())?;
-            let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
+            let r = repo::open(&loaded.config, &cli.password_flags()).await?;
             let report = check::check(&r, *read_data).await?;
             r.cluster.close().await;
             print_check(&cli, &report);
@@ -1000,11 +1199,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             .await;
             cluster.close().await;
             print_cluster_status(&cli, cluster.map().epoch, &rows);
-            Ok(if rows.iter().all(|(_, _, s)| s.is_ok()) {
-                0
-            } else {
-                EXIT_DEGRADED
-            })
+            // A server down or with a store not ok needs a look.
+            Ok(
+                if rows
+                    .iter()
+                    .all(|(_, _, s)| s.as_ref().is_ok_and(|s| s.store == StoreState::Ok))
+                {
+                    0
+                } else {
+                    EXIT_DEGRADED
+                },
+            )
         }
         Command::Cluster {
             command:
@@ -1130,32 +1335,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
     let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, cli.password_file.as_deref()).await?;
-    let new_password = |file: &Option<PathBuf>| -> anyhow::Result<zeroize::Zeroizing<String>> {
-        if let Ok(p) = std::env::var("RINGVAULT_NEW_PASSWORD") {
-            return Ok(zeroize::Zeroizing::new(p));
-        }
-        if let Some(f) = file {
-            let text = zeroize::Zeroizing::new(
-                ringvault_common::private::read_private(f)
-                    .context("reading the new password file")?,
-            );
-            return Ok(zeroize::Zeroizing::new(
-                text.lines().next().unwrap_or("").to_owned(),
-            ));
-        }
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
-                "no new password: set RINGVAULT_NEW_PASSWORD, pass --new-password-file, or run on a terminal"
-            );
-        }
-        let p = zeroize::Zeroizing::new(rpassword::prompt_password("new password: ")?);
-        let again = zeroize::Zeroizing::new(rpassword::prompt_password("enter it again: ")?);
-        if *again != *p {
-            anyhow::bail!("the passwords differ");
-        }
-        Ok(p)
-    };
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
     let code = match command {
         KeyCommand::List => {
             let keys = r.keys().await?;
@@ -1181,7 +1361,7 @@ async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
             0
         }
         KeyCommand::Add { new_password_file } => {
-            let password = new_password(new_password_file)?;
+            let password = password::new_password(new_password_file.as_deref())?;
             let id = r.add_key(&password, KdfParams::default()).await?;
             print_key_change(cli, "added", &id);
             0
@@ -1193,7 +1373,7 @@ async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
             0
         }
         KeyCommand::Passwd { new_password_file } => {
-            let password = new_password(new_password_file)?;
+            let password = password::new_password(new_password_file.as_deref())?;
             let id = r.add_key(&password, KdfParams::default()).await?;
             r.cluster
                 .delete_key(r.key_id)
@@ -1218,7 +1398,11 @@ fn print_key_change(cli: &Cli, what: &str, id: &[u8; 32]) {
 
 async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> anyhow::Result<u8> {
     let home = quickstart::home()?;
-    let agent_path = quickstart::ensure_layout(&home)?;
+    let flags = cli.password_flags();
+    // A password the user gives is used and written nowhere; only without
+    // one does a new layout get a random password file.
+    let given = password::given_password(&flags)?;
+    let agent_path = quickstart::ensure_layout(&home, given.is_none())?;
     let loaded = repo::load_config(Some(&agent_path))?;
     let started = quickstart::start_servers(&home, &loaded.config).await?;
     if started > 0 {
@@ -1232,13 +1416,22 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
             loaded.config.servers.join(", ")
         );
     }
-    if quickstart::ensure_repository(&loaded.config).await? {
-        eprintln!(
-            "created the repository; its password is in {} (keep a copy elsewhere)",
-            home.join("password").display()
-        );
+    let (password, source) = match given {
+        Some(given) => given,
+        None => password::password_and_source(&loaded.config, &flags, false)?,
+    };
+    if quickstart::ensure_repository(&loaded.config, &password).await? {
+        match &source {
+            PasswordSource::ConfigFile(path) => eprintln!(
+                "created the repository; its password is in {} (keep a copy elsewhere)",
+                path.display()
+            ),
+            other => eprintln!(
+                "created the repository with the password from {other}; it is written nowhere, so keep it safe"
+            ),
+        }
     }
-    let r = repo::open(&loaded.config, None).await?;
+    let r = repo::open_with_password(&loaded.config, &password).await?;
     // Watching starts before the first snapshot, so that nothing changed
     // during it is missed.
     let watching = (!once)
@@ -1263,14 +1456,31 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
         let rv = std::env::args()
             .next()
             .unwrap_or_else(|| "ringvault".into());
-        println!("  {rv} --config {cfg} snapshots");
+        // The password flag the user gave goes into each command that needs
+        // one; a variable must stay set.
+        let pw = match &source {
+            PasswordSource::FileFlag(f) => format!(" --password-file {}", f.display()),
+            PasswordSource::CommandFlag(c) => format!(" --password-command {}", shell_quote(c)),
+            _ => String::new(),
+        };
+        println!("  {rv} --config {cfg}{pw} snapshots");
         if !once {
             println!("  {rv} --config {cfg} status      # what the watching agent is doing");
         }
-        println!("  {rv} --config {cfg} ls latest");
-        println!("  {rv} --config {cfg} restore latest --target /tmp/ringvault-restore");
+        println!("  {rv} --config {cfg}{pw} ls latest");
+        println!("  {rv} --config {cfg}{pw} restore latest --target /tmp/ringvault-restore");
         println!("  {rv} quickstart --stop        # stop the local cluster");
         println!("(--config may be left out: ringvault finds the quickstart's config by itself)");
+        match &source {
+            PasswordSource::Env => println!("(each needs RINGVAULT_PASSWORD set, as now)"),
+            PasswordSource::FileEnv(_) => {
+                println!("(each needs RINGVAULT_PASSWORD_FILE set, as now)");
+            }
+            PasswordSource::CommandEnv(_) => {
+                println!("(each needs RINGVAULT_PASSWORD_COMMAND set, as now)");
+            }
+            _ => {}
+        }
     }
     if let Some(watching) = watching {
         eprintln!(
@@ -1285,6 +1495,11 @@ async fn run_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> an
     } else {
         EXIT_INCOMPLETE
     })
+}
+
+/// `text` as one POSIX shell word (single quotes; a `'` becomes `'\''`).
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 fn print_backup(cli: &Cli, report: &backup::BackupReport) {
@@ -1548,6 +1763,8 @@ fn print_check(cli: &Cli, r: &check::CheckReport) {
                 "lost": r.lost.iter().map(|c| c.to_hex()).collect::<Vec<_>>(),
                 "damaged": r.damaged.iter().map(|(c, n, why)| json!({"chunk": c.to_hex(), "node": n.0, "reason": why})).collect::<Vec<_>>(),
                 "unreadable_trees": r.unreadable_trees.iter().map(|(c, why)| json!({"tree": c.to_hex(), "reason": why})).collect::<Vec<_>>(),
+                "size_mismatches": r.size_mismatches.iter().map(|(c, why)| json!({"tree": c.to_hex(), "reason": why})).collect::<Vec<_>>(),
+                "stores": r.stores.iter().map(|(n, st, why)| json!({"node": n.0, "store": st.as_str(), "error": why})).collect::<Vec<_>>(),
                 "ok": r.is_healthy(),
             })
         );
@@ -1555,6 +1772,9 @@ fn print_check(cli: &Cli, r: &check::CheckReport) {
     }
     for (tree, why) in &r.unreadable_trees {
         println!("unreadable tree {tree}: {why}");
+    }
+    for (tree, why) in &r.size_mismatches {
+        println!("tree {tree}: {why}");
     }
     for c in &r.lost {
         println!("lost: chunk {c} has no healthy copy on any live server");
@@ -1564,6 +1784,13 @@ fn print_check(cli: &Cli, r: &check::CheckReport) {
     }
     for (c, n) in &r.degraded {
         println!("degraded: chunk {c} has {n} of {} copies", r.replicas);
+    }
+    for (node, state, why) in &r.stores {
+        if why.is_empty() {
+            println!("store: {node}'s store is {}", state.as_str());
+        } else {
+            println!("store: {node}'s store is {}: {why}", state.as_str());
+        }
     }
     println!(
         "{} snapshots, {} trees, {} chunks{}: {} with {} copies, {} degraded, {} lost, {} damaged copies{}",
@@ -1584,6 +1811,10 @@ fn print_check(cli: &Cli, r: &check::CheckReport) {
             String::new()
         } else {
             format!(", {} unreadable trees", r.unreadable_trees.len())
+        } + &if r.size_mismatches.is_empty() {
+            String::new()
+        } else {
+            format!(", {} size mismatches", r.size_mismatches.len())
         }
     );
     println!(
@@ -1591,7 +1822,9 @@ fn print_check(cli: &Cli, r: &check::CheckReport) {
         if r.is_healthy() {
             "no errors were found"
         } else if r.has_loss() {
-            "DATA IS MISSING: see above"
+            "DATA IS MISSING OR WRONG: see above"
+        } else if r.copies_ok() {
+            "every chunk has its copies, but a server's store is failing: see above"
         } else {
             "every chunk is readable; repair is restoring the missing copies"
         }
@@ -1615,6 +1848,10 @@ fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
                     "repair_backlog": s.repair_backlog, "quarantined": s.quarantined,
                     "scrub_bytes": s.scrub_bytes, "scrub_cycles": s.scrub_cycles,
                     "peers": s.peers.iter().map(|(p, st)| json!({"node": p.0, "state": st.as_str()})).collect::<Vec<_>>(),
+                    "store": s.store.as_str(),
+                    "store_error": (!s.store_error.is_empty()).then_some(&s.store_error),
+                    "store_error_at": (s.store_error_at > 0).then_some(s.store_error_at),
+                    "free_bytes": (s.free_bytes != u64::MAX).then_some(s.free_bytes),
                 }),
                 Err(e) => json!({"node": node.0, "address": address, "state": "unreachable", "error": e.to_string()}),
             })
@@ -1624,8 +1861,17 @@ fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
     }
     println!("cluster map epoch {epoch}");
     println!(
-        "{:<8} {:<22} {:<12} {:>6} {:>9} {:>10} {:>7} {:>7} {:>7}  peers",
-        "node", "address", "state", "epoch", "blobs", "bytes", "hints", "backlog", "quarant"
+        "{:<8} {:<22} {:<12} {:<9} {:>6} {:>9} {:>10} {:>7} {:>7} {:>7}  peers",
+        "node",
+        "address",
+        "state",
+        "store",
+        "epoch",
+        "blobs",
+        "bytes",
+        "hints",
+        "backlog",
+        "quarant"
     );
     for (node, address, s) in rows {
         match s {
@@ -1637,10 +1883,11 @@ fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
                     .map(|(p, st)| format!("{p} {}", st.as_str()))
                     .collect();
                 println!(
-                    "{:<8} {:<22} {:<12} {:>6} {:>9} {:>10} {:>7} {:>7} {:>7}  {}",
+                    "{:<8} {:<22} {:<12} {:<9} {:>6} {:>9} {:>10} {:>7} {:>7} {:>7}  {}",
                     node.to_string(),
                     address,
                     "up",
+                    s.store.as_str(),
                     s.epoch,
                     s.blobs,
                     indicatif::HumanBytes(s.bytes).to_string(),
@@ -1657,6 +1904,31 @@ fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
             Err(e) => println!("{:<8} {:<22} unreachable: {e}", node.to_string(), address),
         }
     }
+    for (node, _, s) in rows {
+        if let Ok(s) = s
+            && (s.store != StoreState::Ok || !s.store_error.is_empty())
+        {
+            println!("{}", store_note(*node, s));
+        }
+    }
+}
+
+/// A line about a server's store that is not ok, or that recovered from an
+/// error: its state, free space and last error with its time.
+fn store_note(node: ringvault_common::NodeId, s: &ringvault_common::wire::NodeStatus) -> String {
+    let mut line = format!("{node}: store {}", s.store.as_str());
+    if s.free_bytes != u64::MAX {
+        line += &format!(", {} free", indicatif::HumanBytes(s.free_bytes));
+    }
+    if !s.store_error.is_empty() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.store_error_at);
+        line += &format!(
+            "; last error at {}: {}",
+            humantime::format_rfc3339_seconds(at),
+            s.store_error
+        );
+    }
+    line
 }
 
 fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
@@ -1811,4 +2083,83 @@ fn print_stats(cli: &Cli, st: &gc::Stats) {
         st.dedup_ratio(),
         st.compression_ratio()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_NS: i64 = 86_400_000_000_000;
+
+    #[test]
+    fn find_ages_are_restic_durations_on_the_calendar() {
+        let now = crate::backup::now_ns();
+        // `6m` is about six months ago (181 to 184 days), not six minutes.
+        let six_months = parse_when("6m").unwrap();
+        assert!(
+            (181 * DAY_NS..=184 * DAY_NS).contains(&(now - six_months)),
+            "6m is {} s ago",
+            (now - six_months) / 1_000_000_000
+        );
+        let two_hours = now - parse_when("2h").unwrap();
+        let (hours, minute) = (2 * 3_600_000_000_000, 60_000_000_000);
+        assert!((hours - minute..hours + minute).contains(&two_hours));
+        let combined = now - parse_when("1y5m7d2h").unwrap();
+        assert!((365 + 150 + 7) * DAY_NS < combined && combined < (366 + 154 + 8) * DAY_NS);
+        // Absolute times still parse.
+        assert_eq!(parse_when("1970-01-02").unwrap(), DAY_NS);
+        assert_eq!(parse_when("1970-01-01T00:00:01Z").unwrap(), 1_000_000_000);
+        for bad in [
+            "",
+            "5",
+            "90s",
+            "2w",
+            "-1d",
+            "1.5d",
+            "5 d",
+            "m",
+            "yesterday",
+            "2026-13-01",
+        ] {
+            assert!(parse_when(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn keep_within_flags_take_restic_durations() {
+        let cli = Cli::try_parse_from(["ringvault", "forget", "--keep-within", "6m"]).unwrap();
+        let Command::Forget { keep, .. } = cli.command else {
+            panic!("not forget");
+        };
+        let policy = keep.policy().unwrap();
+        assert_eq!(policy.within.to_string(), "6m");
+        assert_eq!(policy.within.months, 6);
+        let cli = Cli::try_parse_from([
+            "ringvault",
+            "forget",
+            "--keep-within-hourly",
+            "1y5m7d2h",
+            "--keep-within-yearly",
+            "10y",
+        ])
+        .unwrap();
+        let Command::Forget { keep, .. } = cli.command else {
+            panic!("not forget");
+        };
+        let policy = keep.policy().unwrap();
+        assert_eq!(policy.within_hourly.to_string(), "1y5m7d2h");
+        assert_eq!(policy.within_yearly.years, 10);
+        for bad in ["6", "90s", "", "-1d", "1.5d"] {
+            assert!(
+                Cli::try_parse_from(["ringvault", "forget", "--keep-within", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        // Zero is valid and turns the rule off.
+        let cli = Cli::try_parse_from(["ringvault", "forget", "--keep-within", "0d"]).unwrap();
+        let Command::Forget { keep, .. } = cli.command else {
+            panic!("not forget");
+        };
+        assert!(keep.policy().is_none());
+    }
 }

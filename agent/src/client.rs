@@ -14,8 +14,12 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use quinn::Endpoint;
 use ringvault_chunkserver::net::{self, CallError, Peers};
+use ringvault_common::gc::GcFences;
+use ringvault_common::listing::{self, ServerListing};
 use ringvault_common::placement::ClusterMap;
-use ringvault_common::wire::{ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response};
+use ringvault_common::wire::{
+    BlobReply, ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response,
+};
 use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
 
 /// How long a server that failed stays routed around.
@@ -55,6 +59,15 @@ pub enum ClientError {
         /// Its error.
         error: CallError,
     },
+    /// A prune round began or ended on some server since the fence the
+    /// snapshot record was sent with was read: check the chunks again.
+    #[error("a prune ran while the snapshot was made ({0}); its chunks must be checked again")]
+    FenceMoved(String),
+    /// Every live server was tried and none took the request: each is
+    /// named with its cause (a full or failing store, too few copies, no
+    /// answer).
+    #[error("no server took the request ({0})")]
+    NoServerTook(String),
     /// The servers speak another protocol.
     #[error("protocol mismatch: {0}")]
     Protocol(String),
@@ -62,6 +75,19 @@ pub enum ClientError {
     /// allow it, or it is revoked.
     #[error("refused: {0}")]
     Forbidden(String),
+}
+
+/// What [`Cluster::list_snapshots`] found.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotRecords {
+    /// Per snapshot id that no answering server holds a tombstone for, in
+    /// id order: each distinct record seen.
+    pub records: Vec<(SnapshotId, Vec<Bytes>)>,
+    /// Servers that answered with a listing.
+    pub answered: Vec<NodeId>,
+    /// Servers asked: the live ones of the map. The map's size is in
+    /// [`Cluster::map`].
+    pub asked: usize,
 }
 
 /// A copy of a blob that a server held but that was not good.
@@ -213,10 +239,13 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Notes a bad copy (reported at the end of a restore).
+    /// Notes a bad copy (reported at the end of a restore), once per chunk
+    /// and server.
     pub fn report_bad_copy(&self, chunk: ChunkId, node: NodeId, reason: String) {
         tracing::warn!(chunk = %chunk, node = %node, %reason, "bad copy");
-        if let Ok(mut v) = self.bad_copies.lock() {
+        if let Ok(mut v) = self.bad_copies.lock()
+            && !v.iter().any(|b| b.chunk == chunk && b.node == node)
+        {
             v.push(BadCopy {
                 chunk,
                 node,
@@ -300,14 +329,25 @@ impl Cluster {
         })
     }
 
-    /// One request to any live server, moving on to the next when one is
-    /// unreachable. Errors the server itself returns are final.
+    /// One request to any live server, starting at a different one each
+    /// call: the first that takes it answers. A server that is unreachable,
+    /// or refuses for a cause of its own ([`next_server_may_take`]: its
+    /// store is full or failing, it fell short of W), is passed over for
+    /// the next; an answer every server would give (a moved fence, a
+    /// different key, a refused role, a bad request) is final.
+    ///
+    /// # Errors
+    /// The final answer as [`ClientError::Server`];
+    /// [`ClientError::Unreachable`] when no server answered;
+    /// [`ClientError::NoServerTook`] naming each server tried and why,
+    /// when some answered but none took it.
     async fn call_any(
         &self,
         req: &Request,
         payload: Vec<Bytes>,
     ) -> Result<(NodeId, Response, Bytes), ClientError> {
         let mut reasons = Vec::new();
+        let mut answered = false;
         for node in self.live_nodes_rotated() {
             match self.call(node, req, payload.clone()).await {
                 Ok((r, p)) => return Ok((node, r, p)),
@@ -315,16 +355,27 @@ impl Cluster {
                     node,
                     error: CallError::Remote(e),
                 }) => {
-                    return Err(ClientError::Server {
-                        node,
-                        error: CallError::Remote(e),
-                    });
+                    if !next_server_may_take(e.code) {
+                        return Err(ClientError::Server {
+                            node,
+                            error: CallError::Remote(e),
+                        });
+                    }
+                    tracing::debug!(%node, error = %e, "refused; trying the next server");
+                    answered = true;
+                    reasons.push(format!("{node}: {}", e.message));
                 }
                 Err(e @ (ClientError::CertificateRefused(_) | ClientError::Forbidden(_))) => {
                     return Err(e);
                 }
+                Err(ClientError::Server { node, error }) => {
+                    reasons.push(format!("{node}: {error}"));
+                }
                 Err(e) => reasons.push(e.to_string()),
             }
+        }
+        if answered {
+            return Err(ClientError::NoServerTook(reasons.join("; ")));
         }
         Err(ClientError::Unreachable(if reasons.is_empty() {
             "every server is marked down".into()
@@ -558,18 +609,95 @@ impl Cluster {
         }
     }
 
-    /// Deletes a snapshot record on every server (W at least), leaving
-    /// tombstones so it is not copied back.
+    /// Fetches many blobs from one server in one request
+    /// ([`Request::GetBlobs`], at most
+    /// [`ringvault_common::wire::MAX_GET_BLOBS`] ids): per id,
+    /// in order, its sealed bytes or why the server did not send them. A
+    /// copy that failed the server's checksum is recorded as a bad copy
+    /// ([`Cluster::bad_copies`]).
     ///
     /// # Errors
-    /// [`ClientError`] when no server takes it or W are not reached.
+    /// [`ClientError`]: the server is unreachable or refused the request, or
+    /// [`ClientError::Protocol`] when its answer does not match the ids.
+    pub async fn get_many_from(
+        &self,
+        node: NodeId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Fetched>, ClientError> {
+        let req = Request::GetBlobs {
+            repo: self.repo.clone(),
+            ids: ids.to_vec(),
+        };
+        let (replies, mut payload) = match self.call(node, &req, vec![]).await? {
+            (Response::Blobs { replies }, payload) if replies.len() == ids.len() => {
+                (replies, payload)
+            }
+            (other, _) => {
+                return Err(ClientError::Protocol(format!(
+                    "{node} answered get-blobs with {other:?}"
+                )));
+            }
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, reply) in ids.iter().zip(replies) {
+            out.push(match reply {
+                BlobReply::Data(len) => {
+                    let len = len as usize;
+                    if len > payload.len() {
+                        return Err(ClientError::Protocol(format!(
+                            "{node} answered get-blobs with {len} bytes for {id} past its payload"
+                        )));
+                    }
+                    Fetched::Blob(payload.split_to(len))
+                }
+                BlobReply::NotFound => Fetched::NotFound,
+                BlobReply::Corrupt => {
+                    self.report_bad_copy(*id, node, "failed its checksum on the server".into());
+                    Fetched::Corrupt
+                }
+                BlobReply::Later => Fetched::Later,
+            });
+        }
+        if !payload.is_empty() {
+            return Err(ClientError::Protocol(format!(
+                "{node} answered get-blobs with {} bytes past its blobs",
+                payload.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The live servers among `id`'s N replicas, in placement order (empty
+    /// when all are routed around).
+    pub fn live_replicas(&self, id: &ChunkId) -> Vec<NodeId> {
+        let map = self.map();
+        let mut nodes = map.ranked(id);
+        nodes.truncate(map.replicas as usize);
+        nodes.retain(|n| !self.is_down(*n));
+        nodes
+    }
+
+    /// Deletes a snapshot record on every server, leaving tombstones so it
+    /// is neither copied back nor listed again. Succeeds only once W
+    /// servers hold the tombstone.
+    ///
+    /// # Errors
+    /// [`ClientError`] when no server takes it or W are not reached (the
+    /// servers that took it hide the snapshot all the same).
     pub async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ClientError> {
         let req = Request::DeleteSnapshot {
             repo: self.repo.clone(),
             id,
             local_only: false,
         };
-        self.call_any(&req, vec![]).await.map(|_| ())
+        match self.call_any(&req, vec![]).await? {
+            // The coordinator answers `Ok` only once W servers, itself
+            // included, hold the tombstone; any other answer proves nothing.
+            (_, Response::Ok, _) => Ok(()),
+            (node, other, _) => Err(ClientError::Protocol(format!(
+                "{node} answered forget with {other:?}"
+            ))),
+        }
     }
 
     /// Starts prune round `round` on `node`.
@@ -690,73 +818,124 @@ impl Cluster {
     ///
     /// # Errors
     /// [`ClientError`] when no server takes it.
-    pub async fn put_snapshot(&self, id: SnapshotId, record: Bytes) -> Result<(), ClientError> {
+    pub async fn put_snapshot(
+        &self,
+        id: SnapshotId,
+        record: Bytes,
+        fences: &GcFences,
+    ) -> Result<(), ClientError> {
         let req = Request::PutSnapshot {
             repo: self.repo.clone(),
             id,
             local_only: false,
+            fence: fences.read.clone(),
         };
-        self.call_any(&req, vec![record]).await.map(|_| ())
+        match self.call_any(&req, vec![record]).await {
+            Err(ClientError::Server {
+                node,
+                error: CallError::Remote(e),
+            }) if e.code == ErrorCode::FenceMoved => {
+                Err(ClientError::FenceMoved(format!("{node}: {}", e.message)))
+            }
+            other => other.map(|_| ()),
+        }
     }
 
-    /// Every snapshot record held by any live server: per id, each distinct
-    /// record seen (one, unless a server is faulty or hostile: the caller
-    /// keeps the first that opens under its id).
+    /// Reads the garbage-collection fence of every server the agent
+    /// believes up (one request each, in parallel); the others are missing
+    /// from the reading, which then vouches for nothing
+    /// ([`GcFences::quiet_tag`]).
+    pub async fn gc_fences(&self) -> GcFences {
+        let nodes: Vec<NodeId> = self.map().nodes.iter().map(|n| n.id).collect();
+        let req = Request::GcFence {
+            repo: self.repo.clone(),
+        };
+        let mut asks: FuturesUnordered<_> = self
+            .live_nodes()
+            .into_iter()
+            .map(|n| {
+                let req = &req;
+                async move { (n, self.call(n, req, vec![]).await) }
+            })
+            .collect();
+        let mut read = Vec::new();
+        while let Some((node, answer)) = asks.next().await {
+            match answer {
+                Ok((Response::GcFence(f), _)) => read.push((node, f)),
+                Ok((other, _)) => tracing::warn!(%node, ?other, "unexpected answer to gc-fence"),
+                Err(e) => tracing::debug!(%node, error = %e, "no gc fence"),
+            }
+        }
+        GcFences::new(nodes, read)
+    }
+
+    /// Every snapshot record held by any live server that no answering
+    /// server holds a tombstone for ([`listing::merge`]): per id, each
+    /// distinct record seen (one, unless a server is faulty or hostile: the
+    /// caller keeps the first that opens under its id), with how many
+    /// servers answered. Every live server is asked; a listing needs one
+    /// answer, a caller that needs more (prune) checks
+    /// [`SnapshotRecords::answered`].
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] when no server answers.
-    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Vec<Bytes>)>, ClientError> {
-        let req = Request::ListSnapshots {
+    pub async fn list_snapshots(&self) -> Result<SnapshotRecords, ClientError> {
+        let req = Request::ListSnapshotsAndTombstones {
             repo: self.repo.clone(),
         };
-        let records = self
-            .gather_records(&req, |response| match response {
-                Response::Snapshots { records } => {
-                    Some(records.into_iter().map(|(id, len)| (id.0, len)).collect())
-                }
+        let (answers, asked) = self
+            .ask_every_live(&req, |node, response, payload| match response {
+                Response::SnapshotsAndTombstones {
+                    records,
+                    tombstones,
+                } => match listing::split(&records, tombstones, &payload) {
+                    Ok(l) => Some(ServerListing {
+                        records: l
+                            .records
+                            .into_iter()
+                            .map(|(id, r)| (id, payload.slice_ref(r)))
+                            .collect(),
+                        tombstones: l.tombstones,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "ignoring a malformed snapshot listing");
+                        None
+                    }
+                },
                 _ => None,
             })
             .await?;
-        Ok(records
-            .into_iter()
-            .map(|(id, values)| (SnapshotId(id), values))
-            .collect())
+        Ok(SnapshotRecords {
+            answered: answers.iter().map(|(node, _)| *node).collect(),
+            asked,
+            records: listing::merge(answers.into_iter().map(|(_, l)| l)),
+        })
     }
 
-    /// Asks every live server `req` and merges the records they answer
-    /// with (`parse` reads the (id, length) list from a response; the
-    /// payload holds the records, concatenated): per id, each distinct
-    /// value, in the order they arrived.
-    async fn gather_records(
+    /// Asks every live server `req` at once; `parse` reads an answer (`None`
+    /// for one that is not what was asked). Returns the answers read, each
+    /// with the server that gave it, and how many servers were asked.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] when none answers, a refused
+    /// certificate or role at once.
+    async fn ask_every_live<T>(
         &self,
         req: &Request,
-        parse: impl Fn(Response) -> Option<Vec<([u8; 32], u32)>>,
-    ) -> Result<Vec<([u8; 32], Vec<Bytes>)>, ClientError> {
+        parse: impl Fn(NodeId, Response, Bytes) -> Option<T>,
+    ) -> Result<(Vec<(NodeId, T)>, usize), ClientError> {
         let nodes = self.live_nodes();
-        let mut asks: FuturesUnordered<_> =
-            nodes.iter().map(|&n| self.call(n, req, vec![])).collect();
-        let mut all: HashMap<[u8; 32], Vec<Bytes>> = HashMap::new();
-        let mut answered = 0;
+        let mut asks: FuturesUnordered<_> = nodes
+            .iter()
+            .map(|&n| async move { (n, self.call(n, req, vec![]).await) })
+            .collect();
+        let mut answers = Vec::new();
         let mut reasons = Vec::new();
-        while let Some(r) = asks.next().await {
+        while let Some((node, r)) = asks.next().await {
             match r {
                 Ok((response, payload)) => {
-                    let Some(records) = parse(response) else {
-                        continue;
-                    };
-                    answered += 1;
-                    let mut off = 0usize;
-                    for (id, len) in records {
-                        let end = off.saturating_add(len as usize);
-                        if end > payload.len() {
-                            break;
-                        }
-                        let value = payload.slice(off..end);
-                        let seen = all.entry(id).or_default();
-                        if !seen.contains(&value) {
-                            seen.push(value);
-                        }
-                        off = end;
+                    if let Some(answer) = parse(node, response, payload) {
+                        answers.push((node, answer));
                     }
                 }
                 Err(e @ (ClientError::CertificateRefused(_) | ClientError::Forbidden(_))) => {
@@ -765,10 +944,14 @@ impl Cluster {
                 Err(e) => reasons.push(e.to_string()),
             }
         }
-        if answered == 0 {
-            return Err(ClientError::Unreachable(reasons.join("; ")));
+        if answers.is_empty() {
+            return Err(ClientError::Unreachable(if reasons.is_empty() {
+                "no server gave a usable answer".into()
+            } else {
+                reasons.join("; ")
+            }));
         }
-        Ok(all.into_iter().collect())
+        Ok((answers, nodes.len()))
     }
 
     /// Stores one wrapped repository key under `id` on every server (W at
@@ -810,12 +993,13 @@ impl Cluster {
         let req = Request::ListKeys {
             repo: self.repo.clone(),
         };
-        let keys = self
-            .gather_records(&req, |response| match response {
-                Response::Records { records } => Some(records),
+        let (answers, _) = self
+            .ask_every_live(&req, |_, response, payload| match response {
+                Response::Records { records } => Some((records, payload)),
                 _ => None,
             })
             .await?;
+        let keys = merge_records(answers.into_iter().map(|(_, a)| a).collect());
         if keys.is_empty() {
             return Err(ClientError::NotFound(format!(
                 "the key of repository {} (run `ringvault init` first)",
@@ -826,8 +1010,96 @@ impl Cluster {
     }
 }
 
+/// One server's record list: (id, length in bytes) per record, and the
+/// payload holding the records concatenated.
+type RecordList = (Vec<([u8; 32], u32)>, Bytes);
+
+/// Merges record lists: per id, each distinct value, in the order they
+/// arrived. A list whose lengths overrun its payload is read up to the
+/// first record that does not fit.
+fn merge_records(answers: Vec<RecordList>) -> Vec<([u8; 32], Vec<Bytes>)> {
+    let mut all: HashMap<[u8; 32], Vec<Bytes>> = HashMap::new();
+    for (records, payload) in answers {
+        let mut off = 0usize;
+        for (id, len) in records {
+            let end = off.saturating_add(len as usize);
+            if end > payload.len() {
+                break;
+            }
+            let value = payload.slice(off..end);
+            let seen = all.entry(id).or_default();
+            if !seen.contains(&value) {
+                seen.push(value);
+            }
+            off = end;
+        }
+    }
+    all.into_iter().collect()
+}
+
+/// One blob of a [`Cluster::get_many_from`] answer.
+#[derive(Clone, Debug)]
+pub enum Fetched {
+    /// Its sealed bytes, not yet opened or checked.
+    Blob(Bytes),
+    /// The server does not hold it.
+    NotFound,
+    /// The server's copy failed its checksum (now quarantined there).
+    Corrupt,
+    /// Not sent in this answer (its byte budget was spent, or the store
+    /// failed on it): ask again.
+    Later,
+}
+
+/// Whether another server may take a request that one server refused
+/// with `code`: yes when the cause is that server's own (its store is full
+/// or failing, it reached too few peers, it read a bad copy); no when every
+/// server would answer the same (a moved fence, a different key already
+/// stored, a refused role, a malformed request, nothing there, another
+/// protocol, a conflicting map change).
+pub fn next_server_may_take(code: ErrorCode) -> bool {
+    match code {
+        ErrorCode::Internal
+        | ErrorCode::StoreFull
+        | ErrorCode::QuorumNotReached
+        | ErrorCode::Corrupt => true,
+        ErrorCode::BadRequest
+        | ErrorCode::NotFound
+        | ErrorCode::Forbidden
+        | ErrorCode::VersionMismatch
+        | ErrorCode::Exists
+        | ErrorCode::MapConflict
+        | ErrorCode::FenceMoved => false,
+    }
+}
+
 fn refused(addr: &str, detail: &str) -> ClientError {
     ClientError::CertificateRefused(format!(
         "certificate refused by {addr}: the server does not accept this agent's certificate, or this agent does not trust the server's (are both signed by the same cluster CA?) [{detail}]"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_servers_own_refusals_send_a_request_to_the_next_server() {
+        let table = [
+            (ErrorCode::Internal, true),
+            (ErrorCode::StoreFull, true),
+            (ErrorCode::QuorumNotReached, true),
+            (ErrorCode::Corrupt, true),
+            (ErrorCode::BadRequest, false),
+            (ErrorCode::NotFound, false),
+            (ErrorCode::Forbidden, false),
+            (ErrorCode::VersionMismatch, false),
+            (ErrorCode::Exists, false),
+            (ErrorCode::MapConflict, false),
+            (ErrorCode::FenceMoved, false),
+        ];
+        for (code, next) in table {
+            assert_eq!(next_server_may_take(code), next, "{code:?}");
+        }
+    }
 }

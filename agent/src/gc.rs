@@ -162,10 +162,11 @@ async fn walk(
         let mut bytes = 0u64;
         for e in tree.entries {
             match e.content {
-                Content::Chunks(ids) => {
+                Content::Chunks(refs) => {
                     if e.kind == EntryKind::File {
                         bytes += e.size;
                     }
+                    let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
                     set.extend(ids.iter().copied());
                     files.entry(ids).or_insert(e.size);
                 }
@@ -210,8 +211,10 @@ pub struct PruneReport {
 ///
 /// # Errors
 /// A certificate without the admin role, no server able to start a round,
-/// snapshots that cannot be listed, or a tree that cannot be read (nothing
-/// is swept then).
+/// snapshots that cannot be listed by enough servers of the round
+/// ([`ringvault_common::gc::ListingShort`]), or a tree that cannot be read
+/// (nothing is swept then; the rounds begun stay until the next prune
+/// replaces them, and backups meanwhile ask for every chunk they reuse).
 pub async fn prune(
     repo: &Arc<Repo>,
     grace_s: u64,
@@ -232,8 +235,19 @@ pub async fn prune(
         bail!("no server could start a prune round: {:?}", report.skipped);
     }
     // Listed after every round began: a snapshot stored later has its
-    // chunks protected by the round instead.
-    let snapshots = repo.snapshots().await?;
+    // chunks protected by the round instead. The listing must reach enough
+    // of those servers to meet every write quorum, or a snapshot could be
+    // missed and its chunks swept.
+    let listed = repo.snapshot_list().await?;
+    let map = cluster.map();
+    let servers: Vec<NodeId> = map.nodes.iter().map(|n| n.id).collect();
+    ringvault_common::gc::check_listing_quorum(
+        &servers,
+        map.write_quorum,
+        &begun,
+        &listed.answered,
+    )?;
+    let snapshots = listed.snapshots;
     let reach = reach(repo, &snapshots).await?;
     let live: HashSet<ChunkId> = reach.per_snapshot.iter().flatten().copied().collect();
     report.snapshots = snapshots.len();

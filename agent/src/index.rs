@@ -5,16 +5,35 @@
 //! Stored in redb (crash-safe, one file per repository). Entries are
 //! written only after the snapshot that references their chunks is stored,
 //! so the index never vouches for chunks the cluster did not acknowledge.
+//!
+//! The index cannot know that a chunk is still stored: a prune may have
+//! deleted it since (when every snapshot naming it was forgotten). Each
+//! entry therefore keeps the tag of the garbage-collection fence under
+//! which its chunks were last confirmed present
+//! ([`ringvault_common::gc::GcFences::quiet_tag`]); a backup trusts an
+//! entry without asking the cluster only while the fence still has that
+//! tag, and asks otherwise. Likewise each snapshot this host stored keeps
+//! its fence tag ([`LocalIndex::snapshot_fence`]), so the watching agent
+//! reuses that snapshot's subtrees only while nothing can have been
+//! deleted since.
+//!
+//! Table `files-v2` (`files-v1`, from before chunk lengths and fences, is
+//! dropped at open: the first backup after an upgrade reads every file
+//! once).
 
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use redb::{Database, ReadableDatabase, TableDefinition};
-use ringvault_common::ChunkId;
+use ringvault_common::SnapshotId;
+use ringvault_common::tree::ChunkRef;
 use serde::{Deserialize, Serialize};
 
-const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files-v1");
+const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files-v2");
+const FILES_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files-v1");
+/// Snapshot id -> the fence tag it was stored under.
+const SNAPSHOT_FENCES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("snapshot-fences");
 
 /// What the index keeps per path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +48,11 @@ pub struct FileRecord {
     pub inode: u64,
     /// Device number.
     pub device: u64,
-    /// The file's chunks, in order.
-    pub chunks: Vec<ChunkId>,
+    /// The file's chunks, in order, with their lengths.
+    pub chunks: Vec<ChunkRef>,
+    /// The fence tag under which the chunks were last confirmed present
+    /// (0: never trusted without asking).
+    pub fence: u64,
 }
 
 impl FileRecord {
@@ -62,21 +84,87 @@ pub struct IndexReader {
     table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
 }
 
+/// Whether `e` says the file is not a usable redb database (as opposed
+/// to being locked by another process or unreadable for lack of
+/// permission).
+fn is_damaged(e: &redb::DatabaseError) -> bool {
+    use redb::{DatabaseError, StorageError};
+    match e {
+        DatabaseError::Storage(StorageError::Corrupted(_)) => true,
+        DatabaseError::Storage(StorageError::Io(io)) => {
+            io.kind() == std::io::ErrorKind::InvalidData
+        }
+        _ => false,
+    }
+}
+
 impl LocalIndex {
     /// Opens (or creates) the index in `dir`.
     ///
+    /// The index is a cache: a file redb does not recognise as its own (an
+    /// agent killed while creating it leaves a zero-filled header) or
+    /// reports corrupted is renamed to `index.redb.damaged` and a new index
+    /// is created, with a warning. The next backup then reads every file
+    /// once; nothing it stores depends on the old file.
+    ///
     /// # Errors
-    /// When the database cannot be opened (another backup holding it).
+    /// When the database cannot be opened (another backup holding it) or
+    /// a damaged one cannot be set aside.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("index.redb");
-        let db = Database::create(&path).with_context(|| {
+        let db = match Database::create(&path) {
+            Err(e) if is_damaged(&e) => {
+                let aside = dir.join("index.redb.damaged");
+                tracing::warn!(
+                    index = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "the local index is damaged; starting a new one (the next backup reads every file)"
+                );
+                std::fs::rename(&path, &aside).with_context(|| {
+                    format!("setting the damaged local index {} aside", path.display())
+                })?;
+                Database::create(&path)
+            }
+            other => other,
+        }
+        .with_context(|| {
             format!(
                 "opening the local index {} (is another backup running?)",
                 path.display()
             )
         })?;
+        let txn = db.begin_write()?;
+        txn.delete_table(FILES_V1)?;
+        txn.commit()?;
         Ok(Self { db })
+    }
+
+    /// The fence tag snapshot `id` was stored under, when this host stored
+    /// it.
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn snapshot_fence(&self, id: &SnapshotId) -> anyhow::Result<Option<u64>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(SNAPSHOT_FENCES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(&id.0)?.map(|v| v.value()))
+    }
+
+    /// Records that snapshot `id` was stored under fence tag `fence`.
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn set_snapshot_fence(&self, id: &SnapshotId, fence: u64) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SNAPSHOT_FENCES)?.insert(&id.0, fence)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// A read view for one backup.
@@ -246,11 +334,39 @@ impl IndexReader {
         let v = table.get(path).ok()??;
         postcard::from_bytes(v.value()).ok()
     }
+
+    /// Calls `each` with every record whose path starts with `prefix`
+    /// followed by `/` (or is `prefix`), in path order.
+    ///
+    /// # Errors
+    /// On database errors.
+    pub fn for_each_under(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], FileRecord),
+    ) -> anyhow::Result<()> {
+        let Some(table) = self.table.as_ref() else {
+            return Ok(());
+        };
+        for item in table.range(prefix..)? {
+            let (k, v) = item?;
+            let path = k.value();
+            if !path.starts_with(prefix) {
+                break;
+            }
+            let below = path.len() == prefix.len() || path[prefix.len()] == b'/';
+            if let (true, Ok(record)) = (below, postcard::from_bytes::<FileRecord>(v.value())) {
+                each(path, record);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringvault_common::ChunkId;
 
     fn record(i: u64) -> FileRecord {
         FileRecord {
@@ -259,8 +375,49 @@ mod tests {
             ctime_ns: -(i as i64),
             inode: i * 7,
             device: 3,
-            chunks: (0..i % 4).map(|c| ChunkId([(i + c) as u8; 32])).collect(),
+            chunks: (0..i % 4)
+                .map(|c| ChunkRef {
+                    id: ChunkId([(i + c) as u8; 32]),
+                    len: Some(c as u32),
+                })
+                .collect(),
+            fence: i,
         }
+    }
+
+    #[test]
+    fn records_under_a_path_and_snapshot_fences() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        let mut log = UpdateLog::new(dir.path()).unwrap();
+        for (i, p) in ["/a", "/a/x", "/a/y/z", "/ab", "/b", "/a."]
+            .iter()
+            .enumerate()
+        {
+            log.push(p.as_bytes(), &record(i as u64)).unwrap();
+        }
+        index.commit(log).unwrap();
+        let mut seen = Vec::new();
+        index
+            .reader()
+            .unwrap()
+            .for_each_under(b"/a", |p, r| seen.push((p.to_vec(), r.size)))
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (b"/a".to_vec(), 0),
+                (b"/a/x".to_vec(), 1),
+                (b"/a/y/z".to_vec(), 2)
+            ]
+        );
+        let id = SnapshotId([9; 32]);
+        assert_eq!(index.snapshot_fence(&id).unwrap(), None);
+        index.set_snapshot_fence(&id, 77).unwrap();
+        assert_eq!(index.snapshot_fence(&id).unwrap(), Some(77));
+        drop(index);
+        let index = LocalIndex::open(dir.path()).unwrap();
+        assert_eq!(index.snapshot_fence(&id).unwrap(), Some(77), "kept");
     }
 
     #[test]
@@ -289,5 +446,31 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["index.redb"]);
+    }
+
+    #[test]
+    fn a_damaged_index_is_set_aside_and_a_new_one_created() {
+        let dir = tempfile::tempdir().unwrap();
+        // An agent killed while redb created the file leaves it sized but
+        // zero-filled.
+        std::fs::write(dir.path().join("index.redb"), vec![0u8; 4096]).unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        let mut log = UpdateLog::new(dir.path()).unwrap();
+        log.push(b"/a", &record(1)).unwrap();
+        index.commit(log).unwrap();
+        assert_eq!(index.reader().unwrap().get(b"/a"), Some(record(1)));
+        let aside = std::fs::read(dir.path().join("index.redb.damaged")).unwrap();
+        assert_eq!(aside, vec![0u8; 4096], "the damaged file is kept as it was");
+    }
+
+    #[test]
+    fn an_index_held_by_another_backup_is_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = LocalIndex::open(dir.path()).unwrap();
+        let e = LocalIndex::open(dir.path())
+            .err()
+            .expect("the index is held");
+        assert!(format!("{e:#}").contains("another backup"), "{e:#}");
+        assert!(!dir.path().join("index.redb.damaged").exists());
     }
 }

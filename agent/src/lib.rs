@@ -1,7 +1,8 @@
 //! The ringvault agent: the `ringvault` command line and the library it is
 //! made of.
 //!
-//! - [`repo`] opens a repository: config, TLS, the cluster, the password.
+//! - [`repo`] opens a repository: config, TLS, the cluster, the password
+//!   ([`password`] says where it comes from).
 //! - [`client`] talks to the cluster, routing by placement with failover.
 //! - [`backup`] scans, chunks, deduplicates, seals and uploads, then writes
 //!   trees and the snapshot record; [`index`] remembers file fingerprints so
@@ -22,10 +23,12 @@ pub mod client;
 pub mod cluster;
 pub mod daemon;
 pub mod exclude;
+pub mod fsmeta;
 pub mod fsutil;
 pub mod gc;
 pub mod index;
 pub mod mount;
+pub mod password;
 pub mod quickstart;
 pub mod repo;
 pub mod restore;

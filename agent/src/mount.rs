@@ -57,7 +57,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
 };
 use ringvault_common::snapshot::Snapshot;
-use ringvault_common::tree::{Content, Entry, EntryKind, Tree};
+use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, Tree};
 use ringvault_common::{ChunkId, SnapshotId};
 use tokio::runtime::Handle;
 
@@ -401,11 +401,8 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    fn chunks(&self) -> &[ChunkId] {
-        match &self.node.entry.content {
-            Content::Chunks(ids) => ids,
-            _ => &[],
-        }
+    fn chunks(&self) -> Vec<ChunkId> {
+        self.node.entry.chunk_ids().collect()
     }
 }
 
@@ -698,7 +695,7 @@ impl RepoFs {
         let mut ends = lock(&file.ends);
         let mut pos = offset;
         while pos < end {
-            let Some(i) = self.chunk_at(chunks, &mut ends, pos)? else {
+            let Some(i) = self.chunk_at(&chunks, &mut ends, pos)? else {
                 tracing::warn!(
                     path = %String::from_utf8_lossy(&file.node.path),
                     size = file.node.entry.size,
@@ -1113,7 +1110,7 @@ fn tree_cost(tree: &Tree) -> usize {
         .iter()
         .map(|e| {
             let content = match &e.content {
-                Content::Chunks(ids) => ids.len() * 32,
+                Content::Chunks(ids) => ids.len() * std::mem::size_of::<ChunkRef>(),
                 Content::Symlink(target) => target.len(),
                 Content::Subtree(_) | Content::None => 0,
             };

@@ -1,10 +1,16 @@
 //! `ringvault quickstart DIR`: the whole system on one machine.
 //!
 //! Under `<data dir>/quickstart` it makes (once) a cluster CA, three node
-//! configs on free loopback ports, an agent config and a random repository
-//! password (mode 0600); starts three `ringvault-chunkserver` processes in
-//! the background (or reuses those already answering); initializes the
-//! repository if needed; and backs up DIR. `--stop` stops the servers.
+//! configs on free loopback ports and an agent config; starts three
+//! `ringvault-chunkserver` processes in the background (or reuses those
+//! already answering); initializes the repository if needed; and backs up
+//! DIR. `--stop` stops the servers.
+//!
+//! The repository password is the one the user gives (a password flag or
+//! environment variable, see [`crate::password`]), which quickstart writes
+//! nowhere. Only when none is given does it make a random one, written to
+//! `<home>/password` (mode 0600) and named by the agent config's
+//! `password-file`.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -33,11 +39,13 @@ pub fn home() -> anyhow::Result<PathBuf> {
 }
 
 /// Makes the quickstart's files if they do not exist yet; returns the agent
-/// config path.
+/// config path. With `make_password`, a new layout gets a random password
+/// in `<home>/password`, named by the config's `password-file`; without
+/// it (the user gave one) no password is written.
 ///
 /// # Errors
 /// When files cannot be written or no free port is found.
-pub fn ensure_layout(home: &Path) -> anyhow::Result<PathBuf> {
+pub fn ensure_layout(home: &Path, make_password: bool) -> anyhow::Result<PathBuf> {
     let agent = home.join("agent").join("agent.toml");
     if agent.exists() {
         return Ok(agent);
@@ -61,15 +69,17 @@ pub fn ensure_layout(home: &Path) -> anyhow::Result<PathBuf> {
         replicas: 3,
         write_quorum: 2,
     })?;
-    let password: String = repo::random::<18>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    write_private(&home.join("password"), password.as_bytes())
-        .context("writing the password file")?;
-    let mut cfg = std::fs::read_to_string(&layout.agent_config)?;
-    cfg.push_str("password-file = \"../password\"\n");
-    std::fs::write(&layout.agent_config, cfg)?;
+    if make_password {
+        let password: String = repo::random::<18>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write_private(&home.join("password"), password.as_bytes())
+            .context("writing the password file")?;
+        let mut cfg = std::fs::read_to_string(&layout.agent_config)?;
+        cfg.push_str("password-file = \"../password\"\n");
+        std::fs::write(&layout.agent_config, cfg)?;
+    }
     Ok(layout.agent_config)
 }
 
@@ -209,11 +219,12 @@ fn is_chunkserver(pid: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ringvault-chunkserver"))
 }
 
-/// Initializes the repository unless the cluster already has its key.
+/// Initializes the repository with `password` unless the cluster already
+/// has its key; true when it did.
 ///
 /// # Errors
-/// Connection or init errors.
-pub async fn ensure_repository(config: &AgentConfig) -> anyhow::Result<bool> {
+/// Connection or init errors (an empty password among them).
+pub async fn ensure_repository(config: &AgentConfig, password: &str) -> anyhow::Result<bool> {
     let (cluster, _): (Cluster, _) = repo::connect(config).await?;
     let exists = match cluster.list_keys().await {
         Ok(_) => true,
@@ -224,10 +235,9 @@ pub async fn ensure_repository(config: &AgentConfig) -> anyhow::Result<bool> {
     if exists {
         return Ok(false);
     }
-    let password = repo::password(config, None, false)?;
     repo::init(
         config,
-        &password,
+        password,
         KdfParams::default(),
         ChunkerParams::default(),
     )

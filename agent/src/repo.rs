@@ -1,7 +1,6 @@
 //! Opening a repository: config, TLS, the cluster connection, the password
 //! and the keys it unlocks.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +17,11 @@ use ringvault_common::seal;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tls::{PeerIdentity, Role};
 use ringvault_common::tree::Tree;
-use ringvault_common::{ChunkId, SnapshotId};
+use ringvault_common::{ChunkId, NodeId, SnapshotId};
 use zeroize::Zeroizing;
 
 use crate::client::{ClientError, Cluster};
+use crate::password::{EmptyPassword, PasswordFlags, password};
 
 /// An agent config and where it came from.
 #[derive(Clone, Debug)]
@@ -147,37 +147,17 @@ pub struct Agent {
     pub role: Role,
 }
 
-/// Where the password comes from, in order: `RINGVAULT_PASSWORD`, a file
-/// (`--password-file`, else the config's `password-file`), a prompt.
-///
-/// # Errors
-/// When no source gives one (no terminal to prompt on).
-pub fn password(
-    config: &AgentConfig,
-    file: Option<&Path>,
-    confirm: bool,
-) -> anyhow::Result<Zeroizing<String>> {
-    if let Ok(p) = std::env::var("RINGVAULT_PASSWORD") {
-        return Ok(Zeroizing::new(p));
-    }
-    if let Some(f) = file.or(config.password_file.as_deref()) {
-        let text = Zeroizing::new(
-            ringvault_common::private::read_private(f).context("reading the password file")?,
-        );
-        let line = text.lines().next().unwrap_or("").to_owned();
-        return Ok(Zeroizing::new(line));
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("no password: set RINGVAULT_PASSWORD, pass --password-file, or run on a terminal");
-    }
-    let p = Zeroizing::new(rpassword::prompt_password("repository password: ")?);
-    if confirm {
-        let again = Zeroizing::new(rpassword::prompt_password("enter it again: ")?);
-        if *again != *p {
-            bail!("the passwords differ");
-        }
-    }
-    Ok(p)
+/// The snapshots of a repository and how the listing was made
+/// ([`Repo::snapshot_list`]).
+#[derive(Clone, Debug)]
+pub struct SnapshotList {
+    /// Every snapshot, oldest first.
+    pub snapshots: Vec<(SnapshotId, Snapshot)>,
+    /// Servers that answered the listing.
+    pub answered: Vec<NodeId>,
+    /// Servers asked (the live ones; the map's size is in
+    /// [`Cluster::map`]).
+    pub asked: usize,
 }
 
 /// An open repository: the cluster, the keys, the fixed settings.
@@ -219,13 +199,17 @@ pub fn random<const N: usize>() -> [u8; N] {
 /// stored on the cluster and cached locally.
 ///
 /// # Errors
-/// When the repository exists already, or the cluster refuses the key.
+/// [`EmptyPassword`] for an empty password; when the repository exists
+/// already, or the cluster refuses the key.
 pub async fn init(
     config: &AgentConfig,
     password: &str,
     kdf: KdfParams,
     chunker: ChunkerParams,
 ) -> anyhow::Result<()> {
+    if password.is_empty() {
+        return Err(EmptyPassword.into());
+    }
     chunker.validate()?;
     let (cluster, _) = connect(config).await?;
     match cluster.list_keys().await {
@@ -295,9 +279,27 @@ fn read_key_cache(dir: &Path) -> Option<([u8; 32], Vec<u8>)> {
 /// index) lives under the repository's id, derived from its master key, so
 /// it is never shared between two repositories either.
 ///
+/// The password is asked for ([`password`]) once the keys are fetched, so
+/// that a cluster that cannot be reached is reported before a prompt.
+///
 /// # Errors
-/// Connection errors, a missing repository, or a wrong password.
-pub async fn open(config: &AgentConfig, password_file: Option<&Path>) -> anyhow::Result<Arc<Repo>> {
+/// Connection errors, a missing repository, no password, or a wrong one.
+pub async fn open(config: &AgentConfig, flags: &PasswordFlags) -> anyhow::Result<Arc<Repo>> {
+    open_inner(config, || password(config, flags, false)).await
+}
+
+/// [`open`] with a password already in hand.
+///
+/// # Errors
+/// As [`open`].
+pub async fn open_with_password(config: &AgentConfig, password: &str) -> anyhow::Result<Arc<Repo>> {
+    open_inner(config, || Ok(Zeroizing::new(password.to_owned()))).await
+}
+
+async fn open_inner(
+    config: &AgentConfig,
+    password: impl FnOnce() -> anyhow::Result<Zeroizing<String>>,
+) -> anyhow::Result<Arc<Repo>> {
     let (cluster, agent) = connect(config).await?;
     let base = state_dir(config)?;
     let cached = read_key_cache(&base);
@@ -319,7 +321,7 @@ pub async fn open(config: &AgentConfig, password_file: Option<&Path>) -> anyhow:
     if let Some((id, _)) = &cached {
         candidates.sort_by_key(|(k, _)| k != id);
     }
-    let password = password(config, password_file, false)?;
+    let password = password()?;
     let (key_id, record, secret) = unlock(&candidates, &password)?;
     if cached
         .as_ref()
@@ -432,8 +434,12 @@ impl Repo {
     /// Returns its id.
     ///
     /// # Errors
-    /// When the cluster refuses it (the admin role is needed).
+    /// [`EmptyPassword`] for an empty password; when the cluster refuses
+    /// it (the admin role is needed).
     pub async fn add_key(&self, password: &str, kdf: KdfParams) -> anyhow::Result<[u8; 32]> {
+        if password.is_empty() {
+            return Err(EmptyPassword.into());
+        }
         self.require_admin("adding a key")?;
         let (id, encoded) = wrap_key(&self.secret, password, kdf, &self.config)?;
         self.cluster
@@ -577,13 +583,25 @@ impl Repo {
     }
 
     /// Every snapshot, oldest first. Records that fail to open are skipped
-    /// with a warning.
+    /// with a warning; a snapshot any answering server holds a tombstone
+    /// for is never shown.
     ///
     /// # Errors
     /// When no server answers.
     pub async fn snapshots(&self) -> anyhow::Result<Vec<(SnapshotId, Snapshot)>> {
+        Ok(self.snapshot_list().await?.snapshots)
+    }
+
+    /// Like [`Repo::snapshots`], with how many servers answered the
+    /// listing: a caller that must not miss a tombstone (prune) can require
+    /// a quorum of answers.
+    ///
+    /// # Errors
+    /// When no server answers.
+    pub async fn snapshot_list(&self) -> anyhow::Result<SnapshotList> {
+        let listed = self.cluster.list_snapshots().await?;
         let mut out = Vec::new();
-        for (id, records) in self.cluster.list_snapshots().await? {
+        for (id, records) in listed.records {
             // Normally one record per id; a faulty or hostile server may add
             // others: the first that opens under the id is the record.
             let mut last_error = None;
@@ -601,7 +619,11 @@ impl Repo {
             }
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
-        Ok(out)
+        Ok(SnapshotList {
+            snapshots: out,
+            answered: listed.answered,
+            asked: listed.asked,
+        })
     }
 
     /// Resolves `latest` or a unique hex prefix (4 digits at least).

@@ -5,6 +5,9 @@
 //! are restored several at a time, each by its own task, its chunks fetched
 //! ahead and opened on the blocking pool and written in order, long zero
 //! runs left as holes; directory metadata is set last, deepest first.
+//! Owners, extended attributes, modes and times go on in the order that
+//! keeps them all, FIFOs and devices are made, and hard-link groups are
+//! linked after every file is written: see the `metadata` and `links` modules.
 //!
 //! # Choosing entries
 //!
@@ -28,7 +31,8 @@
 //! repository's chunker and hashed, compared chunk id by chunk id; only its
 //! mode and mtime are set then), `never` keeps whatever is there. A dry run
 //! reads the trees and the target (and, for `if-changed`, the files it
-//! would compare), writes nothing, and lists what it would do.
+//! would compare), writes nothing, and lists what it would do; a restore
+//! asked to ([`RestoreOptions::list`]) lists what it did the same way.
 //!
 //! # Staying inside the target
 //!
@@ -40,7 +44,12 @@
 //! (`mkdirat`, `symlinkat`, `openat`, `unlinkat`, `readlinkat`, and
 //! `fstatat` and `utimensat` with `AT_SYMLINK_NOFOLLOW`), and modes and
 //! times are set with `fchmod` and `futimens` on descriptors restore opened
-//! itself. Directories are opened one component at a time from the target
+//! itself (owners and extended attributes likewise: `fchown`, `fsetxattr`;
+//! for a symlink `fchownat` with `AT_SYMLINK_NOFOLLOW` and `lsetxattr`
+//! through `/proc/self/fd/<directory>/<name>`; for a special file, an
+//! `O_PATH` descriptor on what was just made). Hard links are made with
+//! `linkat` between two names below the target, following neither.
+//! Directories are opened one component at a time from the target
 //! with `O_DIRECTORY | O_NOFOLLOW`, so a symlink below the target is never
 //! followed, whoever made it: found there, made by this restore, or met
 //! because a case-insensitive file system folds two names of a snapshot
@@ -70,9 +79,9 @@
 //!   is one of its own ancestors' is refused, so no snapshot keeps the walk
 //!   going without end. Both are errors for the entry.
 
+use std::collections::{HashMap, HashSet, hash_map};
 use std::ffi::OsStr;
 use std::fs::DirBuilder;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
@@ -87,13 +96,26 @@ use ringvault_common::ChunkId;
 use ringvault_common::chunker::Chunker;
 use ringvault_common::keys::RepoKeys;
 use ringvault_common::snapshot::Snapshot;
-use ringvault_common::tree::{Content, Entry, EntryKind, valid_name};
+use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, valid_name};
 use rustix::fs::{AtFlags, FileType, Mode, Nsecs, OFlags, RawMode, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::client::BadCopy;
 use crate::repo::Repo;
+
+mod after;
+pub mod delete;
+mod fetch;
+mod links;
+mod metadata;
+pub mod progress;
+pub mod verify;
+
+use fetch::Fetcher;
+use links::{LinkEnd, LinkJob};
+use metadata::Meta;
+use progress::RestoreProgress;
 
 /// Deepest directory nesting restored, counted from the target (whose own
 /// entries are at depth 1): 2048. A backup reads directories by path, and
@@ -104,14 +126,19 @@ use crate::repo::Repo;
 /// its tree read.
 pub const MAX_DEPTH: usize = 2048;
 
-/// Files restored at once.
-const FILES_AT_ONCE: usize = 16;
+/// Files restored at once: enough for the chunk fetcher to fill batches of
+/// small files while earlier ones are written.
+const FILES_AT_ONCE: usize = 256;
 /// Chunks of one file fetched ahead.
 const CHUNKS_AHEAD: usize = 4;
-/// Chunks fetched or being written at once, over all files: this bounds
-/// the memory of a restore to this many chunks, each held sealed and
-/// opened: about 2 MiB per chunk on average, 32 MiB at most.
-const CHUNKS_IN_FLIGHT: usize = 16;
+/// Plaintext bytes of the chunks fetched or being written at once, over
+/// all files (16 MiB): a chunk holds its length (in a version 1 tree,
+/// min(its file's size, the chunker's largest chunk)) of it, rounded up to
+/// KiB, from before it is asked for until it is written. The sealed copy,
+/// briefly held beside it, is about as large again at most. With the
+/// fetcher's batches, this keeps a restore's peak below the key
+/// derivation's (`docs/performance.md`).
+const BYTES_IN_FLIGHT: usize = 16 << 20;
 /// Existing files read at once to compare with the snapshot (`if-changed`),
 /// each through a buffer of up to twice the largest chunk (16 MiB with the
 /// default chunker settings).
@@ -166,6 +193,19 @@ pub struct RestoreOptions {
     /// Read the trees and the target, write nothing, and list in the
     /// report what would be done.
     pub dry_run: bool,
+    /// List in the report what was done with every entry chosen, as a dry
+    /// run does (one [`PlannedAction`] per entry, held until the end: its
+    /// path and about 40 bytes more).
+    pub list: bool,
+    /// As root, give entries their recorded owner and group ids, not the
+    /// ids their recorded names have here (tar's `--numeric-owner`).
+    pub numeric_owner: bool,
+    /// Write no extended attributes (nor, with them, POSIX ACLs and file
+    /// capabilities).
+    pub no_xattrs: bool,
+    /// Counters to bump as files are found and written, for someone else
+    /// to show while the restore runs (see [`progress`]).
+    pub progress: Option<Arc<RestoreProgress>>,
 }
 
 /// What a restore did, or in a dry run would do, with one entry.
@@ -194,7 +234,8 @@ impl Action {
     }
 }
 
-/// One entry of a dry run and what would be done with it.
+/// One entry of a dry run and what would be done with it (or, listed by a
+/// restore, what was done).
 #[derive(Clone, Debug)]
 pub struct PlannedAction {
     /// Where it would be, in the target.
@@ -214,6 +255,8 @@ pub struct RestoreReport {
     pub files: u64,
     /// Symlinks made, new or replaced.
     pub symlinks: u64,
+    /// FIFOs and device files made, new or replaced.
+    pub specials: u64,
     /// Directories made or found in place.
     pub dirs: u64,
     /// Bytes written (in a dry run: the sizes of the files to write).
@@ -227,9 +270,45 @@ pub struct RestoreReport {
     pub errors: Vec<(PathBuf, String)>,
     /// Bad copies met (and read around) on the servers.
     pub bad_copies: Vec<BadCopy>,
-    /// In a dry run, every entry chosen, with what would be done, in no
-    /// particular order; empty otherwise.
+    /// What was left out for a reason the target or the user gave, once
+    /// per cause: extended attributes the file system refused, device
+    /// files when not root.
+    pub warnings: Vec<String>,
+    /// In a dry run, every entry chosen, with what would be done; with
+    /// [`RestoreOptions::list`], with what was done (an entry that failed
+    /// is in `errors` instead); in no particular order. Empty otherwise.
     pub actions: Vec<PlannedAction>,
+}
+
+impl RestoreReport {
+    /// Counts a file restored with `action` (a hard link too): `size` is
+    /// its size in the snapshot, `written` the bytes written for it; with
+    /// `list`, records the action.
+    pub(crate) fn count_file(
+        &mut self,
+        path: PathBuf,
+        action: Action,
+        size: u64,
+        written: u64,
+        list: bool,
+    ) {
+        match action {
+            Action::New | Action::Replaced => {
+                self.files += 1;
+                self.bytes += written;
+            }
+            Action::Unchanged => self.unchanged += 1,
+            Action::Skipped => self.skipped += 1,
+        }
+        if list {
+            self.actions.push(PlannedAction {
+                path,
+                kind: EntryKind::File,
+                action,
+                size,
+            });
+        }
+    }
 }
 
 /// An include or exclude pattern that does not parse.
@@ -311,6 +390,7 @@ pub async fn restore_with(
     let how = How {
         overwrite: options.overwrite,
         dry_run: options.dry_run,
+        list: options.dry_run || options.list,
     };
     // What the patterns say about the directories above `path`.
     let mut chosen = None;
@@ -323,6 +403,7 @@ pub async fn restore_with(
         }
         chosen = select.include.decision(&prefix, true).or(chosen);
     }
+    let meta = Arc::new(Meta::new(options.numeric_owner, !options.no_xattrs));
     // The walk runs ahead in its own task, handing files over as it meets
     // them; each file is then restored by its own task, so that chunks are
     // fetched, opened and written on every core at once.
@@ -339,6 +420,7 @@ pub async fn restore_with(
             select,
             how,
             base,
+            meta: meta.clone(),
         };
         walker.spawn(async move {
             walk.run(top, above, chosen).await;
@@ -347,46 +429,46 @@ pub async fn restore_with(
     }
     let files = Arc::new(FileCtx {
         repo: repo.clone(),
-        in_flight: Semaphore::new(CHUNKS_IN_FLIGHT),
+        fetcher: Fetcher::start(repo.clone()),
+        budget: Semaphore::new(BYTES_IN_FLIGHT >> 10),
         compares: Semaphore::new(COMPARES_AT_ONCE),
         chunker,
         how,
+        meta: meta.clone(),
+        progress: options.progress.clone(),
     });
     let mut report = RestoreReport::default();
+    let mut link_sources = HashSet::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut walking = true;
     while walking || !tasks.is_empty() {
         tokio::select! {
             job = file_rx.recv(), if walking && tasks.len() < FILES_AT_ONCE => match job {
                 Some(job) => {
+                    if let Some(p) = &options.progress {
+                        p.file_found(job.entry.size);
+                    }
                     let (files, job) = (files.clone(), Arc::new(job));
                     tasks.spawn(async move {
                         let done = restore_file(&files, &job).await;
-                        (job.dest(), job.entry.size, done)
+                        (job.dest(), job.entry.size, job.entry.links > 1, done)
                     });
                 }
                 None => walking = false,
             },
             Some(joined) = tasks.join_next() => {
-                let (dest, size, done) = joined.context("a restore task failed")?;
+                let (dest, size, linked, done) = joined.context("a restore task failed")?;
                 match done {
                     Ok((action, written)) => {
-                        match action {
-                            Action::New | Action::Replaced => {
-                                report.files += 1;
-                                report.bytes += written;
-                            }
-                            Action::Unchanged => report.unchanged += 1,
-                            Action::Skipped => report.skipped += 1,
+                        if let Some(p) = &options.progress {
+                            p.file_done(action, size);
                         }
-                        if how.dry_run {
-                            report.actions.push(PlannedAction {
-                                path: dest,
-                                kind: EntryKind::File,
-                                action,
-                                size,
-                            });
+                        if linked && action != Action::Skipped {
+                            // The first of a hard-link group: the others
+                            // link to it.
+                            link_sources.insert(dest.clone());
                         }
+                        report.count_file(dest, action, size, written, how.list);
                     }
                     Err(e) => report.errors.push((dest, format!("{e:#}"))),
                 }
@@ -397,9 +479,12 @@ pub async fn restore_with(
         dirs,
         errors,
         symlinks,
+        specials,
         unchanged,
         skipped,
         actions,
+        links,
+        ..
     } = walker
         .join_next()
         .await
@@ -410,10 +495,13 @@ pub async fn restore_with(
         .filter(|d| matches!(d.state, DirState::Present | DirState::Planned))
         .count() as u64;
     report.symlinks = symlinks;
+    report.specials = specials;
     report.unchanged += unchanged;
     report.skipped += skipped;
     report.errors.extend(errors);
     report.actions.extend(actions);
+    // Before the directories' metadata: a link changes its directory's mtime.
+    links::link_all(&root, &dirs, links, &link_sources, how, &mut report);
     if !how.dry_run {
         // A directory comes after its parent in `dirs`, so going backwards
         // sets every directory's mode before its ancestors' (which may take
@@ -427,7 +515,7 @@ pub async fn restore_with(
                 .fd()
                 .context("the target is not open")
                 .and_then(|fd| open_beneath(fd, names).context("opening the directory"))
-                .and_then(|fd| set_metadata(fd.as_fd(), &dirs[i].entry));
+                .and_then(|fd| meta.apply(fd.as_fd(), &dirs[i].entry));
             if let Err(e) = set {
                 report
                     .errors
@@ -436,6 +524,7 @@ pub async fn restore_with(
         }
     }
     report.bad_copies = repo.cluster.bad_copies();
+    report.warnings = meta.warnings();
     Ok(report)
 }
 
@@ -492,11 +581,13 @@ impl FileJob {
     }
 }
 
-/// The overwrite policy and whether this is a dry run.
+/// The overwrite policy, whether this is a dry run, and whether to list
+/// each entry's [`Action`] (always in a dry run).
 #[derive(Clone, Copy)]
 struct How {
     overwrite: Overwrite,
     dry_run: bool,
+    list: bool,
 }
 
 /// Where a directory the walk met stands.
@@ -538,12 +629,36 @@ struct Walked {
     errors: Vec<(PathBuf, String)>,
     /// Symlinks made.
     symlinks: u64,
-    /// Symlinks kept as they were.
+    /// FIFOs and devices made.
+    specials: u64,
+    /// Symlinks and special files kept as they were.
     unchanged: u64,
-    /// Symlinks kept by [`Overwrite::Never`].
+    /// Symlinks and special files kept by [`Overwrite::Never`].
     skipped: u64,
-    /// Dry runs: directories and symlinks, with what would be done.
+    /// Dry runs and listing restores: directories, symlinks and special
+    /// files, with what would be or was done.
     actions: Vec<PlannedAction>,
+    /// Where the first file of each hard-link group met went, by the
+    /// group's key ([`LinkKey`]).
+    first_links: HashMap<LinkKey, LinkEnd>,
+    /// The other files of hard-link groups, linked to their first once
+    /// every file is written.
+    links: Vec<LinkJob>,
+}
+
+/// What makes files of a snapshot one hard-link group: the same (device,
+/// inode) at backup time, and the same content. Content is part of the key
+/// because a watching agent's snapshot reuses subtrees from earlier scans,
+/// whose inode numbers may since have been given to other files (after a
+/// reboot or a file system's recreation): two different files must never
+/// come back as one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LinkKey {
+    device: u64,
+    inode: u64,
+    /// Bytes.
+    size: u64,
+    chunks: Vec<ringvault_common::ChunkId>,
 }
 
 /// The directory whose entries the walk is making.
@@ -576,6 +691,8 @@ struct Walker {
     how: How,
     /// The snapshot path of the directory holding the top entries.
     base: Vec<u8>,
+    /// Owners and extended attributes of symlinks; special files.
+    meta: Arc<Meta>,
 }
 
 impl Walker {
@@ -717,6 +834,31 @@ impl Walker {
                 let Some(dir) = self.activate(&mut level).await else {
                     continue;
                 };
+                if entry.links > 1 {
+                    let here = LinkEnd {
+                        dir: level.made,
+                        name: entry.name.clone(),
+                    };
+                    let key = LinkKey {
+                        device: entry.device,
+                        inode: entry.inode,
+                        size: entry.size,
+                        chunks: entry.chunk_ids().collect(),
+                    };
+                    match self.walked.first_links.entry(key) {
+                        hash_map::Entry::Occupied(first) => {
+                            self.walked.links.push(LinkJob {
+                                from: first.get().clone(),
+                                to: here,
+                                size: entry.size,
+                            });
+                            continue;
+                        }
+                        hash_map::Entry::Vacant(v) => {
+                            v.insert(here);
+                        }
+                    }
+                }
                 // A closed channel means the restore is failing already.
                 let _ = self.files.send(FileJob { dir, entry }).await;
                 continue;
@@ -758,33 +900,58 @@ impl Walker {
                     let Some(dir) = self.activate(&mut level).await else {
                         continue;
                     };
-                    let placed = place_symlink(dir.fd(), name, target, entry.mtime_ns, self.how);
+                    let placed = place_symlink(dir.fd(), name, target, entry.mtime_ns, self.how)
+                        .and_then(|action| {
+                            if let (Action::New | Action::Replaced, Some(fd), false) =
+                                (action, dir.fd(), self.how.dry_run)
+                            {
+                                self.meta.apply_symlink(fd, name, &entry)?;
+                            }
+                            Ok(action)
+                        });
                     match placed {
-                        Ok(action) => self.count_symlink(dest, action),
+                        Ok(action) => self.count_made(dest, EntryKind::Symlink, action),
+                        Err(e) => self.walked.errors.push((dest, format!("{e:#}"))),
+                    }
+                }
+                // Skipped, as restic does: the program listening makes it.
+                (EntryKind::Socket, Content::None) => {}
+                (
+                    kind @ (EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice),
+                    Content::None,
+                ) => {
+                    let Some(dir) = self.activate(&mut level).await else {
+                        continue;
+                    };
+                    match self.meta.place_special(dir.fd(), name, &entry, self.how) {
+                        Ok(Some(action)) => self.count_made(dest, kind, action),
+                        Ok(None) => {}
                         Err(e) => self.walked.errors.push((dest, format!("{e:#}"))),
                     }
                 }
                 (kind, _) => self
                     .walked
                     .errors
-                    .push((dest, format!("{kind:?} entries are not restored yet"))),
+                    .push((dest, format!("{kind:?} entry with content of another kind"))),
             }
         }
         // The first directory met here is walked next.
         pending[first_made..].reverse();
     }
 
-    fn count_symlink(&mut self, path: PathBuf, action: Action) {
+    /// Counts a symlink or special file made (or kept, or skipped).
+    fn count_made(&mut self, path: PathBuf, kind: EntryKind, action: Action) {
         let w = &mut self.walked;
         match action {
-            Action::New | Action::Replaced => w.symlinks += 1,
+            Action::New | Action::Replaced if kind == EntryKind::Symlink => w.symlinks += 1,
+            Action::New | Action::Replaced => w.specials += 1,
             Action::Unchanged => w.unchanged += 1,
             Action::Skipped => w.skipped += 1,
         }
-        if self.how.dry_run {
+        if self.how.list {
             w.actions.push(PlannedAction {
                 path,
-                kind: EntryKind::Symlink,
+                kind,
                 action,
                 size: 0,
             });
@@ -800,26 +967,26 @@ impl Walker {
         entry: &Entry,
     ) -> anyhow::Result<DirState> {
         let name = OsStr::from_bytes(&entry.name);
-        let state = match parent {
-            None => DirState::Planned,
+        let (state, action) = match parent {
+            None => (DirState::Planned, Action::New),
             Some(fd) if self.how.dry_run => match look(fd, name)? {
-                None => DirState::Planned,
-                Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => DirState::Present,
+                None => (DirState::Planned, Action::New),
+                Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+                    (DirState::Present, Action::Unchanged)
+                }
                 Some(_) => bail!("exists and is not a directory (left alone, never followed)"),
             },
             Some(fd) => {
-                make_dir(fd, name)?;
-                DirState::Present
+                let made = make_dir(fd, name)?;
+                let action = if made { Action::New } else { Action::Unchanged };
+                (DirState::Present, action)
             }
         };
-        if self.how.dry_run {
+        if self.how.list {
             self.walked.actions.push(PlannedAction {
                 path: dest.to_owned(),
                 kind: EntryKind::Dir,
-                action: match state {
-                    DirState::Planned => Action::New,
-                    _ => Action::Unchanged,
-                },
+                action,
                 size: 0,
             });
         }
@@ -1217,15 +1384,16 @@ fn open_beneath<'a>(
 
 /// Makes directory `name` in `parent`; an existing directory is fine,
 /// anything else there (a file, a symlink) is an error and is left alone.
-fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<()> {
+/// Returns whether it made one.
+fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<bool> {
     match rustix::fs::mkdirat(parent, name, Mode::RWXU) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(Errno::EXIST) => {
             let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(std::io::Error::from)
                 .context("looking at what is there")?;
             if FileType::from_raw_mode(st.st_mode).is_dir() {
-                Ok(())
+                Ok(false)
             } else {
                 bail!("exists and is not a directory (left alone, never followed)")
             }
@@ -1237,12 +1405,18 @@ fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<()> {
 /// What the file tasks share.
 struct FileCtx {
     repo: Arc<Repo>,
-    /// Bounds the chunks held, to [`CHUNKS_IN_FLIGHT`].
-    in_flight: Semaphore,
+    /// Fetches chunks in batches.
+    fetcher: Fetcher,
+    /// Bounds the chunk bytes held, to [`BYTES_IN_FLIGHT`], in KiB.
+    budget: Semaphore,
     /// Bounds the existing files read at once, to [`COMPARES_AT_ONCE`].
     compares: Semaphore,
     chunker: Chunker,
     how: How,
+    /// Owners, extended attributes, mode and times.
+    meta: Arc<Meta>,
+    /// Bumped as bytes are written.
+    progress: Option<Arc<RestoreProgress>>,
 }
 
 /// What to do with a file's name in the target.
@@ -1274,7 +1448,7 @@ async fn restore_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>) -> anyhow::Result<
             if let Some(file) = fix
                 && !ctx.how.dry_run
             {
-                set_metadata(file.as_fd(), &job.entry)?;
+                ctx.meta.apply(file.as_fd(), &job.entry)?;
             }
             return Ok((Action::Unchanged, 0));
         }
@@ -1283,7 +1457,7 @@ async fn restore_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>) -> anyhow::Result<
     if ctx.how.dry_run {
         return Ok((action, job.entry.size));
     }
-    let written = write_file(ctx, job).await?;
+    let written = write_file(ctx, job, action == Action::New).await?;
     Ok((action, written))
 }
 
@@ -1361,9 +1535,9 @@ fn compare_file(
     chunker: &Chunker,
     keys: &RepoKeys,
 ) -> anyhow::Result<Plan> {
-    let Content::Chunks(chunks) = &entry.content else {
+    if !matches!(entry.content, Content::Chunks(_)) {
         bail!("not a file");
-    };
+    }
     // Non-blocking: should a FIFO have taken its place since, opening it
     // neither waits for a writer nor reads from one (`fstat` tells).
     let Ok(fd) = rustix::fs::openat(
@@ -1387,7 +1561,8 @@ fn compare_file(
     }
     let file = std::fs::File::from(fd);
     if same_mtime
-        || same_chunks(&file, chunker, keys, chunks).context("reading the existing file")?
+        || same_chunks(&file, chunker, keys, &entry.chunk_ids().collect::<Vec<_>>())
+            .context("reading the existing file")?
     {
         Ok(Plan::Keep(Some(file)))
     } else {
@@ -1395,9 +1570,10 @@ fn compare_file(
     }
 }
 
-/// Whether `file`, cut by `chunker` and hashed with `keys`, is `chunks`.
-/// Reads through a buffer of at most twice the largest chunk (less for a
-/// small file) and stops at the first chunk that differs.
+/// Whether `file`, cut by `chunker` and hashed with `keys`, is `chunks`
+/// (as `restore --verify` checks a file: see [`verify`]). Reads through a
+/// buffer of at most twice the largest chunk (less for a small file) and
+/// stops at the first chunk that differs.
 ///
 /// # Errors
 /// The read's I/O error.
@@ -1407,72 +1583,72 @@ fn same_chunks(
     keys: &RepoKeys,
     chunks: &[ChunkId],
 ) -> std::io::Result<bool> {
-    let max = chunker.max_size();
     let size = file.metadata()?.len();
-    // One byte past the size, to see the end.
-    let cap = usize::try_from(size)
-        .map_or(2 * max, |s| s.saturating_add(1).min(2 * max))
-        .max(1);
-    let mut buf = vec![0u8; cap];
-    // Bytes read and not yet cut: `buf[start..end]`.
-    let (mut start, mut end, mut eof) = (0, 0, false);
-    let mut next = chunks.iter();
-    let mut reader = file;
-    loop {
-        if !eof && end - start < max {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-            while end < buf.len() {
-                match reader.read(&mut buf[end..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => end += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        match chunker.cut(&buf[start..end], eof) {
-            Some(len) => {
-                if next.next() != Some(&keys.chunk_id(&buf[start..start + len])) {
-                    return Ok(false);
-                }
-                start += len;
-            }
-            // All cut.
-            None if eof => return Ok(next.next().is_none()),
-            // More than the buffer holds: it grew since its size was read.
-            None => return Ok(false),
-        }
+    match verify::by_cutting(file, size, chunks, chunker, keys) {
+        Ok(()) => Ok(true),
+        Err(verify::Mismatch::Unreadable(e)) => Err(e),
+        Err(_) => Ok(false),
     }
 }
 
-/// Writes `job`'s file anew in its directory: its chunks fetched ahead,
-/// in order, zero runs left as holes, then its mode and mtime. Returns the
-/// bytes written.
+/// Writes `job`'s file anew in its directory (`free`: its name was seen
+/// free), zero runs left as holes, then its metadata. Returns the bytes
+/// written. A file of one chunk or none is made, written and finished in
+/// one call on the blocking pool once its chunk is here; a larger one has
+/// its chunks fetched ahead and written in order as they come.
 ///
 /// # Errors
 /// When the file cannot be made, a chunk fetched, or the data written, or
 /// the length written differs from the snapshot's.
-async fn write_file(ctx: &Arc<FileCtx>, job: &FileJob) -> anyhow::Result<u64> {
+async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyhow::Result<u64> {
     let Content::Chunks(chunks) = &job.entry.content else {
         bail!("not a file");
     };
+    // What a chunk holds of the budget, in KiB: its length where the tree
+    // gives it (version 2), else the most one chunk of this file can hold;
+    // at most the whole budget, which a larger chunk then takes alone.
+    let most = job.entry.size.min(ctx.chunker.max_size() as u64);
+    let bytes = move |c: &ChunkRef| c.len.map_or(most, |l| u64::from(l).min(most));
+    let held = move |c: &ChunkRef| {
+        u32::try_from(bytes(c).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min((BYTES_IN_FLIGHT >> 10) as u32)
+    };
+    if chunks.len() <= 1 {
+        let _held = ctx
+            .budget
+            .acquire_many(chunks.first().map_or(0, held))
+            .await?;
+        let first = chunks.first().map(|c| (c.id, bytes(c) as usize));
+        let (files, job) = (ctx.clone(), job.clone());
+        let write = move |data: Vec<u8>| {
+            let dir = job.dir.fd().context("its directory was not made")?;
+            let file = create_file(dir, OsStr::from_bytes(&job.entry.name), free)?;
+            write_sparse(&file, &data, 0).context("writing")?;
+            if let Some(p) = &files.progress {
+                p.wrote(data.len() as u64);
+            }
+            finish_file(&files, &job, &file, data.len() as u64)
+        };
+        return match first {
+            // Written in the blocking call that opens the chunk. Its errors
+            // name the chunk.
+            Some((id, bytes)) => ctx.fetcher.chunk_then(id, bytes, write).await,
+            None => tokio::task::spawn_blocking(move || write(Vec::new()))
+                .await
+                .context("writing the file")?,
+        };
+    }
     let dir = job.dir.fd().context("its directory was not made")?;
-    let file = create_file(dir, OsStr::from_bytes(&job.entry.name))?;
+    let file = create_file(dir, OsStr::from_bytes(&job.entry.name), free)?;
     let mut fetches = futures::stream::iter(chunks.iter().copied())
-        .map(|id: ChunkId| async move {
+        .map(|c: ChunkRef| async move {
+            let id = c.id;
             // Held until the chunk is written. The semaphore is fair, so
             // a file's earlier chunk never waits behind its later ones.
-            let permit = ctx.in_flight.acquire().await?;
-            let data = ctx
-                .repo
-                .read_chunk(id)
-                .await
-                .with_context(|| format!("chunk {id}"))?;
+            let permit = ctx.budget.acquire_many(held(&c)).await?;
+            // Its errors name the chunk.
+            let data = ctx.fetcher.chunk(id, bytes(&c) as usize).await?;
             anyhow::Ok((data, permit))
         })
         .buffered(CHUNKS_AHEAD);
@@ -1481,8 +1657,25 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &FileJob) -> anyhow::Result<u64> {
         let (data, _permit) = fetched?;
         write_sparse(&file, &data, written).context("writing")?;
         written += data.len() as u64;
+        if let Some(p) = &ctx.progress {
+            p.wrote(data.len() as u64);
+        }
     }
-    // A trailing hole was skipped, not written: give the file its length.
+    finish_file(ctx, job, &file, written)
+}
+
+/// Gives a written file its length (a trailing hole was skipped, not
+/// written) and its metadata, after checking that `written` bytes are the
+/// snapshot's size. Returns `written`.
+///
+/// # Errors
+/// When the length or the metadata cannot be set, or the sizes differ.
+fn finish_file(
+    ctx: &FileCtx,
+    job: &FileJob,
+    file: &std::fs::File,
+    written: u64,
+) -> anyhow::Result<u64> {
     file.set_len(written).context("writing")?;
     if written != job.entry.size {
         bail!(
@@ -1490,7 +1683,7 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &FileJob) -> anyhow::Result<u64> {
             job.entry.size
         );
     }
-    set_metadata(file.as_fd(), &job.entry)?;
+    ctx.meta.apply(file.as_fd(), &job.entry)?;
     Ok(written)
 }
 
@@ -1590,9 +1783,16 @@ fn make_symlink(
 
 /// Makes file `name` in `dir` afresh, for writing: a non-directory already
 /// there is unlinked first, never opened, since it may be a hard link to a
-/// file outside the target or a symlink to one.
-fn create_file(dir: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<std::fs::File> {
-    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+/// file outside the target or a symlink to one. With `free` (the name was
+/// just seen free), the file is made without looking first; should
+/// something have taken the name since, making it fails.
+fn create_file(dir: BorrowedFd<'_>, name: &OsStr, free: bool) -> anyhow::Result<std::fs::File> {
+    let seen = if free {
+        Err(Errno::NOENT)
+    } else {
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+    };
+    match seen {
         Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
             bail!("a directory is in the way (left alone)")
         }
@@ -1641,20 +1841,6 @@ fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resu
     file.write_all_at(&data[start..], offset + start as u64)
 }
 
-/// Sets mode and mtime on a restored file or directory, through its open
-/// descriptor. Ownership is not restored yet (restic does it only when run
-/// as root).
-fn set_metadata(fd: BorrowedFd<'_>, entry: &Entry) -> anyhow::Result<()> {
-    // Only permission bits go in: 0o7777 fits in every platform's mode_t.
-    rustix::fs::fchmod(fd, Mode::from_raw_mode((entry.mode & 0o7777) as RawMode))
-        .map_err(std::io::Error::from)
-        .context("setting the mode")?;
-    rustix::fs::futimens(fd, &timestamps(entry.mtime_ns))
-        .map_err(std::io::Error::from)
-        .context("setting the mtime")?;
-    Ok(())
-}
-
 /// Access and modification times both at `mtime_ns` (ns since the epoch).
 fn timestamps(mtime_ns: i64) -> Timestamps {
     let at = Timespec {
@@ -1671,6 +1857,7 @@ fn timestamps(mtime_ns: i64) -> Timestamps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringvault_common::tree::ChunkRef;
     use std::os::unix::fs::MetadataExt;
 
     fn dir_fd(path: &Path) -> OwnedFd {
@@ -1693,7 +1880,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("soft"), target.join("soft")).unwrap();
         let fd = dir_fd(&target);
         for name in ["hard", "soft"] {
-            let f = create_file(fd.as_fd(), OsStr::new(name)).unwrap();
+            let f = create_file(fd.as_fd(), OsStr::new(name), false).unwrap();
             f.write_all_at(b"new", 0).unwrap();
             assert_eq!(f.metadata().unwrap().nlink(), 1);
             assert_eq!(std::fs::read(target.join(name)).unwrap(), b"new");
@@ -1701,7 +1888,7 @@ mod tests {
         assert_eq!(std::fs::read(outside.join("hard")).unwrap(), b"outside");
         assert!(!outside.join("soft").exists());
         std::fs::create_dir(target.join("dir")).unwrap();
-        let err = create_file(fd.as_fd(), OsStr::new("dir")).unwrap_err();
+        let err = create_file(fd.as_fd(), OsStr::new("dir"), false).unwrap_err();
         assert!(
             format!("{err:#}").contains("directory is in the way"),
             "{err:#}"
@@ -1723,7 +1910,8 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
         assert!(open_beneath(fd.as_fd(), [&b"real"[..], b"evil"]).is_err());
-        make_dir(fd.as_fd(), OsStr::new("real")).unwrap();
+        assert!(!make_dir(fd.as_fd(), OsStr::new("real")).unwrap());
+        assert!(make_dir(fd.as_fd(), OsStr::new("new")).unwrap());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 
@@ -1755,6 +1943,9 @@ mod tests {
                 rdev: 0,
                 xattrs: vec![],
                 content: Content::Subtree(ChunkId([0; 32])),
+                user: vec![],
+                group: vec![],
+                links: 1,
             },
             state: DirState::Present,
             chosen: None,
@@ -1883,7 +2074,18 @@ mod tests {
             device: 0,
             rdev: 0,
             xattrs: vec![],
-            content: Content::Chunks(chunker.split(data).map(|c| keys.chunk_id(c)).collect()),
+            content: Content::Chunks(
+                chunker
+                    .split(data)
+                    .map(|c| ChunkRef {
+                        id: keys.chunk_id(c),
+                        len: Some(c.len() as u32),
+                    })
+                    .collect(),
+            ),
+            user: vec![],
+            group: vec![],
+            links: 1,
         }
     }
 
@@ -1925,7 +2127,11 @@ mod tests {
         std::fs::create_dir_all(target.join("dir")).unwrap();
         std::fs::write(outside.join("secret"), b"outside").unwrap();
         let fd = dir_fd(&target);
-        let how = |overwrite, dry_run| How { overwrite, dry_run };
+        let how = |overwrite, dry_run| How {
+            overwrite,
+            dry_run,
+            list: dry_run,
+        };
         let place = |name: &str, how| {
             place_symlink(
                 Some(fd.as_fd()),

@@ -12,7 +12,7 @@
 //! | `GET /api/versions?path=P` | every version of a path ([`browse::Version`]) |
 //! | `GET /api/diff?from=ID&to=ID&path=P` | [`browse::DiffReport`] |
 //! | `GET /api/file?snapshot=ID&path=P` | a file's bytes, as a download |
-//! | `POST /api/restore` `{snapshot, path, target}` | [`RestoreResult`] |
+//! | `POST /api/restore` `{snapshot, path, target, overwrite, dry_run}` | [`RestoreResult`] |
 //!
 //! `ID` is a full snapshot id, a unique prefix of 4 hex digits or more, or
 //! `latest`; `P` is a `/`-separated path inside the snapshot (empty for its
@@ -32,6 +32,10 @@
 //! Responses forbid framing, sniffing, referrers, caching and any source
 //! but this server (a `Content-Security-Policy`).
 //!
+//! A restore keeps what the target already holds unless the request names
+//! another `overwrite` policy than the default `never` (`ui/restore.rs`
+//! says why, and what it answers).
+//!
 //! A file is streamed chunk by chunk (a few fetched ahead), never held whole
 //! in memory. A restore runs in its own task, so a browser that goes away
 //! does not cut it short.
@@ -40,7 +44,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,9 +56,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use ringvault_common::SnapshotId;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind};
+use ringvault_common::{ChunkId, SnapshotId};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
@@ -64,7 +67,10 @@ use tracing::Instrument;
 use crate::browse::{self, Trees};
 use crate::client::ClientError;
 use crate::repo::Repo;
-use crate::restore;
+
+mod restore;
+
+pub use restore::{RestoreFailure, RestoreRequest, RestoreResult};
 
 /// Chunks of a downloaded file fetched ahead of the one being sent.
 const CHUNKS_AHEAD: usize = 2;
@@ -203,7 +209,7 @@ pub fn router(repo: Arc<Repo>, token: Token) -> Router {
         .route("/versions", get(api_versions))
         .route("/diff", get(api_diff))
         .route("/file", get(api_file))
-        .route("/restore", post(api_restore))
+        .route("/restore", post(restore::api_restore))
         .fallback(api_unknown)
         .layer(middleware::from_fn_with_state(ui.clone(), require_token));
     Router::new()
@@ -612,11 +618,12 @@ async fn api_file(
     let (id, snap) = ui.snapshot(&q.snapshot).await?;
     let path = normalize(&q.path);
     let entry = entry_at(&ui, &mut Trees::default(), &id, &snap, &path).await?;
-    let Content::Chunks(chunks) = entry.content else {
+    let Content::Chunks(chunks) = &entry.content else {
         return Err(ApiError::bad_request(format!(
             "{path:?} is not a regular file"
         )));
     };
+    let chunks: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
     let repo = ui.repo.clone();
     let body = futures::stream::iter(chunks)
         .map(move |chunk| {
@@ -660,100 +667,6 @@ fn content_disposition(name: &str) -> String {
         }
     }
     format!("attachment; filename=\"{plain}\"; filename*=UTF-8''{exact}")
-}
-
-/// What `POST /api/restore` takes.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreRequest {
-    /// The snapshot.
-    pub snapshot: String,
-    /// What to restore: a path inside it (empty or absent: all of it).
-    #[serde(default)]
-    pub path: String,
-    /// The directory to restore into, absolute (made if missing).
-    pub target: String,
-}
-
-/// What `POST /api/restore` answers.
-#[derive(Clone, Debug, Serialize)]
-pub struct RestoreResult {
-    /// The snapshot, hex id.
-    pub snapshot: String,
-    /// What was restored (empty: all of it).
-    pub path: String,
-    /// Where to.
-    pub target: String,
-    /// Regular files written.
-    pub files: u64,
-    /// Directories made.
-    pub dirs: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Entries that could not be restored.
-    pub errors: Vec<RestoreFailure>,
-    /// Bad copies met (and read around) on the servers, as text.
-    pub bad_copies: Vec<String>,
-}
-
-/// An entry a restore skipped.
-#[derive(Clone, Debug, Serialize)]
-pub struct RestoreFailure {
-    /// Where it would have gone.
-    pub path: String,
-    /// Why it did not.
-    pub error: String,
-}
-
-async fn api_restore(
-    State(ui): State<Arc<Ui>>,
-    Json(req): Json<RestoreRequest>,
-) -> Result<Json<RestoreResult>, ApiError> {
-    let target = PathBuf::from(&req.target);
-    if !target.is_absolute() {
-        return Err(ApiError::bad_request(format!(
-            "the target {:?} is not an absolute path",
-            req.target
-        )));
-    }
-    let (id, snap) = ui.snapshot(&req.snapshot).await?;
-    let path = normalize(&req.path);
-    if !path.is_empty() {
-        // Before the target is made: a wrong path leaves nothing behind.
-        entry_at(&ui, &mut Trees::default(), &id, &snap, &path).await?;
-    }
-    tracing::info!(snapshot = %id.short(), %path, target = %target.display(), "restoring");
-    let repo = ui.repo.clone();
-    let (what, into) = (path.clone(), target.clone());
-    // Its own task: a browser that goes away does not stop it half-way.
-    let report = tokio::spawn(async move {
-        let what = (!what.is_empty()).then_some(what.as_str());
-        restore::restore(repo, &snap, what, &into).await
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("restore: {e}")))?
-    .map_err(|e| ApiError::from_library(e, StatusCode::BAD_REQUEST))?;
-    Ok(Json(RestoreResult {
-        snapshot: id.to_hex(),
-        path,
-        target: req.target,
-        files: report.files,
-        dirs: report.dirs,
-        bytes: report.bytes,
-        errors: report
-            .errors
-            .into_iter()
-            .map(|(p, error)| RestoreFailure {
-                path: p.display().to_string(),
-                error,
-            })
-            .collect(),
-        bad_copies: report
-            .bad_copies
-            .iter()
-            .map(|b| format!("chunk {} on {}: {}", b.chunk, b.node, b.reason))
-            .collect(),
-    }))
 }
 
 /// An API error: a status and a message, answered as JSON

@@ -30,7 +30,7 @@ use ringvault_common::config::ChunkserverConfig;
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::PeerIdentity;
 
-use crate::store::{FsStore, FsStoreOptions};
+use crate::store::{FsStore, FsStoreOptions, RebuildReport, Watermark};
 
 /// Reads a config file and everything it names, opens the store, binds the
 /// endpoint and serves until `shutdown` completes.
@@ -40,11 +40,7 @@ use crate::store::{FsStore, FsStoreOptions};
 /// config, map or certificates; a certificate for another node; a store
 /// another process holds; an address in use.
 pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let config = ChunkserverConfig::parse(&text, base)
-        .with_context(|| format!("invalid config {}", config_path.display()))?;
+    let config = read_config(config_path)?;
     let map_text = std::fs::read_to_string(&config.cluster_map)
         .with_context(|| format!("reading cluster map {}", config.cluster_map.display()))?;
     let map = ClusterMap::parse(&map_text)
@@ -64,6 +60,10 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
             group_commit_blobs: config.group_commit_blobs,
             segment_bytes: config.segment_bytes,
             quota_bytes: config.quota_bytes,
+            watermark: Watermark {
+                min_free_bytes: config.min_free_bytes,
+                min_free_percent: config.min_free_percent,
+            },
         },
     )
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -122,6 +122,31 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
     store.close();
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+/// Rebuilds the index of the store a config file names from its segment
+/// files (`ringvault-chunkserver --rebuild-index`), moving the old index
+/// aside. Run it with the server stopped.
+///
+/// # Errors
+/// With context: an unreadable or invalid config, or the rebuild failing
+/// (see [`FsStore::rebuild_index`]).
+pub fn rebuild_index(config_path: &Path) -> anyhow::Result<RebuildReport> {
+    let config = read_config(config_path)?;
+    FsStore::rebuild_index(&config.data_dir).with_context(|| {
+        format!(
+            "rebuilding the index of the store in {}",
+            config.data_dir.display()
+        )
+    })
+}
+
+fn read_config(config_path: &Path) -> anyhow::Result<ChunkserverConfig> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    ChunkserverConfig::parse(&text, base)
+        .with_context(|| format!("invalid config {}", config_path.display()))
 }
 
 /// Installs the process's log subscriber: stderr (journald keeps it under

@@ -18,12 +18,16 @@
 //!   Merkle-style summaries as in Dynamo (DeCandia et al., SOSP 2007, 4.7)
 //!   and Cassandra's repair, with the store's incremental set digests.
 //! - **Records.** Snapshot records and repository keys, which every server
-//!   holds, are compared by a digest of their keys and copied where missing.
+//!   holds, are compared by a digest of their keys and copied where missing,
+//!   tombstones first. A server also does this once as it starts, with
+//!   every peer at once and for at most [`START_SYNC_LIMIT`], and answers
+//!   no record listing before that ends: a server that was down during a
+//!   `forget` drops the forgotten records before it lists anything.
 //! - **Scrub.** It re-reads every blob once per `scrub-cycle-s`, at most
 //!   `scrub-bytes-per-s`; the store quarantines a blob whose checksum fails,
 //!   and repair then pulls a good copy from a co-replica.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -37,7 +41,7 @@ use ringvault_common::{ChunkId, NodeId, RepoId};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::server::{Node, blocking};
+use crate::server::Node;
 use crate::store::RecordKind;
 
 /// Blobs pulled or pushed per request.
@@ -57,9 +61,15 @@ const SCRUB_BLOBS: usize = 64;
 /// Bytes scrub reads per step, about.
 const SCRUB_BYTES: u64 = 4 << 20;
 
+/// How long a starting server spends pulling its peers' records and
+/// tombstones before it answers record listings anyway (a peer that is
+/// down costs one connect timeout, 3 s).
+pub const START_SYNC_LIMIT: Duration = Duration::from_secs(5);
+
 /// Starts the maintenance tasks of `node`; abort them to stop.
 pub fn spawn(node: Arc<Node>) -> Vec<JoinHandle<()>> {
     vec![
+        tokio::spawn(sync_at_start(node.clone())),
         tokio::spawn(probe_loop(node.clone())),
         tokio::spawn(repair_loop(node.clone())),
         tokio::spawn(scrub_loop(node)),
@@ -164,7 +174,7 @@ async fn repair_loop(node: Arc<Node>) {
 async fn handoff(node: &Arc<Node>, limiter: &RateLimiter) -> u64 {
     let view = node.view();
     let store = node.store().clone();
-    let counts = match blocking(move || Ok(store.partition_counts())).await {
+    let counts = match node.blocking(move || Ok(store.partition_counts())).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "handoff: cannot list partitions");
@@ -183,7 +193,9 @@ async fn handoff(node: &Arc<Node>, limiter: &RateLimiter) -> u64 {
         loop {
             let store = node.store().clone();
             let a = after.clone();
-            let page = blocking(move || store.list_partition(partition, a.as_ref(), 1024)).await;
+            let page = node
+                .blocking(move || store.list_partition(partition, a.as_ref(), 1024))
+                .await;
             let Ok((keys, more)) = page else { break };
             let Some(last) = keys.last().cloned() else {
                 break;
@@ -262,7 +274,7 @@ async fn hand_keys(
             continue;
         }
         let store = node.store().clone();
-        match blocking(move || store.delete_blobs(&done)).await {
+        match node.blocking(move || store.delete_blobs(&done)).await {
             Ok(n) => dropped += n,
             Err(e) => warn!(error = %e, "handoff: cannot drop handed-off blobs"),
         }
@@ -281,7 +293,7 @@ async fn read_local(
     for &id in ids {
         let store = node.store().clone();
         let r = repo.clone();
-        match blocking(move || store.get_blob(&r, &id)).await {
+        match node.blocking(move || store.get_blob(&r, &id)).await {
             Ok(Some(b)) => out.push((id, b)),
             Ok(None) => {}
             Err(e) if e.code == ringvault_common::wire::ErrorCode::Corrupt => {
@@ -417,7 +429,7 @@ async fn store_pulled(node: &Arc<Node>, batch: Vec<(RepoId, ChunkId, Bytes)>) ->
         let count = blobs.len() as u64;
         let bytes: u64 = blobs.iter().map(|(_, x)| x.len() as u64).sum();
         let store = node.store().clone();
-        match blocking(move || store.put_blobs(&repo, blobs)).await {
+        match node.blocking(move || store.put_blobs(&repo, blobs)).await {
             Ok(()) => {
                 node.metrics.repaired(count, bytes);
                 n += count;
@@ -457,7 +469,8 @@ async fn missing_from(
     let theirs = digests(node, peer, bitmap.clone(), false, DIGEST_BUCKETS).await?;
     let store = node.store().clone();
     let b = bitmap.clone();
-    let mine = blocking(move || Ok(store.digests(&b, false)))
+    let mine = node
+        .blocking(move || Ok(store.digests(&b, false)))
         .await
         .map_err(|e| e.to_string())?;
     let differing: Vec<bool> = (0..DIGEST_BUCKETS).map(|i| theirs[i] != mine[i]).collect();
@@ -476,7 +489,8 @@ async fn missing_from(
         let bitmap = bitmap_of(group.iter().copied());
         let theirs = digests(node, peer, bitmap.clone(), true, group.len()).await?;
         let store = node.store().clone();
-        let mine = blocking(move || Ok(store.digests(&bitmap, true)))
+        let mine = node
+            .blocking(move || Ok(store.digests(&bitmap, true)))
             .await
             .map_err(|e| e.to_string())?;
         differing.extend(
@@ -492,25 +506,26 @@ async fn missing_from(
         let theirs = list_peer_partition(node, peer, p).await?;
         let store = node.store().clone();
         let ids: Vec<(RepoId, ChunkId)> = theirs;
-        let lacking = blocking(move || {
-            let mut lacking = Vec::new();
-            for (repo, group) in group_by_repo(ids) {
-                // A blob this node trashed is not pulled back from a
-                // co-replica that has not swept yet.
-                let held = store.has(&repo, &group)?;
-                let trashed = store.in_trash(&repo, &group)?;
-                lacking.extend(
-                    group
-                        .into_iter()
-                        .zip(held.into_iter().zip(trashed))
-                        .filter(|(_, (h, t))| !h && !t)
-                        .map(|(id, _)| (repo.clone(), id)),
-                );
-            }
-            Ok(lacking)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let lacking = node
+            .blocking(move || {
+                let mut lacking = Vec::new();
+                for (repo, group) in group_by_repo(ids) {
+                    // A blob this node trashed is not pulled back from a
+                    // co-replica that has not swept yet.
+                    let held = store.has(&repo, &group)?;
+                    let trashed = store.in_trash(&repo, &group)?;
+                    lacking.extend(
+                        group
+                            .into_iter()
+                            .zip(held.into_iter().zip(trashed))
+                            .filter(|(_, (h, t))| !h && !t)
+                            .map(|(id, _)| (repo.clone(), id)),
+                    );
+                }
+                Ok(lacking)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         out.extend(lacking);
         if out.len() >= limit {
             out.truncate(limit);
@@ -563,53 +578,112 @@ async fn list_peer_partition(
     }
 }
 
-/// Copies snapshot records and repository keys that a peer holds and this
-/// node lacks (every server holds every record). Servers cannot open a
-/// record to check it, so a record is copied only when a strict majority of
-/// the live peers holding it hold the same bytes: one faulty or hostile
-/// peer cannot plant another record under an id (with one honest and one
-/// hostile holder, nothing is copied and a warning says so). Tombstones are
-/// copied from any peer: a node certificate may delete records anyway.
-async fn sync_records(node: &Arc<Node>) {
+/// One record sync at start ([`START_SYNC_LIMIT`]), then listings are
+/// answered. With no peer answering, the server lists what it holds and
+/// says so.
+async fn sync_at_start(node: Arc<Node>) {
+    let started = Instant::now();
+    match tokio::time::timeout(START_SYNC_LIMIT, sync_records(&node)).await {
+        Ok(done) if done.answered > 0 || done.asked == 0 => info!(
+            peers = done.answered,
+            copied = done.copied,
+            ms = started.elapsed().as_millis() as u64,
+            "records synced at start"
+        ),
+        Ok(done) => warn!(
+            peers = done.asked,
+            "no peer answered the record sync at start; listing the records held here, which may include snapshots forgotten while this server was down"
+        ),
+        Err(_) => warn!(
+            limit_ms = START_SYNC_LIMIT.as_millis() as u64,
+            "the record sync at start did not finish in time; listing the records held here, which may include snapshots forgotten while this server was down"
+        ),
+    }
+    node.end_start_sync();
+}
+
+/// What one [`sync_records`] pass did.
+#[derive(Debug, Default)]
+struct RecordSync {
+    /// Live peers asked for their record keys.
+    asked: usize,
+    /// Peers that answered.
+    answered: usize,
+    /// Records and tombstones copied here.
+    copied: usize,
+}
+
+/// Copies snapshot records, repository keys and tombstones that live peers
+/// hold and this node lacks (every server holds every record). Every live
+/// peer is asked for its record keys at once; tombstones are copied first,
+/// from any peer listing one (a node certificate may delete records
+/// anyway), and a record with a tombstone here is never copied. Servers
+/// cannot open a record to check it, so a record is copied only when a
+/// strict majority of the live peers holding it hold the same bytes: one
+/// faulty or hostile peer cannot plant another record under an id (with
+/// one honest and one hostile holder, nothing is copied and a warning says
+/// so).
+async fn sync_records(node: &Arc<Node>) -> RecordSync {
+    let mut done = RecordSync::default();
     let store = node.store().clone();
-    let Ok(mine) = blocking(move || store.record_keys()).await else {
-        return;
+    let Ok(mine) = node.blocking(move || store.record_keys()).await else {
+        return done;
     };
     let digest = crate::store::record_keys_digest(&mine);
-    let mine: std::collections::HashSet<(u8, RepoId, [u8; 32])> = mine.into_iter().collect();
+    let mut have: HashSet<(u8, RepoId, [u8; 32])> = mine.into_iter().collect();
     let view = node.view();
-    for peer in view.map.nodes.iter().map(|n| n.id) {
-        if peer == node.id() || node.is_down(peer) {
-            continue;
+    let peers: Vec<NodeId> = view
+        .map
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&p| p != node.id() && !node.is_down(p))
+        .collect();
+    done.asked = peers.len();
+    let req = &Request::RecordKeys { digest };
+    let answers = futures::future::join_all(
+        peers
+            .iter()
+            .map(|&peer| async move { (peer, node.call_peer(peer, req, vec![]).await) }),
+    )
+    .await;
+    // Each record key missing here, with the peers that listed it.
+    let mut missing: HashMap<(u8, RepoId, [u8; 32]), Vec<NodeId>> = HashMap::new();
+    for (peer, answer) in answers {
+        match answer {
+            Ok((Response::RecordKeys { keys, .. }, _)) => {
+                done.answered += 1;
+                for k in keys {
+                    if !have.contains(&k) {
+                        missing.entry(k).or_default().push(peer);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(%peer, error = %e, "record sync failed"),
         }
-        let req = Request::RecordKeys { digest };
-        let keys = match node.call_peer(peer, &req, vec![]).await {
-            Ok((Response::RecordKeys { keys, .. }, _)) => keys,
-            Ok(_) => continue,
-            Err(e) => {
-                debug!(%peer, error = %e, "record sync failed");
-                continue;
-            }
+    }
+    let mut missing: Vec<_> = missing.into_iter().collect();
+    missing.sort_by_key(|((kind, _, _), _)| *kind != RecordKind::Tombstone as u8);
+    for ((kind, repo, key), holders) in missing {
+        let Some(record_kind) = RecordKind::from_u8(kind) else {
+            continue;
         };
-        for (kind, repo, key) in keys {
-            if mine.contains(&(kind, repo.clone(), key)) {
-                continue;
-            }
-            let Some(record_kind) = RecordKind::from_u8(kind) else {
-                continue;
-            };
-            // A snapshot or key this node deleted stays deleted.
-            if record_kind != RecordKind::Tombstone
-                && mine.contains(&(RecordKind::Tombstone as u8, repo.clone(), key))
-            {
-                continue;
-            }
-            let Some(value) = agreed_record(node, &view, kind, &repo, key).await else {
-                continue;
-            };
-            let store = node.store().clone();
-            let r = repo.clone();
-            let result: Result<(), WireError> = blocking(move || {
+        let value = if record_kind == RecordKind::Tombstone {
+            any_copy(node, &holders, kind, &repo, key).await
+        } else if have.contains(&(RecordKind::Tombstone as u8, repo.clone(), key)) {
+            // A snapshot or key deleted here stays deleted.
+            continue;
+        } else {
+            agreed_record(node, &view, kind, &repo, key).await
+        };
+        let Some(value) = value else {
+            continue;
+        };
+        let store = node.store().clone();
+        let r = repo.clone();
+        let result: Result<(), WireError> = node
+            .blocking(move || {
                 store.put_record(record_kind, &r, &key, &value, true)?;
                 if record_kind == RecordKind::Tombstone {
                     store.delete_record(RecordKind::Snapshot, &r, &key)?;
@@ -618,12 +692,41 @@ async fn sync_records(node: &Arc<Node>) {
                 Ok(())
             })
             .await;
-            match result {
-                Ok(()) => info!(%peer, repo = %repo, kind, "copied a missing record"),
-                Err(e) => warn!(error = %e, "cannot store a copied record"),
+        match result {
+            Ok(()) => {
+                info!(peer = %holders[0], repo = %repo, kind, "copied a missing record");
+                have.insert((kind, repo, key));
+                done.copied += 1;
             }
+            Err(e) => warn!(error = %e, "cannot store a copied record"),
         }
     }
+    done
+}
+
+/// Record (`kind`, `repo`, `key`) from the first of `holders` that hands
+/// it out: for tombstones, whose value is only the deleting node's
+/// deletion time, so any copy will do.
+async fn any_copy(
+    node: &Arc<Node>,
+    holders: &[NodeId],
+    kind: u8,
+    repo: &RepoId,
+    key: [u8; 32],
+) -> Option<bytes::Bytes> {
+    let req = Request::GetRecord {
+        repo: repo.clone(),
+        kind,
+        key,
+    };
+    for &peer in holders {
+        match node.call_peer(peer, &req, vec![]).await {
+            Ok((Response::Data, value)) if !value.is_empty() => return Some(value),
+            Ok(_) => {}
+            Err(e) => debug!(%peer, error = %e, "record fetch failed"),
+        }
+    }
+    None
 }
 
 /// Asks every live peer for record (`kind`, `repo`, `key`) and returns the
@@ -659,9 +762,7 @@ async fn agreed_record(
         }
     }
     let best = copies.into_iter().max_by_key(|(_, n)| *n)?;
-    // A tombstone's value is only its node's deletion time, which differs
-    // between nodes; any copy will do.
-    if best.1 * 2 > holders || kind == RecordKind::Tombstone as u8 {
+    if best.1 * 2 > holders {
         return Some(best.0);
     }
     warn!(
@@ -685,15 +786,17 @@ async fn scrub_loop(node: Arc<Node>) {
     loop {
         let store = node.store().clone();
         let after = cursor.clone();
-        let step =
-            match blocking(move || store.scrub(after.as_ref(), SCRUB_BLOBS, SCRUB_BYTES)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "scrub step failed");
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                    continue;
-                }
-            };
+        let step = match node
+            .blocking(move || store.scrub(after.as_ref(), SCRUB_BLOBS, SCRUB_BYTES))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "scrub step failed");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                continue;
+            }
+        };
         node.scrub_bytes.fetch_add(step.bytes, Ordering::Relaxed);
         node.metrics.scrubbed(step.checked, step.bytes);
         for (repo, id) in &step.quarantined {

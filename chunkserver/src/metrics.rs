@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
-use ringvault_common::wire::{NodeStatus, PeerState};
+use ringvault_common::wire::{NodeStatus, PeerState, StoreState};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -79,6 +79,12 @@ struct RequestLabels {
 /// Labels of `ringvault_peers`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
+    state: &'static str,
+}
+
+/// Labels of `ringvault_store_state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
     state: &'static str,
 }
 
@@ -311,6 +317,32 @@ fn status_registry(status: &NodeStatus) -> Registry {
         "Other nodes of the cluster map, by this node's view of their state",
         peers,
     );
+    let store = Family::<StoreLabels, Gauge<u64, AtomicU64>>::default();
+    for state in [
+        StoreState::Ok,
+        StoreState::Full,
+        StoreState::ReadOnly,
+        StoreState::Failing,
+    ] {
+        store
+            .get_or_create(&StoreLabels {
+                state: state.as_str(),
+            })
+            .set(u64::from(status.store == state));
+    }
+    registry.register(
+        "store_state",
+        "The state of this node's store: 1 for the state it is in (ok, full, read-only, failing), 0 for the others",
+        store,
+    );
+    if status.free_bytes != u64::MAX {
+        registry.register_with_unit(
+            "free",
+            "Bytes free on the file system of this node's data directory",
+            Unit::Bytes,
+            ConstGauge::new(status.free_bytes),
+        );
+    }
     registry
 }
 
@@ -432,6 +464,10 @@ mod tests {
                 (NodeId(4), PeerState::Up),
                 (NodeId(5), PeerState::Up),
             ],
+            store: StoreState::Full,
+            store_error: String::new(),
+            store_error_at: 0,
+            free_bytes: 1 << 20,
         }
     }
 
@@ -479,6 +515,11 @@ mod tests {
             (r#"ringvault_peers{state="up"}"#, "3"),
             (r#"ringvault_peers{state="down"}"#, "1"),
             (r#"ringvault_peers{state="out"}"#, "0"),
+            (r#"ringvault_store_state{state="ok"}"#, "0"),
+            (r#"ringvault_store_state{state="full"}"#, "1"),
+            (r#"ringvault_store_state{state="read-only"}"#, "0"),
+            (r#"ringvault_store_state{state="failing"}"#, "0"),
+            ("ringvault_free_bytes", "1048576"),
             ("ringvault_replicated_blobs_total", "4"),
             ("ringvault_replicated_bytes_total", "400"),
             ("ringvault_hinted_writes_total", "2"),
@@ -514,6 +555,8 @@ mod tests {
             ("ringvault_scrub_cycles", "counter"),
             ("ringvault_map_epoch", "gauge"),
             ("ringvault_peers", "gauge"),
+            ("ringvault_store_state", "gauge"),
+            ("ringvault_free_bytes", "gauge"),
             ("ringvault_replicated_blobs", "counter"),
             ("ringvault_replicated_bytes", "counter"),
             ("ringvault_hinted_writes", "counter"),

@@ -17,7 +17,14 @@
 //!
 //! A round lives in memory only: a server restarted mid-round has no round
 //! and refuses the sweep, and a killed agent leaves a round that the next
-//! begin replaces. A partition is swept only when its owners are all up and
+//! begin replaces.
+//!
+//! Chunks a backup relies on without uploading or asking for them (from its
+//! local index) are kept safe by the fence ([`GcFence`]): every begin and
+//! every end of a round moves it, and a snapshot record is stored only
+//! under the fence its agent read before it checked its chunks
+//! ([`Rounds::store_if_fenced`] holds a gate that [`Rounds::begin`] waits
+//! for, so no round begins between the check and the store). A partition is swept only when its owners are all up and
 //! no blobs are moving (no node out, no map change under way); otherwise it
 //! is skipped and retried next round. Only partitions this server owns are
 //! swept: hints are the handoff's business.
@@ -25,11 +32,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use ringvault_common::wire::{ErrorCode, SweepReport, WireError};
+use ringvault_common::wire::{ErrorCode, GcFence, SweepReport, WireError};
 use ringvault_common::{ChunkId, RepoId};
 use tracing::info;
 
-use crate::server::{Node, blocking};
+use crate::server::Node;
 
 /// Keys listed per store call while sweeping one partition.
 const PAGE: usize = 4096;
@@ -45,10 +52,17 @@ pub struct Round {
     protected: HashSet<ChunkId>,
 }
 
-/// The rounds in progress on a server, one per repository at most.
-#[derive(Default)]
+/// The rounds in progress on a server, one per repository at most, and
+/// each repository's [`GcFence`].
 pub struct Rounds {
     rounds: Mutex<HashMap<RepoId, Round>>,
+    /// Rounds begun plus ended, per repository, since start.
+    counters: Mutex<HashMap<RepoId, u64>>,
+    /// Random at start: a restart moves every fence.
+    boot: u64,
+    /// Held shared while a snapshot record is checked against its fence and
+    /// stored, exclusively while a round begins.
+    gate: tokio::sync::RwLock<()>,
 }
 
 fn unknown(round: u64) -> WireError {
@@ -61,17 +75,91 @@ fn unknown(round: u64) -> WireError {
 }
 
 impl Rounds {
-    /// Starts round `id` of `repo`, replacing any earlier round.
-    pub fn begin(&self, repo: &RepoId, id: u64) {
-        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-        rounds.insert(
-            repo.clone(),
-            Round {
-                id,
-                ..Round::default()
-            },
-        );
+    /// No round running; `boot` must differ at every start (random).
+    pub fn new(boot: u64) -> Self {
+        Self {
+            rounds: Mutex::default(),
+            counters: Mutex::default(),
+            boot,
+            gate: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    /// Starts round `id` of `repo`, replacing any earlier round (which
+    /// counts as ended). Waits for snapshot records being stored under the
+    /// current fence.
+    pub async fn begin(&self, repo: &RepoId, id: u64) {
+        let _gate = self.gate.write().await;
+        let replaced = {
+            let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+            rounds
+                .insert(
+                    repo.clone(),
+                    Round {
+                        id,
+                        ..Round::default()
+                    },
+                )
+                .is_some()
+        };
+        self.bump(repo, 1 + u64::from(replaced));
         info!(repo = %repo, round = format!("{id:016x}"), "prune round started");
+    }
+
+    /// This server's fence for `repo`.
+    pub fn fence(&self, repo: &RepoId) -> GcFence {
+        let active = self
+            .rounds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(repo);
+        let counter = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(repo)
+            .copied()
+            .unwrap_or(0);
+        GcFence {
+            boot: self.boot,
+            counter,
+            active,
+        }
+    }
+
+    /// Runs `store` (a snapshot record's local store) only if `fence` is
+    /// still this server's fence for `repo`, with no round beginning
+    /// meanwhile.
+    ///
+    /// # Errors
+    /// [`ErrorCode::FenceMoved`] when the fence differs (or is missing);
+    /// `store`'s own error.
+    pub async fn store_if_fenced<F, Fut>(
+        &self,
+        repo: &RepoId,
+        fence: Option<GcFence>,
+        store: F,
+    ) -> Result<(), WireError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), WireError>>,
+    {
+        let _gate = self.gate.read().await;
+        let now = self.fence(repo);
+        if fence != Some(now) {
+            return Err(WireError::new(
+                ErrorCode::FenceMoved,
+                format!(
+                    "a prune round began or ended here since the agent checked its chunks (fence {fence:?}, now {now:?})"
+                ),
+            ));
+        }
+        store().await
+    }
+
+    fn bump(&self, repo: &RepoId, by: u64) {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        *counters.entry(repo.clone()).or_insert(0) += by;
     }
 
     /// Adds live ids to round `id`.
@@ -104,7 +192,11 @@ impl Rounds {
     fn take(&self, repo: &RepoId, id: u64) -> Result<Round, WireError> {
         let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
         match rounds.remove(repo) {
-            Some(r) if r.id == id => Ok(r),
+            Some(r) if r.id == id => {
+                drop(rounds);
+                self.bump(repo, 1);
+                Ok(r)
+            }
             Some(other) => {
                 rounds.insert(repo.clone(), other);
                 Err(unknown(id))
@@ -132,7 +224,7 @@ pub async fn sweep(
     let now = unix_now();
     let mut report = SweepReport::default();
     let store = node.store().clone();
-    let counts = blocking(move || Ok(store.partition_counts())).await?;
+    let counts = node.blocking(move || Ok(store.partition_counts())).await?;
     let moving = view.has_move() || !view.out.is_empty();
     for (partition, _) in counts {
         let owners = view.owners(partition);
@@ -146,75 +238,83 @@ pub async fn sweep(
         report.partitions += 1;
         let store = node.store().clone();
         let (repo, round) = (repo.clone(), round.clone());
-        let part = blocking(move || {
-            let mut r = SweepReport::default();
-            let mut after = None;
-            loop {
-                let (keys, more) = store.list_partition(partition, after.as_ref(), PAGE)?;
-                after = keys.last().cloned();
-                let ours: Vec<ChunkId> = keys
-                    .into_iter()
-                    .filter(|(k, _)| *k == repo)
-                    .map(|(_, id)| id)
-                    .collect();
-                let (live, dead): (Vec<ChunkId>, Vec<ChunkId>) = ours
-                    .into_iter()
-                    .partition(|id| round.marks.contains(id) || round.protected.contains(id));
-                let was_live = store.unreferenced_since(&repo, &live)?;
-                let clear: Vec<(ChunkId, Option<u64>)> = live
-                    .iter()
-                    .zip(was_live)
-                    .filter(|(_, since)| since.is_some())
-                    .map(|(id, _)| (*id, None))
-                    .collect();
-                r.cleared += clear.len() as u64;
-                let since = store.unreferenced_since(&repo, &dead)?;
-                let mut note = clear;
-                let mut trash = Vec::new();
-                for (id, since) in dead.iter().zip(since) {
-                    match since {
-                        None => {
-                            note.push((*id, Some(now)));
-                            r.noted += 1;
+        let part = node
+            .blocking(move || {
+                let mut r = SweepReport::default();
+                let mut after = None;
+                loop {
+                    let (keys, more) = store.list_partition(partition, after.as_ref(), PAGE)?;
+                    after = keys.last().cloned();
+                    let ours: Vec<ChunkId> = keys
+                        .into_iter()
+                        .filter(|(k, _)| *k == repo)
+                        .map(|(_, id)| id)
+                        .collect();
+                    let (live, dead): (Vec<ChunkId>, Vec<ChunkId>) = ours
+                        .into_iter()
+                        .partition(|id| round.marks.contains(id) || round.protected.contains(id));
+                    let was_live = store.unreferenced_since(&repo, &live)?;
+                    let clear: Vec<(ChunkId, Option<u64>)> = live
+                        .iter()
+                        .zip(was_live)
+                        .filter(|(_, since)| since.is_some())
+                        .map(|(id, _)| (*id, None))
+                        .collect();
+                    r.cleared += clear.len() as u64;
+                    let since = store.unreferenced_since(&repo, &dead)?;
+                    let mut note = clear;
+                    let mut trash = Vec::new();
+                    for (id, since) in dead.iter().zip(since) {
+                        match since {
+                            None => {
+                                note.push((*id, Some(now)));
+                                r.noted += 1;
+                            }
+                            Some(t) if now.saturating_sub(t) >= grace_s => {
+                                trash.push((repo.clone(), *id));
+                            }
+                            Some(_) => {}
                         }
-                        Some(t) if now.saturating_sub(t) >= grace_s => {
-                            trash.push((repo.clone(), *id));
-                        }
-                        Some(_) => {}
+                    }
+                    store.set_unreferenced(&repo, &note)?;
+                    let (_, bytes_before) = store.trash_stats();
+                    r.trashed += store.trash(&trash, now)?;
+                    let (_, bytes_after) = store.trash_stats();
+                    r.trashed_bytes += bytes_after.saturating_sub(bytes_before);
+                    if !more || after.is_none() {
+                        return Ok(r);
                     }
                 }
-                store.set_unreferenced(&repo, &note)?;
-                let (_, bytes_before) = store.trash_stats();
-                r.trashed += store.trash(&trash, now)?;
-                let (_, bytes_after) = store.trash_stats();
-                r.trashed_bytes += bytes_after.saturating_sub(bytes_before);
-                if !more || after.is_none() {
-                    return Ok(r);
-                }
-            }
-        })
-        .await?;
+            })
+            .await?;
         report.noted += part.noted;
         report.cleared += part.cleared;
         report.trashed += part.trashed;
         report.trashed_bytes += part.trashed_bytes;
     }
     let store = node.store().clone();
-    let (expired, expired_bytes) =
-        blocking(move || store.expire_trash(now.saturating_sub(trash_keep_s))).await?;
+    let (expired, expired_bytes) = node
+        .blocking(move || store.expire_trash(now.saturating_sub(trash_keep_s)))
+        .await?;
     report.expired = expired;
     report.expired_bytes = expired_bytes;
     info!(repo = %repo, ?report, "prune sweep done");
     let store = node.store().clone();
-    tokio::task::spawn_blocking(move || match store.compact(COMPACT_BELOW) {
-        Ok(c) if c.segments > 0 => info!(
-            segments = c.segments,
-            before = c.bytes_before,
-            after = c.bytes_after,
-            "compacted segments"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "compaction failed"),
+    let compacting = node.clone();
+    tokio::spawn(async move {
+        match compacting
+            .blocking(move || store.compact(COMPACT_BELOW))
+            .await
+        {
+            Ok(c) if c.segments > 0 => info!(
+                segments = c.segments,
+                before = c.bytes_before,
+                after = c.bytes_after,
+                "compacted segments"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "compaction failed"),
+        }
     });
     Ok(report)
 }
@@ -230,14 +330,14 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rounds_protect_only_while_running_and_refuse_strangers() {
-        let r = Rounds::default();
+    #[tokio::test]
+    async fn rounds_protect_only_while_running_and_refuse_strangers() {
+        let r = Rounds::new(1);
         let repo = RepoId::new("r").unwrap();
         let id = ChunkId([1; 32]);
         r.protect(&repo, [&id]);
         assert!(r.mark(&repo, 7, vec![id]).is_err());
-        r.begin(&repo, 7);
+        r.begin(&repo, 7).await;
         r.protect(&repo, [&id]);
         r.mark(&repo, 7, vec![ChunkId([2; 32])]).unwrap();
         assert!(r.take(&repo, 8).is_err(), "another round's sweep");
@@ -245,5 +345,72 @@ mod tests {
         assert!(round.protected.contains(&id));
         assert!(round.marks.contains(&ChunkId([2; 32])));
         assert!(r.take(&repo, 7).is_err(), "a round ends once");
+    }
+
+    #[tokio::test]
+    async fn the_fence_moves_at_every_begin_and_end_and_gates_record_stores() {
+        let r = Rounds::new(42);
+        let (repo, other) = (RepoId::new("r").unwrap(), RepoId::new("o").unwrap());
+        let idle = r.fence(&repo);
+        assert_eq!((idle.boot, idle.counter, idle.active), (42, 0, false));
+        let stored = |f| r.store_if_fenced(&repo, f, || async { Ok(()) });
+        stored(Some(idle)).await.unwrap();
+        assert_eq!(
+            stored(None).await.unwrap_err().code,
+            ErrorCode::FenceMoved,
+            "a server missing from the fence refuses"
+        );
+        r.begin(&repo, 7).await;
+        let running = r.fence(&repo);
+        assert!(running.active && running != idle);
+        assert_eq!(
+            r.fence(&other),
+            Rounds::new(42).fence(&other),
+            "per repository"
+        );
+        assert_eq!(
+            stored(Some(idle)).await.unwrap_err().code,
+            ErrorCode::FenceMoved
+        );
+        stored(Some(running)).await.unwrap();
+        r.take(&repo, 7).unwrap();
+        let after = r.fence(&repo);
+        assert!(!after.active && after != idle && after != running);
+        // A round replaced by another also counts as ended.
+        r.begin(&repo, 8).await;
+        let first = r.fence(&repo);
+        r.begin(&repo, 9).await;
+        assert_ne!(r.fence(&repo), first);
+        assert_ne!(Rounds::new(43).fence(&repo), Rounds::new(42).fence(&repo));
+        // A store holding the gate makes a begin wait for it.
+        let r = std::sync::Arc::new(Rounds::new(5));
+        let fence = r.fence(&repo);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (in_tx, in_rx) = tokio::sync::oneshot::channel::<()>();
+        let store = {
+            let (r, repo) = (r.clone(), repo.clone());
+            tokio::spawn(async move {
+                r.store_if_fenced(&repo, Some(fence), || async {
+                    in_tx.send(()).ok();
+                    rx.await.ok();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        in_rx.await.unwrap();
+        let begin = {
+            let (r, repo) = (r.clone(), repo.clone());
+            tokio::spawn(async move { r.begin(&repo, 1).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!r.fence(&repo).active, "the begin waits for the store");
+        tx.send(()).unwrap();
+        store.await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), begin)
+            .await
+            .expect("the begin goes on once the store is done")
+            .unwrap();
+        assert!(r.fence(&repo).active);
     }
 }

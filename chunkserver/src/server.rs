@@ -14,8 +14,8 @@ use quinn::{Connection, Endpoint};
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::{PeerIdentity, Role};
 use ringvault_common::wire::{
-    self, Access, ErrorCode, MAX_FRAME, MAX_LIST_KEYS, NodeStatus, PROTOCOL_VERSION, PeerState,
-    Request, Response, WireError,
+    self, Access, BlobReply, ErrorCode, GcFence, MAX_FRAME, MAX_LIST_KEYS, NodeStatus,
+    PROTOCOL_VERSION, PeerState, Request, Response, WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use tokio::sync::Notify;
@@ -169,6 +169,9 @@ pub struct Node {
     pub(crate) wake: Notify,
     /// Prune rounds in progress.
     pub(crate) prune: crate::prune::Rounds,
+    /// Whether the record sync at start has ended, done or given up
+    /// ([`Node::records_synced`]).
+    synced_at_start: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -209,8 +212,27 @@ impl Node {
             scrub_cycles: AtomicU64::new(0),
             replicating: AtomicU64::new(0),
             wake: Notify::new(),
-            prune: crate::prune::Rounds::default(),
+            prune: crate::prune::Rounds::new(boot_nonce()),
+            synced_at_start: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Waits until the record sync this node runs at start has ended (see
+    /// [`crate::maintenance::START_SYNC_LIMIT`]), and at most that long.
+    /// Call before answering a listing of records, so a server back from a
+    /// stop does not list what was forgotten while it was away.
+    pub(crate) async fn records_synced(&self) {
+        let mut done = self.synced_at_start.subscribe();
+        let waited =
+            tokio::time::timeout(crate::maintenance::START_SYNC_LIMIT, done.wait_for(|d| *d)).await;
+        if waited.is_err() {
+            debug!("answering a listing before the record sync at start ended");
+        }
+    }
+
+    /// Notes that the record sync at start has ended: listings stop waiting.
+    pub(crate) fn end_start_sync(&self) {
+        self.synced_at_start.send_replace(true);
     }
 
     /// This node's id.
@@ -357,6 +379,7 @@ impl Node {
     pub fn status(&self) -> NodeStatus {
         let view = self.view();
         let (blobs, bytes) = self.store.stats().unwrap_or((0, 0));
+        let health = self.store.health();
         NodeStatus {
             node: self.id,
             epoch: view.map.epoch,
@@ -374,7 +397,19 @@ impl Node {
                 .filter(|n| n.id != self.id)
                 .map(|n| (n.id, self.peer_state(n.id)))
                 .collect(),
+            store: health.state,
+            store_error: health.error.unwrap_or_default(),
+            store_error_at: health.error_at_s,
+            free_bytes: health.free_bytes,
         }
+    }
+
+    /// Runs a store call on the blocking pool (see [`run_store_call`]).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, WireError> {
+        run_store_call(&self.store, f).await
     }
 }
 
@@ -663,20 +698,68 @@ fn store_err(e: StoreError) -> WireError {
             ErrorCode::StoreFull,
             format!("this server's store is full (quota-bytes = {quota})"),
         ),
+        // The index ran out of space: no watermark was involved.
+        StoreError::DiskFull {
+            free: 0,
+            min_free: 0,
+        } => WireError::new(
+            ErrorCode::StoreFull,
+            "this server's store is full (no space left on its file system)",
+        ),
+        StoreError::DiskFull { free, min_free } => WireError::new(
+            ErrorCode::StoreFull,
+            format!(
+                "this server's store is full ({free} bytes free on its file system, min-free keeps {min_free})"
+            ),
+        ),
+        // The cause goes to the client, which names the server: the file's
+        // name, not its path.
+        StoreError::Io { path, source } => {
+            warn!(path = %path.display(), error = %source, "store I/O error");
+            let file = path
+                .file_name()
+                .map_or_else(|| "the store".into(), |n| n.to_string_lossy().into_owned());
+            WireError::new(
+                ErrorCode::Internal,
+                format!("storage error: I/O on {file}: {source}"),
+            )
+        }
         e => {
             warn!(error = %e, "store error");
-            WireError::new(ErrorCode::Internal, "storage error on the server")
+            WireError::new(ErrorCode::Internal, format!("storage error: {e}"))
         }
     }
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(
+/// Runs a store call on the blocking pool and turns its error into a wire
+/// error. A call that panics (redb on a damaged page, say) marks `store`
+/// failing until restart, so the panic shows in the node's status rather
+/// than vanishing with its task, and answers [`ErrorCode::Internal`].
+pub(crate) async fn run_store_call<T: Send + 'static>(
+    store: &Arc<dyn ChunkStore>,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WireError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| WireError::new(ErrorCode::Internal, "store task failed"))?
-        .map_err(store_err)
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(store_err),
+        Err(e) => {
+            if e.is_panic() {
+                let what = panic_message(e.into_panic());
+                tracing::error!(panic = %what, "a store call panicked; the store reports failing until the server restarts");
+                store.mark_failing(&format!("a store call panicked: {what}"));
+            }
+            Err(WireError::new(ErrorCode::Internal, "store task failed"))
+        }
+    }
+}
+
+/// The message of a panic payload, if it is text.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_owned(), |s| (*s).to_owned()),
+    }
 }
 
 async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: Bytes) -> Reply {
@@ -712,7 +795,7 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             local_only: true,
         } => {
             let (r, i) = (repo.clone(), ids.clone());
-            let present = blocking(move || store.has(&r, &i)).await?;
+            let present = node.blocking(move || store.has(&r, &i)).await?;
             protect_present(node, &repo, &ids, &present);
             Ok((Response::Has { present }, vec![]))
         }
@@ -739,7 +822,7 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             }
             let copies = if local_only {
                 let n = items.len();
-                blocking(move || store.put_blobs(&repo, items)).await?;
+                node.blocking(move || store.put_blobs(&repo, items)).await?;
                 vec![1; n]
             } else {
                 coordinate_put(node, repo, items).await?
@@ -748,7 +831,7 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
         }
         Request::GetBlob { repo, id } => {
             let (r, i) = (repo.clone(), id);
-            match blocking(move || store.get_blob(&r, &i)).await {
+            match node.blocking(move || store.get_blob(&r, &i)).await {
                 Ok(Some(blob)) => Ok((Response::Data, vec![blob])),
                 Ok(None) => Err(WireError::new(
                     ErrorCode::NotFound,
@@ -761,10 +844,12 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 Err(e) => Err(e),
             }
         }
+        Request::GetBlobs { repo, ids } => get_blobs(node, repo, ids).await,
         Request::PutSnapshot {
             repo,
             id,
             local_only,
+            fence,
         } => {
             // Stored with the agent that made it, so writers can be kept to
             // their own snapshots; records copied between nodes carry it.
@@ -772,43 +857,38 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 PeerIdentity::Agent { agent, .. } => owned_record(agent, &payload),
                 _ => payload,
             };
-            put_record_everywhere(
-                node,
-                RecordKind::Snapshot,
-                repo,
-                id.0,
-                value,
-                local_only,
-                false,
-            )
-            .await
+            put_snapshot_fenced(node, repo, id, value, local_only, fence).await
         }
         Request::ListSnapshots { repo } => {
-            let list =
-                blocking(move || live_records(store.as_ref(), RecordKind::Snapshot, &repo)).await?;
-            let list: Vec<([u8; 32], Vec<u8>)> = list
-                .into_iter()
-                .filter_map(|(k, v)| snapshot_for(caller, &v).map(|v| (k, v.to_vec())))
-                .collect();
-            let mut records = Vec::with_capacity(list.len());
-            let mut parts = Vec::with_capacity(list.len());
-            let mut total = 0usize;
-            for (key, value) in list {
-                total += value.len();
-                if total > wire::MAX_PAYLOAD {
-                    return Err(WireError::new(
-                        ErrorCode::Internal,
-                        "too many snapshot records for one reply",
-                    ));
-                }
-                records.push((ringvault_common::SnapshotId(key), value.len() as u32));
-                parts.push(Bytes::from(value));
-            }
+            node.records_synced().await;
+            let (list, _) = node
+                .blocking(move || snapshot_records(store.as_ref(), &repo))
+                .await?;
+            let (records, parts) = listed_snapshots(caller, list, 0)?;
             Ok((Response::Snapshots { records }, parts))
         }
+        Request::ListSnapshotsAndTombstones { repo } => {
+            node.records_synced().await;
+            let (list, dead) = node
+                .blocking(move || snapshot_records(store.as_ref(), &repo))
+                .await?;
+            let dead_bytes = dead.len() * ringvault_common::listing::TOMBSTONE_BYTES;
+            let (records, mut parts) = listed_snapshots(caller, list, dead_bytes)?;
+            let tombstones = u32::try_from(dead.len()).map_err(|_| too_many_records())?;
+            parts.push(Bytes::from(dead.concat()));
+            Ok((
+                Response::SnapshotsAndTombstones {
+                    records,
+                    tombstones,
+                },
+                parts,
+            ))
+        }
         Request::GetSnapshot { repo, id } => {
-            let stored =
-                blocking(move || store.get_record(RecordKind::Snapshot, &repo, &id.0)).await?;
+            node.records_synced().await;
+            let stored = node
+                .blocking(move || store.get_record(RecordKind::Snapshot, &repo, &id.0))
+                .await?;
             match stored.as_deref().and_then(|v| snapshot_for(caller, v)) {
                 Some(v) => Ok((Response::Data, vec![Bytes::copy_from_slice(v)])),
                 None => Err(WireError::new(
@@ -825,8 +905,10 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             put_record_everywhere(node, RecordKind::Key, repo, id, payload, local_only, true).await
         }
         Request::ListKeys { repo } => {
-            let list =
-                blocking(move || live_records(store.as_ref(), RecordKind::Key, &repo)).await?;
+            node.records_synced().await;
+            let list = node
+                .blocking(move || live_records(store.as_ref(), RecordKind::Key, &repo))
+                .await?;
             let mut records = Vec::with_capacity(list.len());
             let mut parts = Vec::with_capacity(list.len());
             for (key, value) in list.into_iter().take(wire::MAX_RECORD_KEYS) {
@@ -844,13 +926,15 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             partitions,
             per_partition,
         } => {
-            let digests = blocking(move || Ok(store.digests(&partitions, per_partition))).await?;
+            let digests = node
+                .blocking(move || Ok(store.digests(&partitions, per_partition)))
+                .await?;
             Ok((Response::Digests { digests }, vec![]))
         }
         Request::ListPartition { partition, after } => {
-            let (keys, more) =
-                blocking(move || store.list_partition(partition, after.as_ref(), MAX_LIST_KEYS))
-                    .await?;
+            let (keys, more) = node
+                .blocking(move || store.list_partition(partition, after.as_ref(), MAX_LIST_KEYS))
+                .await?;
             Ok((Response::Keys { keys, more }, vec![]))
         }
         Request::Copies { repo, ids } => {
@@ -867,13 +951,16 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             let kind = RecordKind::from_u8(kind).ok_or_else(|| {
                 WireError::new(ErrorCode::BadRequest, format!("no record kind {kind}"))
             })?;
-            match blocking(move || store.get_record(kind, &repo, &key)).await? {
+            match node
+                .blocking(move || store.get_record(kind, &repo, &key))
+                .await?
+            {
                 Some(v) => Ok((Response::Data, vec![Bytes::from(v)])),
                 None => Err(WireError::new(ErrorCode::NotFound, "no such record here")),
             }
         }
         Request::BeginPrune { repo, round } => {
-            node.prune.begin(&repo, round);
+            node.prune.begin(&repo, round).await;
             Ok((Response::Ok, vec![]))
         }
         Request::PruneMark { repo, round, ids } => {
@@ -890,18 +977,19 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             Ok((Response::Swept(report), vec![]))
         }
         Request::RestoreTrash { repo } => {
-            let n = blocking(move || store.restore_trash(&repo)).await?;
+            let n = node.blocking(move || store.restore_trash(&repo)).await?;
             if n > 0 {
                 info!(blobs = n, "restored blobs from the trash");
             }
             Ok((Response::Count(n), vec![]))
         }
+        Request::GcFence { repo } => Ok((Response::GcFence(node.prune.fence(&repo)), vec![])),
         Request::Sizes { repo, ids } => {
-            let sizes = blocking(move || store.sizes(&repo, &ids)).await?;
+            let sizes = node.blocking(move || store.sizes(&repo, &ids)).await?;
             Ok((Response::Sizes { sizes }, vec![]))
         }
         Request::RecordKeys { digest } => {
-            let mut keys = blocking(move || store.record_keys()).await?;
+            let mut keys = node.blocking(move || store.record_keys()).await?;
             if crate::store::record_keys_digest(&keys) == digest {
                 return Ok((
                     Response::RecordKeys {
@@ -1076,7 +1164,7 @@ fn protect_present(node: &Node, repo: &RepoId, ids: &[ChunkId], present: &[bool]
 pub(crate) async fn quarantine(node: &Arc<Node>, repo: RepoId, id: ChunkId) {
     let store = node.store.clone();
     let (r, i) = (repo.clone(), id);
-    match blocking(move || store.quarantine(&r, &i)).await {
+    match node.blocking(move || store.quarantine(&r, &i)).await {
         Ok(true) => {
             warn!(chunk = %id, repo = %repo, "blob quarantined after failing its checksum; fetching a good copy");
             node.wake.notify_one();
@@ -1084,6 +1172,49 @@ pub(crate) async fn quarantine(node: &Arc<Node>, repo: RepoId, id: ChunkId) {
         Ok(false) => {}
         Err(e) => warn!(chunk = %id, error = %e, "cannot quarantine a bad blob"),
     }
+}
+
+/// Answers a [`Request::GetBlobs`]: the blobs in `ids`' order, up to
+/// [`wire::GET_BLOBS_BYTES`] of them, in one store call; a blob that failed
+/// its checksum is quarantined and answered [`BlobReply::Corrupt`], one the
+/// store could not read (or past the byte budget) [`BlobReply::Later`].
+///
+/// # Errors
+/// A [`WireError`] only when the store cannot be asked at all.
+async fn get_blobs(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Reply {
+    let (store, r, asked) = (node.store.clone(), repo.clone(), ids.clone());
+    let got = node
+        .blocking(move || store.get_blobs(&r, &asked, wire::GET_BLOBS_BYTES))
+        .await?;
+    let mut replies = Vec::with_capacity(ids.len());
+    let mut payload = Vec::with_capacity(got.len());
+    for (id, one) in ids.iter().zip(got) {
+        replies.push(match one {
+            Ok(Some(blob)) => {
+                // Invariant: a stored blob is far below 4 GiB (MAX_PAYLOAD).
+                let len = u32::try_from(blob.len()).map_err(|_| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!("blob {id} is too large to send"),
+                    )
+                })?;
+                payload.push(blob);
+                BlobReply::Data(len)
+            }
+            Ok(None) => BlobReply::NotFound,
+            Err(StoreError::Corrupt { .. }) => {
+                warn!(chunk = %id, "stored blob failed its checksum");
+                quarantine(node, repo.clone(), *id).await;
+                BlobReply::Corrupt
+            }
+            Err(e) => {
+                warn!(chunk = %id, error = %e, "a blob could not be read");
+                BlobReply::Later
+            }
+        });
+    }
+    replies.resize(ids.len(), BlobReply::Later);
+    Ok((Response::Blobs { replies }, payload))
 }
 
 /// Which of `ids` this node and its peers hold, as counts per id. `nodes`
@@ -1109,7 +1240,7 @@ async fn count_holders(
             let answer = if target == node.id {
                 let store = node.store.clone();
                 let (r, i) = (repo.clone(), sub.clone());
-                let present = blocking(move || store.has(&r, &i)).await.ok();
+                let present = node.blocking(move || store.has(&r, &i)).await.ok();
                 if let Some(p) = &present {
                     protect_present(&node, &repo, &sub, p);
                 }
@@ -1291,7 +1422,7 @@ async fn replicate(
 ) -> bool {
     if target == node.id {
         let store = node.store.clone();
-        return match blocking(move || store.put_blobs(&repo, batch)).await {
+        return match node.blocking(move || store.put_blobs(&repo, batch)).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "local replica write failed");
@@ -1331,8 +1462,34 @@ async fn replicate(
     }
 }
 
-/// Stores a small record here and, unless `local_only`, on every other node;
-/// succeeds once W nodes hold it.
+/// A number that differs at every start of this process: the clock in ns,
+/// the process id and the standard library's OS-seeded hasher keys.
+fn boot_nonce() -> u64 {
+    use std::hash::BuildHasher;
+    let mut h = blake3::Hasher::new();
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.update(&ns.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(
+        &std::collections::hash_map::RandomState::new()
+            .hash_one(0u8)
+            .to_le_bytes(),
+    );
+    let bytes = h.finalize();
+    // Invariant: a BLAKE3 digest is 32 bytes, so its first 8 exist.
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Stores a key record here and, unless `local_only`, on every other node;
+/// succeeds once W nodes hold it. A coordinator whose own store fails still
+/// forwards: only the count of nodes that stored it decides.
+///
+/// # Errors
+/// [`ErrorCode::Exists`] when this node or another holds a different key
+/// under `key`; [`ErrorCode::QuorumNotReached`] naming each node's failure
+/// when fewer than W stored it; this node's own failure when `local_only`.
 async fn put_record_everywhere(
     node: &Arc<Node>,
     kind: RecordKind,
@@ -1342,23 +1499,18 @@ async fn put_record_everywhere(
     local_only: bool,
     exclusive: bool,
 ) -> Reply {
-    let store = node.store.clone();
-    let (r, v) = (repo.clone(), value.clone());
-    blocking(move || store.put_record(kind, &r, &key, &v, exclusive)).await?;
-    if local_only {
-        return Ok((Response::Ok, vec![]));
-    }
     let req = match kind {
-        RecordKind::Snapshot => Request::PutSnapshot {
-            repo,
-            id: ringvault_common::SnapshotId(key),
-            local_only: true,
-        },
         RecordKind::Key => Request::PutKey {
-            repo,
+            repo: repo.clone(),
             id: key,
             local_only: true,
         },
+        RecordKind::Snapshot => {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "snapshot records are stored under a fence",
+            ));
+        }
         RecordKind::Tombstone => {
             return Err(WireError::new(
                 ErrorCode::Internal,
@@ -1366,13 +1518,122 @@ async fn put_record_everywhere(
             ));
         }
     };
-    everywhere(node, req, vec![value], "stored the record").await
+    let store = node.store.clone();
+    let v = value.clone();
+    let local = node
+        .blocking(move || store.put_record(kind, &repo, &key, &v, exclusive))
+        .await;
+    if local_only {
+        return local.map(|()| (Response::Ok, vec![]));
+    }
+    everywhere(node, local, req, vec![value], "stored the record").await
+}
+
+/// Stores a snapshot record here if this server's fence is the one the
+/// agent read (see [`GcFence`]) and, unless `local_only`, asks every other
+/// node to do the same; succeeds once W nodes stored it. A coordinator
+/// whose own fence moved, or whose store fails, still forwards: only the
+/// count of nodes that stored it decides.
+///
+/// # Errors
+/// [`ErrorCode::FenceMoved`] when fewer than W stored it and some node
+/// refused for its fence (the agent checks its chunks again and retries);
+/// [`ErrorCode::QuorumNotReached`] naming each node's failure otherwise.
+async fn put_snapshot_fenced(
+    node: &Arc<Node>,
+    repo: RepoId,
+    id: ringvault_common::SnapshotId,
+    value: Bytes,
+    local_only: bool,
+    fence: Vec<(NodeId, GcFence)>,
+) -> Reply {
+    let mine = fence.iter().find(|(n, _)| *n == node.id).map(|(_, f)| *f);
+    let store = node.store.clone();
+    let local = {
+        let (r, v) = (repo.clone(), value.clone());
+        node.prune
+            .store_if_fenced(&repo, mine, || {
+                node.blocking(move || store.put_record(RecordKind::Snapshot, &r, &id.0, &v, false))
+            })
+            .await
+    };
+    if local_only {
+        return local.map(|()| (Response::Ok, vec![]));
+    }
+    let mut held = 0u32;
+    let mut refusals = Vec::new();
+    match local {
+        Ok(()) => held += 1,
+        Err(e) => refusals.push((node.id, e)),
+    }
+    let view = node.view();
+    node.try_down_peers_if_short(&view);
+    let req = Request::PutSnapshot {
+        repo,
+        id,
+        local_only: true,
+        fence,
+    };
+    let mut sends: FuturesUnordered<_> = view
+        .map
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&n| n != node.id)
+        .map(|other| {
+            let (node, req, value) = (node.clone(), req.clone(), value.clone());
+            tokio::spawn(async move {
+                let r = node.call_peer(other, &req, vec![value]).await;
+                (other, r)
+            })
+        })
+        .collect();
+    let w = view.map.write_quorum;
+    while held < w {
+        let Some(sent) = sends.next().await else {
+            break;
+        };
+        match sent {
+            Ok((_, Ok(_))) => held += 1,
+            Ok((other, Err(CallError::Remote(e)))) => refusals.push((other, e)),
+            Ok((other, Err(e))) => {
+                warn!(node = %other, error = %e, "snapshot record not stored there");
+                refusals.push((other, WireError::new(ErrorCode::Internal, e.to_string())));
+            }
+            Err(e) => refusals.push((node.id, WireError::new(ErrorCode::Internal, e.to_string()))),
+        }
+    }
+    if held >= w {
+        return Ok((Response::Ok, vec![]));
+    }
+    let causes = refusals
+        .iter()
+        .map(|(n, e)| format!("{n}: {}", e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let code = if refusals
+        .iter()
+        .any(|(_, e)| e.code == ErrorCode::FenceMoved)
+    {
+        ErrorCode::FenceMoved
+    } else {
+        ErrorCode::QuorumNotReached
+    };
+    Err(WireError::new(
+        code,
+        format!("the snapshot record is on {held} of the required {w} servers ({causes})"),
+    ))
 }
 
 /// Deletes a snapshot record or a key here and leaves a tombstone under its
 /// id (its value: the deletion time, unix seconds, 8 bytes little endian),
 /// so record sync does not copy it back; unless `local_only`, does the same
-/// on every other node and succeeds once W hold the tombstone.
+/// on every other node and succeeds once W hold the tombstone. A
+/// coordinator whose own store fails still forwards.
+///
+/// # Errors
+/// [`ErrorCode::QuorumNotReached`] naming each node's failure when fewer
+/// than W made the change; this node's own failure when `local_only`.
 async fn delete_record_everywhere(
     node: &Arc<Node>,
     kind: RecordKind,
@@ -1383,14 +1644,15 @@ async fn delete_record_everywhere(
     let store = node.store.clone();
     let r = repo.clone();
     let now = crate::prune::unix_now().to_le_bytes();
-    blocking(move || {
-        store.put_record(RecordKind::Tombstone, &r, &id, &now, false)?;
-        store.delete_record(kind, &r, &id)?;
-        Ok(())
-    })
-    .await?;
+    let local = node
+        .blocking(move || {
+            store.put_record(RecordKind::Tombstone, &r, &id, &now, false)?;
+            store.delete_record(kind, &r, &id)?;
+            Ok(())
+        })
+        .await;
     if local_only {
-        return Ok((Response::Ok, vec![]));
+        return local.map(|()| (Response::Ok, vec![]));
     }
     let (req, did) = match kind {
         RecordKind::Key => (
@@ -1410,7 +1672,7 @@ async fn delete_record_everywhere(
             "deleted the snapshot",
         ),
     };
-    everywhere(node, req, vec![], did).await
+    everywhere(node, local, req, vec![], did).await
 }
 
 /// Records as listed: (32-byte key, stored value).
@@ -1430,6 +1692,62 @@ fn live_records(
     let mut list = store.list_records(kind, repo)?;
     list.retain(|(k, _)| !dead.contains(k));
     Ok(list)
+}
+
+/// The snapshot records of `repo` that no tombstone marks deleted, and the
+/// keys of its tombstones (of snapshots and of keys alike: their ids are
+/// random, so a key's tombstone hides no snapshot).
+fn snapshot_records(
+    store: &dyn ChunkStore,
+    repo: &RepoId,
+) -> Result<(Records, Vec<[u8; 32]>), StoreError> {
+    let dead: Vec<[u8; 32]> = store
+        .list_records(RecordKind::Tombstone, repo)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let gone: std::collections::HashSet<&[u8; 32]> = dead.iter().collect();
+    let mut list = store.list_records(RecordKind::Snapshot, repo)?;
+    list.retain(|(k, _)| !gone.contains(k));
+    Ok((list, dead))
+}
+
+/// The (id, length in bytes) list of a snapshot listing.
+type Listed = Vec<(ringvault_common::SnapshotId, u32)>;
+
+/// The (id, length) list and the payload parts of a snapshot listing for
+/// `caller` ([`snapshot_for`]), leaving room for `reserved` more payload
+/// bytes.
+///
+/// # Errors
+/// When the records and `reserved` do not fit one reply.
+fn listed_snapshots(
+    caller: &Caller,
+    list: Records,
+    reserved: usize,
+) -> Result<(Listed, Vec<Bytes>), WireError> {
+    let mut records = Vec::with_capacity(list.len());
+    let mut parts = Vec::with_capacity(list.len() + 1);
+    let mut total = reserved;
+    for (key, stored) in list {
+        let Some(value) = snapshot_for(caller, &stored) else {
+            continue;
+        };
+        total += value.len();
+        if total > wire::MAX_PAYLOAD {
+            return Err(too_many_records());
+        }
+        records.push((ringvault_common::SnapshotId(key), value.len() as u32));
+        parts.push(Bytes::copy_from_slice(value));
+    }
+    Ok((records, parts))
+}
+
+fn too_many_records() -> WireError {
+    WireError::new(
+        ErrorCode::Internal,
+        "too many snapshot records for one reply",
+    )
 }
 
 /// Prefix of a stored snapshot record that names the agent that made it:
@@ -1482,11 +1800,32 @@ fn snapshot_for<'a>(caller: &Caller, stored: &'a [u8]) -> Option<&'a [u8]> {
     }
 }
 
-/// Sends `req` (a local-only record change this node has already made) to
-/// every other node of the map and answers once W nodes, this one
-/// included, made it. Sends are spawned, so nodes past the first W still
-/// get it. A node answering `Exists` (a different key) fails the request.
-async fn everywhere(node: &Arc<Node>, req: Request, payload: Vec<Bytes>, did: &str) -> Reply {
+/// Sends `req` (a local-only record change this node has tried, with
+/// outcome `local`) to every other node of the map and answers once W
+/// nodes, this one included if `local` succeeded, made it. Sends are
+/// spawned, so nodes past the first W still get it. A node answering
+/// `Exists` (a different key), this one included, fails the request.
+///
+/// # Errors
+/// [`ErrorCode::Exists`]; [`ErrorCode::QuorumNotReached`] naming each
+/// node that failed and its cause.
+async fn everywhere(
+    node: &Arc<Node>,
+    local: Result<(), WireError>,
+    req: Request,
+    payload: Vec<Bytes>,
+    did: &str,
+) -> Reply {
+    let mut held = 0u32;
+    let mut causes = Vec::new();
+    match local {
+        Ok(()) => held += 1,
+        Err(e) if e.code == ErrorCode::Exists => return Err(e),
+        Err(e) => {
+            warn!(kind = req.kind(), error = %e.message, "record change failed here; forwarding it");
+            causes.push(format!("{}: {}", node.id, e.message));
+        }
+    }
     let view = node.view();
     node.try_down_peers_if_short(&view);
     let mut sends = FuturesUnordered::new();
@@ -1499,30 +1838,42 @@ async fn everywhere(node: &Arc<Node>, req: Request, payload: Vec<Bytes>, did: &s
     {
         let (node, req, payload) = (node.clone(), req.clone(), payload.clone());
         sends.push(tokio::spawn(async move {
-            match node.call_peer(other, &req, payload).await {
-                Ok(_) => Ok(()),
-                Err(CallError::Remote(e)) if e.code == ErrorCode::Exists => Err(Some(e)),
+            let result = match node.call_peer(other, &req, payload).await {
+                Ok((Response::Ok, _)) => Ok(()),
+                // Only `Ok` says the change was made there.
+                Ok((answer, _)) => {
+                    warn!(node = %other, kind = req.kind(), ?answer, "unexpected answer to a record change");
+                    Err(WireError::new(
+                        ErrorCode::Internal,
+                        format!("unexpected answer {answer:?}"),
+                    ))
+                }
+                Err(CallError::Remote(e)) => Err(e),
                 Err(e) => {
                     warn!(node = %other, kind = req.kind(), error = %e, "record change failed");
-                    Err(None)
+                    Err(WireError::new(ErrorCode::Internal, e.to_string()))
                 }
-            }
+            };
+            (other, result)
         }));
     }
     let w = view.map.write_quorum;
-    let mut held = 1u32;
     while held < w {
         match sends.next().await {
             None => break,
-            Some(Ok(Ok(()))) => held += 1,
-            Some(Ok(Err(Some(e)))) => return Err(e),
-            Some(_) => {}
+            Some(Ok((_, Ok(())))) => held += 1,
+            Some(Ok((_, Err(e)))) if e.code == ErrorCode::Exists => return Err(e),
+            Some(Ok((other, Err(e)))) => causes.push(format!("{other}: {}", e.message)),
+            Some(Err(e)) => causes.push(format!("a send task failed: {e}")),
         }
     }
     if held < w {
         return Err(WireError::new(
             ErrorCode::QuorumNotReached,
-            format!("only {held} of the required {w} servers {did}"),
+            format!(
+                "only {held} of the required {w} servers {did} ({})",
+                causes.join("; ")
+            ),
         ));
     }
     Ok((Response::Ok, vec![]))
@@ -1531,6 +1882,57 @@ async fn everywhere(node: &Arc<Node>, req: Request, payload: Vec<Bytes>, did: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_store_call_marks_the_store_failing() {
+        let store: Arc<dyn ChunkStore> = Arc::new(crate::store::MemStore::default());
+        let call = run_store_call(&store, || -> Result<(), StoreError> {
+            panic!("page checksum mismatch")
+        });
+        let result = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call returned");
+        assert_eq!(result.unwrap_err().code, ErrorCode::Internal);
+        let health = store.health();
+        assert_eq!(health.state, wire::StoreState::Failing);
+        assert!(
+            health
+                .error
+                .is_some_and(|e| e.contains("page checksum mismatch"))
+        );
+        // Later calls still run; the state stays until restart.
+        let ok = run_store_call(&store, || Ok(7)).await.unwrap();
+        assert_eq!(ok, 7);
+        assert_eq!(store.health().state, wire::StoreState::Failing);
+    }
+
+    #[test]
+    fn a_store_error_tells_the_client_its_cause_and_not_the_path() {
+        let no_space = store_err(StoreError::Index(
+            "I/O error: No space left on device (os error 28)".into(),
+        ));
+        assert_eq!(no_space.code, ErrorCode::Internal);
+        assert!(
+            no_space.message.contains("No space left on device"),
+            "{no_space}"
+        );
+        let io = store_err(StoreError::Io {
+            path: "/srv/ringvault/data/segments/00000003.seg".into(),
+            source: std::io::Error::other("input/output error"),
+        });
+        assert_eq!(io.code, ErrorCode::Internal);
+        assert!(
+            io.message.contains("00000003.seg") && io.message.contains("input/output error"),
+            "{io}"
+        );
+        assert!(!io.message.contains("/srv/"), "{io}");
+        let full = store_err(StoreError::DiskFull {
+            free: 0,
+            min_free: 0,
+        });
+        assert_eq!(full.code, ErrorCode::StoreFull);
+        assert!(full.message.contains("no space left"), "{full}");
+    }
 
     fn caller(identity: PeerIdentity) -> Caller {
         Caller {
@@ -1576,6 +1978,61 @@ mod tests {
         for bad in [&b"RVO1"[..], b"RVO1\x09abc", b"RVO1\xff"] {
             assert_eq!(split_owner(bad), (None, bad));
         }
+    }
+
+    #[test]
+    fn a_listing_carries_live_records_and_every_tombstone_of_its_repository() {
+        let store = crate::store::MemStore::default();
+        let repo = RepoId::new("r").unwrap();
+        let other = RepoId::new("o").unwrap();
+        let put = |kind, repo: &RepoId, key: u8, value: &[u8]| {
+            store
+                .put_record(kind, repo, &[key; 32], value, false)
+                .unwrap();
+        };
+        put(
+            RecordKind::Snapshot,
+            &repo,
+            1,
+            &owned_record("laptop", b"RVBone"),
+        );
+        put(
+            RecordKind::Snapshot,
+            &repo,
+            2,
+            &owned_record("desktop", b"RVBtwo"),
+        );
+        // Forgotten here, though the record is still stored (a tombstone
+        // copied by record sync before the record was dropped).
+        put(
+            RecordKind::Snapshot,
+            &repo,
+            3,
+            &owned_record("laptop", b"RVBthree"),
+        );
+        put(RecordKind::Tombstone, &repo, 3, &[0; 8]);
+        // Forgotten here with the record gone, and another repository's.
+        put(RecordKind::Tombstone, &repo, 4, &[0; 8]);
+        put(RecordKind::Tombstone, &other, 5, &[0; 8]);
+
+        let (mut list, dead) = snapshot_records(&store, &repo).unwrap();
+        list.sort();
+        let keys: Vec<u8> = list.iter().map(|(k, _)| k[0]).collect();
+        assert_eq!(keys, [1, 2]);
+        let mut dead: Vec<u8> = dead.iter().map(|k| k[0]).collect();
+        dead.sort_unstable();
+        assert_eq!(dead, [3, 4]);
+
+        // A writer sees its own records, and the tombstones all the same.
+        let (records, parts) =
+            listed_snapshots(&agent("laptop", Role::Writer), list.clone(), 64).unwrap();
+        assert_eq!(records, [(ringvault_common::SnapshotId([1; 32]), 6)]);
+        assert_eq!(parts, [Bytes::from_static(b"RVBone")]);
+        let (records, _) = listed_snapshots(&agent("x", Role::Reader), list.clone(), 0).unwrap();
+        assert_eq!(records.len(), 2);
+        // Records and tombstones that do not fit one reply are refused, not
+        // cut short.
+        assert!(listed_snapshots(&agent("x", Role::Reader), list, wire::MAX_PAYLOAD).is_err());
     }
 
     #[test]

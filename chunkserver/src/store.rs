@@ -5,9 +5,35 @@
 //! a redb index and commits that (redb fsyncs its commit). A put is answered
 //! only after both. A crash before the index commit leaves unindexed bytes in
 //! a segment, never an index entry pointing at bytes that are not on disk; a
-//! store reopened after a crash starts a new segment, so a torn tail is
-//! never appended to. Every index entry carries a BLAKE3 checksum of its
-//! blob, checked on every read.
+//! store reopened after a crash starts a new segment (at its first write),
+//! so a torn tail is never appended to. A group commit that fails before
+//! anything of its segment was indexed removes that segment file, so
+//! failures (a full disk) leave no empty segments behind. Every index entry
+//! carries a BLAKE3 checksum of its blob, checked on every read; a blob
+//! whose segment file is gone counts as failing it.
+//!
+//! # Opening
+//!
+//! [`FsStore::open`] verifies the index (redb's integrity check) and refuses
+//! a damaged one with [`StoreError::IndexCorrupt`], which names the way out
+//! (`ringvault-chunkserver --rebuild-index`, [`FsStore::rebuild_index`]). An
+//! index file missing beside segment files is rebuilt from them rather than
+//! started empty; so is one that was never finished (empty, or without
+//! redb's magic number, which redb writes last: a power loss while a new
+//! store made it), which alone is moved aside and started afresh. Every
+//! entry is then checked against the segment files (blobs whose bytes are
+//! missing are quarantined at once): see
+//! [`recover`]. The directory entries of a new store (data directory,
+//! `segments/`, the index) are fsync'd.
+//!
+//! # Health
+//!
+//! The store keeps its state ([`StoreHealth`]: ok, full, read-only,
+//! failing, with the last error), see [`health`]. With less free space on
+//! its file system than the [`Watermark`], puts fail with
+//! [`StoreError::DiskFull`] before anything is appended, as for the quota;
+//! reads go on, and puts are taken again as soon as space comes back. An I/O
+//! error in the index makes it close and reopen its database ([`index`]).
 //!
 //! Segment record layout (little endian):
 //!
@@ -41,8 +67,10 @@
 //! only; its segment bytes stay until a compaction rewrites the segment.
 //! Quarantined and trashed blobs keep their bytes (their entries there point
 //! into segments); a trashed blob can be restored until the trash entry
-//! expires. The `unreferenced` marks are prune's memory between rounds;
-//! trashing or deleting a blob clears its mark.
+//! expires. A quarantine entry is dropped when a new copy of its blob is
+//! stored (the repair it waited for), so its bytes stop counting as live.
+//! The `unreferenced` marks are prune's memory between rounds; trashing or
+//! deleting a blob clears its mark.
 //!
 //! # Compaction
 //!
@@ -106,6 +134,16 @@ use redb::{
 use ringvault_common::wire::{DIGEST_BUCKETS, bitmap_has};
 use ringvault_common::{ChunkId, RepoId};
 
+pub mod health;
+mod index;
+pub mod recover;
+
+pub use health::{StoreHealth, Watermark};
+pub use recover::RebuildReport;
+
+use health::{Health, is_no_space};
+use index::Index;
+
 /// Errors from a chunk store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -142,6 +180,27 @@ pub enum StoreError {
     Full {
         /// The quota, bytes of blobs.
         quota: u64,
+    },
+    /// Storing the new blobs of a put would leave less free space on the
+    /// store's file system than its [`Watermark`] (or the file system ran
+    /// out of space); none of the put was stored.
+    #[error("store is full ({free} bytes free on its file system, {min_free} kept free)")]
+    DiskFull {
+        /// Bytes free when the put was refused.
+        free: u64,
+        /// Bytes the watermark keeps free.
+        min_free: u64,
+    },
+    /// The index file is damaged: the store refuses to open it.
+    #[error(
+        "the index {} is damaged ({reason}); stop the server and run `ringvault-chunkserver --config <its config> --rebuild-index`, which moves it aside and rebuilds it from the segment files (snapshot records and keys then come back from the other servers)",
+        path.display()
+    )]
+    IndexCorrupt {
+        /// The index file.
+        path: PathBuf,
+        /// What redb found.
+        reason: String,
     },
 }
 
@@ -236,19 +295,44 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Stores blobs durably (fsync'd) before returning. Blobs already held
     /// are skipped. Idempotent.
     ///
+    /// A stored blob's quarantine entry, if any, is dropped.
+    ///
     /// # Errors
     /// [`StoreError::Full`] when the blobs not already held would take the
-    /// stored bytes past the quota: then none of them is stored. Otherwise
-    /// [`StoreError`]; on error none of the batch may be relied on.
+    /// stored bytes past the quota, [`StoreError::DiskFull`] when they would
+    /// leave less free space than the watermark: then none of them is
+    /// stored. Otherwise [`StoreError`]; on error none of the batch may be
+    /// relied on.
     fn put_blobs(&self, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), StoreError>;
 
     /// Reads and checks one blob; `None` if not held.
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] when the checksum fails or the blob's bytes
-    /// are missing from its segment (call [`ChunkStore::quarantine`] and
-    /// fetch a good copy), or I/O errors.
+    /// are missing (its segment short or gone): call
+    /// [`ChunkStore::quarantine`] and fetch a good copy. Other I/O errors as
+    /// [`StoreError::Io`].
     fn get_blob(&self, repo: &RepoId, id: &ChunkId) -> Result<Option<Bytes>, StoreError>;
+
+    /// Reads and checks blobs in order, as [`ChunkStore::get_blob`] would
+    /// one by one, stopping after the one that brings the bytes read to
+    /// `max_bytes` or more: the answer is a prefix of `ids`, never empty
+    /// unless `ids` is. Each blob's own error stays with it (quarantine the
+    /// [`StoreError::Corrupt`] ones).
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] when the index cannot be read at all.
+    fn get_blobs(
+        &self,
+        repo: &RepoId,
+        ids: &[ChunkId],
+        max_bytes: usize,
+    ) -> Result<Vec<Result<Option<Bytes>, StoreError>>, StoreError> {
+        Ok(read_within(
+            ids.iter().map(|id| self.get_blob(repo, id)),
+            max_bytes,
+        ))
+    }
 
     /// Which of `ids` are held.
     ///
@@ -305,8 +389,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn stats(&self) -> Result<(u64, u64), StoreError>;
 
     /// Number of keys in quarantine, from memory (constant time, no
-    /// waiting). A key quarantined again after a new copy was stored counts
-    /// once. Entries stay: compaction keeps their bytes.
+    /// waiting). An entry stays, and compaction keeps its bytes, until a
+    /// new copy of its blob is stored.
     fn quarantined(&self) -> u64;
 
     /// Set digests of the blobs held in the partitions set in `partitions`,
@@ -368,7 +452,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// with the time, durably: the blob is no longer held (not in
     /// [`ChunkStore::has`], [`ChunkStore::get_blob`], digests or stats).
     /// Returns whether it was held. Call it on [`StoreError::Corrupt`], then
-    /// fetch a good copy from a co-replica and put it.
+    /// fetch a good copy from a co-replica and put it, which drops the
+    /// quarantine entry.
     ///
     /// # Errors
     /// [`StoreError::Index`] if the index transaction fails; then nothing
@@ -380,14 +465,14 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// stopping once `max_bytes` bytes have been read (so a step may exceed
     /// it by one blob), but always at least one blob if any remain. Each is
     /// checked against its checksum; one that fails, or whose bytes are
-    /// missing because its segment is short, is quarantined. Call it at a
+    /// missing (its segment short or gone), is quarantined. Call it at a
     /// bounded rate, passing back [`ScrubStep::next`] until it is `None`.
     ///
     /// # Errors
     /// [`StoreError::Io`] when a segment cannot be read for another reason
-    /// than being short (missing file, device error): nothing of the step
-    /// was quarantined and the same step may be retried. [`StoreError::Index`]
-    /// if the index cannot be read or written.
+    /// (a device error): nothing of the step was quarantined and the same
+    /// step may be retried. [`StoreError::Index`] if the index cannot be
+    /// read or written.
     fn scrub(
         &self,
         after: Option<&(RepoId, ChunkId)>,
@@ -511,6 +596,17 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// segment file sizes, from memory (constant time). Compare with
     /// [`ChunkStore::stats`] to judge whether a compaction would pay.
     fn disk_bytes(&self) -> u64;
+
+    /// The store's state and last error (see [`health`]). Measures the free
+    /// space of its file system (one `statvfs` call) and never waits for a
+    /// write, so async code may call it directly; each call may also end
+    /// the full state when space came back.
+    fn health(&self) -> StoreHealth;
+
+    /// Marks the store failing with `error` until the process restarts.
+    /// Call it when a store call panicked: the panic must show in the
+    /// node's status, not vanish with its task.
+    fn mark_failing(&self, error: &str);
 }
 
 /// The blob index, keyed `id | repo_len | repo`.
@@ -738,6 +834,12 @@ impl Summaries {
         self.publish();
     }
 
+    /// Accounts `n` quarantine entries dropped (good copies came back).
+    fn remove_quarantined(&mut self, n: u64) {
+        self.quarantined = self.quarantined.wrapping_sub(n);
+        self.publish();
+    }
+
     fn publish(&self) {
         self.totals.blobs.store(self.blobs, Ordering::Relaxed);
         self.totals.bytes.store(self.bytes, Ordering::Relaxed);
@@ -826,6 +928,9 @@ pub struct FsStoreOptions {
     /// whose new blobs would pass it fails with [`StoreError::Full`]. 0
     /// means no quota.
     pub quota_bytes: u64,
+    /// Free space kept on the file system; a put whose new blobs would
+    /// leave less fails with [`StoreError::DiskFull`].
+    pub watermark: Watermark,
 }
 
 impl Default for FsStoreOptions {
@@ -834,6 +939,7 @@ impl Default for FsStoreOptions {
             group_commit_blobs: 1024,
             segment_bytes: 1 << 30,
             quota_bytes: 0,
+            watermark: Watermark::default(),
         }
     }
 }
@@ -841,7 +947,10 @@ impl Default for FsStoreOptions {
 /// The file-system chunk store: segment files plus a redb index.
 pub struct FsStore {
     dir: PathBuf,
-    db: Arc<Database>,
+    index: Arc<Index>,
+    health: Arc<Health>,
+    quota_bytes: u64,
+    watermark: Watermark,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
@@ -888,21 +997,28 @@ struct CompactBatch {
 }
 
 impl FsStore {
-    /// Opens (or creates) a store in `dir`, starting a new segment. Moves a
-    /// first-layout blob index to the current one (one transaction), then
-    /// scans the index once to build the summaries: time linear in the
-    /// number of blobs.
+    /// Opens (or creates) a store in `dir`; see the module docs, "Opening".
+    /// Verifies the index (time linear in its size), rebuilds it from the
+    /// segments if it is missing beside them (time linear in the store's
+    /// size), moves a first-layout blob index to the current one, then
+    /// checks every entry against the segment files and builds the
+    /// summaries by one more scan: time linear in the number of blobs.
+    /// Empty segment files (left by a crash or an earlier version) are
+    /// deleted; the first put starts a new segment.
     ///
     /// # Errors
-    /// [`StoreError`] if the directory or index cannot be opened (another
-    /// process holding it, for one), or [`StoreError::Index`] if the index
-    /// holds a malformed entry.
+    /// [`StoreError::IndexCorrupt`] when the index fails its integrity check
+    /// or cannot be opened as a database; [`StoreError`] if the directory or
+    /// index cannot be opened otherwise (another process holding it, for
+    /// one), or [`StoreError::Index`] if the index holds a malformed entry.
     pub fn open(dir: &Path, options: FsStoreOptions) -> Result<Self, StoreError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
         };
         let seg_dir = dir.join("segments");
+        let new_dir = !dir.exists();
+        let new_seg_dir = !seg_dir.exists();
         std::fs::create_dir_all(&seg_dir).map_err(io(&seg_dir))?;
         let tag = dir.join(ringvault_common::DATA_DIR_TAG);
         if !tag.exists() {
@@ -913,7 +1029,35 @@ impl FsStore {
             .map_err(io(&tag))?;
         }
         let db_path = dir.join("index.redb");
-        let db = Database::create(&db_path).map_err(index_err)?;
+        let mut segments = list_segments(&seg_dir)?;
+        for (&n, _) in segments.iter().filter(|(_, size)| **size == 0) {
+            let path = segment_path(&seg_dir, n);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        segments.retain(|_, size| *size > 0);
+        // A missing index, or one a crash left unfinished while redb made
+        // it (nothing was ever committed in it), beside segments is
+        // rebuilt: never start empty over blobs. An unfinished one alone
+        // is moved aside and started afresh (an empty file, redb fills).
+        let unfinished = unfinished_index(&db_path).map_err(io(&db_path))?;
+        if (unfinished || !db_path.exists()) && !segments.is_empty() {
+            tracing::warn!(dir = %dir.display(), segments = segments.len(), "the index is missing beside segment files; rebuilding it from them");
+            let report = recover::rebuild(dir, &db_path)?;
+            log_rebuild(&report);
+        } else if unfinished && std::fs::metadata(&db_path).is_ok_and(|m| m.len() > 0) {
+            tracing::warn!(path = %db_path.display(), "the index was never finished (a crash while it was made); starting it afresh");
+            let report = recover::rebuild(dir, &db_path)?;
+            log_rebuild(&report);
+        }
+        let new_index = !db_path.exists();
+        let mut db = Database::create(&db_path).map_err(|e| corrupt_or_index(&db_path, e))?;
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(path = %db_path.display(), "the index failed its integrity check and redb repaired it from its last good commit; repair pulls what it lost from the other servers")
+            }
+            Err(e) => return Err(corrupt_or_index(&db_path, e)),
+        }
         {
             let txn = db.begin_write().map_err(index_err)?;
             let migrated = migrate_v1(&txn)?;
@@ -927,34 +1071,61 @@ impl FsStore {
                 tracing::info!(blobs = n, "moved the blob index to the id-first layout");
             }
         }
+        // A new store's directory entries are durable before it takes a
+        // write, as a rotated segment's are.
+        if new_dir && let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        if new_dir || new_seg_dir || new_index {
+            sync_dir(dir)?;
+            sync_dir(&seg_dir)?;
+        }
+        let check = recover::check_segments(&db, &segments)?;
+        for (repo, id) in &check.quarantined {
+            tracing::warn!(chunk = %id, repo = %repo, "blob quarantined at start: its segment file is missing or too short; repair fetches a good copy");
+        }
+        if !check.quarantined.is_empty() || check.trash_dropped > 0 {
+            tracing::warn!(
+                quarantined = check.quarantined.len(),
+                trash_dropped = check.trash_dropped,
+                "index entries point at segment bytes that are not there"
+            );
+        }
         let summaries = summarize(&db)?;
         let totals = summaries.totals.clone();
         let summaries = Arc::new(Mutex::new(summaries));
-        let segments = list_segments(&seg_dir)?;
         let last = segments.keys().next_back().copied().unwrap_or(0);
         let disk = Arc::new(AtomicU64::new(segments.values().sum()));
-        let current = Arc::new(AtomicU32::new(last));
-        let db = Arc::new(db);
+        // The next segment: `last` and below are sealed.
+        let current = Arc::new(AtomicU32::new(last.saturating_add(1)));
+        let health = Arc::new(Health::default());
+        let index = Arc::new(Index::new(&db_path, db, health.clone()));
         let (tx, rx) = mpsc::channel();
-        let mut writer = SegmentWriter {
+        let quota_bytes = options.quota_bytes;
+        let watermark = options.watermark;
+        let writer = SegmentWriter {
             dir: seg_dir,
-            db: db.clone(),
+            index: index.clone(),
             options,
             segment: last,
             file: None,
             size: 0,
+            committed: 0,
             summaries: summaries.clone(),
             current: current.clone(),
             disk: disk.clone(),
+            health: health.clone(),
         };
-        writer.rotate()?;
         let thread = std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || writer.run(rx))
             .map_err(io(dir))?;
-        Ok(Self {
+        let store = Self {
             dir: dir.to_owned(),
-            db,
+            index,
+            health,
+            quota_bytes,
+            watermark,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             readers: Mutex::new(HashMap::new()),
@@ -963,7 +1134,25 @@ impl FsStore {
             current,
             disk,
             compacting: Mutex::new(()),
-        })
+        };
+        store.health();
+        Ok(store)
+    }
+
+    /// Rebuilds the index of the store in `dir` from its segment files,
+    /// moving an existing index file aside first (see [`recover`]). Only
+    /// blobs come back; snapshot records and keys come back from the other
+    /// servers by record sync once the server runs. Call it on a stopped
+    /// server whose index is damaged ([`StoreError::IndexCorrupt`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if a segment or the directory cannot be read or
+    /// the new index put in place, [`StoreError::Index`] if it cannot be
+    /// written. An index moved aside before the error stays aside.
+    pub fn rebuild_index(dir: &Path) -> Result<RebuildReport, StoreError> {
+        let report = recover::rebuild(dir, &dir.join("index.redb"))?;
+        log_rebuild(&report);
+        Ok(report)
     }
 
     /// Stops the group-commit thread after the writes already queued.
@@ -999,7 +1188,7 @@ impl FsStore {
 
     /// Where the blob under index key `key` is, if held.
     fn location_of(&self, key: &[u8]) -> Result<Option<Location>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(BLOBS).map_err(index_err)?;
         let found = table.get(key).map_err(index_err)?;
         match found {
@@ -1008,15 +1197,23 @@ impl FsStore {
         }
     }
 
-    /// Reads and checks the held blob under `key`, found at `loc`. If a
-    /// compaction has deleted `loc`'s segment since `loc` was looked up,
-    /// looks the key up once more and reads there.
+    /// Reads and checks the held blob under `key`, found at `loc`. If
+    /// `loc`'s segment file is gone, looks the key up once more and reads
+    /// there (a compaction may have moved it); a segment still gone where
+    /// the index points was lost, and the blob is bad.
     fn read_held(&self, key: &[u8], loc: Location) -> Result<HeldRead, StoreError> {
         let (loc, bytes) = match self.read_checked(&loc) {
             Ok(bytes) => (loc, bytes),
             Err(e) if segment_gone(&e) => match self.location_of(key)? {
                 None => return Ok(HeldRead::Gone),
-                Some(now) => (now, self.read_checked(&now)?),
+                Some(now) => match self.read_checked(&now) {
+                    Ok(bytes) => (now, bytes),
+                    Err(e) if segment_gone(&e) => {
+                        tracing::warn!(segment = now.segment, error = %e, "a segment file the index names is missing");
+                        (now, None)
+                    }
+                    Err(e) => return Err(e),
+                },
             },
             Err(e) => return Err(e),
         };
@@ -1049,7 +1246,7 @@ impl FsStore {
     /// since it was read is a different copy). Returns whether it moved.
     fn quarantine_key(&self, key: &[u8], expect: Option<&Location>) -> Result<bool, StoreError> {
         let mut summaries = lock(&self.summaries);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         let (len, fresh) = {
             let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
             let loc = match blobs.get(key).map_err(index_err)? {
@@ -1068,7 +1265,7 @@ impl FsStore {
                 .is_none();
             (loc.len, fresh)
         };
-        txn.commit().map_err(index_err)?;
+        self.index.commit(txn)?;
         summaries.remove(key, len);
         if fresh {
             summaries.add_quarantined();
@@ -1100,7 +1297,7 @@ impl FsStore {
         sizes: &BTreeMap<u32, u64>,
         max_live_fraction: f64,
     ) -> Result<BTreeMap<u32, BTreeMap<Vec<u8>, u64>>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let mut live: HashMap<u32, u64> = HashMap::new();
         for def in LOCATED {
             let table = txn.open_table(def).map_err(index_err)?;
@@ -1209,7 +1406,7 @@ enum HeldRead {
 }
 
 /// Whether an error is a segment file not found: deleted by a compaction
-/// after its location was read.
+/// after its location was read, or lost.
 fn segment_gone(e: &StoreError) -> bool {
     matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
@@ -1304,6 +1501,100 @@ fn segment_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
 
+/// Makes the entries of directory `dir` durable (fsync).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Collects blob reads in order, lazily, up to and including the one that
+/// brings the bytes read to `max_bytes`: the budget of
+/// [`ChunkStore::get_blobs`].
+fn read_within(
+    reads: impl Iterator<Item = Result<Option<Bytes>, StoreError>>,
+    max_bytes: usize,
+) -> Vec<Result<Option<Bytes>, StoreError>> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for got in reads {
+        if let Ok(Some(b)) = &got {
+            bytes = bytes.saturating_add(b.len());
+        }
+        out.push(got);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    out
+}
+
+/// Bytes of redb's magic number, at the start of its file.
+const REDB_MAGIC_LEN: usize = 9;
+
+/// Whether the index file at `path` exists but was never finished: it is
+/// empty, or its magic number is still zeros. redb makes a database by
+/// growing the file, writing and syncing its header without the magic
+/// number, then writing the magic number and syncing again; it commits
+/// nothing before that. A crash in between (a power loss while a new
+/// store starts) leaves such a file, which redb then refuses as "not a
+/// redb database". A magic number that is neither redb's nor zeros is
+/// damage, not this.
+///
+/// # Errors
+/// When the file exists but cannot be read.
+fn unfinished_index(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut magic = Vec::with_capacity(REDB_MAGIC_LEN);
+    file.take(REDB_MAGIC_LEN as u64).read_to_end(&mut magic)?;
+    Ok(magic.iter().all(|&b| b == 0))
+}
+
+/// The error for an index file redb cannot open or verify: damaged
+/// ([`StoreError::IndexCorrupt`]) unless redb says why otherwise (held by
+/// another process, an I/O error such as a permission).
+fn corrupt_or_index(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match &e {
+        redb::Error::DatabaseAlreadyOpen
+        | redb::Error::LockProtocolMismatch
+        | redb::Error::TransactionInProgress
+        | redb::Error::UpgradeRequired(_) => index_err(e),
+        redb::Error::Io(io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            index_err(e)
+        }
+        _ => StoreError::IndexCorrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Logs what a rebuild of the index did.
+fn log_rebuild(r: &RebuildReport) {
+    tracing::warn!(
+        segments = r.segments,
+        blobs = r.blobs,
+        bytes = r.bytes,
+        skipped = r.skipped,
+        moved_aside = ?r.moved_aside,
+        "rebuilt the index from the segment files; snapshot records, keys and tombstones come back from the other servers by record sync, and blobs deleted or trashed since their segment was last compacted are held again until the next prune"
+    );
+}
+
 impl ChunkStore for FsStore {
     fn put_blobs(&self, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), StoreError> {
         if blobs.is_empty() {
@@ -1330,8 +1621,42 @@ impl ChunkStore for FsStore {
         }
     }
 
+    fn get_blobs(
+        &self,
+        repo: &RepoId,
+        ids: &[ChunkId],
+        max_bytes: usize,
+    ) -> Result<Vec<Result<Option<Bytes>, StoreError>>, StoreError> {
+        // One index transaction for every location, then the reads.
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| blob_key(repo, id)).collect();
+        let locations = {
+            let txn = self.index.begin_read()?;
+            let table = txn.open_table(BLOBS).map_err(index_err)?;
+            keys.iter()
+                .map(|key| match table.get(key.as_slice()) {
+                    Ok(None) => Ok(None),
+                    Ok(Some(v)) => Location::decode(v.value()).map(Some).ok_or_else(malformed),
+                    Err(e) => Err(index_err(e)),
+                })
+                .collect::<Vec<_>>()
+        };
+        let reads = ids
+            .iter()
+            .zip(&keys)
+            .zip(locations)
+            .map(|((id, key), loc)| match loc? {
+                None => Ok(None),
+                Some(loc) => match self.read_held(key, loc)? {
+                    HeldRead::Gone => Ok(None),
+                    HeldRead::Good(buf) => Ok(Some(Bytes::from(buf))),
+                    HeldRead::Bad(_) => Err(StoreError::Corrupt { id: *id }),
+                },
+            });
+        Ok(read_within(reads, max_bytes))
+    }
+
     fn has(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(BLOBS).map_err(index_err)?;
         ids.iter()
             .map(|id| {
@@ -1353,7 +1678,7 @@ impl ChunkStore for FsStore {
     ) -> Result<(), StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         {
             let mut table = txn.open_table(RECORDS).map_err(index_err)?;
             if exclusive
@@ -1364,7 +1689,7 @@ impl ChunkStore for FsStore {
             }
             table.insert(k.as_slice(), value).map_err(index_err)?;
         }
-        txn.commit().map_err(index_err)
+        self.index.commit(txn)
     }
 
     fn get_record(
@@ -1375,7 +1700,7 @@ impl ChunkStore for FsStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(RECORDS).map_err(index_err)?;
         Ok(table
             .get(k.as_slice())
@@ -1385,7 +1710,7 @@ impl ChunkStore for FsStore {
 
     fn list_records(&self, kind: RecordKind, repo: &RepoId) -> Result<Vec<Record>, StoreError> {
         let prefix = record_prefix(kind, repo);
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(RECORDS).map_err(index_err)?;
         let mut out = Vec::new();
         for item in table.range(prefix.as_slice()..).map_err(index_err)? {
@@ -1402,7 +1727,7 @@ impl ChunkStore for FsStore {
     }
 
     fn record_keys(&self) -> Result<Vec<RecordKey>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(RECORDS).map_err(index_err)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(index_err)? {
@@ -1442,7 +1767,7 @@ impl ChunkStore for FsStore {
         let Some((lower, upper)) = partition_range(partition, after) else {
             return Ok((Vec::new(), false));
         };
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(BLOBS).map_err(index_err)?;
         let range = table
             .range::<&[u8]>((
@@ -1466,7 +1791,7 @@ impl ChunkStore for FsStore {
             return Ok(0);
         }
         let mut summaries = lock(&self.summaries);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         let mut removed = Vec::new();
         {
             let mut table = txn.open_table(BLOBS).map_err(index_err)?;
@@ -1483,7 +1808,7 @@ impl ChunkStore for FsStore {
                 removed.push((key, len));
             }
         }
-        txn.commit().map_err(index_err)?;
+        self.index.commit(txn)?;
         for (key, len) in &removed {
             summaries.remove(key, *len);
         }
@@ -1504,7 +1829,7 @@ impl ChunkStore for FsStore {
         let mut bad = Vec::new();
         {
             let lower = after.map(|(repo, id)| blob_key(repo, id));
-            let txn = self.db.begin_read().map_err(index_err)?;
+            let txn = self.index.begin_read()?;
             let table = txn.open_table(BLOBS).map_err(index_err)?;
             let range = table
                 .range::<&[u8]>((
@@ -1547,17 +1872,17 @@ impl ChunkStore for FsStore {
     ) -> Result<bool, StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         let held = {
             let mut table = txn.open_table(RECORDS).map_err(index_err)?;
             table.remove(k.as_slice()).map_err(index_err)?.is_some()
         };
-        txn.commit().map_err(index_err)?;
+        self.index.commit(txn)?;
         Ok(held)
     }
 
     fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(BLOBS).map_err(index_err)?;
         ids.iter()
             .map(|id| match table.get(blob_key(repo, id).as_slice()) {
@@ -1575,7 +1900,7 @@ impl ChunkStore for FsStore {
             return Ok(0);
         }
         let mut summaries = lock(&self.summaries);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         // (key, blob bytes, bytes of the trash entry it replaced)
         let mut moved = Vec::new();
         {
@@ -1600,7 +1925,7 @@ impl ChunkStore for FsStore {
                 moved.push((key, loc.len, replaced));
             }
         }
-        txn.commit().map_err(index_err)?;
+        self.index.commit(txn)?;
         for (key, len, replaced) in &moved {
             summaries.remove(key, *len);
             if let Some(old) = replaced {
@@ -1613,7 +1938,7 @@ impl ChunkStore for FsStore {
 
     fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
         let mut summaries = lock(&self.summaries);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         // (key, blob bytes, whether it came back rather than being dropped)
         let mut out = Vec::new();
         {
@@ -1638,7 +1963,7 @@ impl ChunkStore for FsStore {
                 out.push((key, loc.len, !held));
             }
         }
-        txn.commit().map_err(index_err)?;
+        self.index.commit(txn)?;
         let mut restored = 0;
         for (key, len, back) in &out {
             summaries.remove_trash(*len);
@@ -1652,7 +1977,7 @@ impl ChunkStore for FsStore {
 
     fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
         let mut summaries = lock(&self.summaries);
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         let mut expired = Vec::new();
         {
             let mut trash = txn.open_table(TRASH).map_err(index_err)?;
@@ -1671,7 +1996,7 @@ impl ChunkStore for FsStore {
             txn.abort().map_err(index_err)?;
             return Ok((0, 0));
         }
-        txn.commit().map_err(index_err)?;
+        self.index.commit(txn)?;
         let mut bytes = 0u64;
         for (_, len) in &expired {
             summaries.remove_trash(*len);
@@ -1681,7 +2006,7 @@ impl ChunkStore for FsStore {
     }
 
     fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(TRASH).map_err(index_err)?;
         ids.iter()
             .map(|id| {
@@ -1705,7 +2030,7 @@ impl ChunkStore for FsStore {
         repo: &RepoId,
         ids: &[ChunkId],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
+        let txn = self.index.begin_read()?;
         let table = txn.open_table(UNREFERENCED).map_err(index_err)?;
         ids.iter()
             .map(|id| match table.get(blob_key(repo, id).as_slice()) {
@@ -1724,7 +2049,7 @@ impl ChunkStore for FsStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         {
             let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
             for (id, since) in entries {
@@ -1749,7 +2074,7 @@ impl ChunkStore for FsStore {
                 }
             }
         }
-        txn.commit().map_err(index_err)
+        self.index.commit(txn)
     }
 
     fn compact(&self, max_live_fraction: f64) -> Result<CompactReport, StoreError> {
@@ -1776,6 +2101,41 @@ impl ChunkStore for FsStore {
     fn disk_bytes(&self) -> u64 {
         self.disk.load(Ordering::Relaxed)
     }
+
+    fn health(&self) -> StoreHealth {
+        match health::measure(&self.dir) {
+            Ok(space) => {
+                let quota_room =
+                    quota_room(self.quota_bytes, self.totals.bytes.load(Ordering::Relaxed));
+                self.health.observe(
+                    space.room(&self.watermark).min(quota_room),
+                    space.free,
+                    space.read_only,
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot measure free space"),
+        }
+        self.health.report()
+    }
+
+    fn mark_failing(&self, error: &str) {
+        self.health.fail(error, true);
+    }
+}
+
+/// Blob bytes a quota of `quota` bytes (0: none) still allows with `held`
+/// bytes held.
+fn quota_room(quota: u64, held: u64) -> u64 {
+    if quota == 0 {
+        u64::MAX
+    } else {
+        quota.saturating_sub(held)
+    }
+}
+
+/// Bytes a segment record's header takes for a blob of `repo`.
+fn record_header_len(repo: &RepoId) -> usize {
+    SEGMENT_MAGIC.len() + 1 + repo.as_str().len() + 32 + 4 + 32
 }
 
 /// Whether a scrub step has reached its limits.
@@ -1806,16 +2166,32 @@ fn partition_range(partition: u16, after: Option<&(RepoId, ChunkId)>) -> Option<
 /// Owns the open segment; runs on the group-commit thread.
 struct SegmentWriter {
     dir: PathBuf,
-    db: Arc<Database>,
+    index: Arc<Index>,
     options: FsStoreOptions,
+    /// The open segment, or the last one made when none is open.
     segment: u32,
     file: Option<File>,
     size: u64,
+    /// Bytes of the open segment up to the end of its last indexed record
+    /// (or of a commit that may have reached the index); 0 means nothing in
+    /// the index points into it.
+    committed: u64,
     summaries: Arc<Mutex<Summaries>>,
     /// Published copy of `segment`.
     current: Arc<AtomicU32>,
     /// Sum of the segment file sizes, bytes (see [`ChunkStore::disk_bytes`]).
     disk: Arc<AtomicU64>,
+    health: Arc<Health>,
+}
+
+/// Why a put job of a group commit was refused.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// Its new blobs would pass the quota.
+    Quota,
+    /// They would leave less free space than the watermark: bytes free
+    /// and bytes kept free.
+    Disk(u64, u64),
 }
 
 impl SegmentWriter {
@@ -1834,9 +2210,9 @@ impl SegmentWriter {
                 WriteJob::Put(job) => job,
                 WriteJob::Compact(job) => {
                     let result = self.compact(job.segment, &job.keys);
-                    if result.is_err() {
+                    if let Err(e) = &result {
                         // As for a failed put below.
-                        self.file = None;
+                        self.failed(e);
                     }
                     let _ = job.done.send(result);
                     continue;
@@ -1857,21 +2233,32 @@ impl SegmentWriter {
                     Err(_) => break,
                 }
             }
-            let mut refused = vec![false; jobs.len()];
+            let mut refused = vec![None; jobs.len()];
             let result = self.commit(&jobs, &mut refused);
-            if result.is_err() {
-                // A failed append may have left part of a record behind, so
-                // the file's length no longer matches our offsets: continue
-                // in a fresh segment. The bytes already there are unindexed.
-                self.file = None;
+            if let Err(e) = &result {
+                self.failed(e);
             }
+            // Out of space on the way: the batch is refused as full, so
+            // coordinators place it elsewhere.
+            let no_space = match &result {
+                Err(StoreError::Io { source, .. }) => is_no_space(source),
+                Err(StoreError::DiskFull { .. }) => true,
+                _ => false,
+            };
             for (job, refused) in jobs.into_iter().zip(refused) {
-                let r = match &result {
-                    _ if refused => Err(StoreError::Full {
+                let r = match (&result, refused) {
+                    (_, Some(Refusal::Quota)) => Err(StoreError::Full {
                         quota: self.options.quota_bytes,
                     }),
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Commit(e.to_string())),
+                    (_, Some(Refusal::Disk(free, min_free))) => {
+                        Err(StoreError::DiskFull { free, min_free })
+                    }
+                    (Ok(()), None) => Ok(()),
+                    (Err(_), None) if no_space => Err(StoreError::DiskFull {
+                        free: 0,
+                        min_free: 0,
+                    }),
+                    (Err(e), None) => Err(StoreError::Commit(e.to_string())),
                 };
                 let _ = job.done.send(r);
             }
@@ -1888,23 +2275,96 @@ impl SegmentWriter {
         }
     }
 
-    /// Appends every new blob of `jobs`, fsyncs the segment once, then
-    /// commits their index entries in one transaction. A job whose new
-    /// blobs would pass the quota is skipped whole, before any of it is
-    /// appended, and marked in `refused`.
-    fn commit(&mut self, jobs: &[PutJob], refused: &mut [bool]) -> Result<(), StoreError> {
-        if self.file.is_none() || self.size >= self.options.segment_bytes {
-            self.rotate()?;
+    /// After a failed commit or compaction: notes the failure in the
+    /// store's health and leaves the open segment. A failed append may have
+    /// left part of a record behind, so the file's length no longer matches
+    /// our offsets: the next write starts a fresh segment. One that nothing
+    /// in the index points into is deleted (its bytes are unindexed) and
+    /// its number reused, so failures leave no segment files behind.
+    fn failed(&mut self, e: &StoreError) {
+        match e {
+            StoreError::Io { source, .. } if is_no_space(source) => {
+                self.health.refused(0);
+                self.health.note(e.to_string());
+            }
+            // The state says read-only once the file system is measured.
+            StoreError::Io { source, .. }
+                if source.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) =>
+            {
+                self.health.note(e.to_string());
+            }
+            // The index notes its own errors.
+            StoreError::Index(_) | StoreError::DiskFull { .. } => {}
+            _ => self.health.fail(e.to_string(), false),
         }
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        if self.committed > 0 {
+            return;
+        }
+        let path = segment_path(&self.dir, self.segment);
+        let len = file.metadata().map_or(self.size, |m| m.len());
+        drop(file);
+        match std::fs::remove_file(&path).and_then(|()| File::open(&self.dir)?.sync_all()) {
+            Ok(()) => {
+                self.disk.fetch_sub(len, Ordering::Relaxed);
+                // Reused by the next rotation.
+                self.segment -= 1;
+            }
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot remove a segment left by a failed write");
+            }
+        }
+    }
+
+    /// Bytes a put may still write before the file system's free space
+    /// reaches the watermark, with the free bytes and the bytes kept free;
+    /// also records the measurement in the store's health. Unlimited when
+    /// the file system cannot be measured.
+    fn disk_room(&self, quota_room: u64) -> (u64, u64, u64) {
+        match health::measure(&self.dir) {
+            Ok(space) => {
+                let room = space.room(&self.options.watermark);
+                self.health
+                    .observe(room.min(quota_room), space.free, space.read_only);
+                (
+                    room,
+                    space.free,
+                    self.options.watermark.min_free(space.total),
+                )
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot measure free space");
+                (u64::MAX, u64::MAX, 0)
+            }
+        }
+    }
+
+    /// Appends every new blob of `jobs`, fsyncs the segment once, then
+    /// commits their index entries (and drops the quarantine entries of
+    /// their keys) in one transaction. A job whose new blobs would pass
+    /// the quota, or leave less free space than the watermark, is skipped
+    /// whole, before any of it is appended, and marked in `refused`.
+    fn commit(
+        &mut self,
+        jobs: &[PutJob],
+        refused: &mut [Option<Refusal>],
+    ) -> Result<(), StoreError> {
         // Held until the committed entries are accounted (module docs).
         let summaries = self.summaries.clone();
         let mut summaries = lock(&summaries);
         let quota = self.options.quota_bytes;
         let mut held_bytes = summaries.bytes;
-        let txn = self.db.begin_write().map_err(index_err)?;
+        // Measured at the first job with new blobs.
+        let mut space: Option<(u64, u64, u64)> = None;
+        let mut writing = 0u64;
+        let txn = self.index.begin_write()?;
         let mut added = Vec::new();
+        let mut unquarantined = 0u64;
         {
             let mut table = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut quarantine = txn.open_table(QUARANTINE).map_err(index_err)?;
             let mut buf = Vec::new();
             for (job, refused) in jobs.iter().zip(refused.iter_mut()) {
                 // The job's blobs not yet held, each once. Earlier jobs of
@@ -1919,18 +2379,51 @@ impl SegmentWriter {
                         fresh.push((key, id, blob));
                     }
                 }
-                let new_bytes: u64 = fresh.iter().map(|(_, _, b)| b.len() as u64).sum();
-                if quota > 0 && held_bytes.saturating_add(new_bytes) > quota {
-                    *refused = true;
+                if fresh.is_empty() {
                     continue;
                 }
+                let new_bytes: u64 = fresh.iter().map(|(_, _, b)| b.len() as u64).sum();
+                if quota > 0 && held_bytes.saturating_add(new_bytes) > quota {
+                    *refused = Some(Refusal::Quota);
+                    self.health.refused(quota.saturating_sub(held_bytes));
+                    continue;
+                }
+                let header = record_header_len(&job.repo) as u64;
+                let file_bytes = new_bytes + header * fresh.len() as u64;
+                let quota_room = if quota > 0 {
+                    quota.saturating_sub(held_bytes)
+                } else {
+                    u64::MAX
+                };
+                let (room, free, min_free) =
+                    *space.get_or_insert_with(|| self.disk_room(quota_room));
+                if writing.saturating_add(file_bytes) > room {
+                    *refused = Some(Refusal::Disk(free.saturating_sub(writing), min_free));
+                    self.health.refused(room.saturating_sub(writing));
+                    continue;
+                }
+                writing += file_bytes;
                 held_bytes = held_bytes.saturating_add(new_bytes);
+                // Before the batch's first record only: the batch lands in
+                // one segment, made durable by one fsync below.
+                if added.is_empty()
+                    && (self.file.is_none() || self.size >= self.options.segment_bytes)
+                {
+                    self.rotate()?;
+                }
                 for (key, id, blob) in fresh {
                     let checksum = *blake3::hash(blob).as_bytes();
                     let loc = self.append(&job.repo, id, &checksum, blob, &mut buf)?;
                     table
                         .insert(key.as_slice(), loc.encode().as_slice())
                         .map_err(index_err)?;
+                    if quarantine
+                        .remove(key.as_slice())
+                        .map_err(index_err)?
+                        .is_some()
+                    {
+                        unquarantined += 1;
+                    }
                     added.push((key, loc.len));
                 }
             }
@@ -1940,10 +2433,17 @@ impl SegmentWriter {
         } else {
             let file = self.file.as_ref().ok_or(StoreError::Closed)?;
             file.sync_data().map_err(|e| self.io(e))?;
-            txn.commit().map_err(index_err)?;
+            // From here the index may point into this segment, even if the
+            // commit reports a failure.
+            self.committed = self.size;
+            self.index.commit(txn)?;
             for (key, len) in &added {
                 summaries.add(key, *len);
             }
+            if unquarantined > 0 {
+                summaries.remove_quarantined(unquarantined);
+            }
+            self.health.stored();
         }
         Ok(())
     }
@@ -1996,7 +2496,13 @@ impl SegmentWriter {
     /// as stuck; one failing its checksum is copied as it is, so that reads
     /// and scrub still find it corrupt.
     fn compact(&mut self, segment: u32, keys: &[Vec<u8>]) -> Result<CompactBatch, StoreError> {
-        if segment >= self.segment {
+        // The segment being appended to, or the next one when none is open.
+        let open = if self.file.is_some() {
+            self.segment
+        } else {
+            self.segment + 1
+        };
+        if segment >= open {
             // Not sealed ([`ChunkStore::compact`] never asks): keep it whole.
             return Ok(CompactBatch {
                 stuck: keys.len() as u64,
@@ -2013,7 +2519,7 @@ impl SegmentWriter {
         let mut copied: HashMap<u64, Location> = HashMap::new();
         let mut blob = Vec::new();
         let mut header = Vec::new();
-        let txn = self.db.begin_write().map_err(index_err)?;
+        let txn = self.index.begin_write()?;
         for def in LOCATED {
             let mut table = txn.open_table(def).map_err(index_err)?;
             for key in keys {
@@ -2070,7 +2576,8 @@ impl SegmentWriter {
         } else {
             let file = self.file.as_ref().ok_or(StoreError::Closed)?;
             file.sync_data().map_err(|e| self.io(e))?;
-            txn.commit().map_err(index_err)?;
+            self.committed = self.size;
+            self.index.commit(txn)?;
         }
         Ok(out)
     }
@@ -2080,8 +2587,8 @@ impl SegmentWriter {
         if let Some(f) = &self.file {
             f.sync_data().map_err(|e| self.io(e))?;
         }
-        self.segment += 1;
-        let path = segment_path(&self.dir, self.segment);
+        let next = self.segment + 1;
+        let path = segment_path(&self.dir, next);
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -2090,16 +2597,13 @@ impl SegmentWriter {
                 path: path.clone(),
                 source,
             })?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
+        // Open before the directory sync, so that a failure removes it.
+        self.segment = next;
         self.file = Some(file);
         self.size = 0;
-        self.current.store(self.segment, Ordering::Release);
-        Ok(())
+        self.committed = 0;
+        self.current.store(next, Ordering::Release);
+        sync_dir(&self.dir)
     }
 }
 
@@ -2111,6 +2615,7 @@ pub struct MemStore {
     blobs: Mutex<MemBlobs>,
     records: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     quota_bytes: u64,
+    health: Health,
 }
 
 struct MemBlobs {
@@ -2148,6 +2653,7 @@ impl MemStore {
             }),
             records: Mutex::new(HashMap::new()),
             quota_bytes,
+            health: Health::default(),
         }
     }
 
@@ -2201,15 +2707,25 @@ impl ChunkStore for MemStore {
         let new_bytes: u64 = fresh.values().map(|b| b.len() as u64).sum();
         if self.quota_bytes > 0 && map.summaries.bytes.saturating_add(new_bytes) > self.quota_bytes
         {
+            self.health
+                .refused(quota_room(self.quota_bytes, map.summaries.bytes));
             return Err(StoreError::Full {
                 quota: self.quota_bytes,
             });
         }
+        let mut unquarantined = 0;
         for (key, bytes) in fresh {
             map.summaries.add(&key, bytes.len() as u32);
+            if map.quarantine.remove(&key).is_some() {
+                unquarantined += 1;
+            }
             let checksum = *blake3::hash(&bytes).as_bytes();
             map.held.insert(key, MemBlob { bytes, checksum });
         }
+        if unquarantined > 0 {
+            map.summaries.remove_quarantined(unquarantined);
+        }
+        self.health.stored();
         Ok(())
     }
 
@@ -2526,10 +3042,23 @@ impl ChunkStore for MemStore {
                 .wrapping_add(quarantined)
         })
     }
+
+    /// Full only by the quota; free space is reported as `u64::MAX`.
+    fn health(&self) -> StoreHealth {
+        let held = self.lock_blobs().map_or(0, |m| m.summaries.bytes);
+        self.health
+            .observe(quota_room(self.quota_bytes, held), u64::MAX, false);
+        self.health.report()
+    }
+
+    fn mark_failing(&self, error: &str) {
+        self.health.fail(error, true);
+    }
 }
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringvault_common::wire::StoreState;
 
     fn repo() -> RepoId {
         RepoId::new("r").unwrap()
@@ -2580,6 +3109,58 @@ mod tests {
     #[test]
     fn mem_store() {
         exercise(&MemStore::default());
+    }
+
+    /// `get_blobs` on a store holding `blobs(12)`: answers in order,
+    /// missing ids as `None`, and stops at its byte budget.
+    fn exercise_get_blobs(store: &dyn ChunkStore) {
+        store.put_blobs(&repo(), blobs(12)).unwrap();
+        let ids = [ChunkId([4; 32]), ChunkId([99; 32]), ChunkId([0; 32])];
+        let got: Vec<Option<Bytes>> = store
+            .get_blobs(&repo(), &ids, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some(Bytes::from(vec![4u8; 104])),
+                None,
+                Some(Bytes::from(vec![0u8; 100]))
+            ]
+        );
+        // The blob that reaches the budget is the last one read.
+        let all: Vec<ChunkId> = (0..12).map(|i| ChunkId([i; 32])).collect();
+        let got = store.get_blobs(&repo(), &all, 201).unwrap();
+        assert_eq!(got.len(), 2, "100 + 101 bytes reach 201");
+        assert_eq!(store.get_blobs(&repo(), &all, 0).unwrap().len(), 1);
+        assert!(store.get_blobs(&repo(), &[], 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn get_blobs_answers_in_order_within_its_byte_budget() {
+        exercise_get_blobs(&MemStore::default());
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        exercise_get_blobs(&s);
+        drop(s);
+        // A bad blob is answered bad on its own; the others still come.
+        let seg = dir.path().join("segments/00000001.seg");
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&seg, bytes).unwrap();
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        let got = s
+            .get_blobs(&repo(), &[ChunkId([11; 32]), ChunkId([1; 32])], usize::MAX)
+            .unwrap();
+        assert!(
+            matches!(got[0], Err(StoreError::Corrupt { .. })),
+            "{:?}",
+            got[0]
+        );
+        assert_eq!(got[1].as_ref().unwrap().as_ref().unwrap().len(), 101);
     }
 
     #[test]
@@ -2885,10 +3466,11 @@ mod tests {
             rest.digests(&all_partitions(), true)
         );
         assert_eq!(s.partition_counts(), rest.partition_counts());
-        // A good copy can be stored again after quarantine.
+        // A good copy can be stored again after quarantine, which drops
+        // the quarantine entry.
         s.put_blobs(&r2, vec![(id2, b2.clone())]).unwrap();
         assert_eq!(s.get_blob(&r2, &id2).unwrap().unwrap(), b2);
-        assert_eq!(s.quarantined(), 1);
+        assert_eq!(s.quarantined(), 0);
         assert_eq!(s.stats().unwrap(), (count - 2, bytes - gone));
     }
 
@@ -2949,21 +3531,23 @@ mod tests {
             // The last blob appended is the one a short segment loses.
             let (r, id, _) = spread().pop().unwrap();
             short = (r, id);
-            let loc = s.location(&flipped.0, &flipped.1).unwrap().unwrap();
-            let seg = s.segment_path(loc.segment);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&seg)
-                .unwrap();
-            let mut byte = [0u8];
-            f.read_exact_at(&mut byte, loc.offset).unwrap();
-            f.write_all_at(&[byte[0] ^ 0x40], loc.offset).unwrap();
-            f.set_len(f.metadata().unwrap().len() - 1).unwrap();
             before = summary(&s);
         }
         let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
         assert_eq!(summary(&s), before);
+        // Rot and a cut tail under the open store (open quarantines what a
+        // short segment lacks at once).
+        let loc = s.location(&flipped.0, &flipped.1).unwrap().unwrap();
+        let seg = s.segment_path(loc.segment);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, loc.offset).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x40], loc.offset).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 1).unwrap();
         assert!(matches!(
             s.get_blob(&flipped.0, &flipped.1),
             Err(StoreError::Corrupt { .. })
@@ -3523,7 +4107,7 @@ mod tests {
 
     /// The bytes of a quarantined blob, read through its quarantine entry.
     fn quarantined_bytes(s: &FsStore, r: &RepoId, id: &ChunkId) -> Vec<u8> {
-        let txn = s.db.begin_read().unwrap();
+        let txn = s.index.begin_read().unwrap();
         let table = txn.open_table(QUARANTINE).unwrap();
         let value = table.get(blob_key(r, id).as_slice()).unwrap().unwrap();
         let (loc, _) = decode_timed(value.value()).unwrap();
@@ -3705,10 +4289,10 @@ mod tests {
         assert_eq!(report.bytes_after, 0);
         assert_eq!(s.disk_bytes(), 0);
         assert_eq!(segment_bytes(dir.path()), 0);
-        // Only the open segment is left, and it is not touched.
+        // No segment is left: the next one starts with the next put.
         assert_eq!(
             list_segments(&dir.path().join("segments")).unwrap().len(),
-            1
+            0
         );
         assert_eq!(s.compact(1.0).unwrap(), CompactReport::default());
         put_each(&s, spread());
@@ -3783,5 +4367,533 @@ mod tests {
             assert_eq!(s.get_blob(&repo(), &id_in(i, 1)).unwrap().unwrap(), body(i));
         }
         assert_eq!(s.stats().unwrap().0, 75 + 300);
+    }
+
+    // ----- Open-time checks, rebuild, quarantine drop (issue 14) -----
+
+    /// Every blob's location, from an open store.
+    fn locations(s: &FsStore, blobs: &[(RepoId, ChunkId, Bytes)]) -> Vec<Location> {
+        blobs
+            .iter()
+            .map(|(r, id, _)| s.location(r, id).unwrap().unwrap())
+            .collect()
+    }
+
+    fn mem_of(blobs: impl IntoIterator<Item = (RepoId, ChunkId, Bytes)>) -> MemStore {
+        let m = MemStore::default();
+        put_each(&m, blobs);
+        m
+    }
+
+    #[test]
+    fn blobs_of_missing_or_short_segments_are_quarantined_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = spread();
+        all.extend((10..30u8).map(|i| {
+            (
+                repo(),
+                ChunkId([i; 32]),
+                Bytes::from(vec![i; 100 + usize::from(i)]),
+            )
+        }));
+        let locs = {
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            put_each(&s, all.clone());
+            locations(&s, &all)
+        };
+        let first = locs.iter().map(|l| l.segment).min().unwrap();
+        let last = locs.iter().map(|l| l.segment).max().unwrap();
+        assert!(last > first + 1, "{locs:?}");
+        let seg_dir = dir.path().join("segments");
+        std::fs::remove_file(segment_path(&seg_dir, first)).unwrap();
+        let cut = segment_path(&seg_dir, last);
+        let f = OpenOptions::new().write(true).open(&cut).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+        let lost: Vec<bool> = locs
+            .iter()
+            .map(|l| {
+                l.segment == first
+                    || (l.segment == last
+                        && locs
+                            .iter()
+                            .all(|o| o.segment != last || o.offset <= l.offset))
+            })
+            .collect();
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        let n_lost = lost.iter().filter(|l| **l).count() as u64;
+        assert!(n_lost > 1);
+        assert_eq!(s.quarantined(), n_lost);
+        for ((r, id, body), lost) in all.iter().zip(&lost) {
+            assert_eq!(s.has(r, &[*id]).unwrap(), [!lost], "{id}");
+            if !lost {
+                assert_eq!(&s.get_blob(r, id).unwrap().unwrap(), body);
+            }
+        }
+        let kept = mem_of(
+            all.iter()
+                .zip(&lost)
+                .filter(|(_, l)| !**l)
+                .map(|(b, _)| b.clone()),
+        );
+        assert_eq!(
+            s.digests(&all_partitions(), true),
+            kept.digests(&all_partitions(), true)
+        );
+        assert_eq!(s.stats().unwrap(), kept.stats().unwrap());
+        // Repair stores good copies: the quarantine entries go.
+        put_each(
+            &s,
+            all.iter()
+                .zip(&lost)
+                .filter(|(_, l)| **l)
+                .map(|(b, _)| b.clone()),
+        );
+        assert_eq!(s.quarantined(), 0);
+        assert_eq!(summary(&s), summary(&mem_of(all)));
+    }
+
+    #[test]
+    fn a_segment_lost_under_an_open_store_reads_as_bad_and_scrub_quarantines_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = spread();
+        let locs = {
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            put_each(&s, all.clone());
+            locations(&s, &all)
+        };
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        let gone = locs[0].segment;
+        std::fs::remove_file(s.segment_path(gone)).unwrap();
+        let (r, id, _) = &all[0];
+        assert!(matches!(s.get_blob(r, id), Err(StoreError::Corrupt { .. })));
+        let bad: Vec<_> = scrub_cycle(&s, 4, u64::MAX)
+            .into_iter()
+            .flat_map(|st| st.quarantined)
+            .collect();
+        let want = locs.iter().filter(|l| l.segment == gone).count();
+        assert_eq!(bad.len(), want);
+        assert_eq!(s.quarantined(), want as u64);
+        assert_eq!(s.has(r, &[*id]).unwrap(), [false]);
+    }
+
+    #[test]
+    fn a_missing_index_is_rebuilt_from_the_segments_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = spread();
+        let flipped = {
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            put_each(&s, all.clone());
+            s.put_record(RecordKind::Snapshot, &repo(), &[1; 32], b"s", false)
+                .unwrap();
+            // Rot in one record: the rebuild leaves it out.
+            let (r, id, _) = all.remove(5);
+            let loc = s.location(&r, &id).unwrap().unwrap();
+            let f = OpenOptions::new()
+                .write(true)
+                .open(s.segment_path(loc.segment))
+                .unwrap();
+            f.write_all_at(&[0xee], loc.offset).unwrap();
+            (r, id)
+        };
+        std::fs::remove_file(dir.path().join("index.redb")).unwrap();
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(summary(&s), summary(&mem_of(all.clone())));
+        for (r, id, body) in &all {
+            assert_eq!(&s.get_blob(r, id).unwrap().unwrap(), body);
+        }
+        assert_eq!(s.has(&flipped.0, &[flipped.1]).unwrap(), [false]);
+        // Records lived in the index alone: peers copy them back.
+        assert!(
+            s.list_records(RecordKind::Snapshot, &repo())
+                .unwrap()
+                .is_empty()
+        );
+        // The rebuilt store takes writes.
+        s.put_blobs(&repo(), blobs(3)).unwrap();
+        let before = summary(&s);
+        drop(s);
+        // An empty index file (a crash while it was made) is no index.
+        std::fs::write(dir.path().join("index.redb"), b"").unwrap();
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(summary(&s), before);
+        assert_eq!(
+            s.get_blob(&repo(), &ChunkId([2; 32]))
+                .unwrap()
+                .unwrap()
+                .len(),
+            102
+        );
+    }
+
+    /// An index file as a power loss leaves it while redb makes it: the
+    /// file grown, and the header, if any, without its magic number.
+    fn unfinished_index_at(path: &Path, header: bool) {
+        let mut bytes = vec![0u8; 64 << 10];
+        if header {
+            drop(Database::create(path).unwrap());
+            let made = std::fs::read(path).unwrap();
+            bytes[..4096].copy_from_slice(&made[..4096]);
+            bytes[..REDB_MAGIC_LEN].fill(0);
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn an_index_a_crash_left_unfinished_is_no_index() {
+        for header in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let index = dir.path().join("index.redb");
+            unfinished_index_at(&index, header);
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            s.put_blobs(&repo(), blobs(3)).unwrap();
+            let before = summary(&s);
+            drop(s);
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            assert_eq!(summary(&s), before);
+            drop(s);
+            // Beside segments, it is rebuilt from them, as a missing one is.
+            unfinished_index_at(&index, header);
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            assert_eq!(summary(&s), before);
+        }
+    }
+
+    /// Flips a byte in every page of an index file that holds a key of
+    /// repository `other` (`id | 5 | "other"`).
+    fn damage_index(path: &Path) -> usize {
+        let mut bytes = std::fs::read(path).unwrap();
+        let needle = b"\x05other";
+        let hits: Vec<usize> = bytes
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &hits {
+            bytes[i.saturating_sub(8)] ^= 0x5a;
+        }
+        std::fs::write(path, bytes).unwrap();
+        hits.len()
+    }
+
+    #[test]
+    fn a_damaged_index_is_refused_naming_the_file_and_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            put_each(&s, spread());
+        }
+        assert!(damage_index(&dir.path().join("index.redb")) > 0);
+        match FsStore::open(dir.path(), small_segments()) {
+            Ok(_) => panic!("opened a damaged index"),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("index.redb") && text.contains("--rebuild-index"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_good_copy_drops_the_quarantine_entry_and_compaction_reclaims_the_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = Bytes::from(vec![9u8; 1000]);
+        let id = ChunkId([9; 32]);
+        let seg = {
+            let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+            s.put_blobs(&repo(), vec![(id, body.clone())]).unwrap();
+            let loc = s.location(&repo(), &id).unwrap().unwrap();
+            let f = OpenOptions::new()
+                .write(true)
+                .open(s.segment_path(loc.segment))
+                .unwrap();
+            f.write_all_at(&[0], loc.offset).unwrap();
+            s.segment_path(loc.segment)
+        };
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        assert!(matches!(
+            s.get_blob(&repo(), &id),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(s.quarantine(&repo(), &id).unwrap());
+        assert_eq!(s.quarantined(), 1);
+        s.put_blobs(&repo(), vec![(id, body.clone())]).unwrap();
+        assert_eq!(s.quarantined(), 0);
+        assert_eq!(s.get_blob(&repo(), &id).unwrap().unwrap(), body);
+        // Nothing points into the bad copy's segment any more.
+        let report = s.compact(0.0).unwrap();
+        assert_eq!(report.segments, 1);
+        assert!(!seg.exists());
+        drop(s);
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        assert_eq!(s.quarantined(), 0);
+        assert_eq!(s.get_blob(&repo(), &id).unwrap().unwrap(), body);
+    }
+
+    #[test]
+    fn rebuild_index_moves_a_damaged_index_aside_and_restores_every_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FsStore::open(dir.path(), small_segments()).unwrap();
+            put_each(&s, spread());
+        }
+        assert!(damage_index(&dir.path().join("index.redb")) > 0);
+        assert!(matches!(
+            FsStore::open(dir.path(), small_segments()),
+            Err(StoreError::IndexCorrupt { .. })
+        ));
+        let report = FsStore::rebuild_index(dir.path()).unwrap();
+        assert_eq!(report.blobs, spread().len() as u64);
+        // Not under a running store.
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        let err = FsStore::rebuild_index(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("running server"), "{err}");
+        drop(s);
+        assert_eq!(report.skipped, 0);
+        assert!(report.moved_aside.as_ref().is_some_and(|p| p.exists()));
+        let s = FsStore::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(summary(&s), summary(&mem_of(spread())));
+        assert_eq!(s.health().state, StoreState::Ok);
+    }
+
+    #[test]
+    fn a_new_store_starts_no_segment_until_its_first_put_and_reopens_leave_none_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            drop(FsStore::open(dir.path(), FsStoreOptions::default()).unwrap());
+        }
+        assert_eq!(
+            list_segments(&dir.path().join("segments")).unwrap().len(),
+            0
+        );
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        s.put_blobs(&repo(), blobs(2)).unwrap();
+        drop(s);
+        // An empty segment left by an earlier version is removed.
+        std::fs::write(segment_path(&dir.path().join("segments"), 7), b"").unwrap();
+        let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+        s.put_blobs(&repo(), blobs(4)).unwrap();
+        let segs = list_segments(&dir.path().join("segments")).unwrap();
+        assert_eq!(segs.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert!(segs.values().all(|&n| n > 0));
+    }
+
+    #[test]
+    fn quota_refusals_make_the_store_full_until_room_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStore::open(
+            dir.path(),
+            FsStoreOptions {
+                quota_bytes: 1000,
+                ..FsStoreOptions::default()
+            },
+        )
+        .unwrap();
+        let mem = MemStore::with_quota(1000);
+        for s in [&fs as &dyn ChunkStore, &mem] {
+            assert_eq!(s.health().state, StoreState::Ok);
+            s.put_blobs(&repo(), vec![(ChunkId([1; 32]), Bytes::from(vec![1; 600]))])
+                .unwrap();
+            assert_eq!(s.health().state, StoreState::Ok);
+            assert!(matches!(
+                s.put_blobs(&repo(), vec![(ChunkId([2; 32]), Bytes::from(vec![2; 500]))]),
+                Err(StoreError::Full { .. })
+            ));
+            // 400 bytes of room, but a put did not fit: full.
+            assert_eq!(s.health().state, StoreState::Full);
+            s.delete_blobs(&[(repo(), ChunkId([1; 32]))]).unwrap();
+            assert_eq!(s.health().state, StoreState::Ok);
+            s.mark_failing("boom");
+            let h = s.health();
+            assert_eq!(h.state, StoreState::Failing);
+            assert_eq!(h.error.as_deref(), Some("boom"));
+        }
+    }
+
+    /// A tmpfs mounted for one test, unmounted when dropped (also when the
+    /// test fails); `None`, with the reason printed, where mounting is
+    /// refused.
+    struct Tmpfs {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("mnt");
+            std::fs::create_dir(&path).unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&path)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(Self { path, _dir: dir }),
+                Ok(o) => {
+                    eprintln!(
+                        "skipped: cannot mount a tmpfs: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
+                    None
+                }
+                Err(e) => {
+                    eprintln!("skipped: cannot run mount: {e}");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let unmounted = std::process::Command::new("umount")
+                .arg(&self.path)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !unmounted {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.path)
+                    .status();
+            }
+        }
+    }
+
+    fn assert_no_empty_segments(dir: &Path) {
+        let segs = list_segments(&dir.join("segments")).unwrap();
+        assert!(segs.values().all(|&n| n > 0), "empty segments: {segs:?}");
+    }
+
+    /// Puts 64 KiB blobs until one is refused; returns the ids stored and
+    /// the refusal.
+    fn fill(s: &FsStore, first: u8) -> (Vec<ChunkId>, StoreError) {
+        let mut stored = Vec::new();
+        for i in first..=u8::MAX {
+            let id = ChunkId([i; 32]);
+            match s.put_blobs(&repo(), vec![(id, Bytes::from(vec![i; 64 << 10]))]) {
+                Ok(()) => stored.push(id),
+                Err(e) => return (stored, e),
+            }
+        }
+        panic!("no put was refused");
+    }
+
+    #[test]
+    fn below_the_watermark_puts_are_refused_reads_go_on_and_writes_resume_when_space_returns() {
+        let Some(fs) = Tmpfs::mount("4m") else {
+            return;
+        };
+        let dir = fs.path.join("store");
+        let filler = fs.path.join("filler");
+        std::fs::write(&filler, vec![0u8; 1 << 20]).unwrap();
+        let options = FsStoreOptions {
+            watermark: Watermark {
+                min_free_bytes: 1 << 20,
+                min_free_percent: 0,
+            },
+            ..FsStoreOptions::default()
+        };
+        let s = FsStore::open(&dir, options).unwrap();
+        assert_eq!(s.health().state, StoreState::Ok);
+        let (stored, refused) = fill(&s, 0);
+        assert!(matches!(refused, StoreError::DiskFull { .. }), "{refused}");
+        assert!(!stored.is_empty());
+        let h = s.health();
+        assert_eq!(h.state, StoreState::Full);
+        assert!(h.free_bytes > 512 << 10, "{h:?}");
+        for id in &stored {
+            assert!(s.get_blob(&repo(), id).unwrap().is_some());
+        }
+        // The room kept free keeps the index writable.
+        s.put_record(RecordKind::Snapshot, &repo(), &[1; 32], b"snap", false)
+            .unwrap();
+        assert_no_empty_segments(&dir);
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(s.health().state, StoreState::Ok);
+        let (more, _) = fill(&s, 200);
+        assert!(!more.is_empty());
+        assert_no_empty_segments(&dir);
+        assert_eq!(s.stats().unwrap().0, (stored.len() + more.len()) as u64);
+    }
+
+    #[test]
+    fn running_out_of_space_leaves_no_empty_segments_and_the_index_reopens_by_itself() {
+        let Some(fs) = Tmpfs::mount("3m") else {
+            return;
+        };
+        let dir = fs.path.join("store");
+        let filler = fs.path.join("filler");
+        std::fs::write(&filler, vec![0u8; 1 << 20]).unwrap();
+        let options = FsStoreOptions {
+            watermark: Watermark {
+                min_free_bytes: 0,
+                min_free_percent: 0,
+            },
+            ..FsStoreOptions::default()
+        };
+        let s = FsStore::open(&dir, options).unwrap();
+        let (stored, refused) = fill(&s, 0);
+        assert!(matches!(refused, StoreError::DiskFull { .. }), "{refused}");
+        // More refusals: still no segment left behind by them.
+        for i in 0..5u8 {
+            let r = s.put_blobs(
+                &repo(),
+                vec![(ChunkId([250 - i; 32]), Bytes::from(vec![1u8; 64 << 10]))],
+            );
+            assert!(r.is_err());
+        }
+        assert_no_empty_segments(&dir);
+        assert_eq!(s.health().state, StoreState::Full);
+        // The index runs out of space too: redb then refuses every write
+        // until the database is closed and opened again.
+        let mut failed = false;
+        for i in 0..64u8 {
+            if s.put_record(
+                RecordKind::Snapshot,
+                &repo(),
+                &[i; 32],
+                &[i; 32 << 10],
+                false,
+            )
+            .is_err()
+            {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the index never ran out of space");
+        for id in &stored {
+            assert!(s.get_blob(&repo(), id).unwrap().is_some());
+        }
+        std::fs::remove_file(&filler).unwrap();
+        let start = std::time::Instant::now();
+        while s
+            .put_record(RecordKind::Key, &repo(), &[0; 32], b"key", false)
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "the index did not recover"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(
+            s.get_record(RecordKind::Key, &repo(), &[0; 32])
+                .unwrap()
+                .as_deref(),
+            Some(&b"key"[..])
+        );
+        s.put_blobs(
+            &repo(),
+            vec![(ChunkId([251; 32]), Bytes::from(vec![1u8; 1000]))],
+        )
+        .unwrap();
+        assert_eq!(s.health().state, StoreState::Ok);
+        assert_no_empty_segments(&dir);
+        drop(s);
+        let s = FsStore::open(&dir, FsStoreOptions::default()).unwrap();
+        assert!(s.get_blob(&repo(), &ChunkId([251; 32])).unwrap().is_some());
     }
 }

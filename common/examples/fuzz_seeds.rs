@@ -17,9 +17,10 @@ use ringvault_common::keys::{KdfParams, KeyFile, MasterKey, RepoKeys, RepoSecret
 use ringvault_common::placement::{ClusterMap, NodeInfo};
 use ringvault_common::seal;
 use ringvault_common::snapshot::{Snapshot, Summary};
-use ringvault_common::tree::{Content, Entry, EntryKind, Tree, Xattr};
+use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, Tree, Xattr};
 use ringvault_common::wire::{
-    self, ErrorCode, NodeStatus, PeerState, Request, Response, SweepReport, WireError,
+    self, ErrorCode, GcFence, NodeStatus, PeerState, Request, Response, StoreState, SweepReport,
+    WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
 
@@ -123,12 +124,25 @@ fn requests(repo: &RepoId) -> Vec<(&'static str, Request, Vec<u8>)> {
                 repo: repo(),
                 id: SnapshotId([4; 32]),
                 local_only: false,
+                fence: vec![(
+                    NodeId(1),
+                    GcFence {
+                        boot: 7,
+                        counter: 2,
+                        active: false,
+                    },
+                )],
             },
             b"record".to_vec(),
         ),
         (
             "list-snapshots",
             Request::ListSnapshots { repo: repo() },
+            vec![],
+        ),
+        (
+            "list-snapshots-and-tombstones",
+            Request::ListSnapshotsAndTombstones { repo: repo() },
             vec![],
         ),
         (
@@ -254,6 +268,10 @@ fn responses(repo: &RepoId) -> Vec<(&'static str, Response, Vec<u8>)> {
                 scrub_bytes: 1024,
                 scrub_cycles: 3,
                 peers: vec![(NodeId(2), PeerState::Up), (NodeId(3), PeerState::Out)],
+                store: StoreState::Full,
+                store_error: "no space left on device".into(),
+                store_error_at: 1_700_000_000,
+                free_bytes: 1 << 20,
             }),
             vec![],
         ),
@@ -283,6 +301,14 @@ fn responses(repo: &RepoId) -> Vec<(&'static str, Response, Vec<u8>)> {
             },
             vec![],
         ),
+        (
+            "snapshots-and-tombstones",
+            Response::SnapshotsAndTombstones {
+                records: vec![(SnapshotId([1; 32]), 4), (SnapshotId([2; 32]), 1)],
+                tombstones: 2,
+            },
+            [&b"abcde"[..], &[3; 32], &[4; 32]].concat(),
+        ),
     ]
 }
 
@@ -301,6 +327,9 @@ fn entry(name: &[u8], kind: EntryKind, content: Content) -> Entry {
         rdev: 0,
         xattrs: vec![],
         content,
+        user: vec![],
+        group: vec![],
+        links: 1,
     }
 }
 
@@ -308,7 +337,16 @@ fn trees() -> Vec<(&'static str, Tree)> {
     let mut file = entry(
         b"notes \xff.txt",
         EntryKind::File,
-        Content::Chunks(vec![ChunkId([1; 32]), ChunkId([2; 32])]),
+        Content::Chunks(vec![
+            ChunkRef {
+                id: ChunkId([1; 32]),
+                len: Some(5),
+            },
+            ChunkRef {
+                id: ChunkId([2; 32]),
+                len: Some(7),
+            },
+        ]),
     );
     file.xattrs = vec![Xattr {
         name: b"user.mime".to_vec(),

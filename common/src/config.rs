@@ -74,6 +74,15 @@ pub struct ChunkserverConfig {
     /// Most blob bytes this node stores; writes past it are refused (and
     /// land on another node as hints). 0 means no quota.
     pub quota_bytes: u64,
+    /// Free space kept on the data directory's file system, bytes: below
+    /// `max(min-free-bytes, min-free-percent of its size)` the server
+    /// refuses new blobs as full (they land on another node as hints),
+    /// keeps serving reads, and takes writes again once space comes back.
+    /// The room left keeps the index writable.
+    pub min_free_bytes: u64,
+    /// Free space kept, percent of the file system's size (0 to 50); see
+    /// `min_free_bytes`.
+    pub min_free_percent: u64,
     /// Local HTTP address for Prometheus metrics (`/metrics`), e.g.
     /// `127.0.0.1:9401`; empty turns metrics off.
     pub metrics_listen: String,
@@ -108,6 +117,8 @@ impl Default for ChunkserverConfig {
             scrub_cycle_s: 30 * 86_400,
             scrub_bytes_per_s: 32 << 20,
             quota_bytes: 0,
+            min_free_bytes: 64 << 20,
+            min_free_percent: 1,
             metrics_listen: String::new(),
             stall_timeout_ms: 30_000,
             connection_budget_bytes: 128 << 20,
@@ -168,6 +179,7 @@ impl ChunkserverConfig {
         in_range("scrub-cycle-s", c.scrub_cycle_s, 0, 10 * 365 * 86_400)?;
         in_range("scrub-bytes-per-s", c.scrub_bytes_per_s, 1, u64::MAX >> 1)?;
         in_range("stall-timeout-ms", c.stall_timeout_ms, 100, DAY_MS)?;
+        in_range("min-free-percent", c.min_free_percent, 0, 50)?;
         in_range(
             "connection-budget-bytes",
             c.connection_budget_bytes,
@@ -196,8 +208,9 @@ pub struct AgentConfig {
     /// Local state: the change-detection index and the key cache. Empty means
     /// the user's data directory.
     pub state_dir: PathBuf,
-    /// File holding the repository password; else `RINGVAULT_PASSWORD` or a
-    /// prompt.
+    /// File holding the repository password (its first line). The
+    /// password flags and environment variables beat it; without any of
+    /// them, a prompt.
     pub password_file: Option<PathBuf>,
     /// Host name recorded in snapshots; empty means the system's.
     pub host: String,
@@ -414,7 +427,8 @@ mod tests {
         assert_eq!((c.prune_grace_s, c.trash_keep_s), (86_400, 604_800));
         let c = parse(
             "apply-retention = true\nprune-grace-s = 1\ntrash-keep-s = 0\n\
-             [retention]\nkeep-daily = 7\nkeep-monthly = \"unlimited\"\nkeep-tags = [\"pin\"]\n",
+             [retention]\nkeep-daily = 7\nkeep-monthly = \"unlimited\"\nkeep-tags = [\"pin\"]\n\
+             keep-within = \"6m\"\n",
         )
         .unwrap();
         assert!(c.apply_retention);
@@ -425,6 +439,10 @@ mod tests {
                 daily: 7,
                 monthly: crate::retention::UNLIMITED,
                 tags: vec!["pin".into()],
+                within: crate::duration::CalendarDuration {
+                    months: 6,
+                    ..Default::default()
+                },
                 ..Policy::default()
             }
         );
@@ -437,7 +455,22 @@ mod tests {
             "[retention]\nkeep-tags = [\"\"]",
             "[retention]\nkeep-lats = 1",
             "[retention]\nkeep-last = -5",
+            "[retention]\nkeep-within = \"6\"",
+            "[retention]\nkeep-within = \"6 m\"",
+            "[retention]\nkeep-within-s = 86400",
         ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn free_space_watermark_keys() {
+        let parse = |extra: &str| ChunkserverConfig::parse(extra, Path::new("/"));
+        let c = parse("").unwrap();
+        assert_eq!((c.min_free_bytes, c.min_free_percent), (64 << 20, 1));
+        let c = parse("min-free-bytes = 0\nmin-free-percent = 50").unwrap();
+        assert_eq!((c.min_free_bytes, c.min_free_percent), (0, 50));
+        for bad in ["min-free-percent = 51", "min-free-bytes = -1"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

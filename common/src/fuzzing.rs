@@ -61,8 +61,9 @@ pub fn wire_request(data: &[u8]) {
 /// [`wire::decode_response`] (the epoch-prefixed header every response has)
 /// and [`wire::decode_frame`] of a bare [`Response`], then what a receiver
 /// does with the decoded value: the cluster map of a hello if it validates,
-/// the peer states of a node status, the text of an error. A decoded
-/// response must encode and decode back to itself. Must never panic.
+/// the peer states of a node status, the text of an error, the records and
+/// tombstones of a snapshot listing. A decoded response must encode and
+/// decode back to itself. Must never panic.
 pub fn wire_response(data: &[u8]) {
     let _ = wire::decode_frame::<Response>(data);
     let Ok((epoch, response, payload)) = wire::decode_response(data) else {
@@ -74,9 +75,19 @@ pub fn wire_response(data: &[u8]) {
             for (_, state) in &status.peers {
                 let _ = state.as_str();
             }
+            let _ = status.store.as_str();
         }
         Response::Error(error) => {
             let _ = error.to_string();
+        }
+        Response::SnapshotsAndTombstones {
+            records,
+            tombstones,
+        } => {
+            if let Ok(listing) = crate::listing::split(records, *tombstones, payload) {
+                let shown = crate::listing::merge([listing]);
+                assert!(shown.len() <= records.len(), "merge shows only listed ids");
+            }
         }
         _ => {}
     }

@@ -16,7 +16,8 @@
 //!   and a version, sealed and stored as a blob whose id is the keyed hash of
 //!   its encoding, so an unchanged subtree costs nothing in the next snapshot.
 //! - A **snapshot** ([`snapshot`]) names a root tree; sealed records are kept
-//!   on every server.
+//!   on every server, and a forgotten one leaves a tombstone there. An agent
+//!   shows no snapshot any live server holds a tombstone for ([`listing`]).
 //! - The **cluster map** and **placement** ([`placement`]) decide which N nodes
 //!   hold a chunk: 2^16 partitions keyed by the id's prefix, each assigned
 //!   nodes by weighted rendezvous hashing.
@@ -31,10 +32,13 @@
 
 pub mod chunker;
 pub mod config;
+pub mod duration;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gc;
 pub mod id;
 pub mod keys;
+pub mod listing;
 pub mod placement;
 pub mod private;
 pub mod retention;

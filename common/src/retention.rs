@@ -16,8 +16,12 @@
 //! - `keep-hourly`, `keep-daily`, `keep-weekly`, `keep-monthly`,
 //!   `keep-yearly n`: the newest snapshot of each of the `n` most recent
 //!   hours, days, ISO 8601 weeks, months or years that hold a snapshot;
-//! - `keep-within-s d`: every snapshot less than `d` seconds older than the
-//!   group's newest;
+//! - `keep-within d`: every snapshot taken after the group's newest minus
+//!   `d`, a [`CalendarDuration`] (`6m` is six months) counted back on the
+//!   calendar as restic does (`newest.AddDate(-y, -m, -d).Add(-h hours)`);
+//! - `keep-within-hourly`, `-daily`, `-weekly`, `-monthly`, `-yearly d`: the
+//!   newest snapshot of each hour, day, ISO week, month or year among those
+//!   `keep-within d` would keep;
 //! - `keep-tags [t, ...]`: every snapshot carrying one of these tags.
 //!
 //! As in restic (since 0.17), when a counted rule (`keep-last` to
@@ -39,6 +43,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::SnapshotId;
+use crate::duration::{CalendarDuration, civil_from_days, days_from_civil};
 
 /// A count meaning "every bucket" (restic's `-1`).
 pub const UNLIMITED: u32 = u32::MAX;
@@ -47,8 +52,9 @@ pub const UNLIMITED: u32 = u32::MAX;
 ///
 /// In TOML (the agent's `[retention]` table): `keep-last`, `keep-hourly`,
 /// `keep-daily`, `keep-weekly`, `keep-monthly`, `keep-yearly` (each a
-/// non-negative integer, or `-1` / `"unlimited"`), `keep-within-s` and
-/// `keep-tags`.
+/// non-negative integer, or `-1` / `"unlimited"`), `keep-within` and
+/// `keep-within-hourly` to `keep-within-yearly` (each a duration string in
+/// restic's syntax, `"1y5m7d2h"`, `m` being months) and `keep-tags`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
@@ -73,10 +79,26 @@ pub struct Policy {
     /// one.
     #[serde(rename = "keep-yearly", deserialize_with = "count")]
     pub yearly: u32,
-    /// Keep every snapshot less than this many seconds older than its group's
-    /// newest snapshot.
-    #[serde(rename = "keep-within-s")]
-    pub within_s: u64,
+    /// Keep every snapshot taken after its group's newest snapshot minus
+    /// this (on the calendar).
+    #[serde(rename = "keep-within")]
+    pub within: CalendarDuration,
+    /// Keep the newest snapshot of each hour among those `within` this of
+    /// the group's newest.
+    #[serde(rename = "keep-within-hourly")]
+    pub within_hourly: CalendarDuration,
+    /// ... of each day.
+    #[serde(rename = "keep-within-daily")]
+    pub within_daily: CalendarDuration,
+    /// ... of each ISO week.
+    #[serde(rename = "keep-within-weekly")]
+    pub within_weekly: CalendarDuration,
+    /// ... of each month.
+    #[serde(rename = "keep-within-monthly")]
+    pub within_monthly: CalendarDuration,
+    /// ... of each year.
+    #[serde(rename = "keep-within-yearly")]
+    pub within_yearly: CalendarDuration,
     /// Keep every snapshot carrying any of these tags.
     #[serde(rename = "keep-tags")]
     pub tags: Vec<String>,
@@ -94,7 +116,8 @@ pub enum PolicyError {
 }
 
 impl Policy {
-    /// True when no rule is set (every count 0, no duration, no tag).
+    /// True when no rule is set (every count 0, every duration zero, no
+    /// tag).
     pub fn is_empty(&self) -> bool {
         // Destructured so that a new rule cannot be forgotten here.
         let Self {
@@ -104,13 +127,27 @@ impl Policy {
             weekly,
             monthly,
             yearly,
-            within_s,
+            within,
+            within_hourly,
+            within_daily,
+            within_weekly,
+            within_monthly,
+            within_yearly,
             tags,
         } = self;
         [last, hourly, daily, weekly, monthly, yearly]
             .iter()
             .all(|n| **n == 0)
-            && *within_s == 0
+            && [
+                within,
+                within_hourly,
+                within_daily,
+                within_weekly,
+                within_monthly,
+                within_yearly,
+            ]
+            .iter()
+            .all(|d| d.is_zero())
             && tags.is_empty()
     }
 
@@ -158,7 +195,8 @@ pub struct Group {
     pub paths: Vec<String>,
     /// Snapshots to keep, newest first, each with the rules that keep it:
     /// `"last"`, `"hourly"`, `"daily"`, `"weekly"`, `"monthly"`, `"yearly"`,
-    /// `"oldest"`, `"within"`, `"tag"`.
+    /// `"oldest"`, `"within"`, `"within-hourly"`, `"within-daily"`,
+    /// `"within-weekly"`, `"within-monthly"`, `"within-yearly"`, `"tag"`.
     pub keep: Vec<(SnapshotId, Vec<&'static str>)>,
     /// Snapshots to remove, newest first.
     pub remove: Vec<SnapshotId>,
@@ -225,17 +263,11 @@ fn decide(policy: &Policy, sorted: &[&Item]) -> Vec<Vec<&'static str>> {
             "last",
             (|_, nr| nr as i64) as fn(i64, usize) -> i64,
         ),
-        (policy.hourly, "hourly", |t, _| seconds(t).div_euclid(3600)),
-        (policy.daily, "daily", |t, _| days(t)),
-        (policy.weekly, "weekly", |t, _| {
-            let (year, week) = iso_week(days(t));
-            year * 100 + i64::from(week)
-        }),
-        (policy.monthly, "monthly", |t, _| {
-            let (year, month, _) = civil_from_days(days(t));
-            year * 12 + i64::from(month) - 1
-        }),
-        (policy.yearly, "yearly", |t, _| civil_from_days(days(t)).0),
+        (policy.hourly, "hourly", hour_bucket),
+        (policy.daily, "daily", day_bucket),
+        (policy.weekly, "weekly", week_bucket),
+        (policy.monthly, "monthly", month_bucket),
+        (policy.yearly, "yearly", year_bucket),
     ]
     .map(|(left, reason, bucket)| Rule {
         reason,
@@ -243,13 +275,39 @@ fn decide(policy: &Policy, sorted: &[&Item]) -> Vec<Vec<&'static str>> {
         bucket,
         last: None,
     });
-    // Widened to i128 so no time or duration can overflow.
-    let newest = sorted.first().map_or(0, |i| i128::from(i.time_ns));
-    let within_ns = i128::from(policy.within_s) * 1_000_000_000;
+    // restic counts keep-within back from the newest snapshot, on the
+    // calendar; a zero duration turns the rule off.
+    let newest = sorted.first().map_or(0, |i| i.time_ns);
+    let cutoff = |d: &CalendarDuration| (!d.is_zero()).then(|| d.before(newest));
+    let within = cutoff(&policy.within);
+    struct WithinRule {
+        reason: &'static str,
+        cutoff: Option<i128>,
+        bucket: fn(i64, usize) -> i64,
+        last: Option<i64>,
+    }
+    let mut within_rules = [
+        (
+            &policy.within_hourly,
+            "within-hourly",
+            hour_bucket as fn(i64, usize) -> i64,
+        ),
+        (&policy.within_daily, "within-daily", day_bucket),
+        (&policy.within_weekly, "within-weekly", week_bucket),
+        (&policy.within_monthly, "within-monthly", month_bucket),
+        (&policy.within_yearly, "within-yearly", year_bucket),
+    ]
+    .map(|(d, reason, bucket)| WithinRule {
+        reason,
+        cutoff: cutoff(d),
+        bucket,
+        last: None,
+    });
 
     let oldest = sorted.len().saturating_sub(1);
     let mut out = Vec::with_capacity(sorted.len());
     for (nr, item) in sorted.iter().enumerate() {
+        let time = i128::from(item.time_ns);
         let mut reasons = Vec::new();
         let mut keep_oldest = false;
         for rule in rules.iter_mut().filter(|r| r.left > 0) {
@@ -267,8 +325,17 @@ fn decide(policy: &Policy, sorted: &[&Item]) -> Vec<Vec<&'static str>> {
         if keep_oldest {
             reasons.push("oldest");
         }
-        if policy.within_s > 0 && newest - i128::from(item.time_ns) < within_ns {
+        if within.is_some_and(|c| time > c) {
             reasons.push("within");
+        }
+        for rule in &mut within_rules {
+            if rule.cutoff.is_some_and(|c| time > c) {
+                let bucket = (rule.bucket)(item.time_ns, nr);
+                if rule.last != Some(bucket) {
+                    rule.last = Some(bucket);
+                    reasons.push(rule.reason);
+                }
+            }
         }
         if item.tags.iter().any(|t| policy.tags.contains(t)) {
             reasons.push("tag");
@@ -276,6 +343,33 @@ fn decide(policy: &Policy, sorted: &[&Item]) -> Vec<Vec<&'static str>> {
         out.push(reasons);
     }
     out
+}
+
+/// The hour a time falls in (UTC).
+fn hour_bucket(time_ns: i64, _: usize) -> i64 {
+    seconds(time_ns).div_euclid(3600)
+}
+
+/// The day a time falls in (UTC).
+fn day_bucket(time_ns: i64, _: usize) -> i64 {
+    days(time_ns)
+}
+
+/// The ISO week a time falls in (UTC), as `year * 100 + week`.
+fn week_bucket(time_ns: i64, _: usize) -> i64 {
+    let (year, week) = iso_week(days(time_ns));
+    year * 100 + i64::from(week)
+}
+
+/// The month a time falls in (UTC), as months since year 0.
+fn month_bucket(time_ns: i64, _: usize) -> i64 {
+    let (year, month, _) = civil_from_days(days(time_ns));
+    year * 12 + i64::from(month) - 1
+}
+
+/// The year a time falls in (UTC).
+fn year_bucket(time_ns: i64, _: usize) -> i64 {
+    civil_from_days(days(time_ns)).0
 }
 
 /// Whole seconds since the epoch, rounded down (also before 1970).
@@ -286,39 +380,6 @@ fn seconds(time_ns: i64) -> i64 {
 /// Whole days since 1970-01-01 (UTC), rounded down.
 fn days(time_ns: i64) -> i64 {
     seconds(time_ns).div_euclid(86_400)
-}
-
-/// Days since 1970-01-01 of the proleptic Gregorian date `year-month-day`.
-///
-/// Howard Hinnant's `days_from_civil`
-/// (<http://howardhinnant.github.io/date_algorithms.html>). Exact for any
-/// year an `i64` of nanoseconds can reach (about 1677 to 2262) and far
-/// beyond.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400; // [0, 399]
-    let mp = i64::from((month + 9) % 12); // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian `(year, month 1..=12, day 1..=31)` of a day
-/// number since 1970-01-01: Hinnant's `civil_from_days`, the inverse of
-/// [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097; // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Invariant: the ranges noted above make both casts lossless.
-    (year, month as u32, day as u32)
 }
 
 /// ISO 8601 `(week-based year, week 1..=53)` of a day number: weeks start on
@@ -404,15 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn calendar_helpers() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(1969, 12, 31), -1);
-        for d in [-1_000_000, -719_468, -1, 0, 59, 11_016, 20_000, 1_000_000] {
-            let (y, m, dd) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, dd), d);
-        }
-        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
+    fn iso_weeks_and_days() {
         // ISO weeks around year ends.
         let week = |y, m, d| iso_week(days_from_civil(y, m, d));
         assert_eq!(week(2020, 12, 31), (2020, 53)); // a Thursday
@@ -558,14 +611,110 @@ mod tests {
             item(4, newest - DAY + 1),
             item(5, newest),
         ];
-        let policy = Policy {
-            within_s: 86_400,
-            ..Policy::default()
-        };
+        let policy = within("1d");
         assert_eq!(kept(&policy, &items), [5, 4]);
         let groups = apply(&policy, &items).unwrap();
         assert_eq!(groups[0].keep[0].1, ["within"]);
         assert_eq!(groups[0].remove, [id(3), id(2), id(1)]);
+        // Hours and combined units.
+        assert_eq!(kept(&within("25h"), &items), [5, 4, 3]);
+        assert_eq!(kept(&within("2d1h"), &items), [5, 4, 3, 2]);
+    }
+
+    /// A policy with only `keep-within TEXT`.
+    fn within(text: &str) -> Policy {
+        Policy {
+            within: text.parse().unwrap(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn keep_within_months_is_calendar_months() {
+        // `6m` is six months, not six minutes: a snapshot an hour, a day
+        // and five months older than the newest stays.
+        let newest = at(2024, 8, 15, 12);
+        let items = [
+            item(1, at(2024, 2, 15, 12)),     // exactly six months: not after
+            item(2, at(2024, 2, 15, 12) + 1), // just inside
+            item(3, at(2024, 3, 15, 12)),
+            item(4, newest - DAY),
+            item(5, newest - HOUR),
+            item(6, newest),
+        ];
+        assert_eq!(kept(&within("6m"), &items), [6, 5, 4, 3, 2]);
+        // Across month ends: a month before 31 March is 3 March (Go's
+        // AddDate runs "31 February" over), not the end of February.
+        let newest = at(2023, 3, 31, 0);
+        let items = [
+            item(1, at(2023, 2, 28, 0)),
+            item(2, at(2023, 3, 2, 23)),
+            item(3, at(2023, 3, 3, 0)),
+            item(4, at(2023, 3, 3, 0) + 1),
+            item(5, newest),
+        ];
+        assert_eq!(kept(&within("1m"), &items), [5, 4]);
+        // In a leap year the run-over lands on 2 March.
+        let items = [
+            item(1, at(2024, 3, 2, 0)),
+            item(2, at(2024, 3, 2, 1)),
+            item(3, at(2024, 3, 31, 0)),
+        ];
+        assert_eq!(kept(&within("1m"), &items), [3, 2]);
+        // 30 days and a month differ when the month before has 31 days.
+        let items = [item(1, at(2024, 7, 31, 12)), item(2, at(2024, 8, 31, 0))];
+        assert_eq!(kept(&within("1m"), &items), [2, 1]);
+        assert_eq!(kept(&within("30d"), &items), [2]);
+        // A year back from 29 February is 1 March.
+        let items = [
+            item(1, at(2023, 3, 1, 0)),
+            item(2, at(2023, 3, 1, 1)),
+            item(3, at(2024, 2, 29, 0)),
+        ];
+        assert_eq!(kept(&within("1y"), &items), [3, 2]);
+        assert_eq!(kept(&within("12m"), &items), [3, 2]);
+    }
+
+    #[test]
+    fn keep_within_buckets_keep_the_newest_of_each_period_inside_the_window() {
+        // Two snapshots a day (06:00, 18:00) for ten days.
+        let mut items = Vec::new();
+        for day in 0..10u8 {
+            items.push(item(2 * day + 1, at(2024, 6, 1 + u32::from(day), 6)));
+            items.push(item(2 * day + 2, at(2024, 6, 1 + u32::from(day), 18)));
+        }
+        let p = |daily: &str| Policy {
+            within_daily: daily.parse().unwrap(),
+            ..Policy::default()
+        };
+        // The newest is 10 June 18:00; three days back is 7 June 18:00, so
+        // the 18:00 snapshots of 8, 9 and 10 June, and 8 June is the day
+        // of the oldest one inside. No "oldest" extra, as in restic.
+        assert_eq!(kept(&p("3d"), &items), [20, 18, 16]);
+        let groups = apply(&p("3d"), &items).unwrap();
+        assert_eq!(groups[0].keep[0].1, ["within-daily"]);
+        // 3d12h reaches 7 June 06:00 exclusive: 7 June 18:00 also counts.
+        assert_eq!(kept(&p("3d12h"), &items), [20, 18, 16, 14]);
+        let weekly = Policy {
+            within_weekly: "1m".parse().unwrap(),
+            ..Policy::default()
+        };
+        // 1..2 June 2024 are in ISO week 22, 3..9 in week 23, 10 in week 24.
+        assert_eq!(kept(&weekly, &items), [20, 18, 4]);
+        let all = Policy {
+            within_hourly: "1h".parse().unwrap(),
+            within_monthly: "1y".parse().unwrap(),
+            within_yearly: "1y".parse().unwrap(),
+            ..Policy::default()
+        };
+        let groups = apply(&all, &items).unwrap();
+        assert_eq!(
+            groups[0].keep,
+            [(
+                id(20),
+                vec!["within-hourly", "within-monthly", "within-yearly"]
+            )]
+        );
     }
 
     #[test]
@@ -638,6 +787,7 @@ mod tests {
         assert_eq!(apply(&Policy::default(), &items), Err(PolicyError::Empty));
         assert_eq!(apply(&Policy::default(), &[]), Err(PolicyError::Empty));
         assert!(Policy::default().is_empty());
+        assert!(within("0d").is_empty(), "a zero duration is no rule");
         let bad_tag = Policy {
             tags: vec![String::new()],
             ..Policy::default()
@@ -653,8 +803,9 @@ mod tests {
                 yearly: 1,
                 ..Policy::default()
             },
+            within("1h"),
             Policy {
-                within_s: 1,
+                within_yearly: "1y".parse().unwrap(),
                 ..Policy::default()
             },
             Policy {
@@ -706,7 +857,12 @@ mod tests {
             weekly: UNLIMITED,
             monthly: UNLIMITED,
             yearly: UNLIMITED,
-            within_s: u64::MAX,
+            within: "4294967295y".parse().unwrap(),
+            within_hourly: "4294967295y4294967295m".parse().unwrap(),
+            within_daily: "1h".parse().unwrap(),
+            within_weekly: "1d".parse().unwrap(),
+            within_monthly: "1m".parse().unwrap(),
+            within_yearly: "4294967295d".parse().unwrap(),
             tags: vec!["t".into()],
         };
         assert_eq!(kept(&policy, &items), [4, 3, 2, 1]);
@@ -722,7 +878,7 @@ mod tests {
     fn policy_toml() {
         let p: Policy = toml::from_str(
             "keep-last = 3\nkeep-daily = -1\nkeep-weekly = \"unlimited\"\n\
-             keep-within-s = 86400\nkeep-tags = [\"pin\"]\n",
+             keep-within = \"1y5m7d2h\"\nkeep-within-daily = \"6m\"\nkeep-tags = [\"pin\"]\n",
         )
         .unwrap();
         assert_eq!(
@@ -731,7 +887,8 @@ mod tests {
                 last: 3,
                 daily: UNLIMITED,
                 weekly: UNLIMITED,
-                within_s: 86_400,
+                within: "1y5m7d2h".parse().unwrap(),
+                within_daily: "6m".parse().unwrap(),
                 tags: vec!["pin".into()],
                 ..Policy::default()
             }
@@ -747,6 +904,13 @@ mod tests {
             "keep-last = \"all\"",
             "keep-last = 1.5",
             "keep-lats = 1",
+            "keep-within = 86400",
+            "keep-within = \"90\"",
+            "keep-within = \"15s\"",
+            "keep-within = \"\"",
+            "keep-within = \"-1d\"",
+            "keep-within-s = 86400",
+            "keep-within-minutely = \"1d\"",
         ] {
             assert!(toml::from_str::<Policy>(bad).is_err(), "{bad}");
         }
@@ -774,22 +938,54 @@ mod tests {
             })
     }
 
+    fn arb_duration() -> impl Strategy<Value = CalendarDuration> {
+        let part = || prop_oneof![Just(0u32), 0u32..40, any::<u32>()];
+        prop_oneof![
+            Just(CalendarDuration::default()),
+            (part(), part(), part(), part()).prop_map(|(years, months, days, hours)| {
+                CalendarDuration {
+                    years,
+                    months,
+                    days,
+                    hours,
+                }
+            }),
+        ]
+    }
+
     fn arb_policy() -> impl Strategy<Value = Policy> {
         let n = || prop_oneof![Just(0u32), 0u32..6, Just(UNLIMITED)];
+        let d = arb_duration;
         (
             (n(), n(), n(), n(), n(), n()),
-            prop_oneof![Just(0u64), any::<u64>(), 0u64..400 * 86_400],
+            (d(), d(), d(), d(), d(), d()),
             prop::collection::vec(prop::sample::select(vec!["t", "v"]), 0..2),
         )
             .prop_map(
-                |((last, hourly, daily, weekly, monthly, yearly), within_s, tags)| Policy {
+                |(
+                    (last, hourly, daily, weekly, monthly, yearly),
+                    (
+                        within,
+                        within_hourly,
+                        within_daily,
+                        within_weekly,
+                        within_monthly,
+                        within_yearly,
+                    ),
+                    tags,
+                )| Policy {
                     last,
                     hourly,
                     daily,
                     weekly,
                     monthly,
                     yearly,
-                    within_s,
+                    within,
+                    within_hourly,
+                    within_daily,
+                    within_weekly,
+                    within_monthly,
+                    within_yearly,
                     tags: tags.into_iter().map(String::from).collect(),
                 },
             )
@@ -819,7 +1015,10 @@ mod tests {
                 // A counted or within rule always keeps the newest snapshot.
                 let counted = [policy.last, policy.hourly, policy.daily, policy.weekly,
                     policy.monthly, policy.yearly].iter().any(|&n| n > 0);
-                if counted || policy.within_s > 0 {
+                let timed = [&policy.within, &policy.within_hourly, &policy.within_daily,
+                    &policy.within_weekly, &policy.within_monthly, &policy.within_yearly]
+                    .iter().any(|d| !d.is_zero());
+                if counted || timed {
                     let newest = g.keep.iter().map(|k| k.0).chain(g.remove.iter().copied())
                         .map(|id| items.iter().find(|i| i.id == id).unwrap().time_ns)
                         .max().unwrap();

@@ -20,7 +20,8 @@ pub struct Summary {
     pub dirs: u64,
     /// Logical size of all files, bytes.
     pub bytes: u64,
-    /// Bytes of file content read from disk (unchanged files are not read).
+    /// Bytes of file content read from disk (unchanged files are not read,
+    /// nor the holes of sparse files).
     pub bytes_read: u64,
     /// Plaintext bytes of chunks the cluster lacked.
     pub new_bytes: u64,

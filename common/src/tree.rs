@@ -1,7 +1,12 @@
 //! Trees: one directory's entries, the nodes of a snapshot's Merkle DAG.
 //!
-//! Encoding: `"RVT"` + version byte `1` + postcard of [`Tree`]. Entries are
-//! sorted by raw name bytes and unique; names are non-empty, hold neither
+//! Encoding: `"RVT"` + version byte `2` + postcard of [`Tree`]. Version 2
+//! gives each chunk of a file its plaintext length ([`ChunkRef`]), so a
+//! reader can seek in a file, write its chunks at their offsets in parallel
+//! and check that a file's size is the sum of its chunks without reading
+//! them; and each entry its owner's names and link count. Version 1 trees
+//! (no lengths, no names) still decode: their chunks' lengths are `None`.
+//! Entries are sorted by raw name bytes and unique; names are non-empty, hold neither
 //! `/` nor NUL, and are neither `.` nor `..`. [`Tree::decode`] enforces all of
 //! it, so restore never sees a name that could escape its target.
 //!
@@ -34,13 +39,23 @@ pub enum EntryKind {
     Socket,
 }
 
+/// One chunk of a file: its id and its plaintext length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The chunk.
+    pub id: ChunkId,
+    /// Plaintext length, bytes; `None` in trees of version 1, which did not
+    /// record it.
+    pub len: Option<u32>,
+}
+
 /// An entry's content reference.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
     /// Nothing (special files).
     None,
     /// A file's chunks, in order.
-    Chunks(Vec<ChunkId>),
+    Chunks(Vec<ChunkRef>),
     /// A directory's tree id.
     Subtree(ChunkId),
     /// A symlink's target, raw bytes.
@@ -88,6 +103,41 @@ pub struct Entry {
     pub xattrs: Vec<Xattr>,
     /// Chunks, subtree or link target.
     pub content: Content,
+    /// The owner's user name at backup time, raw bytes; empty when the id
+    /// had no name (or in a version 1 tree).
+    #[serde(with = "serde_bytes")]
+    pub user: Vec<u8>,
+    /// The owner's group name at backup time, raw bytes; empty when the id
+    /// had no name (or in a version 1 tree).
+    #[serde(with = "serde_bytes")]
+    pub group: Vec<u8>,
+    /// Hard links to the inode (`st_nlink`); 0 in a version 1 tree. Entries
+    /// of one snapshot with the same `device` and `inode` and `links > 1`
+    /// are one hard-link group.
+    pub links: u64,
+}
+
+impl Entry {
+    /// The file's chunk ids, in order (empty for other kinds).
+    pub fn chunk_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        let chunks: &[ChunkRef] = match &self.content {
+            Content::Chunks(c) => c,
+            _ => &[],
+        };
+        chunks.iter().map(|c| c.id)
+    }
+
+    /// The sum of the file's chunk lengths, bytes, when every length is
+    /// recorded (trees of version 2); `None` for a version 1 file or
+    /// another kind. A sound entry's `size` equals it.
+    pub fn chunk_bytes(&self) -> Option<u64> {
+        match &self.content {
+            Content::Chunks(c) => c
+                .iter()
+                .try_fold(0u64, |sum, c| sum.checked_add(u64::from(c.len?))),
+            _ => None,
+        }
+    }
 }
 
 /// One directory (or one part of a large one): entries sorted by name.
@@ -121,7 +171,8 @@ pub enum TreeError {
     Content(String),
 }
 
-const MAGIC: &[u8; 4] = b"RVT\x01";
+const MAGIC: &[u8; 4] = b"RVT\x02";
+const MAGIC_V1: &[u8; 4] = b"RVT\x01";
 
 /// Whether `name` may be a directory entry name: non-empty, no `/`, no NUL,
 /// not `.` or `..`.
@@ -183,14 +234,13 @@ impl Tree {
     /// # Errors
     /// [`TreeError`] for bad bytes or an invalid tree.
     pub fn decode(bytes: &[u8]) -> Result<Self, TreeError> {
-        let body = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| TreeError::Format("bad magic".into()))?;
-        let (tree, rest): (Tree, _) =
-            postcard::take_from_bytes(body).map_err(|e| TreeError::Format(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(TreeError::Format("trailing bytes".into()));
-        }
+        let tree = if let Some(body) = bytes.strip_prefix(MAGIC.as_slice()) {
+            decode_all::<Tree>(body)?
+        } else if let Some(body) = bytes.strip_prefix(MAGIC_V1.as_slice()) {
+            decode_all::<v1::Tree>(body)?.into()
+        } else {
+            return Err(TreeError::Format("bad magic".into()));
+        };
         tree.validate()?;
         Ok(tree)
     }
@@ -253,6 +303,98 @@ impl Tree {
     }
 }
 
+/// Decodes exactly `body` as one `T`.
+fn decode_all<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, TreeError> {
+    let (value, rest): (T, _) =
+        postcard::take_from_bytes(body).map_err(|e| TreeError::Format(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(TreeError::Format("trailing bytes".into()));
+    }
+    Ok(value)
+}
+
+/// The version 1 format, kept to decode old trees.
+mod v1 {
+    use serde::Deserialize;
+
+    use super::{ChunkId, ChunkRef, EntryKind, Xattr};
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub(super) enum Content {
+        None,
+        Chunks(Vec<ChunkId>),
+        Subtree(ChunkId),
+        Symlink(#[serde(with = "serde_bytes")] Vec<u8>),
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub(super) struct Entry {
+        #[serde(with = "serde_bytes")]
+        pub(super) name: Vec<u8>,
+        pub(super) kind: EntryKind,
+        pub(super) mode: u32,
+        pub(super) uid: u32,
+        pub(super) gid: u32,
+        pub(super) mtime_ns: i64,
+        pub(super) ctime_ns: i64,
+        pub(super) size: u64,
+        pub(super) inode: u64,
+        pub(super) device: u64,
+        pub(super) rdev: u64,
+        pub(super) xattrs: Vec<Xattr>,
+        pub(super) content: Content,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub(super) struct Tree {
+        pub(super) entries: Vec<Entry>,
+        pub(super) more: Vec<ChunkId>,
+    }
+
+    impl From<Tree> for super::Tree {
+        fn from(t: Tree) -> Self {
+            let entries = t
+                .entries
+                .into_iter()
+                .map(|e| super::Entry {
+                    name: e.name,
+                    kind: e.kind,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    mtime_ns: e.mtime_ns,
+                    ctime_ns: e.ctime_ns,
+                    size: e.size,
+                    inode: e.inode,
+                    device: e.device,
+                    rdev: e.rdev,
+                    xattrs: e.xattrs,
+                    content: match e.content {
+                        Content::None => super::Content::None,
+                        Content::Chunks(ids) => super::Content::Chunks(
+                            ids.into_iter()
+                                .map(|id| ChunkRef { id, len: None })
+                                .collect(),
+                        ),
+                        Content::Subtree(id) => super::Content::Subtree(id),
+                        Content::Symlink(t) => super::Content::Symlink(t),
+                    },
+                    user: Vec::new(),
+                    group: Vec::new(),
+                    links: 0,
+                })
+                .collect();
+            super::Tree {
+                entries,
+                more: t.more,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +415,73 @@ mod tests {
             rdev: 0,
             xattrs: vec![],
             content,
+            user: b"alice".to_vec(),
+            group: b"staff".to_vec(),
+            links: 1,
         }
+    }
+
+    fn chunks(ids: &[(u8, u32)]) -> Content {
+        Content::Chunks(
+            ids.iter()
+                .map(|&(b, len)| ChunkRef {
+                    id: ChunkId([b; 32]),
+                    len: Some(len),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn version_1_trees_decode_without_lengths_or_names() {
+        let old = v1::Tree {
+            entries: vec![v1::Entry {
+                name: b"f".to_vec(),
+                kind: EntryKind::File,
+                mode: 0o100644,
+                uid: 7,
+                gid: 8,
+                mtime_ns: -5,
+                ctime_ns: 9,
+                size: 10,
+                inode: 11,
+                device: 12,
+                rdev: 0,
+                xattrs: vec![],
+                content: v1::Content::Chunks(vec![ChunkId([4; 32]), ChunkId([5; 32])]),
+            }],
+            more: vec![ChunkId([6; 32])],
+        };
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let t = Tree::decode(&bytes).unwrap();
+        let e = &t.entries[0];
+        assert_eq!((e.uid, e.gid, e.size, e.mtime_ns), (7, 8, 10, -5));
+        assert_eq!(
+            e.chunk_ids().collect::<Vec<_>>(),
+            vec![ChunkId([4; 32]), ChunkId([5; 32])]
+        );
+        assert_eq!(e.chunk_bytes(), None, "a version 1 file has no lengths");
+        assert!(e.user.is_empty() && e.group.is_empty() && e.links == 0);
+        assert_eq!(t.more, vec![ChunkId([6; 32])]);
+        // Written again, it is a version 2 tree that decodes to the same.
+        assert!(t.encode().starts_with(MAGIC));
+        assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn chunk_bytes_sums_lengths() {
+        let e = entry(b"f", EntryKind::File, chunks(&[(1, 100), (2, 28)]));
+        assert_eq!(e.chunk_bytes(), Some(128));
+        let mut partial = e.clone();
+        if let Content::Chunks(c) = &mut partial.content {
+            c[1].len = None;
+        }
+        assert_eq!(partial.chunk_bytes(), None);
+        let empty = entry(b"e", EntryKind::File, chunks(&[]));
+        assert_eq!(empty.chunk_bytes(), Some(0));
+        let dir = entry(b"d", EntryKind::Dir, Content::Subtree(ChunkId([1; 32])));
+        assert_eq!(dir.chunk_bytes(), None);
     }
 
     #[test]
@@ -281,11 +489,7 @@ mod tests {
         let mut t = Tree {
             more: vec![],
             entries: vec![
-                entry(
-                    b"z\xff\n name",
-                    EntryKind::File,
-                    Content::Chunks(vec![ChunkId([1; 32])]),
-                ),
+                entry(b"z\xff\n name", EntryKind::File, chunks(&[(1, 77)])),
                 entry(b"a", EntryKind::Dir, Content::Subtree(ChunkId([2; 32]))),
                 entry(b"l", EntryKind::Symlink, Content::Symlink(b"../x".to_vec())),
             ],
@@ -299,7 +503,7 @@ mod tests {
         let part = |names: &[&[u8]]| Tree {
             entries: names
                 .iter()
-                .map(|n| entry(n, EntryKind::File, Content::Chunks(vec![])))
+                .map(|n| entry(n, EntryKind::File, chunks(&[])))
                 .collect(),
             more: vec![],
         };
@@ -323,7 +527,7 @@ mod tests {
     fn hostile_names_are_refused() {
         for name in [&b".."[..], b".", b"", b"a/b", b"/etc", b"a\0b"] {
             let t = Tree {
-                entries: vec![entry(name, EntryKind::File, Content::Chunks(vec![]))],
+                entries: vec![entry(name, EntryKind::File, chunks(&[]))],
                 more: vec![],
             };
             assert!(
@@ -333,8 +537,8 @@ mod tests {
         }
         let dup = Tree {
             entries: vec![
-                entry(b"a", EntryKind::File, Content::Chunks(vec![])),
-                entry(b"a", EntryKind::File, Content::Chunks(vec![])),
+                entry(b"a", EntryKind::File, chunks(&[])),
+                entry(b"a", EntryKind::File, chunks(&[])),
             ],
             more: vec![],
         };
@@ -356,7 +560,7 @@ mod tests {
         #[test]
         fn encode_decode(names in proptest::collection::btree_set("[a-z]{1,12}", 0..20), size in any::<u64>()) {
             let t = Tree { entries: names.iter().map(|n| {
-                let mut e = entry(n.as_bytes(), EntryKind::File, Content::Chunks(vec![ChunkId([3; 32])]));
+                let mut e = entry(n.as_bytes(), EntryKind::File, chunks(&[(3, 9)]));
                 e.size = size;
                 e
             }).collect(), more: vec![] };
@@ -366,7 +570,7 @@ mod tests {
         #[test]
         fn split_then_join_is_identity(names in proptest::collection::btree_set("[a-z]{1,40}", 0..300),
                                        part_bytes in 1usize..3000) {
-            let t = Tree { entries: names.iter().map(|n| entry(n.as_bytes(), EntryKind::File, Content::Chunks(vec![]))).collect(), more: vec![] };
+            let t = Tree { entries: names.iter().map(|n| entry(n.as_bytes(), EntryKind::File, chunks(&[]))).collect(), more: vec![] };
             let mut parts = t.clone().split(part_bytes);
             for p in &parts {
                 let fits = p.encode().len() <= part_bytes + 16 || p.entries.len() == 1;

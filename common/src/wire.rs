@@ -18,8 +18,11 @@ use crate::placement::ClusterMap;
 use crate::{ChunkId, NodeId, RepoId, SnapshotId};
 
 /// Version of this protocol, checked at hello. Version 2 put the sender's
-/// cluster map epoch in front of every response header.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// cluster map epoch in front of every response header; version 4 added the
+/// garbage-collection fence ([`GcFence`]) to snapshot puts,
+/// [`Request::ListSnapshotsAndTombstones`], and the store's health to
+/// [`NodeStatus`]; version 5 added [`Request::GetBlobs`].
+pub const PROTOCOL_VERSION: u16 = 5;
 /// TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"ringvault/1";
 /// Largest header, bytes.
@@ -35,6 +38,12 @@ pub const MAX_RECORD_BYTES: usize = 4 << 20;
 pub const MAX_HAS_IDS: usize = 8192;
 /// Most blobs in one put.
 pub const MAX_PUT_BLOBS: usize = 4096;
+/// Most ids in one [`Request::GetBlobs`].
+pub const MAX_GET_BLOBS: usize = 1024;
+/// The payload bytes a server fills for one [`Request::GetBlobs`] before it
+/// answers the rest [`BlobReply::Later`] (16 MiB): one batch never holds
+/// more than this plus one blob in either side's memory.
+pub const GET_BLOBS_BYTES: usize = 16 << 20;
 /// Bytes of a partition bitmap: one bit per partition, 2^16 partitions.
 pub const PARTITION_BITMAP_BYTES: usize = 1 << 13;
 /// Buckets a digest request folds partitions into when not asking per
@@ -90,6 +99,13 @@ pub enum Request {
     },
     /// Store a sealed snapshot record (payload). Without `local_only` the
     /// server copies it to every node and answers once W have it.
+    ///
+    /// Each server stores it only if its own entry in `fence` is still its
+    /// [`GcFence`] for `repo` (no prune round began or ended there since
+    /// the agent read it), and otherwise refuses with
+    /// [`ErrorCode::FenceMoved`]; W counts only the servers that stored it.
+    /// That is what lets a backup rely on chunks it did not upload: see
+    /// [`GcFence`].
     PutSnapshot {
         /// Repository.
         repo: RepoId,
@@ -97,6 +113,9 @@ pub enum Request {
         id: SnapshotId,
         /// Store locally only.
         local_only: bool,
+        /// Each server's fence as the agent read it before it checked the
+        /// chunks the snapshot names; at most [`MAX_FENCE_NODES`] entries.
+        fence: Vec<(NodeId, GcFence)>,
     },
     /// All snapshot records this server holds.
     ListSnapshots {
@@ -260,6 +279,31 @@ pub enum Request {
         /// On this server only.
         local_only: bool,
     },
+    /// This server's [`GcFence`] for `repo`; answered by
+    /// [`Response::GcFence`].
+    GcFence {
+        /// Repository.
+        repo: RepoId,
+    },
+    /// The snapshot records this server holds that no tombstone marks
+    /// deleted, and the ids of the snapshot tombstones it holds, answered by
+    /// [`Response::SnapshotsAndTombstones`]: an agent shows no id that any
+    /// server has a tombstone for ([`crate::listing`]). A server that has
+    /// just started answers once it has pulled its peers' tombstones, or
+    /// after a few seconds.
+    ListSnapshotsAndTombstones {
+        /// Repository.
+        repo: RepoId,
+    },
+    /// Fetch several blobs from this server's store in one request (at most
+    /// [`MAX_GET_BLOBS`]), answered by [`Response::Blobs`]: one index
+    /// transaction and one reply for many small chunks.
+    GetBlobs {
+        /// Repository.
+        repo: RepoId,
+        /// The blobs, in the order the answer follows.
+        ids: Vec<ChunkId>,
+    },
 }
 
 /// What a request does to a repository, for authorization by the role in
@@ -362,7 +406,66 @@ pub enum Response {
         /// (id, length) per record.
         records: Vec<([u8; 32], u32)>,
     },
+    /// Answer to [`Request::GcFence`].
+    GcFence(GcFence),
+    /// Answer to [`Request::ListSnapshotsAndTombstones`]: the payload holds
+    /// the records, concatenated, with these ids and lengths in bytes, then
+    /// `tombstones` snapshot ids of 32 bytes each (read it with
+    /// [`crate::listing::split`]).
+    SnapshotsAndTombstones {
+        /// (id, length) per live record.
+        records: Vec<(SnapshotId, u32)>,
+        /// Tombstoned ids in the payload after the records.
+        tombstones: u32,
+    },
+    /// Answer to [`Request::GetBlobs`]: one reply per requested id, in
+    /// order; the payload holds the [`BlobReply::Data`] blobs concatenated.
+    Blobs {
+        /// Per id: sent, not held, failed its checksum, or not sent.
+        replies: Vec<BlobReply>,
+    },
 }
+
+/// What a server answers for one id of a [`Request::GetBlobs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobReply {
+    /// In the payload, this many bytes long, after the blobs before it.
+    Data(u32),
+    /// Not held here.
+    NotFound,
+    /// Held, but failed its checksum: quarantined; ask another replica.
+    Corrupt,
+    /// Not sent: the answer reached [`GET_BLOBS_BYTES`] first, or the store
+    /// failed on it; ask again.
+    Later,
+}
+
+/// Where a server's garbage collection of one repository stands: the
+/// fence a backup reads before it relies on chunks it does not upload.
+///
+/// `counter` grows by one when a prune round begins and again when it ends
+/// (swept, replaced, or the server restarted: `boot` then differs), so two
+/// equal fences read at two times mean no round began or ended in between;
+/// `active` says one is running. A server trashes a blob only in a round's
+/// sweep. Hence, for a backup that read every server's fence while all
+/// were idle and finds them unchanged: nothing was deleted since. And a
+/// server stores a snapshot record only under the fence the agent read
+/// ([`Request::PutSnapshot`]), so every round that could delete a chunk
+/// the record names either began after the record was stored (and lists
+/// it, see the prune's listing quorum) or was running while the agent
+/// checked that chunk (and protects it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GcFence {
+    /// Random at each server start.
+    pub boot: u64,
+    /// Rounds begun plus rounds ended since start.
+    pub counter: u64,
+    /// A round is running.
+    pub active: bool,
+}
+
+/// Most entries in a [`Request::PutSnapshot`] fence.
+pub const MAX_FENCE_NODES: usize = 1024;
 
 /// What a server reports about itself ([`Request::NodeStatus`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,6 +491,45 @@ pub struct NodeStatus {
     pub scrub_cycles: u64,
     /// Its view of every other node of its map.
     pub peers: Vec<(NodeId, PeerState)>,
+    /// Its store's state: whether it takes writes and serves reads.
+    pub store: StoreState,
+    /// The store's last error, for people (empty when none): why it is
+    /// failing or read-only, or the last failure it recovered from.
+    pub store_error: String,
+    /// When that error happened, unix seconds (0 when none).
+    pub store_error_at: u64,
+    /// Bytes free on the file system of its data directory, as the store
+    /// last measured them (`u64::MAX` when it keeps no files).
+    pub free_bytes: u64,
+}
+
+/// The state of a server's store ([`NodeStatus::store`]), worst last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreState {
+    /// Takes writes and serves reads.
+    #[default]
+    Ok,
+    /// Refuses new blobs (free space below the server's watermark, or its
+    /// quota reached); serves reads, and takes writes again by itself once
+    /// space comes back.
+    Full,
+    /// Its file system is mounted read-only: serves reads, refuses writes.
+    ReadOnly,
+    /// Its store fails (an index or device error it has not recovered
+    /// from); see [`NodeStatus::store_error`].
+    Failing,
+}
+
+impl StoreState {
+    /// Lowercase name for people and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Ok => "ok",
+            StoreState::Full => "full",
+            StoreState::ReadOnly => "read-only",
+            StoreState::Failing => "failing",
+        }
+    }
 }
 
 /// What one server's sweep did ([`Request::PruneSweep`]).
@@ -463,10 +605,14 @@ pub enum ErrorCode {
     Internal,
     /// A different value already exists (repository key).
     Exists,
-    /// The server's quota is reached; the write goes elsewhere.
+    /// The server's store takes no new blobs now (quota reached, free space
+    /// below its watermark, read-only or failing); the write goes elsewhere.
     StoreFull,
     /// A map change conflicts with one promised or committed.
     MapConflict,
+    /// A prune round began or ended since the agent read the fence it
+    /// sent ([`Request::PutSnapshot`]): check the chunks again and retry.
+    FenceMoved,
 }
 
 impl WireError {
@@ -617,6 +763,10 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::GetBlobs { ids, .. } if ids.len() > MAX_GET_BLOBS => invalid("too many ids"),
+            Request::PutSnapshot { fence, .. } if fence.len() > MAX_FENCE_NODES => {
+                invalid("fence too long")
+            }
             Request::PutSnapshot { .. } | Request::PutKey { .. } if payload.is_empty() => {
                 invalid("empty payload")
             }
@@ -628,6 +778,7 @@ impl Request {
             Request::Hello { .. }
             | Request::Has { .. }
             | Request::GetBlob { .. }
+            | Request::GetBlobs { .. }
             | Request::ListSnapshots { .. }
             | Request::GetSnapshot { .. }
             | Request::ListKeys { .. }
@@ -646,6 +797,8 @@ impl Request {
             | Request::PruneSweep { .. }
             | Request::RestoreTrash { .. }
             | Request::Sizes { .. }
+            | Request::GcFence { .. }
+            | Request::ListSnapshotsAndTombstones { .. }
                 if !payload.is_empty() =>
             {
                 invalid("unexpected payload")
@@ -677,10 +830,13 @@ impl Request {
             Request::Has { repo, .. }
             | Request::PutBlobs { repo, .. }
             | Request::GetBlob { repo, .. }
+            | Request::GetBlobs { repo, .. }
             | Request::PutSnapshot { repo, .. }
             | Request::ListSnapshots { repo }
+            | Request::ListSnapshotsAndTombstones { repo }
             | Request::GetSnapshot { repo, .. }
             | Request::PutKey { repo, .. }
+            | Request::GcFence { repo }
             | Request::ListKeys { repo } => Some(repo),
         }
     }
@@ -745,10 +901,13 @@ impl Request {
             | Request::NodeStatus
             | Request::Has { .. }
             | Request::GetBlob { .. }
+            | Request::GetBlobs { .. }
             | Request::ListSnapshots { .. }
+            | Request::ListSnapshotsAndTombstones { .. }
             | Request::GetSnapshot { .. }
             | Request::ListKeys { .. }
             | Request::Copies { .. }
+            | Request::GcFence { .. }
             | Request::Sizes { .. } => Access::Read,
             Request::PutBlobs { .. } | Request::PutSnapshot { .. } => Access::Write,
             Request::PutKey { .. }
@@ -794,6 +953,9 @@ impl Request {
             Request::RestoreTrash { .. } => "restore-trash",
             Request::Sizes { .. } => "sizes",
             Request::DeleteKey { .. } => "delete-key",
+            Request::GcFence { .. } => "gc-fence",
+            Request::ListSnapshotsAndTombstones { .. } => "list-snapshots-and-tombstones",
+            Request::GetBlobs { .. } => "get-blobs",
         }
     }
 }
@@ -832,7 +994,8 @@ mod tests {
                 id: [4; 32],
                 local_only: false,
             },
-            Request::ListKeys { repo },
+            Request::ListKeys { repo: repo.clone() },
+            Request::ListSnapshotsAndTombstones { repo },
         ];
         for r in reqs {
             let f = frame(encode_header(&r), b"abc");
@@ -854,12 +1017,14 @@ mod tests {
             repo: repo.clone(),
             id: SnapshotId([0; 32]),
             local_only: false,
+            fence: vec![],
         };
         assert_eq!(put.access(), Access::Write);
         let forward = Request::PutSnapshot {
             repo: repo.clone(),
             id: SnapshotId([0; 32]),
             local_only: true,
+            fence: vec![],
         };
         assert_eq!(forward.access(), Access::Internal);
         let forget = Request::DeleteSnapshot {
@@ -868,6 +1033,10 @@ mod tests {
             local_only: false,
         };
         assert_eq!(forget.access(), Access::Manage);
+        assert_eq!(
+            Request::ListSnapshotsAndTombstones { repo: repo.clone() }.access(),
+            Access::Read
+        );
         assert_eq!(Request::RestoreTrash { repo }.access(), Access::Manage);
         assert_eq!(
             Request::PrepareMap {
@@ -890,6 +1059,25 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_with_tombstones_round_trips() {
+        let r = Response::SnapshotsAndTombstones {
+            records: vec![(SnapshotId([1; 32]), 3)],
+            tombstones: 1,
+        };
+        let mut f = encode_response(2, &r);
+        let mut payload = b"abc".to_vec();
+        payload.extend_from_slice(&[9; 32]);
+        f.extend_from_slice(&payload);
+        let (epoch, back, p) = decode_response(&f).unwrap();
+        assert_eq!((epoch, &back, p), (2, &r, &payload[..]));
+        let list = Request::ListSnapshotsAndTombstones {
+            repo: RepoId::new("r").unwrap(),
+        };
+        assert!(list.validate(b"").is_ok());
+        assert!(list.validate(b"x").is_err());
+    }
+
+    #[test]
     fn bitmaps_hold_what_was_put_in() {
         let b = bitmap_of([0, 9, 65_535]);
         assert_eq!(b.len(), PARTITION_BITMAP_BYTES);
@@ -901,6 +1089,35 @@ mod tests {
             per_partition: false,
         };
         assert!(bad.validate(b"").is_err());
+    }
+
+    #[test]
+    fn a_batched_get_is_bounded_and_round_trips() {
+        let repo = RepoId::new("r").unwrap();
+        let ok = Request::GetBlobs {
+            repo: repo.clone(),
+            ids: vec![ChunkId([1; 32]); MAX_GET_BLOBS],
+        };
+        assert!(ok.validate(b"").is_ok());
+        assert!(ok.validate(b"x").is_err(), "a get carries no payload");
+        assert_eq!(ok.access(), Access::Read);
+        let too_many = Request::GetBlobs {
+            repo,
+            ids: vec![ChunkId([1; 32]); MAX_GET_BLOBS + 1],
+        };
+        assert!(too_many.validate(b"").is_err());
+        let r = Response::Blobs {
+            replies: vec![
+                BlobReply::Data(3),
+                BlobReply::NotFound,
+                BlobReply::Corrupt,
+                BlobReply::Later,
+            ],
+        };
+        let mut f = encode_response(5, &r);
+        f.extend_from_slice(b"abc");
+        let (epoch, back, p) = decode_response(&f).unwrap();
+        assert_eq!((epoch, &back, p), (5, &r, &b"abc"[..]));
     }
 
     #[test]

@@ -10,16 +10,24 @@
 //! certificates may send every request). On the way back it falsifies the
 //! answers its [`Rules`] name:
 //!
-//! - a blob ([`Request::GetBlob`]) becomes another chunk's sealed blob, one
+//! - a blob ([`Request::GetBlob`], or one of a [`Request::GetBlobs`] batch)
+//!   becomes another chunk's sealed blob, one
 //!   it saw pass in a put or a read earlier, or the right blob cut short
 //!   ([`BlobLie`]);
 //! - snapshot records under a chosen new id carry an older snapshot's record
-//!   instead: in [`Response::Snapshots`] lists, and for
+//!   instead: in [`Response::Snapshots`] and
+//!   [`Response::SnapshotsAndTombstones`] lists, and for
 //!   [`Request::GetSnapshot`] and [`Request::GetRecord`] (record sync
 //!   between servers), which it asks the real server for the old id.
 //!
 //! Everything else passes unchanged. It counts what it falsified, so a test
 //! can tell a lie that was caught from one that was never told.
+//!
+//! It is also a witness: it keeps every blob the real server acknowledged
+//! (a put answered with at least one copy) and the id of every snapshot
+//! record it acknowledged, so a test can check after a crash that nothing
+//! acknowledged was lost ([`HostileServer::acknowledged_blobs`]). An
+//! honest relay ([`Rules::default`]) is only that witness.
 //!
 //! [`HostileServer::impersonate`] slides one between a [`TestCluster`] and
 //! its node `i`: node `i` restarts on a new port and the hostile server
@@ -40,8 +48,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringvault_chunkserver::net;
+use ringvault_common::listing;
 use ringvault_common::tls::{self, PemPair, TlsMaterial};
-use ringvault_common::wire::{self, MAX_FRAME, Request, Response};
+use ringvault_common::wire::{self, BlobReply, MAX_FRAME, Request, Response};
 use ringvault_common::{ChunkId, NodeId, SnapshotId};
 
 use crate::{TestCluster, free_ports};
@@ -175,6 +184,8 @@ impl HostileServer {
             tampered_blobs: Mutex::default(),
             tampered_records: AtomicU64::new(0),
             relayed: AtomicU64::new(0),
+            acked_blobs: Mutex::default(),
+            acked_snapshots: Mutex::default(),
         });
         runtime.spawn(serve(endpoint.clone(), shared.clone()));
         Ok(Self {
@@ -222,6 +233,25 @@ impl HostileServer {
     pub fn relayed(&self) -> u64 {
         self.shared.relayed.load(Ordering::Relaxed)
     }
+
+    /// Every blob the real server has acknowledged so far (answered a put
+    /// with at least one copy: with one server, its own durable copy), as
+    /// it was sent. Holds them all in memory: for tests of a few MiB.
+    pub fn acknowledged_blobs(&self) -> BTreeMap<ChunkId, Bytes> {
+        lock(&self.shared.acked_blobs).clone()
+    }
+
+    /// Every snapshot record the real server has acknowledged so far.
+    pub fn acknowledged_snapshots(&self) -> BTreeSet<SnapshotId> {
+        lock(&self.shared.acked_snapshots).clone()
+    }
+
+    /// Forgets what was acknowledged so far: from now on the witness
+    /// starts afresh (after a test put the server's state back).
+    pub fn clear_acknowledged(&self) {
+        lock(&self.shared.acked_blobs).clear();
+        lock(&self.shared.acked_snapshots).clear();
+    }
 }
 
 impl Drop for HostileServer {
@@ -249,6 +279,8 @@ struct Shared {
     tampered_blobs: Mutex<BTreeSet<ChunkId>>,
     tampered_records: AtomicU64,
     relayed: AtomicU64,
+    acked_blobs: Mutex<BTreeMap<ChunkId, Bytes>>,
+    acked_snapshots: Mutex<BTreeSet<SnapshotId>>,
 }
 
 /// Sealed blobs seen passing, by chunk id.
@@ -304,13 +336,13 @@ async fn relay(shared: Arc<Shared>, up: Connection, mut send: SendStream, mut re
     };
     let frame = Bytes::from(frame);
     let rules = lock(&shared.rules).clone();
-    let request = match wire::decode_frame::<Request>(&frame) {
+    let (request, payload) = match wire::decode_frame::<Request>(&frame) {
         Ok((request, payload)) => {
             let payload = frame.slice(frame.len() - payload.len()..);
             shared.remember_put(&request, &payload);
-            Some(request)
+            (Some(request), payload)
         }
-        Err(_) => None,
+        Err(_) => (None, Bytes::new()),
     };
     let outgoing = request
         .as_ref()
@@ -325,7 +357,10 @@ async fn relay(shared: Arc<Shared>, up: Connection, mut send: SendStream, mut re
         }
     };
     let answer = match &request {
-        Some(request) => shared.falsify(&rules, request, answer),
+        Some(request) => {
+            shared.witness(request, &payload, &answer);
+            shared.falsify(&rules, request, answer)
+        }
         None => answer,
     };
     if send.write_all(&answer).await.is_ok() {
@@ -374,6 +409,36 @@ fn response_frame(epoch: u64, response: &Response, payload: &[Bytes]) -> Bytes {
 }
 
 impl Shared {
+    /// Notes what the real server's `answer` acknowledged of `request`
+    /// (whose payload is `payload`).
+    fn witness(&self, request: &Request, payload: &Bytes, answer: &Bytes) {
+        let Ok((_, response, _)) = wire::decode_response(answer) else {
+            return;
+        };
+        match (request, response) {
+            (Request::PutBlobs { blobs, .. }, Response::Put { copies })
+                if copies.len() == blobs.len() =>
+            {
+                let mut acked = lock(&self.acked_blobs);
+                let mut offset = 0usize;
+                for ((id, len), copies) in blobs.iter().zip(copies) {
+                    let end = offset + *len as usize;
+                    let Some(blob) = payload.get(offset..end) else {
+                        return;
+                    };
+                    if copies > 0 {
+                        acked.insert(*id, payload.slice_ref(blob));
+                    }
+                    offset = end;
+                }
+            }
+            (Request::PutSnapshot { id, .. }, Response::Ok) => {
+                lock(&self.acked_snapshots).insert(*id);
+            }
+            _ => {}
+        }
+    }
+
     /// Keeps the blobs of a put as decoys.
     fn remember_put(&self, request: &Request, payload: &Bytes) {
         let Request::PutBlobs { blobs, .. } = request else {
@@ -421,14 +486,29 @@ impl Shared {
                     None => answer,
                 }
             }
+            (Request::GetBlobs { ids, .. }, Response::Blobs { replies }) => self
+                .falsify_batch(rules, epoch, ids, &replies, &payload)
+                .unwrap_or(answer),
             (Request::ListSnapshots { .. }, Response::Snapshots { records }) => {
                 match rules.swap_snapshot {
                     Some((new, old)) => self
-                        .swap_listed(epoch, &records, &payload, new, old)
+                        .swap_listed(epoch, &records, None, &payload, new, old)
                         .unwrap_or(answer),
                     None => answer,
                 }
             }
+            (
+                Request::ListSnapshotsAndTombstones { .. },
+                Response::SnapshotsAndTombstones {
+                    records,
+                    tombstones,
+                },
+            ) => match rules.swap_snapshot {
+                Some((new, old)) => self
+                    .swap_listed(epoch, &records, Some(tombstones), &payload, new, old)
+                    .unwrap_or(answer),
+                None => answer,
+            },
             // Asked for the old record instead (ask_for_old_record).
             (Request::GetSnapshot { id, .. }, Response::Data)
                 if rules.swap_snapshot.is_some_and(|(new, _)| new == *id) =>
@@ -447,6 +527,47 @@ impl Shared {
         }
     }
 
+    /// A batched answer ([`Response::Blobs`]) with every blob the rules
+    /// cover falsified as in a single one, or `None` when the answer does
+    /// not add up (passed on as it is).
+    fn falsify_batch(
+        &self,
+        rules: &Rules,
+        epoch: u64,
+        ids: &[ChunkId],
+        replies: &[BlobReply],
+        payload: &Bytes,
+    ) -> Option<Bytes> {
+        let mut offset = 0usize;
+        let mut told = Vec::with_capacity(replies.len());
+        let mut blobs = Vec::new();
+        for (id, reply) in ids.iter().zip(replies) {
+            let BlobReply::Data(len) = *reply else {
+                told.push(*reply);
+                continue;
+            };
+            let end = offset + len as usize;
+            let blob = payload.slice(offset..payload.len().min(end).max(offset));
+            offset = end;
+            let lie = rules
+                .blob
+                .filter(|_| blob.len() >= rules.min_blob_bytes)
+                .and_then(|lie| self.lie_about(lie, id, &blob));
+            self.remember(*id, blob.clone());
+            let sent = match lie {
+                Some(fake) => {
+                    lock(&self.tampered_blobs).insert(*id);
+                    fake
+                }
+                None => blob,
+            };
+            told.push(BlobReply::Data(u32::try_from(sent.len()).ok()?));
+            blobs.push(sent);
+        }
+        (offset == payload.len())
+            .then(|| response_frame(epoch, &Response::Blobs { replies: told }, &blobs))
+    }
+
     /// `blob` (the real blob of `id`) as `lie` tells it, if it can.
     fn lie_about(&self, lie: BlobLie, id: &ChunkId, blob: &Bytes) -> Option<Bytes> {
         match lie {
@@ -460,34 +581,46 @@ impl Shared {
         }
     }
 
-    /// A snapshot list with `old`'s record under `new`'s id, or `None` when
-    /// the list lacks either.
+    /// A snapshot list ([`Response::Snapshots`], or with `Some(tombstones)`
+    /// [`Response::SnapshotsAndTombstones`]) with `old`'s record under
+    /// `new`'s id, or `None` when the list lacks either.
     fn swap_listed(
         &self,
         epoch: u64,
         records: &[(SnapshotId, u32)],
+        tombstones: Option<u32>,
         payload: &Bytes,
         new: SnapshotId,
         old: SnapshotId,
     ) -> Option<Bytes> {
-        let mut listed = Vec::with_capacity(records.len());
-        let mut offset = 0usize;
-        for (id, len) in records {
-            let end = offset + *len as usize;
-            listed.push((*id, payload.slice_ref(payload.get(offset..end)?)));
-            offset = end;
-        }
+        let split = listing::split(records, tombstones.unwrap_or(0), payload).ok()?;
+        let mut listed: Vec<(SnapshotId, Bytes)> = split
+            .records
+            .into_iter()
+            .map(|(id, r)| (id, payload.slice_ref(r)))
+            .collect();
         let old_record = listed.iter().find(|(id, _)| *id == old)?.1.clone();
         let slot = listed.iter_mut().find(|(id, _)| *id == new)?;
         slot.1 = old_record;
         self.tampered_records.fetch_add(1, Ordering::Relaxed);
-        let response = Response::Snapshots {
-            records: listed
-                .iter()
-                .map(|(id, record)| (*id, record.len() as u32))
-                .collect(),
+        let lengths = listed
+            .iter()
+            .map(|(id, record)| (*id, record.len() as u32))
+            .collect();
+        let response = match tombstones {
+            None => Response::Snapshots { records: lengths },
+            Some(tombstones) => Response::SnapshotsAndTombstones {
+                records: lengths,
+                tombstones,
+            },
         };
-        let parts: Vec<Bytes> = listed.into_iter().map(|(_, record)| record).collect();
+        let mut parts: Vec<Bytes> = listed.into_iter().map(|(_, record)| record).collect();
+        parts.extend(
+            split
+                .tombstones
+                .iter()
+                .map(|t| Bytes::copy_from_slice(&t.0)),
+        );
         Some(response_frame(epoch, &response, &parts))
     }
 }

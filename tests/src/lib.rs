@@ -14,7 +14,9 @@
 //! so the agent and the other servers reach node `i` only through proxy `i`,
 //! whose faults a test switches on and off.
 
+pub mod fidelity;
 pub mod hostile;
+pub mod powerfail;
 pub mod proxy;
 
 pub use proxy::FaultProxy;

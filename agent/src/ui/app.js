@@ -307,19 +307,43 @@
     $("restore-run").disabled = !state.snapshot;
   }
 
+  // What each action says, done and in a dry run.
+  const ACTIONS = {
+    replaced: ["replaced by the snapshot's version", "would be replaced by the snapshot's version"],
+    skipped: ["kept: already there, not replaced (it may differ from the snapshot)",
+      "would be kept: already there (it may differ from the snapshot)"],
+    new: ["restored (was missing)", "would be restored (missing)"],
+    unchanged: ["already as in the snapshot", "already as in the snapshot"],
+  };
+
+  function syncRestoreButton() {
+    $("restore-run").textContent = $("restore-dry-run").checked ? "Dry run" : "Restore";
+  }
+
   async function runRestore(event) {
     event.preventDefault();
     if (!state.snapshot) return;
-    const out = $("restore-result");
+    const dryRun = $("restore-dry-run").checked;
     const request = {
       snapshot: state.snapshot.id,
       path: $("restore-path").dataset.path || "",
       target: $("restore-target").value.trim(),
+      overwrite: $("restore-overwrite").value,
+      dry_run: dryRun,
     };
+    const out = $("restore-result");
+    const summary = $("restore-summary");
+    const problems = $("restore-problems");
+    const table = $("restore-actions");
     out.hidden = false;
-    out.classList.remove("error");
     delete out.dataset.done;
-    out.textContent = "restoring…";
+    delete out.dataset.dryRun;
+    summary.classList.remove("error");
+    summary.textContent = dryRun ? "looking at what a restore would do…" : "restoring…";
+    problems.replaceChildren();
+    table.hidden = true;
+    table.tBodies[0].replaceChildren();
+    $("restore-left-off").hidden = true;
     $("restore-run").disabled = true;
     try {
       const r = await api("restore", {}, {
@@ -327,19 +351,54 @@
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(request),
       });
-      const lines = [`restored ${request.path || "the snapshot"} into ${r.target}: ` +
-        `${count(r.files, "file")}, ${count(r.dirs, "folder")}, ${fmtSize(r.bytes)}`];
-      for (const e of r.errors) lines.push(`not restored: ${e.path}: ${e.error}`);
-      for (const b of r.bad_copies) lines.push(`bad copy read around: ${b}`);
-      out.textContent = lines.join("\n");
+      showRestore(r, request.path);
       out.dataset.done = r.errors.length ? "partial" : "ok";
     } catch (e) {
-      out.textContent = e.message || String(e);
-      out.classList.add("error");
+      summary.textContent = e.message || String(e);
+      summary.classList.add("error");
       out.dataset.done = "error";
     } finally {
+      out.dataset.dryRun = String(dryRun);
       $("restore-run").disabled = false;
     }
+  }
+
+  // The overwrite policies, as the page names them.
+  const POLICIES = { never: "keep them", "if-changed": "replace those that differ", always: "replace them all" };
+
+  function showRestore(r, path) {
+    const dry = r.dry_run ? 1 : 0;
+    const files = r.actions.filter((a) => a.kind !== "dir");
+    const n = (action) => files.filter((a) => a.action === action).length;
+    const what = path || "the snapshot";
+    let text = (dry ? `Dry run, nothing written: restoring ${what} into ${r.target}` : `Restored ${what} into ${r.target}`) +
+      ` (files already there: ${POLICIES[r.overwrite] || r.overwrite}). ` +
+      `${dry ? "It would write" : "Wrote"} ${count(r.files + r.symlinks, "file")} (${fmtSize(r.bytes)}: ` +
+      `${n("new")} new, ${n("replaced")} replaced), found ${r.unchanged} already as in the snapshot, ` +
+      `${dry ? "would keep" : "kept"} ${r.skipped} as ${dry ? "they are" : "they were"}, ` +
+      `${count(r.dirs, "folder")}.`;
+    if (r.skipped) {
+      text += ` ${count(r.skipped, "file")} already there ${dry ? "would be" : "were"} kept, not replaced, ` +
+        "though they may differ from the snapshot: to replace them choose another policy " +
+        "(a dry run first shows what it would replace).";
+    }
+    $("restore-summary").textContent = text;
+    const problems = $("restore-problems");
+    for (const e of r.errors) problems.append(el("li", {}, `not restored: ${e.path}: ${e.error}`));
+    for (const b of r.bad_copies) problems.append(el("li", {}, `bad copy read around: ${b}`));
+    const body = $("restore-actions").tBodies[0];
+    for (const a of r.actions) {
+      const says = (ACTIONS[a.action] || [a.action, a.action])[dry];
+      body.append(el("tr", { "data-path": a.path, "data-action": a.action, "data-kind": a.kind },
+        el("td", { class: "action " + a.action }, says),
+        el("td", {}, a.path),
+        el("td", {}, a.kind),
+        el("td", { class: "num" }, a.kind === "file" ? fmtSize(a.size) : "")));
+    }
+    $("restore-actions").hidden = r.actions.length === 0;
+    const leftOff = $("restore-left-off");
+    leftOff.hidden = !r.actions_left_off;
+    leftOff.textContent = `…and ${count(r.actions_left_off, "more entry", "more entries")}, not listed.`;
   }
 
   // ---- diff ----------------------------------------------------------
@@ -388,6 +447,7 @@
   $("show-versions").addEventListener("click", guarded(showVersions));
   $("compare-versions").addEventListener("click", guarded(compareVersions));
   $("restore-form").addEventListener("submit", guarded(runRestore));
+  $("restore-dry-run").addEventListener("change", syncRestoreButton);
   $("diff-form").addEventListener("submit", guarded(runDiff));
   if (!token) {
     say("No access token in this address: open the address `ringvault ui` printed.", true);

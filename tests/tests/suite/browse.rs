@@ -224,3 +224,109 @@ fn find_dir(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// Runs `ringvault ARGS` with stdout a pipe whose reader goes away early
+/// (after one line, or after 100 bytes of a one-line JSON document), as
+/// `| head -1` does; waits for it (60 s at most) and returns how it ended
+/// and its stderr.
+fn with_closed_pipe(
+    c: &TestCluster,
+    args: &[&str],
+    one_line: bool,
+) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read};
+    let mut child = c
+        .ringvault()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        if one_line {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "{args:?} printed nothing");
+        } else {
+            let mut head = [0u8; 100];
+            stdout.read_exact(&mut head).unwrap();
+        }
+        // Dropped here: the pipe has no reader any more.
+    }
+    let out = ringvault_tests::wait_child(&mut child, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 13, point 6: every command ends quietly when its reader goes
+/// away, as Unix tools do: done (exit 0) or ended by SIGPIPE, with nothing
+/// on stderr. Before: "failed printing to stdout: Broken pipe", exit 101.
+#[test]
+fn listings_end_quietly_when_the_reader_goes_away() {
+    use std::os::unix::process::ExitStatusExt;
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    let src = c.dir.path().join("src");
+    // 3000 entries: every listing is far larger than a pipe's 64 KiB
+    // buffer, so the command is still writing when the reader leaves.
+    let many = src.join("many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::write(
+            many.join(format!("a-file-with-a-rather-long-name-{i:05}.txt")),
+            "x",
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("big.bin"), random_bytes(2 << 20, 11)).unwrap();
+    backup(&c, &src);
+    let target = c.dir.path().join("target");
+    let target = target.to_str().unwrap();
+    let mut failures = Vec::new();
+    let mut killed = 0;
+    for (args, one_line) in [
+        (&["ls", "latest", "src/many"][..], true),
+        (&["--json", "ls", "latest", "src/many"][..], false),
+        (&["find", "*"][..], true),
+        (&["--json", "find", "*"][..], false),
+        (
+            &["restore", "latest", "--target", target, "--dry-run"][..],
+            true,
+        ),
+        (
+            &[
+                "--json",
+                "restore",
+                "latest",
+                "--target",
+                target,
+                "--dry-run",
+            ][..],
+            false,
+        ),
+        (&["cat", "latest", "src/big.bin"][..], false),
+    ] {
+        let (status, stderr) = with_closed_pipe(&c, args, one_line);
+        // 13: SIGPIPE, on Linux and macOS alike.
+        let by_sigpipe = status.signal() == Some(13);
+        killed += usize::from(by_sigpipe);
+        if !(status.success() || by_sigpipe) || !stderr.trim().is_empty() {
+            let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            failures.push(format!("{args:?}: {status}: {first}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "not ended quietly:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        killed > 0,
+        "no command was still writing when the reader left"
+    );
+    assert!(!Path::new(target).exists(), "a dry run wrote the target");
+}

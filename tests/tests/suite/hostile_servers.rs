@@ -168,7 +168,8 @@ fn lies_are_read_around(c: &TestCluster, hostile: &HostileServer, src: &Path, ru
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{name}: restore failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     assert_eq!(
         tree_diff(src, &target.join("src")),
         None,

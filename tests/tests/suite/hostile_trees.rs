@@ -16,7 +16,7 @@ use ringvault::repo::Repo;
 use ringvault::restore::{MAX_DEPTH, RestoreReport};
 use ringvault_common::ChunkId;
 use ringvault_common::snapshot::{Snapshot, Summary};
-use ringvault_common::tree::{Content, Entry, EntryKind, Tree};
+use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, Tree};
 use ringvault_tests::TestCluster;
 
 use crate::TEST_CHUNKS;
@@ -380,17 +380,73 @@ fn nesting_deeper_than_the_bound_stops_with_an_error() {
 
 /// A test cluster with a repository, and beside the target a directory
 /// `outside` of known content.
-struct Case {
-    c: TestCluster,
+#[test]
+fn check_reports_files_whose_size_is_not_the_sum_of_their_chunks() {
+    let case = Case::new();
+    case.block_on(|repo, _| async move {
+        let mut forge = Forge::new(&repo);
+        let four = forge.blob(b"good".to_vec());
+        let five = forge.blob(b"other".to_vec());
+        let six = forge.blob(b"oldest".to_vec());
+        let with = |name: &[u8], id, len, size| {
+            entry(
+                name,
+                EntryKind::File,
+                0o100640,
+                size,
+                Content::Chunks(vec![ChunkRef { id, len }]),
+            )
+        };
+        let root = forge.tree(sorted(vec![
+            // The tree's own lengths contradict its size.
+            with(b"liar", four, Some(4), 10),
+            // Consistent on paper; the chunk opens to 5 bytes, not 6.
+            with(b"long-chunk", five, Some(6), 6),
+            // No lengths (as in version 1 trees): only the data can tell.
+            with(b"unsized", six, None, 99),
+            with(b"fine", four, Some(4), 4),
+        ]));
+        forge.snapshot(root).await;
+    });
+    let check = |args: &[&str]| {
+        let out = case.c.run(args).unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check(&["check"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("\"liar\": metadata size 10 and sum of chunk sizes 4 do not match"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("fine") && !text.contains("unsized"),
+        "{text}"
+    );
+    let (code, text) = check(&["check", "--read-data"]);
+    assert_eq!(code, Some(1), "{text}");
+    for what in [
+        "\"liar\": metadata size 10",
+        "opens to 5 bytes, its tree records 6",
+        "\"unsized\": metadata size 99 and sum of chunk sizes 6 do not match",
+    ] {
+        assert!(text.contains(what), "{what} missing from: {text}");
+    }
+}
+
+pub(crate) struct Case {
+    pub(crate) c: TestCluster,
     password_file: PathBuf,
     outside: PathBuf,
-    target: PathBuf,
+    pub(crate) target: PathBuf,
     /// `outside` as made.
     before: BTreeMap<PathBuf, Node>,
 }
 
 impl Case {
-    fn new() -> Case {
+    pub(crate) fn new() -> Case {
         let c = TestCluster::start(3, 3, 2).unwrap();
         c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
         let password_file = c.dir.path().join("password");
@@ -429,7 +485,7 @@ impl Case {
 
     /// Runs `f` with the repository open and the target's path, on a
     /// runtime of its own, bounded by [`LIMIT`].
-    fn block_on<F, T>(&self, f: impl FnOnce(Arc<Repo>, PathBuf) -> F) -> T
+    pub(crate) fn block_on<F, T>(&self, f: impl FnOnce(Arc<Repo>, PathBuf) -> F) -> T
     where
         F: Future<Output = T>,
     {
@@ -437,9 +493,12 @@ impl Case {
         rt.block_on(async {
             tokio::time::timeout(LIMIT, async {
                 let loaded = ringvault::repo::load_config(Some(self.c.agent_config())).unwrap();
-                let repo = ringvault::repo::open(&loaded.config, Some(&self.password_file))
-                    .await
-                    .unwrap();
+                let repo = ringvault::repo::open(
+                    &loaded.config,
+                    &ringvault::password::PasswordFlags::file(&self.password_file),
+                )
+                .await
+                .unwrap();
                 f(repo, self.target.clone()).await
             })
             .await
@@ -524,13 +583,13 @@ fn error_for<'a>(report: &'a RestoreReport, path: &Path) -> &'a str {
 }
 
 /// Blobs made by hand and stored at once.
-struct Forge {
+pub(crate) struct Forge {
     repo: Arc<Repo>,
     blobs: Vec<(ChunkId, bytes::Bytes)>,
 }
 
 impl Forge {
-    fn new(repo: &Arc<Repo>) -> Forge {
+    pub(crate) fn new(repo: &Arc<Repo>) -> Forge {
         Forge {
             repo: repo.clone(),
             blobs: Vec::new(),
@@ -538,7 +597,7 @@ impl Forge {
     }
 
     /// Stores `plain` under its id.
-    fn blob(&mut self, plain: Vec<u8>) -> ChunkId {
+    pub(crate) fn blob(&mut self, plain: Vec<u8>) -> ChunkId {
         let id = self.repo.keys.chunk_id(&plain);
         self.sealed_as(id, &plain);
         id
@@ -553,7 +612,7 @@ impl Forge {
     }
 
     /// Stores a tree of `entries` as given: not sorted, not checked.
-    fn tree(&mut self, entries: Vec<Entry>) -> ChunkId {
+    pub(crate) fn tree(&mut self, entries: Vec<Entry>) -> ChunkId {
         self.blob(
             Tree {
                 entries,
@@ -564,7 +623,7 @@ impl Forge {
     }
 
     /// Stores the blobs and a snapshot record with root tree `root`.
-    async fn snapshot(self, root: ChunkId) -> Snapshot {
+    pub(crate) async fn snapshot(self, root: ChunkId) -> Snapshot {
         self.repo.cluster.put(self.blobs).await.unwrap();
         let snap = Snapshot {
             time_ns: 1,
@@ -577,16 +636,17 @@ impl Forge {
             summary: Summary::default(),
         };
         let (id, record) = snap.seal(&self.repo.keys, [9; 24]);
+        let fences = self.repo.cluster.gc_fences().await;
         self.repo
             .cluster
-            .put_snapshot(id, bytes::Bytes::from(record))
+            .put_snapshot(id, bytes::Bytes::from(record), &fences)
             .await
             .unwrap();
         snap
     }
 }
 
-fn sorted(mut entries: Vec<Entry>) -> Vec<Entry> {
+pub(crate) fn sorted(mut entries: Vec<Entry>) -> Vec<Entry> {
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     entries
 }
@@ -606,17 +666,23 @@ fn entry(name: &[u8], kind: EntryKind, mode: u32, size: u64, content: Content) -
         rdev: 0,
         xattrs: vec![],
         content,
+        user: vec![],
+        group: vec![],
+        links: 1,
     }
 }
 
 /// A file of one chunk, mode 0640.
-fn file(name: &[u8], chunk: ChunkId, size: u64) -> Entry {
+pub(crate) fn file(name: &[u8], chunk: ChunkId, size: u64) -> Entry {
     entry(
         name,
         EntryKind::File,
         0o100640,
         size,
-        Content::Chunks(vec![chunk]),
+        Content::Chunks(vec![ChunkRef {
+            id: chunk,
+            len: u32::try_from(size).ok(),
+        }]),
     )
 }
 

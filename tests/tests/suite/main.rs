@@ -7,14 +7,21 @@ mod agent;
 mod browse;
 mod durability;
 mod e2e;
+mod fidelity;
 mod hostile_clients;
 mod hostile_servers;
 mod hostile_trees;
 mod mount;
+mod passwords;
+mod powerfail;
 mod proxy;
 mod restore_options;
+mod restore_passes;
 mod retention;
 mod security;
+mod sick_node;
+mod store_health;
+mod trust;
 mod ui;
 
 /// Small chunks so that test files span many of them.

@@ -21,7 +21,9 @@ fn start() -> TestCluster {
 fn json(c: &TestCluster, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    serde_json::from_str(&c.ok(&all).unwrap()).unwrap()
+    // A restore prints restic's status lines before its report: the last.
+    let out = c.ok(&all).unwrap();
+    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap()
 }
 
 /// Writes `files` (path, bytes) and `links` (path, target) under `root`,

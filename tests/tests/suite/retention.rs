@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::random_bytes;
-use ringvault_tests::{ClusterOptions, TestCluster, tree_diff, wait_for};
+use ringvault_tests::{ClusterOptions, TestCluster, run_bounded, tree_diff, wait_for};
 use serde_json::Value;
 
 const CHUNKS: &str = "16384,65536,262144";
@@ -334,6 +334,108 @@ fn the_agent_applies_its_retention_policy_after_each_snapshot() {
     assert_restores(&c, &s, "restored");
 }
 
+/// The ids `forget --dry-run` would keep and remove, with the reasons to
+/// keep (one group expected).
+fn plan(c: &TestCluster, policy: &[&str]) -> (Vec<(String, Value)>, Vec<String>) {
+    let mut args = vec!["forget", "--dry-run"];
+    args.extend_from_slice(policy);
+    let plan = json(c, &args);
+    let groups = plan["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{plan}");
+    let keep = groups[0]["keep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap().to_owned(), k["reasons"].clone()))
+        .collect();
+    let remove = groups[0]["remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    (keep, remove)
+}
+
+#[test]
+fn keep_within_takes_restic_durations_where_m_is_months() {
+    let c = cluster(86_400, 604_800);
+    let s = src(&c);
+    write_files(&s.join("d"), 1, 1000, 70);
+    // A snapshot recorded an hour ago (restic's `backup --time`), then one
+    // now: the older is far more than six minutes and far less than six
+    // months older than the newest.
+    let hour_ago =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .to_string();
+    let out = c
+        .ok(&["--json", "backup", "--time", &hour_ago, s.to_str().unwrap()])
+        .unwrap();
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let old = v["snapshot"].as_str().unwrap().to_owned();
+    let listed = c.snapshots().unwrap();
+    assert_eq!(listed[0]["time"], hour_ago, "--time is the recorded time");
+    write_files(&s.join("d2"), 1, 1000, 71);
+    let new = backup(&c, &s);
+
+    let (keep, remove) = plan(&c, &["--keep-within", "6m"]);
+    assert!(remove.is_empty(), "6m removed {remove:?}: it read minutes");
+    assert_eq!(
+        keep,
+        [
+            (new.clone(), serde_json::json!(["within"])),
+            (old.clone(), serde_json::json!(["within"]))
+        ]
+    );
+    // Combined units, and hours: 2h reaches the older, 1h does not (it is
+    // an hour older plus the seconds between the two backups).
+    for both in ["1y5m7d2h", "2h", "1d", "0y0m0d2h"] {
+        let (keep, remove) = plan(&c, &["--keep-within", both]);
+        assert!(remove.is_empty() && keep.len() == 2, "{both}: {remove:?}");
+    }
+    let (keep, remove) = plan(&c, &["--keep-within", "1h"]);
+    assert_eq!((keep.len(), remove), (1, vec![old.clone()]));
+    // The bucketed form: the newest of each day within 1d: one day, one kept.
+    let (keep, remove) = plan(&c, &["--keep-within-daily", "1d"]);
+    assert_eq!(keep.len() + remove.len(), 2);
+    assert!(
+        keep.iter()
+            .any(|(id, why)| *id == new && why[0] == "within-daily")
+    );
+
+    // What restic refuses is refused, before anything is looked at.
+    for bad in ["6", "90s", "2w", "5x", "1.5d", "5 d", "", "m"] {
+        let out = c
+            .run(&["forget", "--dry-run", "--keep-within", bad])
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--keep-within {bad:?} was taken"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--keep-within"), "{bad:?}: {err}");
+    }
+    // The config's [retention] table takes the same syntax.
+    let cfg = c.agent_config().with_file_name("months.toml");
+    let text = std::fs::read_to_string(c.agent_config()).unwrap();
+    std::fs::write(&cfg, format!("{text}[retention]\nkeep-within = \"6m\"\n")).unwrap();
+    let out = run_bounded(
+        c.ringvault_with(&cfg)
+            .args(["--json", "forget", "--dry-run"]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["groups"][0]["remove"], serde_json::json!([]), "{v}");
+    assert_eq!(snapshot_count(&c), 2, "a dry run removed something");
+}
+
 /// Waits until `holds` is true of every peer in node 1's view.
 fn wait_for_node_1(c: &TestCluster, what: &str, holds: impl Fn(&Value) -> bool) {
     wait_for(what, Duration::from_secs(30), || {
@@ -378,4 +480,65 @@ fn prune_skips_partitions_whose_owners_are_not_all_up() {
     assert!(trashed > 0, "nothing trashed once every owner was up");
     assert_healthy(&c);
     assert_restores(&c, &s, "restored");
+}
+
+/// A server down during `forget` comes back holding the forgotten records.
+/// Repair runs once an hour here, so nothing but the listing's tombstones
+/// and the restarted server's own record sync at start can keep them away.
+#[test]
+fn a_forgotten_snapshot_stays_gone_when_a_server_that_missed_the_forget_returns() {
+    let mut c = TestCluster::with(ClusterOptions {
+        server_config: "probe-interval-ms = 200\nrepair-interval-ms = 3600000\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n".into(),
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    c.ok(&["init", "--chunker-params", CHUNKS]).unwrap();
+    let s = src(&c);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        write_files(&s.join(format!("d{i}")), 1, 10_000, 70 + i);
+        ids.push(backup(&c, &s));
+    }
+    c.kill(2);
+    let done = json(&c, &["forget", "--keep-last", "1"]);
+    assert_eq!(done["applied"], true);
+    c.restart(2).unwrap();
+    // Every server sees node 3 up again, so the agent asks it too.
+    c.wait_all_up().unwrap();
+    let listed: Vec<String> = c
+        .snapshots()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        [ids[2].clone()],
+        "a forgotten snapshot is listed again right after its server restarted"
+    );
+    let target = c.dir.path().join("restored");
+    let out = c
+        .run(&["restore", &ids[0], "--target", target.to_str().unwrap()])
+        .unwrap();
+    assert!(!out.status.success(), "a forgotten snapshot was restored");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no snapshot"), "{err}");
+    // Node 3 pulled the tombstones when it started: alone, it lists only
+    // the kept snapshot.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = c.server_log(2);
+    assert!(log.contains("records synced at start"), "{log}");
+    c.kill(0);
+    c.kill(1);
+    let listed: Vec<String> = c
+        .snapshots()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        [ids[2].clone()],
+        "node 3 alone lists forgotten snapshots"
+    );
 }

@@ -103,8 +103,11 @@ fn open(rt: &tokio::runtime::Runtime, config: &Path) -> std::sync::Arc<ringvault
     let password = config.parent().unwrap().join("password");
     std::fs::write(&password, PASSWORD).unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    rt.block_on(ringvault::repo::open(&loaded.config, Some(&password)))
-        .unwrap()
+    rt.block_on(ringvault::repo::open(
+        &loaded.config,
+        &ringvault::password::PasswordFlags::file(&password),
+    ))
+    .unwrap()
 }
 
 fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) {
@@ -190,7 +193,7 @@ fn each_role_is_held_to_what_it_may_do_by_every_server() {
         );
         forbidden("delete-key", w.cluster.delete_key([0; 32]).await);
         // Another agent's record is not handed out to a writer.
-        let listed = w.cluster.list_snapshots().await.unwrap();
+        let listed = w.cluster.list_snapshots().await.unwrap().records;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0.to_hex(), own[0]);
         w.cluster.close().await;
@@ -224,7 +227,7 @@ fn each_role_is_held_to_what_it_may_do_by_every_server() {
         forbidden(
             "put-snapshot",
             r.cluster
-                .put_snapshot(id, bytes::Bytes::from_static(b"x"))
+                .put_snapshot(id, bytes::Bytes::from_static(b"x"), &Default::default())
                 .await,
         );
         forbidden(

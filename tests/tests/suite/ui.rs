@@ -27,16 +27,7 @@ const SESSION: Duration = Duration::from_secs(240);
 
 #[test]
 fn the_ui_browses_versions_and_downloads_in_a_real_browser() {
-    let Some(driver) = find_on_path("chromedriver") else {
-        assert!(
-            std::env::var_os("RINGVAULT_REQUIRE_BROWSER").is_none(),
-            "RINGVAULT_REQUIRE_BROWSER is set but chromedriver is not on PATH \
-             (apt-get install chromium chromium-driver)"
-        );
-        eprintln!(
-            "SKIPPED ui browser test: chromedriver is not on PATH \
-             (apt-get install chromium chromium-driver to run it)"
-        );
+    let Some(driver) = chromedriver() else {
         return;
     };
     let c = TestCluster::start(3, 3, 2).unwrap();
@@ -74,11 +65,17 @@ fn the_ui_browses_versions_and_downloads_in_a_real_browser() {
         downloads: &downloads,
         restored: &restored,
     };
+    let url = ui.url.clone();
     let started = Instant::now();
     let outcome = rt.block_on(async {
-        tokio::time::timeout(SESSION, session(&browser, &ui.url, &expect))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the browser session ran over {SESSION:?}")))
+        tokio::time::timeout(
+            SESSION,
+            session(&browser, &downloads, |c| async move {
+                click_through(&c, &url, &expect).await
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the browser session ran over {SESSION:?}")))
     });
     eprintln!("browser session: {:?}", started.elapsed());
     drop(browser);
@@ -95,6 +92,242 @@ fn the_ui_browses_versions_and_downloads_in_a_real_browser() {
     );
 }
 
+/// Issue 13, point 7: a restore from the page never replaces a local file
+/// that differs from the snapshot unless the person chooses to. With the
+/// page's defaults (overwrite `never`) a local edit survives and the page
+/// says the file was kept; a dry run shows what would be replaced and
+/// writes nothing; `always`, chosen, replaces it. The API's default is the
+/// page's.
+#[test]
+fn the_ui_keeps_local_changes_unless_told_to_replace_them() {
+    let Some(driver) = chromedriver() else {
+        return;
+    };
+    let c = TestCluster::start(3, 3, 2).unwrap();
+    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    let src = c.dir.path().join("src");
+    let docs = src.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let backed_up = b"the notes, as backed up\n".to_vec();
+    let gone = b"deleted since the backup\n".to_vec();
+    std::fs::write(docs.join("notes.txt"), &backed_up).unwrap();
+    std::fs::write(docs.join("other.txt"), b"not edited since\n").unwrap();
+    std::fs::write(docs.join("gone.txt"), &gone).unwrap();
+    let snapshot = backup(&c, &src);
+    // Local changes since: one file edited, one deleted.
+    let edited = b"a local edit, which no restore may lose silently\n".to_vec();
+    std::fs::write(docs.join("notes.txt"), &edited).unwrap();
+    std::fs::remove_file(docs.join("gone.txt")).unwrap();
+
+    let mut ui = UiProcess::start(&c).unwrap();
+    let downloads = c.dir.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let browser = Browser::start(&driver, c.dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let keep = Keep {
+        snapshot: &snapshot,
+        src: &src,
+        backed_up: &backed_up,
+        edited: &edited,
+        gone: &gone,
+    };
+    let url = ui.url.clone();
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(
+            SESSION,
+            session(&browser, &downloads, |c| async move {
+                keep_local_changes(&c, &url, &keep).await
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the browser session ran over {SESSION:?}")))
+    });
+    drop(browser);
+    if let Err(e) = outcome {
+        panic!("{e:#}\nui log:\n{}", ui.log());
+    }
+
+    // The API with the default body (no `overwrite`, no `dry_run`) keeps
+    // a local edit too, and says what it did with each file.
+    let notes = docs.join("notes.txt");
+    std::fs::write(&notes, &edited).unwrap();
+    let (status, answer) = post_json(
+        &ui.addr,
+        "/api/restore",
+        &ui.token,
+        &json!({ "snapshot": snapshot, "path": "src/docs", "target": src }),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        std::fs::read(&notes).unwrap(),
+        edited,
+        "POST /api/restore with the default body replaced a local edit: {answer}"
+    );
+    assert_eq!(answer["overwrite"], "never", "{answer}");
+    assert_eq!(answer["dry_run"], false, "{answer}");
+    assert_eq!(answer["errors"], json!([]), "{answer}");
+    let action = |name: &str| {
+        let path = docs.join(name).display().to_string();
+        answer["actions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|a| a["path"] == path.as_str()))
+            .map(|a| (a["action"].clone(), a["kind"].clone()))
+    };
+    assert_eq!(
+        action("notes.txt"),
+        Some((json!("skipped"), json!("file"))),
+        "{answer}"
+    );
+    assert_eq!(
+        action("gone.txt"),
+        Some((json!("skipped"), json!("file"))),
+        "restored by the browser session: {answer}"
+    );
+    assert_eq!(answer["skipped"], 3, "{answer}");
+    assert_eq!(answer["files"], 0, "{answer}");
+    // A policy the CLI does not know is refused, and nothing written.
+    let (status, answer) = post_json(
+        &ui.addr,
+        "/api/restore",
+        &ui.token,
+        &json!({ "snapshot": snapshot, "path": "src/docs", "target": src,
+                 "overwrite": "sometimes" }),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+    assert_eq!(std::fs::read(&notes).unwrap(), edited);
+
+    let status = ui.terminate().unwrap();
+    assert!(status.success(), "ringvault ui exited with {status}");
+}
+
+/// What [`keep_local_changes`] works with: `src/docs` backed up in
+/// `snapshot` holding `notes.txt` (`backed_up`, edited locally since to
+/// `edited`), `other.txt` (unchanged since) and `gone.txt` (`gone`, deleted
+/// since).
+struct Keep<'a> {
+    snapshot: &'a str,
+    src: &'a Path,
+    backed_up: &'a [u8],
+    edited: &'a [u8],
+    gone: &'a [u8],
+}
+
+/// Restores `src/docs` over itself from the page three times: with the
+/// defaults, as a dry run replacing what differs, and with `always`.
+async fn keep_local_changes(c: &Client, url: &str, k: &Keep<'_>) -> anyhow::Result<()> {
+    let docs = k.src.join("docs");
+    let notes = docs.join("notes.txt");
+    let row = |name: &str, action: &str| {
+        format!(
+            "#restore-actions tr[data-path='{}'][data-action='{action}']",
+            docs.join(name).display()
+        )
+    };
+    c.goto(url).await?;
+    click(
+        c,
+        &format!("#timeline .snap[data-snapshot='{}']", k.snapshot),
+    )
+    .await?;
+    click(c, "#listing button[data-path='src']").await?;
+    click(c, "#listing button[data-path='src/docs']").await?;
+    find(c, "#restore-path[data-path='src/docs']").await?;
+    find(c, "#restore-target")
+        .await?
+        .send_keys(&k.src.display().to_string())
+        .await?;
+
+    // With the defaults: the deleted file comes back, the edit stays.
+    click(c, "#restore-run").await?;
+    let result = find(c, "#restore-result[data-done]").await?;
+    let now = std::fs::read(&notes)?;
+    ensure!(
+        now == k.edited,
+        "the default restore replaced the local edit of notes.txt: it now holds {:?}",
+        String::from_utf8_lossy(&now)
+    );
+    ensure!(
+        std::fs::read(docs.join("gone.txt"))? == k.gone,
+        "the default restore did not bring back the deleted gone.txt"
+    );
+    let done = result.attr("data-done").await?.unwrap_or_default();
+    ensure!(done == "ok", "restore: {}", result.text().await?);
+    find(c, "#restore-result[data-done][data-dry-run='false']").await?;
+    let kept = find(c, &row("notes.txt", "skipped")).await?.text().await?;
+    ensure!(kept.contains("kept"), "the row of notes.txt says {kept:?}");
+    find(c, &row("gone.txt", "new")).await?;
+    let summary = find(c, "#restore-summary").await?.text().await?;
+    ensure!(
+        summary.contains("kept"),
+        "the summary does not say that files were kept: {summary:?}"
+    );
+    let policy = find(c, "#restore-overwrite").await?.prop("value").await?;
+    ensure!(
+        policy.as_deref() == Some("never"),
+        "the default policy is {policy:?}"
+    );
+    // Every control of the form has a label.
+    let unlabeled = c
+        .execute(
+            "return [...document.querySelectorAll('#restore-form input, #restore-form select')]\
+             .filter((e) => e.labels.length === 0).map((e) => e.id);",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        unlabeled == json!([]),
+        "controls without a label: {unlabeled}"
+    );
+    picture(c, "restore-kept").await?;
+
+    // A dry run replacing what differs: notes.txt would be replaced,
+    // other.txt is as in the snapshot; nothing is written.
+    find(c, "#restore-overwrite")
+        .await?
+        .select_by_value("if-changed")
+        .await?;
+    click(c, "#restore-dry-run").await?;
+    click(c, "#restore-run").await?;
+    find(c, "#restore-result[data-done='ok'][data-dry-run='true']").await?;
+    let would = find(c, &row("notes.txt", "replaced")).await?.text().await?;
+    ensure!(
+        would.contains("would"),
+        "the dry run's row of notes.txt says {would:?}"
+    );
+    find(c, &row("other.txt", "unchanged")).await?;
+    let now = std::fs::read(&notes)?;
+    ensure!(
+        now == k.edited,
+        "the dry run changed notes.txt: {:?}",
+        String::from_utf8_lossy(&now)
+    );
+    picture(c, "restore-dry-run").await?;
+
+    // Chosen: always replace. Now the file is the snapshot's.
+    find(c, "#restore-overwrite")
+        .await?
+        .select_by_value("always")
+        .await?;
+    click(c, "#restore-dry-run").await?;
+    click(c, "#restore-run").await?;
+    find(c, "#restore-result[data-done='ok'][data-dry-run='false']").await?;
+    find(c, &row("notes.txt", "replaced")).await?;
+    let now = std::fs::read(&notes)?;
+    ensure!(
+        now == k.backed_up,
+        "overwrite=always did not restore notes.txt: {:?}",
+        String::from_utf8_lossy(&now)
+    );
+    picture(c, "restore-replaced").await?;
+    Ok(())
+}
+
 /// What the session should find.
 struct Expect<'a> {
     s1: &'a str,
@@ -106,9 +339,32 @@ struct Expect<'a> {
     restored: &'a Path,
 }
 
-/// Opens a browser session, clicks through, and closes it (also when a
-/// step fails, so that chromedriver stops chromium).
-async fn session(browser: &Browser, url: &str, expect: &Expect<'_>) -> anyhow::Result<()> {
+/// chromedriver's path; `None` (the test says it skips) when it is not on
+/// PATH, unless `RINGVAULT_REQUIRE_BROWSER` is set: then it fails.
+fn chromedriver() -> Option<PathBuf> {
+    let found = find_on_path("chromedriver");
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RINGVAULT_REQUIRE_BROWSER").is_none(),
+            "RINGVAULT_REQUIRE_BROWSER is set but chromedriver is not on PATH \
+             (apt-get install chromium chromium-driver)"
+        );
+        eprintln!(
+            "SKIPPED ui browser test: chromedriver is not on PATH \
+             (apt-get install chromium chromium-driver to run it)"
+        );
+    }
+    found
+}
+
+/// Opens a browser session (downloads going to `downloads`), takes the
+/// `steps`, and closes it (also when a step fails, so that chromedriver
+/// stops chromium).
+async fn session<F, Fut>(browser: &Browser, downloads: &Path, steps: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let mut chrome = json!({
         "args": [
             "--headless=new",
@@ -120,7 +376,7 @@ async fn session(browser: &Browser, url: &str, expect: &Expect<'_>) -> anyhow::R
             format!("--user-data-dir={}", browser.profile.display()),
         ],
         "prefs": {
-            "download.default_directory": expect.downloads,
+            "download.default_directory": downloads,
             "download.prompt_for_download": false,
             "download.directory_upgrade": true,
             "safebrowsing.enabled": false,
@@ -138,7 +394,7 @@ async fn session(browser: &Browser, url: &str, expect: &Expect<'_>) -> anyhow::R
         .connect(&browser.url)
         .await
         .context("starting a chromium session")?;
-    let result = click_through(&client, url, expect).await;
+    let result = steps(client.clone()).await;
     let page = match &result {
         Err(_) => client.source().await.ok(),
         Ok(()) => None,
@@ -417,14 +673,42 @@ fn check_api_access(ui: &UiProcess, s1: &str, s2: &str) {
 
 /// `GET path` with an optional bearer token: (status, head, body).
 fn request(addr: &str, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String, String)> {
+    send(addr, "GET", path, bearer, None)
+}
+
+/// `POST path` with a JSON body and a bearer token: (status, JSON body).
+fn post_json(addr: &str, path: &str, token: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let (status, _, text) = send(addr, "POST", path, Some(token), Some(body))?;
+    let value = serde_json::from_str(&text).with_context(|| format!("not JSON: {text:?}"))?;
+    Ok((status, value))
+}
+
+/// One HTTP/1.1 request (reads bounded to 60 s: a restore answers when it
+/// is done): (status, head, body).
+fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&Value>,
+) -> anyhow::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let body = json.map(Value::to_string).unwrap_or_default();
+    let content = if json.is_some() {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    } else {
+        String::new()
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{body}"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

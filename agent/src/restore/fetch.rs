@@ -1,0 +1,264 @@
+//! Chunk fetches for a restore, batched per server and spread over the
+//! replicas.
+//!
+//! File tasks ask for chunks one at a time ([`Fetcher::chunk`]). One
+//! dispatcher task gathers what is asked while earlier batches are in
+//! flight and sends each server one [`Request::GetBlobs`] for up to
+//! [`MAX_GET_BLOBS`] of them or [`BATCH_BYTES`] of their expected
+//! plaintext, at most [`BATCHES_PER_SERVER`] at once: a
+//! tree of small files then costs one request, one index transaction on
+//! the server and one blocking-pool hop per batch rather than per file.
+//! Batches grow by themselves when the servers are the bottleneck (more is
+//! asked while they work) and stay small when they are not (no timer waits
+//! to fill them).
+//!
+//! Each chunk goes to the least loaded of its live replicas (chunks asked
+//! and not yet answered), so a restore reads from every server that holds
+//! its data, not only from the first in placement order.
+//!
+//! What a chunk is for can run in the same blocking-pool call that opened
+//! it ([`Fetcher::chunk_then`]): a restore makes, writes and finishes a
+//! small file there, so a batch of a hundred files costs one hop.
+//!
+//! A chunk that a batch did not bring back good (not held there, bad,
+//! not sent, its server unreachable, or its blob did not open) is fetched
+//! alone through [`Repo::read_chunk`], which tries every server in
+//! placement order and records bad copies.
+//!
+//! [`Request::GetBlobs`]: ringvault_common::wire::Request::GetBlobs
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use ringvault_common::wire::MAX_GET_BLOBS;
+use ringvault_common::{ChunkId, NodeId, seal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::Fetched;
+use crate::repo::Repo;
+
+/// Batches in flight to one server at once: two, so that one is answered
+/// while the server reads the next and the client opens the one before.
+pub const BATCHES_PER_SERVER: usize = 2;
+
+/// Expected plaintext bytes that close a batch (4 MiB; one larger chunk
+/// goes alone): what a batch holds in memory, sealed and then opened,
+/// beside the restore's budget. Enough to carry about a hundred small
+/// files in one request.
+pub const BATCH_BYTES: usize = 4 << 20;
+
+/// A chunk's plaintext, or why it could not be had.
+type Answer = anyhow::Result<Vec<u8>>;
+
+/// What is done with a chunk's answer, on the blocking pool.
+type Then = Box<dyn FnOnce(Answer) + Send>;
+
+/// One chunk asked for, and what its answer is for.
+struct Want {
+    id: ChunkId,
+    /// Its expected plaintext length, bytes.
+    bytes: usize,
+    then: Then,
+}
+
+/// The error of a fetcher whose dispatcher is gone.
+fn stopped() -> anyhow::Error {
+    anyhow!("the chunk fetcher stopped")
+}
+
+/// Hands out chunks, fetched in batches (see the module notes). Cheap to
+/// share by reference; the dispatcher stops when it is dropped and every
+/// batch is answered.
+pub struct Fetcher {
+    /// Unbounded: what is asked is bounded by the callers (a restore holds
+    /// a byte budget for every chunk it asks for until it is written).
+    wants: mpsc::UnboundedSender<Want>,
+}
+
+impl Fetcher {
+    /// Starts the dispatcher on the current runtime.
+    pub fn start(repo: Arc<Repo>) -> Self {
+        let (wants, rx) = mpsc::unbounded_channel();
+        tokio::spawn(dispatch(repo, rx));
+        Self { wants }
+    }
+
+    /// Chunk `id`'s plaintext, opened and checked against its id;
+    /// `bytes` is its expected length (what batches are cut by).
+    ///
+    /// # Errors
+    /// When no server has a good copy, or the dispatcher stopped.
+    pub async fn chunk(&self, id: ChunkId, bytes: usize) -> Answer {
+        self.chunk_then(id, bytes, Ok).await
+    }
+
+    /// Chunk `id`'s plaintext (as [`Fetcher::chunk`]) handed to `then` on
+    /// the blocking pool, in the call that opened it; returns what `then`
+    /// returns. `then` may block (file I/O), but not for long: the chunks
+    /// of its batch opened after it wait for it.
+    ///
+    /// # Errors
+    /// As [`Fetcher::chunk`], or `then`'s error.
+    pub async fn chunk_then<T: Send + 'static>(
+        &self,
+        id: ChunkId,
+        bytes: usize,
+        then: impl FnOnce(Vec<u8>) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let then: Then = Box::new(move |got: Answer| {
+            let _ = reply.send(got.and_then(then));
+        });
+        self.wants
+            .send(Want { id, bytes, then })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Per server: chunks waiting for a batch, and how many chunks and
+/// batches are out.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Want>,
+    asked: usize,
+    batches: usize,
+}
+
+impl Queue {
+    fn load(&self) -> usize {
+        self.waiting.len() + self.asked
+    }
+
+    /// The oldest waiting wants, up to [`MAX_GET_BLOBS`] of them or the
+    /// first that bring the expected bytes to [`BATCH_BYTES`]; at least one
+    /// when any wait.
+    fn next_batch(&mut self) -> Vec<Want> {
+        let mut bytes = 0usize;
+        let mut take = 0;
+        for want in self.waiting.iter().take(MAX_GET_BLOBS) {
+            take += 1;
+            bytes = bytes.saturating_add(want.bytes);
+            if bytes >= BATCH_BYTES {
+                break;
+            }
+        }
+        self.waiting.drain(..take).collect()
+    }
+}
+
+/// Routes wants to servers and sends batches until every [`Fetcher`] is
+/// gone and every batch is answered.
+async fn dispatch(repo: Arc<Repo>, mut rx: mpsc::UnboundedReceiver<Want>) {
+    let mut queues: HashMap<NodeId, Queue> = HashMap::new();
+    let mut batches = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        for (&node, queue) in &mut queues {
+            while !queue.waiting.is_empty() && queue.batches < BATCHES_PER_SERVER {
+                let batch = queue.next_batch();
+                queue.asked += batch.len();
+                queue.batches += 1;
+                let repo = repo.clone();
+                batches.push(async move {
+                    let n = batch.len();
+                    fetch_batch(&repo, node, batch).await;
+                    (node, n)
+                });
+            }
+        }
+        if !open && batches.is_empty() {
+            return;
+        }
+        tokio::select! {
+            want = rx.recv(), if open => match want {
+                Some(want) => {
+                    route(&repo, &mut queues, want);
+                    while let Ok(want) = rx.try_recv() {
+                        route(&repo, &mut queues, want);
+                    }
+                }
+                None => open = false,
+            },
+            Some((node, n)) = batches.next() => {
+                if let Some(queue) = queues.get_mut(&node) {
+                    queue.asked -= n;
+                    queue.batches -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// Queues `want` for the least loaded of its live replicas (the first in
+/// placement order on a tie); with none live, fetches it alone.
+fn route(repo: &Arc<Repo>, queues: &mut HashMap<NodeId, Queue>, want: Want) {
+    let replicas = repo.cluster.live_replicas(&want.id);
+    let best = replicas
+        .into_iter()
+        .min_by_key(|n| queues.get(n).map_or(0, Queue::load));
+    match best {
+        Some(node) => queues.entry(node).or_default().waiting.push(want),
+        None => fetch_alone(repo.clone(), want),
+    }
+}
+
+/// Asks `node` for `batch`, opens what came back on the blocking pool and
+/// hands each want its answer there; what did not come back good is
+/// fetched alone.
+async fn fetch_batch(repo: &Arc<Repo>, node: NodeId, batch: Vec<Want>) {
+    let ids: Vec<ChunkId> = batch.iter().map(|w| w.id).collect();
+    let fetched = match repo.cluster.get_many_from(node, &ids).await {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            tracing::debug!(%node, error = %e, "a batched fetch failed; fetching its chunks one by one");
+            for want in batch {
+                fetch_alone(repo.clone(), want);
+            }
+            return;
+        }
+    };
+    let mut sealed = Vec::with_capacity(batch.len());
+    for (want, got) in batch.into_iter().zip(fetched) {
+        match got {
+            Fetched::Blob(blob) => sealed.push((want, blob)),
+            Fetched::NotFound | Fetched::Corrupt | Fetched::Later => {
+                fetch_alone(repo.clone(), want)
+            }
+        }
+    }
+    let this = repo.clone();
+    let bad = tokio::task::spawn_blocking(move || {
+        let mut bad = Vec::new();
+        for (want, blob) in sealed {
+            match seal::open(&this.keys, &want.id, &blob) {
+                Ok(plain) => (want.then)(Ok(plain)),
+                Err(e) => bad.push((want, e.to_string())),
+            }
+        }
+        bad
+    })
+    .await;
+    // On a join error (the blocking pool shutting down with the restore, or
+    // a `then` that panicked), the wants not yet answered were dropped with
+    // the call: their askers see "stopped".
+    for (want, reason) in bad.unwrap_or_default() {
+        repo.cluster.report_bad_copy(want.id, node, reason);
+        fetch_alone(repo.clone(), want);
+    }
+}
+
+/// Fetches one chunk through [`Repo::read_chunk`] in its own task.
+fn fetch_alone(repo: Arc<Repo>, want: Want) {
+    tokio::spawn(async move {
+        let got = repo
+            .read_chunk(want.id)
+            .await
+            .map_err(|e| anyhow!("chunk {}: {e}", want.id));
+        // Dropped on a join error: the asker sees "stopped".
+        let _ = tokio::task::spawn_blocking(move || (want.then)(got)).await;
+    });
+}
