@@ -565,6 +565,22 @@ impl TestCluster {
         Ok(AgentProcess { child, log })
     }
 
+    /// Runs `ringvault --json check [--read-data]`: its exit code (-1 when
+    /// killed by a signal) and its JSON report (`Null` when it printed
+    /// none).
+    ///
+    /// # Errors
+    /// When the command cannot be run.
+    pub fn check(&self, read_data: bool) -> anyhow::Result<(i32, serde_json::Value)> {
+        let mut args = vec!["--json", "check"];
+        if read_data {
+            args.push("--read-data");
+        }
+        let out = self.run(&args)?;
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((out.status.code().unwrap_or(-1), report))
+    }
+
     /// The repository's snapshots (`ringvault --json snapshots`), oldest
     /// first.
     ///

@@ -6,13 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::{TEST_CHUNKS, make_files};
+use crate::{FAST, TEST_CHUNKS, make_files};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
 use serde_json::Value;
-
-/// Server settings for tests: fast probes, short routing-around, frequent
-/// repair rounds, scrub off unless a test turns it on.
-const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 300\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
 
 fn cluster(nodes: u32, replicas: u32, quorum: u32, proxies: bool) -> TestCluster {
     let c = TestCluster::with(ClusterOptions {
@@ -43,24 +39,12 @@ fn source(c: &TestCluster) -> PathBuf {
     src
 }
 
-/// Runs `ringvault --json check [--read-data]`: (exit code, report).
-fn check(c: &TestCluster, read_data: bool) -> (i32, Value) {
-    let mut args = vec!["--json", "check"];
-    if read_data {
-        args.push("--read-data");
-    }
-    let out = c.run(&args).unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (code, report)
-}
-
 /// Waits (at most `limit`) until `check` finds every chunk with N copies,
 /// then requires `check --read-data` to pass.
 fn wait_until_healthy(c: &TestCluster, limit: Duration) {
     let start = Instant::now();
     loop {
-        let (code, report) = check(c, false);
+        let (code, report) = c.check(false).unwrap();
         if code == 0 {
             break;
         }
@@ -70,7 +54,7 @@ fn wait_until_healthy(c: &TestCluster, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (code, report) = check(c, true);
+    let (code, report) = c.check(true).unwrap();
     assert_eq!(code, 0, "check --read-data failed: {report}");
     assert_eq!(report["damaged"].as_array().map(Vec::len), Some(0));
 }
@@ -145,7 +129,7 @@ fn a_server_killed_mid_backup_loses_nothing_and_three_copies_return() {
     );
     assert_eq!(snapshot_count(&c), 1);
     // Two copies of everything while it is down: degraded, nothing lost.
-    let (code, report) = check(&c, false);
+    let (code, report) = c.check(false).unwrap();
     assert_eq!(code, 4, "{report}");
     assert!(report["lost"].as_array().unwrap().is_empty());
     c.restart(2).unwrap();
@@ -209,7 +193,7 @@ fn flipped_bits_are_found_on_read_and_by_scrub_and_repaired() {
     c.terminate(0).unwrap();
     assert!(flip_blobs(&c.node_dir(0).join("data"), 4) >= 4);
     c.restart(0).unwrap();
-    let (code, report) = check(&c, true);
+    let (code, report) = c.check(true).unwrap();
     assert_ne!(code, 0, "flipped blobs went unnoticed: {report}");
     let damaged = report["damaged"].as_array().unwrap();
     assert!(damaged.len() >= 4, "{report}");
@@ -308,7 +292,7 @@ fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() 
         || format!("no hints held: {:?}", status(&c)),
     );
     // Down, not yet out: routed around, no copies made (no repair storm).
-    let (code, report) = check(&c, false);
+    let (code, report) = c.check(false).unwrap();
     assert!(
         killed.elapsed() < Duration::from_secs(OUT_AFTER_S),
         "the test was too slow to see the short-failure window"
@@ -389,7 +373,7 @@ fn backups_complete_through_lossy_links_and_a_cut_server_catches_up() {
     c.proxy(2).cut(true);
     make_files(&src, "more", 4, 512 << 10, 8);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();
-    let (code, _) = check(&c, false);
+    let (code, _) = c.check(false).unwrap();
     assert_eq!(
         code, 4,
         "chunks written during the cut should have 2 copies"
@@ -535,6 +519,9 @@ fn a_restore_reads_from_every_replica_in_batches() {
     let src = source(&c);
     make_files(&src, "data", FILES, 4096, 21);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    // The backup returns at W copies; a replica still waiting for its copy
+    // answers NotFound and the restore reads that chunk alone.
+    wait_until_healthy(&c, Duration::from_secs(60));
     let count = |kind: &str| -> Vec<u64> { ports.iter().map(|&p| requests_ok(p, kind)).collect() };
     let (batches_before, gets_before) = (count("get-blobs"), count("get"));
     assert_restores(&c, &src, "restored");

@@ -15,15 +15,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::TEST_CHUNKS;
+use crate::{FAST, TEST_CHUNKS};
 use ringvault_common::{ChunkId, SnapshotId};
 use ringvault_tests::hostile::{BlobLie, HostileServer, Rules};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff, wait_for};
 use serde_json::Value;
-
-/// Server settings: fast probes and repair rounds, no scrub, no metrics
-/// port.
-const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 300\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
 
 /// Sealed blobs at least this long are file chunks (the test chunker's
 /// minimum is 16 KiB); the test's directory trees are far smaller.
@@ -73,17 +69,6 @@ fn status(c: &TestCluster) -> Vec<Value> {
     v["nodes"].as_array().cloned().unwrap_or_default()
 }
 
-/// Runs `ringvault --json check [--read-data]`: (exit code, report).
-fn check(c: &TestCluster, read_data: bool) -> (i32, Value) {
-    let mut args = vec!["--json", "check"];
-    if read_data {
-        args.push("--read-data");
-    }
-    let out = c.run(&args).unwrap();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), report)
-}
-
 /// Waits until every chunk has N copies (by the servers' count), so that
 /// no honest server pulls a missing blob from the hostile one by repair
 /// during the test.
@@ -91,7 +76,7 @@ fn wait_all_copies(c: &TestCluster) {
     wait_for(
         "every chunk to have N copies",
         Duration::from_secs(60),
-        || (check(c, false).0 == 0).then_some(()),
+        || (c.check(false).unwrap().0 == 0).then_some(()),
     )
     .unwrap();
 }
@@ -198,7 +183,7 @@ fn lies_are_read_around(c: &TestCluster, hostile: &HostileServer, src: &Path, ru
         "{name}: the restore did not warn about the bad copies: {stderr}"
     );
 
-    let (code, report) = check(c, true);
+    let (code, report) = c.check(true).unwrap();
     let chunks = report["chunks"].as_u64().unwrap();
     let damaged = report["damaged"].as_array().cloned().unwrap_or_default();
     assert_eq!(
@@ -328,7 +313,7 @@ fn when_every_copy_lies_restore_fails_without_writing_wrong_bytes() {
             );
         }
 
-        let (code, report) = check(&c, true);
+        let (code, report) = c.check(true).unwrap();
         assert_eq!(code, 1, "{lie:?}: check should report loss: {report}");
         assert!(
             report["lost"].as_array().is_some_and(|l| !l.is_empty()),
@@ -529,7 +514,7 @@ fn a_bogus_record_does_not_make_prune_drop_a_snapshots_chunks() {
         c.proxy(i).heal();
     }
 
-    let (code, report) = check(&c, false);
+    let (code, report) = c.check(false).unwrap();
     assert_eq!(
         (code, trashed),
         (0, 0),
@@ -644,7 +629,7 @@ fn blobs_a_hostile_peer_plants_by_repair_are_reported_damaged() {
     c.proxy(1).cut(false);
     c.wait_all_up().unwrap();
 
-    let (code, report) = check(&c, true);
+    let (code, report) = c.check(true).unwrap();
     let chunks = report["chunks"].as_u64().unwrap();
     let damaged = report["damaged"].as_array().cloned().unwrap_or_default();
     let on = |node: u64| damaged.iter().filter(|d| d["node"] == node).count() as u64;

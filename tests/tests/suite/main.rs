@@ -24,6 +24,11 @@ mod store_health;
 mod trust;
 mod ui;
 
+/// Server settings for fault tests: fast probes, short routing-around,
+/// frequent repair rounds, scrub off unless a test turns it on, no
+/// metrics endpoint.
+pub const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 300\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
+
 /// Small chunks so that test files span many of them.
 pub const TEST_CHUNKS: &str = "16384,65536,262144";
 

@@ -10,12 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{TEST_CHUNKS, make_files};
+use crate::{FAST, TEST_CHUNKS, make_files};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
 use serde_json::Value;
-
-/// Fast probes and repair rounds, scrub off, no metrics unless a test asks.
-const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-interval-ms = 300\nscrub-cycle-s = 0\nmetrics-listen = \"\"\n";
 
 pub(crate) fn cluster(nodes: u32) -> TestCluster {
     let c = TestCluster::with(ClusterOptions {
@@ -58,23 +55,12 @@ fn total(c: &TestCluster, field: &str) -> u64 {
         .sum()
 }
 
-/// Runs `ringvault --json check [--read-data]`: (exit code, report).
-fn check(c: &TestCluster, read_data: bool) -> (i32, Value) {
-    let mut args = vec!["--json", "check"];
-    if read_data {
-        args.push("--read-data");
-    }
-    let out = c.run(&args).unwrap();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), report)
-}
-
 /// Waits (at most `limit`) until `check --read-data` passes: every chunk
 /// has N copies that decrypt to their ids.
 fn wait_until_clean(c: &TestCluster, limit: Duration) {
     let start = Instant::now();
     loop {
-        let (code, report) = check(c, true);
+        let (code, report) = c.check(true).unwrap();
         if code == 0 {
             return;
         }
@@ -230,7 +216,7 @@ fn a_full_disk_refuses_new_blobs_keeps_serving_reads_and_resumes_without_a_resta
         scraped.contains("ringvault_store_state{state=\"full\"} 1"),
         "{scraped}"
     );
-    let (_, report) = check(&c, true);
+    let (_, report) = c.check(true).unwrap();
     assert_eq!(report["lost"].as_array().map(Vec::len), Some(0), "{report}");
     assert_eq!(
         report["damaged"].as_array().map(Vec::len),
