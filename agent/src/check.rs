@@ -17,6 +17,11 @@
 //!
 //! Servers whose store is not ok (full, read-only, failing) are named; a
 //! read-only or failing one makes the check fail.
+//!
+//! The report is a summary per server and per cause ([`output`]): every
+//! server's state (down servers with how long they have been silent),
+//! which server each missing copy belongs to, and what the cluster will
+//! do about it. Chunk ids are listed with `--verbose` and in `--json`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,11 +30,13 @@ use futures::StreamExt;
 use ringvault_chunkserver::net::CallError;
 use ringvault_common::seal;
 use ringvault_common::tree::{ChunkRef, Content};
-use ringvault_common::wire::{ErrorCode, StoreState};
+use ringvault_common::wire::{ErrorCode, NodeStatus, PeerState, StoreState};
 use ringvault_common::{ChunkId, NodeId};
 
 use crate::client::ClientError;
 use crate::repo::Repo;
+
+pub mod output;
 
 /// Blob reads in flight with `--read-data`.
 const READS_IN_FLIGHT: usize = 16;
@@ -64,6 +71,39 @@ pub struct CheckReport {
     pub size_mismatches: Vec<(ChunkId, String)>,
     /// Servers whose store is not ok: (server, state, its last error).
     pub stores: Vec<(NodeId, StoreState, String)>,
+    /// Every server of the cluster map, in map order, as the check found it.
+    pub servers: Vec<ServerReport>,
+    /// For each chunk short of N copies (degraded or lost): the servers
+    /// among its N owners (placement order) that lack its copy, down ones
+    /// included. Empty for a chunk whose owners all hold a copy (its copy
+    /// count is short through a damaged copy, or a placement change).
+    pub missing_on: HashMap<ChunkId, Vec<NodeId>>,
+}
+
+/// One server, as a check saw it.
+#[derive(Debug)]
+pub struct ServerReport {
+    /// Its id.
+    pub node: NodeId,
+    /// Its address in the cluster map.
+    pub address: String,
+    /// Its own status, or why it did not answer.
+    pub status: Result<NodeStatus, String>,
+    /// When it did not answer: the fewest seconds any answering server
+    /// has gone without hearing from it (`None`: no server reported).
+    pub silent_s: Option<u64>,
+    /// Whether some answering server counts it out: silent past
+    /// `out-after-s`, its chunks being copied to other servers.
+    pub out: bool,
+    /// Chunks it owns that lack its copy (see [`CheckReport::missing_on`]).
+    pub missing: usize,
+}
+
+impl ServerReport {
+    /// Whether it answered the check.
+    pub fn is_up(&self) -> bool {
+        self.status.is_ok()
+    }
 }
 
 impl CheckReport {
@@ -85,6 +125,14 @@ impl CheckReport {
             && self.damaged.is_empty()
             && self.unreadable_trees.is_empty()
             && self.size_mismatches.is_empty()
+    }
+
+    /// The servers' `out-after-s`, seconds, as the first answering server
+    /// reports it.
+    pub fn out_after_s(&self) -> Option<u64> {
+        self.servers
+            .iter()
+            .find_map(|s| s.status.as_ref().ok().map(|st| st.out_after_s))
     }
 
     /// Whether some chunk has no healthy copy, a tree is unreadable, or a
@@ -109,21 +157,14 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
         read_data,
         ..CheckReport::default()
     };
-    // The servers thought up, at once: a down one would cost a connect
-    // timeout, and its copies are not counted anyway.
-    let statuses = futures::future::join_all(
-        repo.cluster
-            .servers()
-            .into_iter()
-            .filter(|(_, _, up)| *up)
-            .map(|(node, _, _)| async move { (node, repo.cluster.node_status(node).await) }),
-    )
-    .await;
-    for (node, status) in statuses {
-        if let Ok(s) = status
+    report.servers = survey_servers(repo).await;
+    for server in &report.servers {
+        if let Ok(s) = &server.status
             && s.store != StoreState::Ok
         {
-            report.stores.push((node, s.store, s.store_error));
+            report
+                .stores
+                .push((server.node, s.store, s.store_error.clone()));
         }
     }
     let snapshots = repo.snapshots().await?;
@@ -190,7 +231,13 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
     ids.sort();
     report.chunks = ids.len();
     let healthy: Vec<u32> = if read_data {
-        let (good, lengths) = read_every_copy(repo, &ids, &mut report.damaged).await;
+        let answering: Vec<NodeId> = report
+            .servers
+            .iter()
+            .filter(|s| s.is_up())
+            .map(|s| s.node)
+            .collect();
+        let (good, lengths) = read_every_copy(repo, &answering, &ids, &mut report.damaged).await;
         for (id, len) in &lengths {
             if let Some(&want) = recorded.get(id)
                 && want != *len
@@ -231,30 +278,126 @@ pub async fn check(repo: &Arc<Repo>, read_data: bool) -> anyhow::Result<CheckRep
             report.healthy += 1;
         }
     }
+    locate_missing_copies(repo, &mut report).await;
     Ok(report)
 }
 
-/// Reads every copy of each chunk from every live server and opens it;
+/// Asks every server of the map for its status, all at once (a down one
+/// costs one connect timeout), and fills in how long the answering ones
+/// have gone without hearing from the others.
+async fn survey_servers(repo: &Arc<Repo>) -> Vec<ServerReport> {
+    let asked = futures::future::join_all(repo.cluster.servers().into_iter().map(
+        |(node, address, _)| async move {
+            let status = repo
+                .cluster
+                .node_status(node)
+                .await
+                .map_err(|e| e.to_string());
+            (node, address, status)
+        },
+    ))
+    .await;
+    let views: Vec<&NodeStatus> = asked
+        .iter()
+        .filter_map(|(_, _, s)| s.as_ref().ok())
+        .collect();
+    let heard: Vec<(Option<u64>, bool)> = asked
+        .iter()
+        .map(|(node, _, _)| {
+            let silent_s = views
+                .iter()
+                .filter_map(|v| v.peers_silent_s.iter().find(|(n, _)| n == node))
+                .map(|&(_, s)| s)
+                .min();
+            let out = views
+                .iter()
+                .any(|v| v.peers.contains(&(*node, PeerState::Out)));
+            (silent_s, out)
+        })
+        .collect();
+    asked
+        .into_iter()
+        .zip(heard)
+        .map(|((node, address, status), (silent_s, out))| ServerReport {
+            node,
+            address,
+            status,
+            silent_s,
+            out,
+            missing: 0,
+        })
+        .collect()
+}
+
+/// Fills [`CheckReport::missing_on`] and each server's `missing` count:
+/// a short chunk lacks the copy of each of its owners that is down, and
+/// of each answering owner whose store does not hold it (one has-query
+/// per owner). An owner that does not answer the has-query is left out.
+async fn locate_missing_copies(repo: &Arc<Repo>, report: &mut CheckReport) {
+    let map = repo.cluster.map();
+    let n = map.replicas as usize;
+    let up: HashSet<NodeId> = report
+        .servers
+        .iter()
+        .filter(|s| s.is_up())
+        .map(|s| s.node)
+        .collect();
+    let short = report
+        .degraded
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(report.lost.iter().copied());
+    let mut ask: HashMap<NodeId, Vec<ChunkId>> = HashMap::new();
+    for id in short {
+        let mut owners = map.ranked(&id);
+        owners.truncate(n);
+        let mut lacking = Vec::new();
+        for owner in owners {
+            if up.contains(&owner) {
+                ask.entry(owner).or_default().push(id);
+            } else {
+                lacking.push(owner);
+            }
+        }
+        report.missing_on.insert(id, lacking);
+    }
+    for (owner, ids) in ask {
+        match repo.cluster.has_on(owner, &ids).await {
+            Ok(present) => {
+                for (id, held) in ids.iter().zip(present) {
+                    if !held && let Some(lacking) = report.missing_on.get_mut(id) {
+                        lacking.push(owner);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(%owner, error = %e, "has-query for the check failed"),
+        }
+    }
+    for lacking in report.missing_on.values_mut() {
+        lacking.sort_by_key(|n| map.nodes.iter().position(|m| m.id == *n));
+        for node in lacking.iter() {
+            if let Some(s) = report.servers.iter_mut().find(|s| s.node == *node) {
+                s.missing += 1;
+            }
+        }
+    }
+}
+
+/// Reads every copy of each chunk from every server in `nodes` (those
+/// that answered the survey: the view this agent took over at connect may
+/// be a peer's stale one, and skipping a live holder would under-count
+/// copies) and opens it;
 /// returns the good copies per chunk and the plaintext length, bytes, of
 /// each chunk with a good copy, noting bad copies in `damaged`.
 async fn read_every_copy(
     repo: &Arc<Repo>,
+    nodes: &[NodeId],
     ids: &[ChunkId],
     damaged: &mut Vec<(ChunkId, NodeId, String)>,
 ) -> (Vec<u32>, HashMap<ChunkId, u32>) {
-    // Live means answering now: the view this agent took over at connect
-    // may be a peer's stale one (a server just restarted is still routed
-    // around there), and skipping a live holder would under-count copies.
-    let mut nodes = Vec::new();
-    for (node, _, _) in repo.cluster.servers() {
-        match repo.cluster.node_status(node).await {
-            Ok(_) => nodes.push(node),
-            Err(e) => tracing::warn!(%node, error = %e, "server not read"),
-        }
-    }
     let mut results = futures::stream::iter(ids.iter().copied().enumerate())
         .map(|(i, id)| {
-            let nodes = nodes.clone();
+            let nodes = nodes.to_vec();
             async move {
                 let mut good = 0u32;
                 let mut bad = Vec::new();
@@ -283,7 +426,7 @@ async fn read_every_copy(
                         }) if e.code == ErrorCode::Corrupt => {
                             bad.push((id, node, e.message));
                         }
-                        Err(e) => tracing::warn!(%node, chunk = %id, error = %e, "read failed"),
+                        Err(e) => tracing::debug!(%node, chunk = %id, error = %e, "read failed"),
                     }
                 }
                 (i, good, bad, plain_len)

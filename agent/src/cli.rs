@@ -69,6 +69,11 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// More detail: `check` lists every chunk it reports and the servers'
+    /// connection warnings are shown; twice, info logs; three times,
+    /// debug logs. RINGVAULT_LOG (a tracing filter) beats it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -602,7 +607,7 @@ pub fn main() -> ExitCode {
     ) {
         die_quietly_on_a_closed_pipe();
     }
-    ringvault_chunkserver::init_logging("warn");
+    ringvault_chunkserver::init_logging(log_filter(&cli));
     let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -616,6 +621,24 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The log filter without RINGVAULT_LOG. A one-shot command shows its own
+/// warnings (a file skipped, a bad copy read) but not the connection
+/// layer's ("unreachable; routing around it"), which the command's own
+/// report or error covers; the long-running ones (`agent`, `ui`, `mount`)
+/// log every warning. Each `-v` shows more.
+fn log_filter(cli: &Cli) -> &'static str {
+    let daemon = matches!(
+        cli.command,
+        Command::Agent | Command::Ui { .. } | Command::Mount { .. }
+    );
+    match (cli.verbose, daemon) {
+        (0, false) => "warn,ringvault_chunkserver=error",
+        (0, true) | (1, _) => "warn",
+        (2, _) => "info",
+        _ => "debug",
     }
 }
 
@@ -1754,81 +1777,10 @@ fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
 
 fn print_check(cli: &Cli, r: &check::CheckReport) {
     if cli.json {
-        println!(
-            "{}",
-            json!({
-                "snapshots": r.snapshots, "trees": r.trees, "chunks": r.chunks,
-                "replicas": r.replicas, "read_data": r.read_data, "healthy": r.healthy,
-                "degraded": r.degraded.iter().map(|(c, n)| json!({"chunk": c.to_hex(), "copies": n})).collect::<Vec<_>>(),
-                "lost": r.lost.iter().map(|c| c.to_hex()).collect::<Vec<_>>(),
-                "damaged": r.damaged.iter().map(|(c, n, why)| json!({"chunk": c.to_hex(), "node": n.0, "reason": why})).collect::<Vec<_>>(),
-                "unreadable_trees": r.unreadable_trees.iter().map(|(c, why)| json!({"tree": c.to_hex(), "reason": why})).collect::<Vec<_>>(),
-                "size_mismatches": r.size_mismatches.iter().map(|(c, why)| json!({"tree": c.to_hex(), "reason": why})).collect::<Vec<_>>(),
-                "stores": r.stores.iter().map(|(n, st, why)| json!({"node": n.0, "store": st.as_str(), "error": why})).collect::<Vec<_>>(),
-                "ok": r.is_healthy(),
-            })
-        );
-        return;
+        println!("{}", check::output::json(r));
+    } else {
+        print!("{}", check::output::text(r, cli.verbose > 0));
     }
-    for (tree, why) in &r.unreadable_trees {
-        println!("unreadable tree {tree}: {why}");
-    }
-    for (tree, why) in &r.size_mismatches {
-        println!("tree {tree}: {why}");
-    }
-    for c in &r.lost {
-        println!("lost: chunk {c} has no healthy copy on any live server");
-    }
-    for (c, node, why) in &r.damaged {
-        println!("damaged: chunk {c} on {node}: {why}");
-    }
-    for (c, n) in &r.degraded {
-        println!("degraded: chunk {c} has {n} of {} copies", r.replicas);
-    }
-    for (node, state, why) in &r.stores {
-        if why.is_empty() {
-            println!("store: {node}'s store is {}", state.as_str());
-        } else {
-            println!("store: {node}'s store is {}: {why}", state.as_str());
-        }
-    }
-    println!(
-        "{} snapshots, {} trees, {} chunks{}: {} with {} copies, {} degraded, {} lost, {} damaged copies{}",
-        r.snapshots,
-        r.trees,
-        r.chunks,
-        if r.read_data {
-            " (every copy read)"
-        } else {
-            ""
-        },
-        r.healthy,
-        r.replicas,
-        r.degraded.len(),
-        r.lost.len(),
-        r.damaged.len(),
-        if r.unreadable_trees.is_empty() {
-            String::new()
-        } else {
-            format!(", {} unreadable trees", r.unreadable_trees.len())
-        } + &if r.size_mismatches.is_empty() {
-            String::new()
-        } else {
-            format!(", {} size mismatches", r.size_mismatches.len())
-        }
-    );
-    println!(
-        "{}",
-        if r.is_healthy() {
-            "no errors were found"
-        } else if r.has_loss() {
-            "DATA IS MISSING OR WRONG: see above"
-        } else if r.copies_ok() {
-            "every chunk has its copies, but a server's store is failing: see above"
-        } else {
-            "every chunk is readable; repair is restoring the missing copies"
-        }
-    );
 }
 
 type StatusRow = (

@@ -389,14 +389,40 @@ impl Cluster {
     /// # Errors
     /// [`ClientError`] when no server answers.
     pub async fn has(&self, ids: &[ChunkId]) -> Result<Vec<bool>, ClientError> {
+        self.ask_has(None, ids).await
+    }
+
+    /// Which of `ids` `node` holds in its own store (hints included),
+    /// whoever owns them.
+    ///
+    /// # Errors
+    /// [`ClientError`] when `node` does not answer.
+    pub async fn has_on(&self, node: NodeId, ids: &[ChunkId]) -> Result<Vec<bool>, ClientError> {
+        self.ask_has(Some(node), ids).await
+    }
+
+    /// A has-query to `node`'s own store, or (`None`) to any server for the
+    /// cluster's answer, in parts of [`MAX_HAS_IDS`].
+    async fn ask_has(
+        &self,
+        node: Option<NodeId>,
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, ClientError> {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(MAX_HAS_IDS) {
             let req = Request::Has {
                 repo: self.repo.clone(),
                 ids: part.to_vec(),
-                local_only: false,
+                local_only: node.is_some(),
             };
-            match self.call_any(&req, vec![]).await? {
+            let answer = match node {
+                Some(node) => self
+                    .call(node, &req, vec![])
+                    .await
+                    .map(|(response, payload)| (node, response, payload))?,
+                None => self.call_any(&req, vec![]).await?,
+            };
+            match answer {
                 (_, Response::Has { present }, _) if present.len() == part.len() => {
                     out.extend(present)
                 }

@@ -468,6 +468,8 @@ mod tests {
             store_error: String::new(),
             store_error_at: 0,
             free_bytes: 1 << 20,
+            peers_silent_s: vec![(NodeId(2), 12)],
+            out_after_s: 600,
         }
     }
 

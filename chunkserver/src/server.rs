@@ -401,7 +401,21 @@ impl Node {
             store_error: health.error.unwrap_or_default(),
             store_error_at: health.error_at_s,
             free_bytes: health.free_bytes,
+            peers_silent_s: self.silent_peers(&view),
+            out_after_s: self.settings.out_after.as_secs(),
         }
+    }
+
+    /// Every peer of `view` not seen up, with the seconds since it last
+    /// answered this node (or since this node started).
+    fn silent_peers(&self, view: &View) -> Vec<(NodeId, u64)> {
+        let seen = self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
+        view.map
+            .nodes
+            .iter()
+            .filter(|n| n.id != self.id && self.peer_state(n.id) != PeerState::Up)
+            .map(|n| (n.id, seen.get(&n.id).map_or(0, |t| t.elapsed().as_secs())))
+            .collect()
     }
 
     /// Runs a store call on the blocking pool (see [`run_store_call`]).

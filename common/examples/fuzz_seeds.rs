@@ -272,6 +272,8 @@ fn responses(repo: &RepoId) -> Vec<(&'static str, Response, Vec<u8>)> {
                 store_error: "no space left on device".into(),
                 store_error_at: 1_700_000_000,
                 free_bytes: 1 << 20,
+                peers_silent_s: vec![(NodeId(3), 700)],
+                out_after_s: 600,
             }),
             vec![],
         ),

@@ -501,6 +501,12 @@ pub struct NodeStatus {
     /// Bytes free on the file system of its data directory, as the store
     /// last measured them (`u64::MAX` when it keeps no files).
     pub free_bytes: u64,
+    /// For every peer it does not see up: seconds since that peer last
+    /// answered it (or since this server started, when it has not yet).
+    pub peers_silent_s: Vec<(NodeId, u64)>,
+    /// Its `out-after-s`: seconds a peer stays silent before it is out and
+    /// its chunks are copied to other servers.
+    pub out_after_s: u64,
 }
 
 /// The state of a server's store ([`NodeStatus::store`]), worst last.

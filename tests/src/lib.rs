@@ -439,7 +439,8 @@ impl TestCluster {
             .env_remove("RINGVAULT_CONFIG")
             .env_remove("XDG_DATA_HOME")
             .env_remove("XDG_CONFIG_HOME")
-            .env("RINGVAULT_LOG", "warn")
+            // The command's own default filter: tests see what users see.
+            .env_remove("RINGVAULT_LOG")
             .stdin(Stdio::null());
         cmd
     }

@@ -5,6 +5,7 @@
 
 mod agent;
 mod browse;
+mod check_output;
 mod durability;
 mod e2e;
 mod fidelity;
