@@ -1595,7 +1595,8 @@ fn same_chunks(
 /// free), zero runs left as holes, then its metadata. Returns the bytes
 /// written. A file of one chunk or none is made, written and finished in
 /// one call on the blocking pool once its chunk is here; a larger one has
-/// its chunks fetched ahead and written in order as they come.
+/// its chunks fetched ahead and written at their offsets as they come
+/// ([`write_at_offsets`]), or in order for a version 1 tree.
 ///
 /// # Errors
 /// When the file cannot be made, a chunk fetched, or the data written, or
@@ -1641,6 +1642,11 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyho
     }
     let dir = job.dir.fd().context("its directory was not made")?;
     let file = create_file(dir, OsStr::from_bytes(&job.entry.name), free)?;
+    if let Some(places) = chunk_offsets(chunks) {
+        return write_at_offsets(ctx, job, Arc::new(file), places).await;
+    }
+    // A version 1 tree: offsets are known only once the chunks before are
+    // here, so chunks are written in order.
     let mut fetches = futures::stream::iter(chunks.iter().copied())
         .map(|c: ChunkRef| async move {
             let id = c.id;
@@ -1660,6 +1666,76 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyho
         if let Some(p) = &ctx.progress {
             p.wrote(data.len() as u64);
         }
+    }
+    finish_file(ctx, job, &file, written)
+}
+
+/// Each distinct chunk of a file with the offsets, bytes, where it goes
+/// and its length, in the order of first use; `None` when the tree does
+/// not record every chunk's length (version 1).
+fn chunk_offsets(chunks: &[ChunkRef]) -> Option<Vec<(ChunkId, u32, Vec<u64>)>> {
+    let mut places: Vec<(ChunkId, u32, Vec<u64>)> = Vec::new();
+    let mut index: HashMap<ChunkId, usize> = HashMap::new();
+    let mut offset = 0u64;
+    for c in chunks {
+        let len = c.len?;
+        let i = *index.entry(c.id).or_insert_with(|| {
+            places.push((c.id, len, Vec::new()));
+            places.len() - 1
+        });
+        places[i].2.push(offset);
+        offset += u64::from(len);
+    }
+    Some(places)
+}
+
+/// Writes a file whose chunk lengths the tree records: each distinct
+/// chunk is fetched once and written, in the blocking call that opened
+/// it, at every offset where the file holds it, [`CHUNKS_AHEAD`] chunks
+/// at once in any order (a file of one repeated chunk, such as a sparse
+/// file's zeros, costs one fetch). Then its length and metadata.
+///
+/// # Errors
+/// As [`write_file`]; also when a chunk opens to another length than the
+/// tree records.
+async fn write_at_offsets(
+    ctx: &Arc<FileCtx>,
+    job: &Arc<FileJob>,
+    file: Arc<std::fs::File>,
+    places: Vec<(ChunkId, u32, Vec<u64>)>,
+) -> anyhow::Result<u64> {
+    let mut writes = futures::stream::iter(places)
+        .map(|(id, len, offsets)| {
+            let (file, files) = (file.clone(), ctx.clone());
+            async move {
+                let held = u32::try_from(u64::from(len).div_ceil(1024))
+                    .unwrap_or(u32::MAX)
+                    .min((BYTES_IN_FLIGHT >> 10) as u32);
+                // Held until the chunk is written everywhere it goes.
+                let _permit = ctx.budget.acquire_many(held).await?;
+                let write = move |data: Vec<u8>| {
+                    if data.len() != len as usize {
+                        bail!(
+                            "chunk {id} opens to {} bytes, its tree records {len}",
+                            data.len()
+                        );
+                    }
+                    for &offset in &offsets {
+                        write_sparse(&file, &data, offset).context("writing")?;
+                        if let Some(p) = &files.progress {
+                            p.wrote(u64::from(len));
+                        }
+                    }
+                    Ok(u64::from(len) * offsets.len() as u64)
+                };
+                // Its errors name the chunk.
+                ctx.fetcher.chunk_then(id, len as usize, write).await
+            }
+        })
+        .buffer_unordered(CHUNKS_AHEAD);
+    let mut written = 0u64;
+    while let Some(bytes) = writes.next().await {
+        written += bytes?;
     }
     finish_file(ctx, job, &file, written)
 }

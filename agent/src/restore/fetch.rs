@@ -20,6 +20,10 @@
 //! it ([`Fetcher::chunk_then`]): a restore makes, writes and finishes a
 //! small file there, so a batch of a hundred files costs one hop.
 //!
+//! A chunk asked for again while it is being fetched (the same file in
+//! two places, a chunk many files share) is not fetched again: the later
+//! askers get a copy of the first one's answer ([`Sharing`]).
+//!
 //! A chunk that a batch did not bring back good (not held there, bad,
 //! not sent, its server unreachable, or its blob did not open) is fetched
 //! alone through [`Repo::read_chunk`], which tries every server in
@@ -28,7 +32,7 @@
 //! [`Request::GetBlobs`]: ringvault_common::wire::Request::GetBlobs
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::anyhow;
 use futures::StreamExt;
@@ -119,6 +123,71 @@ impl Fetcher {
     }
 }
 
+/// The askers of chunks being fetched who came after the first: chunk id
+/// to what their answers are for. An id is here while its first asker's
+/// fetch is out.
+type Later = Arc<Mutex<HashMap<ChunkId, Vec<Then>>>>;
+
+/// Hands the first asker's answer for a chunk to every later asker too;
+/// dropped unused (the first asker's `then` dropped unanswered), it drops
+/// theirs as well, so that they see "stopped" rather than wait forever.
+struct Sharing {
+    later: Later,
+    id: ChunkId,
+}
+
+impl Sharing {
+    /// Gives every later asker a copy of `answer` (an error as its text).
+    fn share(self, answer: &Answer) {
+        let thens = self.take();
+        for then in thens {
+            then(match answer {
+                Ok(plain) => Ok(plain.clone()),
+                Err(e) => Err(anyhow!("{e:#}")),
+            });
+        }
+    }
+
+    fn take(&self) -> Vec<Then> {
+        self.later
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        // Empty after `share`; otherwise the later askers' senders drop here.
+        drop(self.take());
+    }
+}
+
+/// Queues `want`, or, when its chunk is already being fetched, adds it to
+/// that fetch's later askers. The first asker's `then` shares its answer.
+fn ask_once(later: &Later, want: Want) -> Option<Want> {
+    let mut waiting = later.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(thens) = waiting.get_mut(&want.id) {
+        thens.push(want.then);
+        return None;
+    }
+    waiting.insert(want.id, Vec::new());
+    drop(waiting);
+    let sharing = Sharing {
+        later: later.clone(),
+        id: want.id,
+    };
+    let first = want.then;
+    Some(Want {
+        then: Box::new(move |answer: Answer| {
+            sharing.share(&answer);
+            first(answer);
+        }),
+        ..want
+    })
+}
+
 /// Per server: chunks waiting for a batch, and how many chunks and
 /// batches are out.
 #[derive(Default)]
@@ -154,6 +223,7 @@ impl Queue {
 /// gone and every batch is answered.
 async fn dispatch(repo: Arc<Repo>, mut rx: mpsc::UnboundedReceiver<Want>) {
     let mut queues: HashMap<NodeId, Queue> = HashMap::new();
+    let later: Later = Arc::default();
     let mut batches = FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -176,9 +246,12 @@ async fn dispatch(repo: Arc<Repo>, mut rx: mpsc::UnboundedReceiver<Want>) {
         tokio::select! {
             want = rx.recv(), if open => match want {
                 Some(want) => {
-                    route(&repo, &mut queues, want);
-                    while let Ok(want) = rx.try_recv() {
-                        route(&repo, &mut queues, want);
+                    let mut next = Some(want);
+                    while let Some(want) = next {
+                        if let Some(want) = ask_once(&later, want) {
+                            route(&repo, &mut queues, want);
+                        }
+                        next = rx.try_recv().ok();
                     }
                 }
                 None => open = false,
@@ -261,4 +334,62 @@ fn fetch_alone(repo: Arc<Repo>, want: Want) {
         // Dropped on a join error: the asker sees "stopped".
         let _ = tokio::task::spawn_blocking(move || (want.then)(got)).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A want for chunk `id` whose answer lands in the returned receiver.
+    fn want(id: ChunkId) -> (Want, std::sync::mpsc::Receiver<Answer>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let then: Then = Box::new(move |answer| {
+            let _ = tx.send(answer);
+        });
+        (Want { id, bytes: 3, then }, rx)
+    }
+
+    #[test]
+    fn a_chunk_asked_for_again_while_out_is_fetched_once_and_shared() {
+        let later: Later = Arc::default();
+        let id = ChunkId([7; 32]);
+        let (first, first_rx) = want(id);
+        let (second, second_rx) = want(id);
+        let (other, _) = want(ChunkId([8; 32]));
+        let first = ask_once(&later, first).expect("the first asker is queued");
+        assert!(ask_once(&later, second).is_none(), "the second rides along");
+        assert!(ask_once(&later, other).is_some(), "another chunk is queued");
+        (first.then)(Ok(vec![1, 2, 3]));
+        assert_eq!(first_rx.recv().unwrap().unwrap(), vec![1, 2, 3]);
+        assert_eq!(second_rx.recv().unwrap().unwrap(), vec![1, 2, 3]);
+        // Answered: the next asker fetches it again.
+        let (third, _) = want(id);
+        assert!(ask_once(&later, third).is_some());
+    }
+
+    #[test]
+    fn later_askers_see_the_first_askers_error_or_its_loss() {
+        let later: Later = Arc::default();
+        let id = ChunkId([9; 32]);
+        let (first, _) = want(id);
+        let (second, second_rx) = want(id);
+        let first = ask_once(&later, first).unwrap();
+        assert!(ask_once(&later, second).is_none());
+        (first.then)(Err(anyhow!("no good copy")));
+        let err = second_rx.recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("no good copy"), "{err}");
+
+        // The first asker's `then` dropped unanswered (a batch lost with
+        // a stopping restore): the later one is not left waiting.
+        let (first, _) = want(id);
+        let (second, second_rx) = want(id);
+        let first = ask_once(&later, first).unwrap();
+        assert!(ask_once(&later, second).is_none());
+        drop(first);
+        assert!(
+            second_rx.recv().is_err(),
+            "the later asker's sender dropped"
+        );
+        assert!(later.lock().unwrap().is_empty());
+    }
 }

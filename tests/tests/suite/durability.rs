@@ -546,6 +546,41 @@ fn a_restore_reads_from_every_replica_in_batches() {
 }
 
 #[test]
+fn a_chunk_a_file_repeats_is_fetched_once() {
+    // 64 MiB of zeros with 256 KiB maximum chunks: 256 chunks, one id.
+    const SIZE: u64 = 64 << 20;
+    let port = ringvault_tests::free_ports(1).unwrap()[0];
+    let mut c = TestCluster::with(ClusterOptions {
+        nodes: 1,
+        replicas: 1,
+        quorum: 1,
+        proxies: false,
+        server_config: FAST.into(),
+    })
+    .unwrap();
+    c.set_server_setting(0, "metrics-listen", &format!("\"127.0.0.1:{port}\""));
+    c.restart(0).unwrap();
+    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    let src = source(&c);
+    let zeros = std::fs::File::create(src.join("zeros.img")).unwrap();
+    zeros.set_len(SIZE).unwrap();
+    std::fs::write(src.join("small"), b"one chunk").unwrap();
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    let requests = || requests_ok(port, "get-blobs") + requests_ok(port, "get");
+    let before = requests();
+    assert_restores(&c, &src, "restored");
+    let asked = requests() - before;
+    println!("restore of a file of one repeated chunk: {asked} read requests");
+    // The snapshot's trees, `small`, and the zero chunk once: a few
+    // requests. One fetch per chunk the file names took at least 64 (four
+    // chunks of a file are asked at once).
+    assert!(
+        asked <= 8,
+        "{asked} read requests to restore a file of one repeated chunk"
+    );
+}
+
+#[test]
 #[ignore = "fault test: run with --include-ignored"]
 fn a_running_agent_adopts_a_newer_map_from_a_server_answer() {
     let mut c = cluster(3, 3, 2, false);
