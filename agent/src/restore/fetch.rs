@@ -134,12 +134,16 @@ type Later = Arc<Mutex<HashMap<ChunkId, Vec<Then>>>>;
 struct Sharing {
     later: Later,
     id: ChunkId,
+    /// Whether `share` took the later askers: the id's entry may by then
+    /// belong to a new first asker, which `drop` must leave alone.
+    shared: bool,
 }
 
 impl Sharing {
     /// Gives every later asker a copy of `answer` (an error as its text).
-    fn share(self, answer: &Answer) {
+    fn share(mut self, answer: &Answer) {
         let thens = self.take();
+        self.shared = true;
         for then in thens {
             then(match answer {
                 Ok(plain) => Ok(plain.clone()),
@@ -159,8 +163,10 @@ impl Sharing {
 
 impl Drop for Sharing {
     fn drop(&mut self) {
-        // Empty after `share`; otherwise the later askers' senders drop here.
-        drop(self.take());
+        // Unanswered: the later askers' senders drop here.
+        if !self.shared {
+            drop(self.take());
+        }
     }
 }
 
@@ -177,6 +183,7 @@ fn ask_once(later: &Later, want: Want) -> Option<Want> {
     let sharing = Sharing {
         later: later.clone(),
         id: want.id,
+        shared: false,
     };
     let first = want.then;
     Some(Want {
@@ -365,6 +372,43 @@ mod tests {
         // Answered: the next asker fetches it again.
         let (third, _) = want(id);
         assert!(ask_once(&later, third).is_some());
+    }
+
+    #[test]
+    fn a_chunk_asked_again_as_its_answer_is_shared_keeps_its_new_askers() {
+        // A later asker's `then` runs after the shared answer was taken
+        // out; in that window the chunk is asked for again (here from
+        // inside that `then`, as another file task would on another
+        // thread): a new first asker, with a later asker of its own.
+        let later: Later = Arc::default();
+        let id = ChunkId([5; 32]);
+        let (first, _) = want(id);
+        let first = ask_once(&later, first).unwrap();
+        let (again_tx, again_rx) = std::sync::mpsc::channel();
+        let asked = later.clone();
+        let riding: Then = Box::new(move |_| {
+            let (third, _) = want(id);
+            let third = ask_once(&asked, third).expect("a new first asker");
+            let (fourth, fourth_rx) = want(id);
+            assert!(ask_once(&asked, fourth).is_none());
+            let _ = again_tx.send((third, fourth_rx));
+        });
+        assert!(
+            ask_once(
+                &later,
+                Want {
+                    id,
+                    bytes: 3,
+                    then: riding
+                }
+            )
+            .is_none()
+        );
+        (first.then)(Ok(vec![4]));
+        let (third, fourth_rx) = again_rx.recv().unwrap();
+        // The first fetch's end did not drop the new one's later asker.
+        (third.then)(Ok(vec![6]));
+        assert_eq!(fourth_rx.recv().unwrap().unwrap(), vec![6]);
     }
 
     #[test]
