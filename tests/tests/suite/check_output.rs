@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use crate::{FAST, TEST_CHUNKS, make_files};
-use ringvault_tests::{ClusterOptions, TestCluster, wait_for};
+use crate::{fast_cluster, make_files};
+use ringvault_tests::{TestCluster, wait_for};
 use serde_json::Value;
 
 /// Files of one chunk each (below the test chunker's 16 KiB minimum): one
@@ -20,15 +20,7 @@ const CHUNKS: usize = FILES + 3;
 
 /// A 3-server cluster (N=3, W=2) whose every chunk has its three copies.
 fn healthy_cluster() -> TestCluster {
-    let c = TestCluster::with(ClusterOptions {
-        nodes: 3,
-        replicas: 3,
-        quorum: 2,
-        proxies: false,
-        server_config: FAST.into(),
-    })
-    .unwrap();
-    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    let c = fast_cluster(3, 3, 2, false);
     let src = c.dir.path().join("src");
     make_files(&src, "data", FILES, 2048, 31);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();

@@ -6,22 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::{FAST, TEST_CHUNKS, make_files};
+use crate::{FAST, TEST_CHUNKS, fast_cluster as cluster, make_files};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
 use serde_json::Value;
-
-fn cluster(nodes: u32, replicas: u32, quorum: u32, proxies: bool) -> TestCluster {
-    let c = TestCluster::with(ClusterOptions {
-        nodes,
-        replicas,
-        quorum,
-        proxies,
-        server_config: FAST.into(),
-    })
-    .unwrap();
-    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
-    c
-}
 
 /// A 3-server cluster (N=3, W=2) holding one snapshot of `files` random
 /// files of `size` bytes under `src/data/`.

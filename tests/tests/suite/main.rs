@@ -33,6 +33,27 @@ pub const FAST: &str = "probe-interval-ms = 200\nroute-around-ms = 1500\nrepair-
 /// Small chunks so that test files span many of them.
 pub const TEST_CHUNKS: &str = "16384,65536,262144";
 
+/// A cluster of `nodes` servers with [`FAST`] settings, N = `replicas`,
+/// W = `quorum`, behind fault proxies if `proxies`, and a repository made
+/// with [`TEST_CHUNKS`].
+pub fn fast_cluster(
+    nodes: u32,
+    replicas: u32,
+    quorum: u32,
+    proxies: bool,
+) -> ringvault_tests::TestCluster {
+    let c = ringvault_tests::TestCluster::with(ringvault_tests::ClusterOptions {
+        nodes,
+        replicas,
+        quorum,
+        proxies,
+        server_config: FAST.into(),
+    })
+    .unwrap();
+    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
+    c
+}
+
 /// `n` pseudo-random bytes from `seed` (xorshift: incompressible, and the
 /// same for the same seed).
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {

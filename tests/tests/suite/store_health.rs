@@ -10,21 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{FAST, TEST_CHUNKS, make_files};
-use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
+use crate::make_files;
+use ringvault_tests::{TestCluster, tree_diff};
 use serde_json::Value;
 
 pub(crate) fn cluster(nodes: u32) -> TestCluster {
-    let c = TestCluster::with(ClusterOptions {
-        nodes,
-        replicas: 3,
-        quorum: 2,
-        proxies: false,
-        server_config: FAST.into(),
-    })
-    .unwrap();
-    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
-    c
+    crate::fast_cluster(nodes, 3, 2, false)
 }
 
 pub(crate) fn source(c: &TestCluster) -> PathBuf {
