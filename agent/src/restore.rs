@@ -1596,7 +1596,8 @@ fn same_chunks(
 /// written. A file of one chunk or none is made, written and finished in
 /// one call on the blocking pool once its chunk is here; a larger one has
 /// its chunks fetched ahead and written at their offsets as they come
-/// ([`write_at_offsets`]), or in order for a version 1 tree.
+/// ([`write_at_offsets`]), or in order for a version 1 tree
+/// ([`write_in_order`]), and is removed again if that fails.
 ///
 /// # Errors
 /// When the file cannot be made, a chunk fetched, or the data written, or
@@ -1642,11 +1643,38 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyho
     }
     let dir = job.dir.fd().context("its directory was not made")?;
     let file = create_file(dir, OsStr::from_bytes(&job.entry.name), free)?;
-    if let Some(places) = chunk_offsets(chunks) {
-        return write_at_offsets(ctx, job, Arc::new(file), places).await;
+    let file = Arc::new(file);
+    let written = match chunk_offsets(chunks) {
+        Some(places) => write_at_offsets(ctx, job, file.clone(), places).await,
+        None => write_in_order(ctx, job, &file, chunks, bytes, held).await,
+    };
+    if written.is_err()
+        && let Some(dir) = job.dir.fd()
+    {
+        // Made here (O_EXCL): a file that failed is not left with holes
+        // or a tail missing where the chunks that failed go. The error
+        // says why; nothing else of it is worth keeping.
+        let _ = rustix::fs::unlinkat(dir, OsStr::from_bytes(&job.entry.name), AtFlags::empty());
     }
-    // A version 1 tree: offsets are known only once the chunks before are
-    // here, so chunks are written in order.
+    written
+}
+
+/// Writes a file of a version 1 tree: offsets are known only once the
+/// chunks before are here, so chunks are written in order as they come,
+/// [`CHUNKS_AHEAD`] fetched ahead; then its length and metadata.
+/// `bytes` and `held` give a chunk's expected length (bytes) and its share
+/// of the budget (KiB).
+///
+/// # Errors
+/// As [`write_file`].
+async fn write_in_order(
+    ctx: &Arc<FileCtx>,
+    job: &Arc<FileJob>,
+    file: &std::fs::File,
+    chunks: &[ChunkRef],
+    bytes: impl Fn(&ChunkRef) -> u64 + Copy,
+    held: impl Fn(&ChunkRef) -> u32 + Copy,
+) -> anyhow::Result<u64> {
     let mut fetches = futures::stream::iter(chunks.iter().copied())
         .map(|c: ChunkRef| async move {
             let id = c.id;
@@ -1661,13 +1689,13 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyho
     let mut written = 0u64;
     while let Some(fetched) = fetches.next().await {
         let (data, _permit) = fetched?;
-        write_sparse(&file, &data, written).context("writing")?;
+        write_sparse(file, &data, written).context("writing")?;
         written += data.len() as u64;
         if let Some(p) = &ctx.progress {
             p.wrote(data.len() as u64);
         }
     }
-    finish_file(ctx, job, &file, written)
+    finish_file(ctx, job, file, written)
 }
 
 /// Each distinct chunk of a file with the offsets, bytes, where it goes
