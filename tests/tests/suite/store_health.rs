@@ -263,7 +263,11 @@ fn a_segment_deleted_under_a_running_server_is_refilled_by_repair_after_restart(
     c.restart(2).unwrap();
     c.wait_all_up().unwrap();
     let src = source(&c);
-    make_files(&src, "data", 6, 512 << 10, 22);
+    // Two backups: a group commit lands in one segment whatever its size,
+    // and one backup's blobs may all reach node 3 in one group commit.
+    make_files(&src, "data", 3, 512 << 10, 22);
+    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
+    make_files(&src, "more", 3, 512 << 10, 122);
     c.ok(&["backup", src.to_str().unwrap()]).unwrap();
     let data = c.node_dir(2).join("data");
     // Node 3 holds every blob, maybe after hints are handed back (on a
