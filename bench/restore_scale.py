@@ -12,7 +12,8 @@ For each dataset each tool backs it up once (not timed) and restores it
 into a new directory on WORK's file system after `sync`; the restore is
 checked with `diff -r`. Prints a markdown table: wall and client CPU time,
 peak RSS, and per file (µs) or per byte (ns, and MB/s), with ringvault's
-ratio to restic's in the same run.
+ratio to restic's in the same run; then the slope between file counts
+(µs per added file), which leaves out the fixed start-up.
 
 Usage (bench/compare.sh builds the release binaries first):
   python3 bench/restore_scale.py --work /tmp/rv-scale --bin target/release
@@ -134,6 +135,18 @@ def main():
                     else f"{run.wall / size * 1e9:.2f} ns/byte wall ({size / run.wall / 1e6:.0f} MB/s), "
                          f"{run.cpu / size * 1e9:.2f} ns/byte CPU")
             print(f"| {title} | {name} | {run.wall:.2f}{ratio} | {run.cpu:.2f} | {run.rss / 2**20:.0f} | {unit} |")
+    # What each further file costs, free of the fixed start-up (key
+    # derivation, connecting): the slope between successive file counts.
+    counted = [(files, results) for _, files, _, results in rows if files]
+    if len(counted) > 1:
+        print("\n| from | to | tool | wall µs per added file | CPU µs per added file |")
+        print("| --- | --- | --- | --- | --- |")
+        for (n0, r0), (n1, r1) in zip(counted, counted[1:]):
+            for name in r1:
+                if name in r0:
+                    dn = n1 - n0
+                    print(f"| {n0} | {n1} | {name} | {(r1[name].wall - r0[name].wall) / dn * 1e6:.0f} "
+                          f"| {(r1[name].cpu - r0[name].cpu) / dn * 1e6:.0f} |")
 
 
 if __name__ == "__main__":

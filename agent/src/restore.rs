@@ -129,8 +129,13 @@ pub const MAX_DEPTH: usize = 2048;
 /// Files restored at once: enough for the chunk fetcher to fill batches of
 /// small files while earlier ones are written.
 const FILES_AT_ONCE: usize = 256;
-/// Chunks of one file fetched ahead.
+/// Chunks of one file fetched ahead when they are written in order
+/// (version 1 trees).
 const CHUNKS_AHEAD: usize = 4;
+/// Chunks of one file fetched and written at once when their offsets are
+/// known: enough to keep both batches per server full with one large
+/// file; the byte budget bounds what they hold.
+const CHUNKS_AT_ONCE: usize = 16;
 /// Plaintext bytes of the chunks fetched or being written at once, over
 /// all files (16 MiB): a chunk holds its length (in a version 1 tree,
 /// min(its file's size, the chunker's largest chunk)) of it, rounded up to
@@ -1719,7 +1724,7 @@ fn chunk_offsets(chunks: &[ChunkRef]) -> Option<Vec<(ChunkId, u32, Vec<u64>)>> {
 
 /// Writes a file whose chunk lengths the tree records: each distinct
 /// chunk is fetched once and written, in the blocking call that opened
-/// it, at every offset where the file holds it, [`CHUNKS_AHEAD`] chunks
+/// it, at every offset where the file holds it, [`CHUNKS_AT_ONCE`] chunks
 /// at once in any order (a file of one repeated chunk, such as a sparse
 /// file's zeros, costs one fetch). Then its length and metadata.
 ///
@@ -1760,7 +1765,7 @@ async fn write_at_offsets(
                 ctx.fetcher.chunk_then(id, len as usize, write).await
             }
         })
-        .buffer_unordered(CHUNKS_AHEAD);
+        .buffer_unordered(CHUNKS_AT_ONCE);
     let mut written = 0u64;
     while let Some(bytes) = writes.next().await {
         written += bytes?;
