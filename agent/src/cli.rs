@@ -2041,6 +2041,15 @@ fn print_stats(cli: &Cli, st: &gc::Stats) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks over every subcommand: no two flags share a
+        // name or short letter (the global -v among them), and defaults,
+        // conflicts and requirements name real arguments.
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
     const DAY_NS: i64 = 86_400_000_000_000;
 
     #[test]
