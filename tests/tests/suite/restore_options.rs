@@ -48,7 +48,7 @@ fn make_tree(root: &Path, files: &[(&str, Vec<u8>)], links: &[(&str, &str)]) {
 
 /// Every entry below `root`, relative, directories with a trailing `/`,
 /// sorted; empty when `root` does not exist.
-fn listing(root: &Path) -> Vec<String> {
+pub(crate) fn listing(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut todo = vec![PathBuf::new()];
     while let Some(rel) = todo.pop() {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ringvault_tests::{TestCluster, run_bounded, tree_diff, wait_for};
 use serde_json::Value;
 
+use crate::restore_options::listing;
 use crate::{TEST_CHUNKS, random_bytes};
 
 fn start() -> TestCluster {
@@ -229,31 +230,6 @@ fn verify_passes_on_a_good_restore_and_names_a_file_changed_before_it() {
         !stderr.contains(&bad.join("src/small.txt").display().to_string()),
         "{stderr}"
     );
-}
-
-/// Every entry below `root`, relative, directories with a trailing `/`,
-/// sorted.
-fn listing(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![PathBuf::new()];
-    while let Some(rel) = todo.pop() {
-        let Ok(dir) = std::fs::read_dir(root.join(&rel)) else {
-            continue;
-        };
-        for e in dir {
-            let e = e.unwrap();
-            let rel = rel.join(e.file_name());
-            let name = rel.to_str().unwrap().to_owned();
-            if e.file_type().unwrap().is_dir() {
-                out.push(format!("{name}/"));
-                todo.push(rel);
-            } else {
-                out.push(name);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
