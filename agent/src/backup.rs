@@ -211,7 +211,11 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
                         )
                     }) =>
             {
-                tracing::warn!(attempt, error = %format!("{e:#}"), "a prune ran during the backup; checking its chunks and trying again");
+                tracing::warn!(attempt, error = %format!("{e:#}"), "the snapshot record was refused under the fence read at the start; checking the chunks again and trying again");
+                let back = repo.cluster.probe_routed_around().await;
+                if !back.is_empty() {
+                    tracing::info!(?back, "servers routed around answer again");
+                }
                 attempt += 1;
             }
             other => return other,

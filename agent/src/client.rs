@@ -59,9 +59,13 @@ pub enum ClientError {
         /// Its error.
         error: CallError,
     },
-    /// A prune round began or ended on some server since the fence the
-    /// snapshot record was sent with was read: check the chunks again.
-    #[error("a prune ran while the snapshot was made ({0}); its chunks must be checked again")]
+    /// A server refused the snapshot record under the fence reading it was
+    /// sent with: a prune round began or ended there since, or the reading
+    /// lacks that server (it was not reached when the backup began). The
+    /// chunks must be checked again under a new reading.
+    #[error(
+        "the snapshot record was refused under the garbage-collection fence the backup read ({0}); its chunks must be checked again"
+    )]
     FenceMoved(String),
     /// Every live server was tried and none took the request: each is
     /// named with its cause (a full or failing store, too few copies, no
@@ -893,6 +897,33 @@ impl Cluster {
             }
         }
         GcFences::new(nodes, read)
+    }
+
+    /// Asks every server of the map that the agent routes around (it
+    /// failed lately, or the first server reported it down) for a hello,
+    /// in parallel, and ends routing around those that answer. A backup
+    /// does this before it tries again after [`ClientError::FenceMoved`]:
+    /// a fence reading that lacks a server which is in fact up would
+    /// otherwise be refused by it again for as long as [`DOWN_FOR`] lasts.
+    /// A server that is really down costs one connect timeout (at most
+    /// 5 s). Returns the servers that answered.
+    pub async fn probe_routed_around(&self) -> Vec<NodeId> {
+        let map = self.map();
+        let timeout = self.timeout.min(Duration::from_secs(5));
+        let epoch = map.epoch;
+        let probes = map
+            .nodes
+            .iter()
+            .filter(|n| self.is_down(n.id))
+            .map(|n| async move {
+                let answer = self.peers.probe(n.id, &n.address, epoch, timeout).await;
+                (n.id, answer.is_ok())
+            });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(|(node, up)| up.then_some(node))
+            .collect()
     }
 
     /// Every snapshot record held by any live server that no answering

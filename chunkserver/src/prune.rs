@@ -146,13 +146,22 @@ impl Rounds {
     {
         let _gate = self.gate.read().await;
         let now = self.fence(repo);
-        if fence != Some(now) {
-            return Err(WireError::new(
-                ErrorCode::FenceMoved,
-                format!(
-                    "a prune round began or ended here since the agent checked its chunks (fence {fence:?}, now {now:?})"
-                ),
-            ));
+        match fence {
+            Some(read) if read == now => {}
+            Some(read) => {
+                return Err(WireError::new(
+                    ErrorCode::FenceMoved,
+                    format!(
+                        "a prune round began or ended here since the agent checked its chunks (fence {read:?}, now {now:?})"
+                    ),
+                ));
+            }
+            None => {
+                return Err(WireError::new(
+                    ErrorCode::FenceMoved,
+                    "the agent did not read this server's fence when its backup began (it could not reach it then)",
+                ));
+            }
         }
         store().await
     }
