@@ -390,6 +390,7 @@ pub async fn restore_with(
     let root = Arc::new(OpenDir {
         fd: open_target(target, options.dry_run)?,
         path: target.to_owned(),
+        fresh: false,
         _permit: None,
     });
     let how = How {
@@ -564,6 +565,10 @@ struct OpenDir {
     fd: Option<OwnedFd>,
     /// Where it is, for messages.
     path: PathBuf,
+    /// Made by this restore: every name in it is free but for those this
+    /// restore puts there (a tree's names are unique), so a file is made
+    /// without looking first.
+    fresh: bool,
     /// Held while the descriptor is open (none for the target itself).
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -619,6 +624,8 @@ struct MadeDir {
     parent: Option<usize>,
     entry: Entry,
     state: DirState,
+    /// Made by this restore (not found in the target).
+    made: bool,
     /// The include patterns' decision for its entries that no pattern
     /// matches themselves: that of the nearest directory (it or above) a
     /// pattern matched (`Some(true)` included, `Some(false)` taken back
@@ -736,7 +743,7 @@ impl Walker {
             for name in &names {
                 push_name(&mut snap_path, name);
             }
-            let state = self.walked.dirs[i].state;
+            let (state, fresh) = (self.walked.dirs[i].state, self.walked.dirs[i].made);
             let opened = async {
                 let Some(&id) = ancestors.last() else {
                     bail!("not a directory");
@@ -756,12 +763,14 @@ impl Walker {
                         Some(Arc::new(OpenDir {
                             fd: Some(fd),
                             path: path.clone(),
+                            fresh,
                             _permit: Some(permit),
                         }))
                     }
                     DirState::Planned => Some(Arc::new(OpenDir {
                         fd: None,
                         path: path.clone(),
+                        fresh: false,
                         _permit: None,
                     })),
                     DirState::Deferred | DirState::Failed => None,
@@ -878,25 +887,26 @@ impl Walker {
                         self.walked.errors.push((dest, format!("{e:#}")));
                         continue;
                     }
-                    let state = if included {
+                    let (state, made) = if included {
                         let Some(dir) = self.activate(&mut level).await else {
                             continue;
                         };
                         match self.place_dir(dir.fd(), &dest, &entry) {
-                            Ok(state) => state,
+                            Ok(placed) => placed,
                             Err(e) => {
                                 self.walked.errors.push((dest, format!("{e:#}")));
                                 continue;
                             }
                         }
                     } else {
-                        DirState::Deferred
+                        (DirState::Deferred, false)
                     };
                     pending.push(self.walked.dirs.len());
                     self.walked.dirs.push(MadeDir {
                         parent: level.made,
                         entry,
                         state,
+                        made,
                         chosen,
                     });
                 }
@@ -970,7 +980,7 @@ impl Walker {
         parent: Option<BorrowedFd<'_>>,
         dest: &Path,
         entry: &Entry,
-    ) -> anyhow::Result<DirState> {
+    ) -> anyhow::Result<(DirState, bool)> {
         let name = OsStr::from_bytes(&entry.name);
         let (state, action) = match parent {
             None => (DirState::Planned, Action::New),
@@ -995,7 +1005,8 @@ impl Walker {
                 size: 0,
             });
         }
-        Ok(state)
+        let made = state == DirState::Present && action == Action::New;
+        Ok((state, made))
     }
 
     /// The open directory of `level`, making it first (and the deferred
@@ -1074,10 +1085,11 @@ impl Walker {
             let above = parent.take();
             // Invariant: `j` comes from the walk, so it is in range.
             let entry = self.walked.dirs[j].entry.clone();
-            let state = self
+            let (state, made) = self
                 .place_dir(above.as_ref().map(|f| f.as_fd()), &dest, &entry)
                 .map_err(|e| (j, e))?;
             self.walked.dirs[j].state = state;
+            self.walked.dirs[j].made = made;
             if state == DirState::Present
                 && let Some(at) = &above
             {
@@ -1099,6 +1111,7 @@ impl Walker {
         Ok(Arc::new(OpenDir {
             fd: parent,
             path: made_path(&self.root.path, &self.walked.dirs, i),
+            fresh: self.walked.dirs[i].made,
             _permit: Some(permit),
         }))
     }
@@ -1477,6 +1490,9 @@ async fn plan_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>) -> anyhow::Result<Pla
         // Dry run, in a directory that is not there yet.
         return Ok(Plan::New);
     };
+    if job.dir.fresh {
+        return Ok(Plan::New);
+    }
     let name = OsStr::from_bytes(&job.entry.name);
     let Some(st) = look(dir, name)? else {
         return Ok(Plan::New);
@@ -1631,11 +1647,11 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyho
         let write = move |data: Vec<u8>| {
             let dir = job.dir.fd().context("its directory was not made")?;
             let file = create_file(dir, OsStr::from_bytes(&job.entry.name), free)?;
-            write_sparse(&file, &data, 0).context("writing")?;
+            let sized = write_sparse(&file, &data, 0).context("writing")?;
             if let Some(p) = &files.progress {
                 p.wrote(data.len() as u64);
             }
-            finish_file(&files, &job, &file, data.len() as u64)
+            finish_file(&files, &job, &file, data.len() as u64, sized)
         };
         return match first {
             // Written in the blocking call that opens the chunk. Its errors
@@ -1694,13 +1710,13 @@ async fn write_in_order(
     let mut written = 0u64;
     while let Some(fetched) = fetches.next().await {
         let (data, _permit) = fetched?;
-        write_sparse(file, &data, written).context("writing")?;
+        let _ = write_sparse(file, &data, written).context("writing")?;
         written += data.len() as u64;
         if let Some(p) = &ctx.progress {
             p.wrote(data.len() as u64);
         }
     }
-    finish_file(ctx, job, file, written)
+    finish_file(ctx, job, file, written, false)
 }
 
 /// Each distinct chunk of a file with the offsets, bytes, where it goes
@@ -1754,7 +1770,7 @@ async fn write_at_offsets(
                         );
                     }
                     for &offset in &offsets {
-                        write_sparse(&file, &data, offset).context("writing")?;
+                        let _ = write_sparse(&file, &data, offset).context("writing")?;
                         if let Some(p) = &files.progress {
                             p.wrote(u64::from(len));
                         }
@@ -1770,11 +1786,12 @@ async fn write_at_offsets(
     while let Some(bytes) = writes.next().await {
         written += bytes?;
     }
-    finish_file(ctx, job, &file, written)
+    finish_file(ctx, job, &file, written, false)
 }
 
 /// Gives a written file its length (a trailing hole was skipped, not
-/// written) and its metadata, after checking that `written` bytes are the
+/// written; `sized`: the writes already reached it, so no call is needed)
+/// and its metadata, after checking that `written` bytes are the
 /// snapshot's size. Returns `written`.
 ///
 /// # Errors
@@ -1784,8 +1801,11 @@ fn finish_file(
     job: &FileJob,
     file: &std::fs::File,
     written: u64,
+    sized: bool,
 ) -> anyhow::Result<u64> {
-    file.set_len(written).context("writing")?;
+    if !sized {
+        file.set_len(written).context("writing")?;
+    }
     if written != job.entry.size {
         bail!(
             "restored {written} bytes, the snapshot says {}",
@@ -1932,11 +1952,12 @@ const HOLE_BYTES: usize = 64 * 1024;
 
 /// Writes `data` at `offset` of a freshly created file, skipping zero runs
 /// of at least [`HOLE_BYTES`] that start on a [`HOLE_BYTES`] boundary of
-/// the data.
+/// the data. Returns whether the file now reaches `offset + data.len()`
+/// (false when the data ends in a skipped run and the file may be shorter).
 ///
 /// # Errors
 /// The write's I/O error.
-fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<bool> {
     let mut start = 0; // first byte not yet written
     let mut at = 0;
     while at < data.len() {
@@ -1947,7 +1968,8 @@ fn write_sparse(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resu
         }
         at = end;
     }
-    file.write_all_at(&data[start..], offset + start as u64)
+    file.write_all_at(&data[start..], offset + start as u64)?;
+    Ok(start < data.len() || data.is_empty() && offset == 0)
 }
 
 /// Access and modification times both at `mtime_ns` (ns since the epoch).
@@ -1976,6 +1998,27 @@ mod tests {
             Mode::empty(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn write_sparse_says_when_a_trailing_hole_leaves_the_file_short() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases: [(Vec<u8>, bool); 4] = [
+            (Vec::new(), true),
+            (b"data".to_vec(), true),
+            ([vec![1u8; 10], vec![0u8; HOLE_BYTES * 2]].concat(), true),
+            (
+                [vec![1u8; HOLE_BYTES], vec![0u8; HOLE_BYTES]].concat(),
+                false,
+            ),
+        ];
+        for (i, (data, sized)) in cases.iter().enumerate() {
+            let path = tmp.path().join(i.to_string());
+            let file = std::fs::File::create(&path).unwrap();
+            assert_eq!(write_sparse(&file, data, 0).unwrap(), *sized, "case {i}");
+            let len = file.metadata().unwrap().len();
+            assert_eq!(len == data.len() as u64, *sized, "case {i}: length {len}");
+        }
     }
 
     #[test]
@@ -2057,6 +2100,7 @@ mod tests {
                 links: 1,
             },
             state: DirState::Present,
+            made: false,
             chosen: None,
         };
         let dirs = [
