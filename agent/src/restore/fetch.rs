@@ -57,8 +57,14 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// A chunk's plaintext, or why it could not be had.
 type Answer = anyhow::Result<Vec<u8>>;
 
-/// What is done with a chunk's answer, on the blocking pool.
-type Then = Box<dyn FnOnce(Answer) + Send>;
+/// What is done with a chunk's answer, on the blocking pool; it returns
+/// what hands the outcome to the asker.
+type Then = Box<dyn FnOnce(Answer) -> Reply + Send>;
+
+/// Hands an outcome to its asker (a send that wakes the asker's task).
+/// A batch runs its replies together after its last chunk, so the
+/// runtime's workers wake once per batch rather than once per chunk.
+type Reply = Box<dyn FnOnce() + Send>;
 
 /// One chunk asked for, and what its answer is for.
 struct Want {
@@ -114,7 +120,10 @@ impl Fetcher {
     ) -> anyhow::Result<T> {
         let (reply, answer) = oneshot::channel();
         let then: Then = Box::new(move |got: Answer| {
-            let _ = reply.send(got.and_then(then));
+            let outcome = got.and_then(then);
+            Box::new(move || {
+                let _ = reply.send(outcome);
+            })
         });
         self.wants
             .send(Want { id, bytes, then })
@@ -140,16 +149,20 @@ struct Sharing {
 }
 
 impl Sharing {
-    /// Gives every later asker a copy of `answer` (an error as its text).
-    fn share(mut self, answer: &Answer) {
+    /// Gives every later asker a copy of `answer` (an error as its text);
+    /// returns their replies.
+    fn share(mut self, answer: &Answer) -> Vec<Reply> {
         let thens = self.take();
         self.shared = true;
-        for then in thens {
-            then(match answer {
-                Ok(plain) => Ok(plain.clone()),
-                Err(e) => Err(anyhow!("{e:#}")),
-            });
-        }
+        thens
+            .into_iter()
+            .map(|then| {
+                then(match answer {
+                    Ok(plain) => Ok(plain.clone()),
+                    Err(e) => Err(anyhow!("{e:#}")),
+                })
+            })
+            .collect()
     }
 
     fn take(&self) -> Vec<Then> {
@@ -188,8 +201,9 @@ fn ask_once(later: &Later, want: Want) -> Option<Want> {
     let first = want.then;
     Some(Want {
         then: Box::new(move |answer: Answer| {
-            sharing.share(&answer);
-            first(answer);
+            let mut replies = sharing.share(&answer);
+            replies.push(first(answer));
+            Box::new(move || replies.into_iter().for_each(|reply| reply()))
         }),
         ..want
     })
@@ -313,12 +327,14 @@ async fn fetch_batch(repo: &Arc<Repo>, node: NodeId, batch: Vec<Want>) {
     let this = repo.clone();
     let bad = tokio::task::spawn_blocking(move || {
         let mut bad = Vec::new();
+        let mut replies = Vec::with_capacity(sealed.len());
         for (want, blob) in sealed {
             match seal::open(&this.keys, &want.id, &blob) {
-                Ok(plain) => (want.then)(Ok(plain)),
+                Ok(plain) => replies.push((want.then)(Ok(plain))),
                 Err(e) => bad.push((want, e.to_string())),
             }
         }
+        replies.into_iter().for_each(|reply| reply());
         bad
     })
     .await;
@@ -339,7 +355,7 @@ fn fetch_alone(repo: Arc<Repo>, want: Want) {
             .await
             .map_err(|e| anyhow!("chunk {}: {e}", want.id));
         // Dropped on a join error: the asker sees "stopped".
-        let _ = tokio::task::spawn_blocking(move || (want.then)(got)).await;
+        let _ = tokio::task::spawn_blocking(move || (want.then)(got)()).await;
     });
 }
 
@@ -351,7 +367,9 @@ mod tests {
     fn want(id: ChunkId) -> (Want, std::sync::mpsc::Receiver<Answer>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let then: Then = Box::new(move |answer| {
-            let _ = tx.send(answer);
+            Box::new(move || {
+                let _ = tx.send(answer);
+            })
         });
         (Want { id, bytes: 3, then }, rx)
     }
@@ -366,7 +384,7 @@ mod tests {
         let first = ask_once(&later, first).expect("the first asker is queued");
         assert!(ask_once(&later, second).is_none(), "the second rides along");
         assert!(ask_once(&later, other).is_some(), "another chunk is queued");
-        (first.then)(Ok(vec![1, 2, 3]));
+        (first.then)(Ok(vec![1, 2, 3]))();
         assert_eq!(first_rx.recv().unwrap().unwrap(), vec![1, 2, 3]);
         assert_eq!(second_rx.recv().unwrap().unwrap(), vec![1, 2, 3]);
         // Answered: the next asker fetches it again.
@@ -392,6 +410,7 @@ mod tests {
             let (fourth, fourth_rx) = want(id);
             assert!(ask_once(&asked, fourth).is_none());
             let _ = again_tx.send((third, fourth_rx));
+            Box::new(|| {})
         });
         assert!(
             ask_once(
@@ -404,10 +423,10 @@ mod tests {
             )
             .is_none()
         );
-        (first.then)(Ok(vec![4]));
+        (first.then)(Ok(vec![4]))();
         let (third, fourth_rx) = again_rx.recv().unwrap();
         // The first fetch's end did not drop the new one's later asker.
-        (third.then)(Ok(vec![6]));
+        (third.then)(Ok(vec![6]))();
         assert_eq!(fourth_rx.recv().unwrap().unwrap(), vec![6]);
     }
 
@@ -419,7 +438,7 @@ mod tests {
         let (second, second_rx) = want(id);
         let first = ask_once(&later, first).unwrap();
         assert!(ask_once(&later, second).is_none());
-        (first.then)(Err(anyhow!("no good copy")));
+        (first.then)(Err(anyhow!("no good copy")))();
         let err = second_rx.recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("no good copy"), "{err}");
 
