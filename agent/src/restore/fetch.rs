@@ -44,15 +44,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::Fetched;
 use crate::repo::Repo;
 
-/// Batches in flight to one server at once: two, so that one is answered
-/// while the server reads the next and the client opens the one before.
-pub const BATCHES_PER_SERVER: usize = 2;
+/// Batches in flight to one server at once: four, so that while the
+/// server reads one and another crosses the network, the client opens two
+/// on two cores. Measured on 2 cores (N=1, 53k files, restore to tmpfs):
+/// 2 x 4 MiB 5.3-5.8 s, 3 x 4 MiB 4.6-5.1 s, 4 x 2 MiB 4.55-4.64 s,
+/// 6 x 2 MiB and 8 x 1 MiB no better (`docs/performance.md`).
+pub const BATCHES_PER_SERVER: usize = 4;
 
-/// Expected plaintext bytes that close a batch (4 MiB; one larger chunk
+/// Expected plaintext bytes that close a batch (2 MiB; one larger chunk
 /// goes alone): what a batch holds in memory, sealed and then opened,
-/// beside the restore's budget. Enough to carry about a hundred small
-/// files in one request.
-pub const BATCH_BYTES: usize = 4 << 20;
+/// beside the restore's budget; with [`BATCHES_PER_SERVER`], 8 MiB per
+/// server. Enough to carry about fifty small files in one request.
+pub const BATCH_BYTES: usize = 2 << 20;
 
 /// A chunk's plaintext, or why it could not be had.
 type Answer = anyhow::Result<Vec<u8>>;
