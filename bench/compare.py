@@ -8,6 +8,9 @@ tool (initial backup), again with nothing changed, again after
 ../shared/bench/mutate-dataset.sh, and restores the latest snapshot, which is
 compared byte for byte with the source (`diff -r --no-dereference`). Tools
 run interleaved within each phase, in an order that rotates between rounds.
+As root, each restore goes to a new, empty ext4 file system (a loop-mounted
+sparse image), so that no tool's figure depends on what ran before it;
+`--restore-dirs` restores to directories instead.
 
 Figures per run: wall time (s), client CPU time (user + system, s), client
 peak RSS (MiB, from wait4's ru_maxrss), bytes stored by all servers or in the
@@ -255,7 +258,38 @@ class Ringvault(Tool):
         return self.measured_rv(["restore", "latest", "--target", target])[0]
 
 
-def one_round(tools: list, r: int, dataset: Path, work: Path, shared: Path, log: Path) -> dict:
+def fresh_ext4_possible() -> bool:
+    """Whether restores can each go to a new ext4 file system: root, with
+    mkfs.ext4 and loop mounts."""
+    return os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
+
+
+def make_fresh_ext4(work: Path, name: str, size: int) -> Path:
+    """A new ext4 file system of `size` bytes (a sparse image file under
+    `work`, loop-mounted), its inode tables and journal written at mkfs time
+    so that no lazy-init thread runs beside the restore; returns the mount
+    point."""
+    image, mnt = work / f"{name}.ext4", work / f"{name}.mnt"
+    drop_fresh_ext4(work, name)
+    subprocess.run(["truncate", "-s", str(size), image], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image],
+                   check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
+    return mnt
+
+
+def drop_fresh_ext4(work: Path, name: str) -> None:
+    image, mnt = work / f"{name}.ext4", work / f"{name}.mnt"
+    if mnt.is_mount():
+        subprocess.run(["umount", mnt], check=True)
+    if mnt.exists():
+        mnt.rmdir()
+    image.unlink(missing_ok=True)
+
+
+def one_round(tools: list, r: int, dataset: Path, work: Path, shared: Path, log: Path,
+              fresh_fs: bool) -> dict:
     """Runs every phase for every tool; returns {phase: {tool: Run}}."""
     data = work / "data"
     if data.exists():
@@ -273,7 +307,18 @@ def one_round(tools: list, r: int, dataset: Path, work: Path, shared: Path, log:
             subprocess.run([shared / "bench" / "mutate-dataset.sh", data, "1"], check=True,
                            stdout=open(work / "mutate.log", "w"))
         for t in order:
-            if phase == "restore":
+            if phase == "restore" and fresh_fs:
+                # Each tool restores onto a new, empty ext4 file system: the
+                # same conditions for every tool whatever ran before (see
+                # below for what deletions cost ext4's inode allocator).
+                name = f"restore-{t.repo.name}"
+                mnt = make_fresh_ext4(work, name, 2 * du(data) + (1 << 30))
+                subprocess.run(["sync"], check=True)
+                target = mnt / "r"
+                run = t.restore(target)
+                run.verified = same_tree(data, restored_root(target, data))
+                drop_fresh_ext4(work, name)
+            elif phase == "restore":
                 # Each tool restores into its own new directory on the disk
                 # that holds the data, all deleted at the end of the round:
                 # on ext4, creating files just after another tool's restore
@@ -321,9 +366,14 @@ def report(rounds: list, tools: list, meta: dict) -> str:
     w("Ratios in parentheses: ringvault's figure divided by the best of restic, borg and rustic in the"
       " same run (peak RSS: divided by restic's). Stored bytes are per replica for ringvault"
       " (all servers / N), ratio to restic's repository.\n")
-    w("Restores go to new directories on the data's disk (ext4 here), after `sync`, and are deleted"
-      " only at the end of the round, so that no tool pays for another's writeback or for ext4's"
-      " handling of just-deleted inodes.\n")
+    if meta["fresh_fs"]:
+        w("Each restore goes to a new, empty ext4 file system (a sparse image on the data's disk,"
+          " loop-mounted, made with its inode tables written), after `sync`: every tool meets the"
+          " same file system whatever ran before it.\n")
+    else:
+        w("Restores go to new directories on the data's disk, after `sync`, and are deleted"
+          " only at the end of the round, so that no tool pays for another's writeback; on ext4 the"
+          " first tools of a round still pay for the previous round's deletions.\n")
     w("Produced by `bench/compare.sh`. What limits these figures, with profiles:"
       " [performance.md](performance.md).\n")
     med_of = {}
@@ -416,6 +466,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", type=Path, help="also write the report here")
     ap.add_argument("--only", help="comma-separated subset of tools, for profiling runs")
+    ap.add_argument("--restore-dirs", action="store_true",
+                    help="restore to directories on the work disk even where a new ext4 file"
+                         " system per restore is possible (root, mkfs.ext4)")
     a = ap.parse_args()
 
     work = a.work.resolve()
@@ -446,13 +499,15 @@ def main():
         "machine": machine(),
         "dataset": f"`make-dataset.sh`, {du(a.dataset) / 1e9:.2f} GB in {files} files",
         "rounds": a.rounds,
+        "fresh_fs": fresh_ext4_possible() and not a.restore_dirs,
         "versions": ", ".join([version([rv, "--version"]), version(["restic", "version"]),
                                version(["borg", "--version"]), version(["rustic", "--version"])]),
     }
     rounds = []
     try:
         for r in range(a.rounds):
-            rounds.append(one_round(tools, r, a.dataset.resolve(), work, a.shared, log))
+            rounds.append(one_round(tools, r, a.dataset.resolve(), work, a.shared, log,
+                                    meta["fresh_fs"]))
     finally:
         for t in tools:
             t.stop()
