@@ -136,7 +136,7 @@ impl Membership {
             if let Some(dir) = &self.dir {
                 write_atomic(
                     &dir.join(PROMISE_FILE),
-                    format!("{epoch} {}\n", hex(&digest)).as_bytes(),
+                    format!("{epoch} {}\n", hex::encode(digest)).as_bytes(),
                 )?;
             }
             *promise = Some(Promise { epoch, digest });
@@ -204,14 +204,8 @@ fn parse_promise(text: &str) -> Option<Promise> {
         return None;
     }
     let mut digest = [0u8; 32];
-    for (i, b) in digest.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hexd.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(hexd, &mut digest).ok()?;
     Some(Promise { epoch, digest })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename, and an

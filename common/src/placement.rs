@@ -189,12 +189,20 @@ impl ClusterMap {
             .collect()
     }
 
-    /// BLAKE3 of the map's TOML: what a map change promises (two maps with
-    /// equal digests are equal).
+    /// What a map change promises (two maps with equal digests are equal):
+    /// BLAKE3, in key-derivation mode with the context
+    /// "ringvault cluster map digest v1", of the map's postcard encoding
+    /// (the wire's, whose format is specified and fixed in postcard 1.x:
+    /// fields in declaration order, integers as varints, strings and
+    /// sequences length-prefixed). Not of its TOML: a different `toml`
+    /// release may write the same map as other text, and servers on two
+    /// releases during a rolling upgrade would then refuse each other's
+    /// map changes.
     pub fn digest(&self) -> [u8; 32] {
-        // Invariant: a map of plain fields always serializes.
-        let text = toml::to_string(self).expect("map serializes");
-        *blake3::hash(text.as_bytes()).as_bytes()
+        // Invariant: postcard serialization of plain data into a Vec
+        // cannot fail.
+        let bytes = postcard::to_allocvec(self).expect("map serializes");
+        blake3::derive_key("ringvault cluster map digest v1", &bytes)
     }
 }
 
@@ -365,6 +373,26 @@ mod tests {
         assert_eq!(tiny.replicas, 1);
         assert_ne!(m.digest(), v.digest());
         assert_eq!(m.digest(), m.clone().digest());
+    }
+
+    #[test]
+    fn the_map_digest_is_pinned_to_its_encoding_not_to_toml_text() {
+        let mut m = map(3, 3);
+        m.revoked.push("ab".repeat(32));
+        m.nodes[1].zone = "rack-2".into();
+        // Pinned: a change here splits the servers of two releases during
+        // a rolling upgrade. Bump the context's version on purpose only.
+        assert_eq!(
+            hex::encode(m.digest()),
+            "b6387b77e1ed0aa77bcb84a811f84369a0bbcecd4d2465bcd9e1e6c2a402b742",
+            "the cluster map digest changed"
+        );
+        // The same map read from differently written TOML has one digest.
+        let text = toml::to_string(&m).unwrap();
+        let spaced = text.replace(" = ", "   =   ");
+        assert_ne!(text, spaced);
+        let again: ClusterMap = toml::from_str(&spaced).unwrap();
+        assert_eq!(again.digest(), m.digest());
     }
 
     #[test]
