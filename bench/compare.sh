@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/compare.sh [WORKDIR] [--rounds N] [--out FILE] [--only TOOLS]
+# bench/compare.sh [WORKDIR] [--rounds N] [--out FILE] [--only TOOLS] [--restore-dirs]
 #
 # ringvault (N=1, and N=3 with W=2) against restic, borg and rustic on the
 # shared benchmark dataset, interleaved on this machine: initial backup,
