@@ -1710,7 +1710,7 @@ async fn write_in_order(
     let mut written = 0u64;
     while let Some(fetched) = fetches.next().await {
         let (data, _permit) = fetched?;
-        let _ = write_sparse(file, &data, written).context("writing")?;
+        write_sparse(file, &data, written).context("writing")?;
         written += data.len() as u64;
         if let Some(p) = &ctx.progress {
             p.wrote(data.len() as u64);
@@ -1770,7 +1770,7 @@ async fn write_at_offsets(
                         );
                     }
                     for &offset in &offsets {
-                        let _ = write_sparse(&file, &data, offset).context("writing")?;
+                        write_sparse(&file, &data, offset).context("writing")?;
                         if let Some(p) = &files.progress {
                             p.wrote(u64::from(len));
                         }

@@ -146,22 +146,19 @@ impl Rounds {
     {
         let _gate = self.gate.read().await;
         let now = self.fence(repo);
-        match fence {
-            Some(read) if read == now => {}
-            Some(read) => {
-                return Err(WireError::new(
-                    ErrorCode::FenceMoved,
-                    format!(
-                        "a prune round began or ended here since the agent checked its chunks (fence {read:?}, now {now:?})"
-                    ),
-                ));
-            }
-            None => {
-                return Err(WireError::new(
-                    ErrorCode::FenceMoved,
-                    "the agent did not read this server's fence when its backup began (it could not reach it then)",
-                ));
-            }
+        let Some(read) = fence else {
+            return Err(WireError::new(
+                ErrorCode::FenceMoved,
+                "the agent did not read this server's fence when its backup began (it could not reach it then)",
+            ));
+        };
+        if read != now {
+            return Err(WireError::new(
+                ErrorCode::FenceMoved,
+                format!(
+                    "a prune round began or ended here since the agent checked its chunks (fence {read:?}, now {now:?})"
+                ),
+            ));
         }
         store().await
     }
