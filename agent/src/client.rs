@@ -25,6 +25,11 @@ use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
 /// How long a server that failed stays routed around.
 pub const DOWN_FOR: Duration = Duration::from_secs(20);
 
+/// Seconds a peer must have been silent, as the first server reports it,
+/// before a new agent avoids it without trying it itself: one connect
+/// timeout, the most a wrong guess then costs.
+const INHERIT_DOWN_AFTER_S: u64 = 5;
+
 /// Errors talking to the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -158,7 +163,18 @@ impl Cluster {
                         net::call(&conn, &Request::NodeStatus, vec![], connect_timeout).await
                     {
                         for (peer, state) in status.peers {
-                            if state != ringvault_common::wire::PeerState::Up {
+                            // A peer silent only a moment (a probe that
+                            // timed out under load, a restart) is tried
+                            // rather than avoided for all of `DOWN_FOR`.
+                            let silent_s = status
+                                .peers_silent_s
+                                .iter()
+                                .find(|(p, _)| *p == peer)
+                                .map_or(u64::MAX, |(_, s)| *s);
+                            if state == ringvault_common::wire::PeerState::Out
+                                || state != ringvault_common::wire::PeerState::Up
+                                    && silent_s >= INHERIT_DOWN_AFTER_S
+                            {
                                 peers.mark_down(
                                     peer,
                                     &format!("{node} reports it {}", state.as_str()),
