@@ -27,11 +27,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use ringvault_chunkserver::net::CallError;
 use ringvault_common::seal;
 use ringvault_common::tree::{ChunkRef, Content};
 use ringvault_common::wire::{ErrorCode, NodeStatus, PeerState, StoreState};
 use ringvault_common::{ChunkId, NodeId};
+use ringvault_net::quic::CallError;
 
 use crate::client::ClientError;
 use crate::repo::Repo;

@@ -607,7 +607,7 @@ pub fn main() -> ExitCode {
     ) {
         die_quietly_on_a_closed_pipe();
     }
-    ringvault_chunkserver::init_logging(log_filter(&cli));
+    ringvault_net::init_logging(log_filter(&cli));
     let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -635,7 +635,7 @@ fn log_filter(cli: &Cli) -> &'static str {
         Command::Agent | Command::Ui { .. } | Command::Mount { .. }
     );
     match (cli.verbose, daemon) {
-        (0, false) => "warn,ringvault_chunkserver=error",
+        (0, false) => "warn,ringvault_net=error",
         (0, true) | (1, _) => "warn",
         (2, _) => "info",
         _ => "debug",

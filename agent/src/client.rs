@@ -13,7 +13,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use quinn::Endpoint;
-use ringvault_chunkserver::net::{self, CallError, Peers};
 use ringvault_common::gc::GcFences;
 use ringvault_common::listing::{self, ServerListing};
 use ringvault_common::placement::ClusterMap;
@@ -21,6 +20,7 @@ use ringvault_common::wire::{
     BlobReply, ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
+use ringvault_net::quic::{self, CallError, Peers};
 
 /// How long a server that failed stays routed around.
 pub const DOWN_FOR: Duration = Duration::from_secs(20);
@@ -138,7 +138,7 @@ impl Cluster {
         let mut reasons = Vec::new();
         let connect_timeout = timeout.min(Duration::from_secs(5));
         for addr in servers {
-            let conn = match net::connect(&endpoint, addr, connect_timeout).await {
+            let conn = match quic::connect(&endpoint, addr, connect_timeout).await {
                 Ok(c) => c,
                 Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
                 Err(e) => {
@@ -150,7 +150,7 @@ impl Cluster {
                 protocol: PROTOCOL_VERSION,
                 epoch: 0,
             };
-            match net::call(&conn, &hello, vec![], connect_timeout).await {
+            match quic::call(&conn, &hello, vec![], connect_timeout).await {
                 Ok((_, Response::Hello { node, map, .. }, _)) => {
                     map.validate().map_err(|e| {
                         ClientError::Protocol(format!("server sent a bad map: {e}"))
@@ -160,7 +160,7 @@ impl Cluster {
                     // command does not spend a connect timeout on each
                     // server the cluster already knows is down.
                     if let Ok((_, Response::NodeStatus(status), _)) =
-                        net::call(&conn, &Request::NodeStatus, vec![], connect_timeout).await
+                        quic::call(&conn, &Request::NodeStatus, vec![], connect_timeout).await
                     {
                         for (peer, state) in status.peers {
                             // A peer silent only a moment (a probe that

@@ -19,7 +19,7 @@ use ringvault_common::placement::{ClusterMap, NodeInfo};
 use ringvault_common::tls::{self, PemPair, Role};
 use ringvault_common::{NodeId, RepoId};
 
-use crate::fsutil::write_private;
+use ringvault_net::files::write_private;
 
 /// What to make.
 #[derive(Clone, Debug)]
@@ -214,7 +214,7 @@ fn read_ca(dir: &Path) -> anyhow::Result<PemPair> {
     Ok(PemPair {
         cert: std::fs::read_to_string(&cert)
             .with_context(|| format!("reading {}", cert.display()))?,
-        key: ringvault_common::private::read_private(&dir.join("ca.key"))?,
+        key: ringvault_net::files::read_private(&dir.join("ca.key"))?,
     })
 }
 
@@ -324,7 +324,7 @@ pub struct MapChangeReport {
 ///    `cluster.toml` names them);
 /// 2. applies `change` and raises the epoch by one;
 /// 3. asks every node of that map to promise the new map (its digest), and
-///    stops unless a majority does (see `ringvault_chunkserver::membership`);
+///    stops unless a majority does (see the chunk server's `membership` module);
 /// 4. commits it on every node that answers, and writes it to
 ///    `dir/cluster.toml`; for an added node, writes `dir/node-<id>/` with its
 ///    certificate, key and configs, the map included.
@@ -334,8 +334,8 @@ pub struct MapChangeReport {
 /// cannot hold), no majority of servers reachable, or a conflicting change
 /// (another operator's, or a stale base: run it again).
 pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapChangeReport> {
-    use ringvault_chunkserver::net::{self, CallError, Peers};
     use ringvault_common::wire::{PROTOCOL_VERSION, Request, Response};
+    use ringvault_net::quic::{self, CallError, Peers};
 
     let ca = read_ca(dir)?;
     let local = read_map(dir)?;
@@ -346,7 +346,7 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
     } else {
         "0.0.0.0:0"
     };
-    let endpoint = net::endpoint(bind.parse()?, None, net::client_config(&material)?)
+    let endpoint = quic::endpoint(bind.parse()?, None, quic::client_config(&material)?)
         .context("binding a UDP socket")?;
     let timeout = std::time::Duration::from_secs(5);
     let peers = Peers::new(endpoint.clone(), timeout, std::time::Duration::from_secs(1));

@@ -22,9 +22,9 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use ringvault_chunkserver::service;
 use ringvault_common::SnapshotId;
 use ringvault_common::snapshot::Snapshot;
+use ringvault_net::service;
 
 use crate::backup::{self, BackupOptions, Counters};
 use crate::repo::Repo;
@@ -89,7 +89,7 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
         .checked_sub(quiet)
         .unwrap_or_else(Instant::now);
     let mut last_full_scan = Instant::now();
-    let shutdown = ringvault_chunkserver::shutdown_signal();
+    let shutdown = ringvault_net::shutdown_signal();
     tokio::pin!(shutdown);
     // The snapshot being made, and the dirty set it covers (kept to retry
     // with if it fails). Changes go on being collected meanwhile.

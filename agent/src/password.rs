@@ -218,7 +218,7 @@ fn env_is_empty(name: &str) -> bool {
 /// The first line of a private (mode 0600) password file.
 fn read_password_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     let text = Zeroizing::new(
-        ringvault_common::private::read_private(path).context("reading the password file")?,
+        ringvault_net::files::read_private(path).context("reading the password file")?,
     );
     Ok(Zeroizing::new(text.lines().next().unwrap_or("").to_owned()))
 }

@@ -24,8 +24,8 @@ use ringvault_common::keys::KdfParams;
 
 use crate::client::{ClientError, Cluster};
 use crate::cluster::{self, ClusterInit};
-use crate::fsutil::write_private;
 use crate::repo;
+use ringvault_net::files::write_private;
 
 /// Nodes in the quickstart cluster.
 const NODES: u32 = 3;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use ringvault_chunkserver::net;
 use ringvault_common::chunker::ChunkerParams;
 use ringvault_common::config::AgentConfig;
 use ringvault_common::keys::{
@@ -18,6 +17,7 @@ use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tls::{PeerIdentity, Role};
 use ringvault_common::tree::Tree;
 use ringvault_common::{ChunkId, NodeId, SnapshotId};
+use ringvault_net::quic;
 use zeroize::Zeroizing;
 
 use crate::client::{ClientError, Cluster};
@@ -102,7 +102,7 @@ pub fn state_dir(config: &AgentConfig) -> anyhow::Result<PathBuf> {
 /// Unreadable TLS files, a certificate for another repository, or
 /// [`ClientError`]s from connecting.
 pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, Agent)> {
-    let tls = net::load_tls(&config.ca_cert, &config.cert, &config.key)?;
+    let tls = quic::load_tls(&config.ca_cert, &config.cert, &config.key)?;
     let agent = match tls.identity().context("reading the agent certificate")? {
         PeerIdentity::Agent { repo, agent, role } if repo == config.repo() => {
             Agent { id: agent, role }
@@ -126,7 +126,7 @@ pub async fn connect(config: &AgentConfig) -> anyhow::Result<(Cluster, Agent)> {
     } else {
         "0.0.0.0:0"
     };
-    let endpoint = net::endpoint(bind.parse()?, None, net::client_config(&tls)?)
+    let endpoint = quic::endpoint(bind.parse()?, None, quic::client_config(&tls)?)
         .context("binding a UDP socket")?;
     let cluster = Cluster::connect(
         endpoint,
@@ -259,7 +259,8 @@ fn wrap_key(
 fn write_key_cache(dir: &Path, id: &[u8; 32], encoded: &[u8]) -> anyhow::Result<()> {
     let mut bytes = id.to_vec();
     bytes.extend_from_slice(encoded);
-    crate::fsutil::write_private(&dir.join("key"), &bytes).context("caching the repository key")
+    ringvault_net::files::write_private(&dir.join("key"), &bytes)
+        .context("caching the repository key")
 }
 
 /// Reads the key cache: (id, record), if there is a well-formed one.

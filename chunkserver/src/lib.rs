@@ -1,6 +1,7 @@
 //! The ringvault chunk server.
 //!
-//! A server is a QUIC endpoint ([`net`]) in front of a [`store::ChunkStore`].
+//! A server is a QUIC endpoint ([`ringvault_net::quic`]) in front
+//! of a [`store::ChunkStore`].
 //! Any server coordinates any write ([`server`]): it stores its own copy when
 //! placement names it, forwards the blob to the other replicas, and answers
 //! once W of N hold it durably. Snapshot records and the repository key go to
@@ -15,10 +16,8 @@
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;
-pub mod net;
 pub mod prune;
 pub mod server;
-pub mod service;
 pub mod store;
 
 use std::future::Future;
@@ -29,6 +28,7 @@ use anyhow::Context;
 use ringvault_common::config::ChunkserverConfig;
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::PeerIdentity;
+use ringvault_net::{quic, service};
 
 use crate::store::{FsStore, FsStoreOptions, RebuildReport, Watermark};
 
@@ -45,7 +45,7 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         .with_context(|| format!("reading cluster map {}", config.cluster_map.display()))?;
     let map = ClusterMap::parse(&map_text)
         .with_context(|| format!("invalid cluster map {}", config.cluster_map.display()))?;
-    let tls = net::load_tls(&config.ca_cert, &config.cert, &config.key)?;
+    let tls = quic::load_tls(&config.ca_cert, &config.cert, &config.key)?;
     match tls.identity().context("reading this node's certificate")? {
         PeerIdentity::Node(id) if id == config.node_id => {}
         other => anyhow::bail!(
@@ -69,10 +69,10 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let store = Arc::new(store);
     let addr = config.listen.parse().context("listen address")?;
-    let endpoint = net::endpoint(
+    let endpoint = quic::endpoint(
         addr,
-        Some(net::server_config(&tls)?),
-        net::client_config(&tls)?,
+        Some(quic::server_config(&tls)?),
+        quic::client_config(&tls)?,
     )
     .with_context(|| format!("binding UDP {addr}"))?;
     let node = server::Node::new(
@@ -147,41 +147,4 @@ fn read_config(config_path: &Path) -> anyhow::Result<ChunkserverConfig> {
     let base = config_path.parent().unwrap_or(Path::new("."));
     ChunkserverConfig::parse(&text, base)
         .with_context(|| format!("invalid config {}", config_path.display()))
-}
-
-/// Installs the process's log subscriber: stderr (journald keeps it under
-/// systemd), filter from `RINGVAULT_LOG`, else `default_filter`. Call once,
-/// from `main`.
-pub fn init_logging(default_filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGVAULT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
-/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

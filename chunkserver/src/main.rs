@@ -24,7 +24,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    ringvault_chunkserver::init_logging("info");
+    ringvault_net::init_logging("info");
     if args.rebuild_index {
         return match ringvault_chunkserver::rebuild_index(&args.config) {
             Ok(r) => {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(ringvault_chunkserver::serve(
         &args.config,
-        ringvault_chunkserver::shutdown_signal(),
+        ringvault_net::shutdown_signal(),
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ringvault_common::placement::ClusterMap;
+use ringvault_net::files::{WriteError, write_atomic};
 
 /// Errors keeping membership state.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +172,7 @@ impl Membership {
     pub fn persist(&self, map: &ClusterMap) -> Result<(), MembershipError> {
         match &self.dir {
             None => Ok(()),
-            Some(dir) => write_atomic(
+            Some(dir) => Ok(write_atomic(
                 &dir.join(MAP_FILE),
                 format!(
                     "# The cluster map this node committed last; it replaces the\n\
@@ -180,7 +181,7 @@ impl Membership {
                     map.to_toml()
                 )
                 .as_bytes(),
-            ),
+            )?),
         }
     }
 }
@@ -208,26 +209,13 @@ fn parse_promise(text: &str) -> Option<Promise> {
     Some(Promise { epoch, digest })
 }
 
-/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, and an
-/// fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MembershipError> {
-    use std::io::Write;
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| MembershipError::Io { path, source }
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+impl From<WriteError> for MembershipError {
+    fn from(e: WriteError) -> Self {
+        MembershipError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::net::{self, CallError};
 use crate::store::{ChunkStore, RecordKind, StoreError};
+use ringvault_net::quic::{self, CallError};
 
 /// How long a client has to send a whole request, and we to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -147,7 +147,7 @@ impl View {
 pub struct Node {
     id: NodeId,
     store: Arc<dyn ChunkStore>,
-    pub(crate) peers: net::Peers,
+    pub(crate) peers: quic::Peers,
     pub(crate) settings: Settings,
     view: RwLock<Arc<View>>,
     membership: Membership,
@@ -200,7 +200,7 @@ impl Node {
         Ok(Arc::new(Self {
             id,
             store,
-            peers: net::Peers::new(endpoint, PEER_CONNECT_TIMEOUT, settings.route_around),
+            peers: quic::Peers::new(endpoint, PEER_CONNECT_TIMEOUT, settings.route_around),
             settings,
             view: RwLock::new(Arc::new(View::new(map, BTreeSet::new(), None))),
             membership,
@@ -468,7 +468,7 @@ pub async fn run(node: Arc<Node>, shutdown: impl Future<Output = ()>) -> anyhow:
 }
 
 async fn serve_connection(node: Arc<Node>, conn: Connection) {
-    let peer = match net::peer_identity(&conn) {
+    let peer = match quic::peer_identity(&conn) {
         Ok((identity, fingerprint)) => Arc::new(Caller {
             identity,
             fingerprint,

@@ -40,7 +40,6 @@ pub mod id;
 pub mod keys;
 pub mod listing;
 pub mod placement;
-pub mod private;
 pub mod retention;
 pub mod seal;
 pub mod snapshot;

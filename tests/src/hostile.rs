@@ -2,7 +2,7 @@
 //! certificate, for tests of what the agent accepts from a lying server.
 //!
 //! [`HostileServer`] is an in-process QUIC endpoint (the server's own
-//! [`ringvault_chunkserver::net`] plumbing) with a node certificate issued
+//! [`ringvault_net::quic`] plumbing) with a node certificate issued
 //! by the cluster's CA for the node it impersonates. It listens where the
 //! agent and the other servers expect that node, and relays every request,
 //! one stream per request as on the real wire ([`ringvault_common::wire`]),
@@ -47,11 +47,11 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use ringvault_chunkserver::net;
 use ringvault_common::listing;
 use ringvault_common::tls::{self, PemPair, TlsMaterial};
 use ringvault_common::wire::{self, BlobReply, MAX_FRAME, Request, Response};
 use ringvault_common::{ChunkId, NodeId, SnapshotId};
+use ringvault_net::quic;
 
 use crate::{TestCluster, free_ports};
 
@@ -169,10 +169,10 @@ impl HostileServer {
         let endpoint = {
             // quinn spawns its endpoint driver on the current runtime.
             let _entered = runtime.enter();
-            net::endpoint(
+            quic::endpoint(
                 listen,
-                Some(net::server_config(&material)?),
-                net::client_config(&material)?,
+                Some(quic::server_config(&material)?),
+                quic::client_config(&material)?,
             )
             .with_context(|| format!("binding the hostile server to UDP {listen}"))?
         };
@@ -304,7 +304,7 @@ async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
                 return;
             };
             let upstream = shared.upstream.to_string();
-            let up = match net::connect(&endpoint, &upstream, HANDSHAKE_TIMEOUT).await {
+            let up = match quic::connect(&endpoint, &upstream, HANDSHAKE_TIMEOUT).await {
                 Ok(up) => up,
                 Err(_) => {
                     down.close(1u32.into(), b"upstream unreachable");

@@ -21,19 +21,19 @@ const BUDGET: u64 = wire::MAX_FRAME as u64;
 /// A connection to node `i` with the cluster's agent certificate.
 async fn connect(c: &TestCluster, i: usize) -> Connection {
     let dir = c.cluster_dir().join("agent");
-    let tls = ringvault_chunkserver::net::load_tls(
+    let tls = ringvault_net::quic::load_tls(
         &dir.join("ca.pem"),
         &dir.join("agent.pem"),
         &dir.join("agent.key"),
     )
     .unwrap();
-    let endpoint = ringvault_chunkserver::net::endpoint(
+    let endpoint = ringvault_net::quic::endpoint(
         "127.0.0.1:0".parse().unwrap(),
         None,
-        ringvault_chunkserver::net::client_config(&tls).unwrap(),
+        ringvault_net::quic::client_config(&tls).unwrap(),
     )
     .unwrap();
-    ringvault_chunkserver::net::connect(&endpoint, &c.server_address(i), Duration::from_secs(5))
+    ringvault_net::quic::connect(&endpoint, &c.server_address(i), Duration::from_secs(5))
         .await
         .unwrap()
 }
@@ -209,7 +209,7 @@ fn a_hostile_client_is_cut_off_and_a_backup_completes_meanwhile() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        opened <= ringvault_chunkserver::net::MAX_STREAMS as usize,
+        opened <= ringvault_net::quic::MAX_STREAMS as usize,
         "{opened} streams open at once"
     );
     assert!(flood_reason.contains("stalled"), "{flood_reason}");

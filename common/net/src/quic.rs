@@ -67,7 +67,7 @@ pub fn transport_config() -> TransportConfig {
 
 /// Reads TLS material from PEM files: the cluster CA certificate, our
 /// certificate, our private key. The key file must be private (mode 0600;
-/// [`ringvault_common::private::read_private`]).
+/// [`crate::files::read_private`]).
 ///
 /// # Errors
 /// Naming the file that cannot be read or parsed, or a key file that group
@@ -81,7 +81,7 @@ pub fn load_tls(
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
-    let key_pem = zeroize::Zeroizing::new(ringvault_common::private::read_private(key)?);
+    let key_pem = zeroize::Zeroizing::new(crate::files::read_private(key)?);
     TlsMaterial::from_pem(&read(ca)?, &read(cert)?, &key_pem).with_context(|| {
         format!(
             "loading TLS material ({}, {}, {})",
