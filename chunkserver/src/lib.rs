@@ -10,13 +10,17 @@
 //! node certificates may send server-to-server requests.
 //!
 //! Start one with [`serve`] (from a config) or, in tests, with
-//! [`server::Node::new`] on an endpoint bound by the caller and
+//! [`node::Node::new`] on an endpoint bound by the caller and
 //! [`server::run`].
 
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;
+pub mod node;
 pub mod prune;
+pub mod records;
+pub mod replicate;
+pub mod rounds;
 pub mod server;
 pub mod store;
 
@@ -75,12 +79,12 @@ pub async fn serve(config_path: &Path, shutdown: impl Future<Output = ()>) -> an
         quic::client_config(&tls)?,
     )
     .with_context(|| format!("binding UDP {addr}"))?;
-    let node = server::Node::new(
+    let node = node::Node::new(
         config.node_id,
         map,
         store.clone(),
         endpoint,
-        server::Settings::from_config(&config),
+        node::Settings::from_config(&config),
         Some(&config.data_dir),
     )
     .with_context(|| format!("reading membership state in {}", config.data_dir.display()))?;

@@ -41,7 +41,7 @@ use ringvault_common::{ChunkId, NodeId, RepoId};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::server::Node;
+use crate::node::{Node, START_SYNC_LIMIT};
 use crate::store::RecordKind;
 
 /// Blobs pulled or pushed per request.
@@ -60,11 +60,6 @@ const DIGESTS_PER_REQUEST: usize = 16_384;
 const SCRUB_BLOBS: usize = 64;
 /// Bytes scrub reads per step, about.
 const SCRUB_BYTES: u64 = 4 << 20;
-
-/// How long a starting server spends pulling its peers' records and
-/// tombstones before it answers record listings anyway (a peer that is
-/// down costs one connect timeout, 3 s).
-pub const START_SYNC_LIMIT: Duration = Duration::from_secs(5);
 
 /// Starts the maintenance tasks of `node`; abort them to stop.
 pub fn spawn(node: Arc<Node>) -> Vec<JoinHandle<()>> {
@@ -297,7 +292,7 @@ async fn read_local(
             Ok(Some(b)) => out.push((id, b)),
             Ok(None) => {}
             Err(e) if e.code == ringvault_common::wire::ErrorCode::Corrupt => {
-                crate::server::quarantine(node, repo.clone(), id).await;
+                crate::node::quarantine(node, repo.clone(), id).await;
             }
             Err(e) => {
                 warn!(error = %e, "cannot read local blobs");
@@ -733,7 +728,7 @@ async fn any_copy(
 /// bytes a strict majority of those holding it agree on.
 async fn agreed_record(
     node: &Arc<Node>,
-    view: &crate::server::View,
+    view: &crate::node::View,
     kind: u8,
     repo: &RepoId,
     key: [u8; 32],

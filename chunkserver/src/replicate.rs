@@ -1,0 +1,317 @@
+//! Replicated blob writes and reads: which copies go where, when a write
+//! has its quorum, hinted handoff when an owner is down, and has-queries
+//! counted across the owners.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use ringvault_common::wire::{self, BlobReply, ErrorCode, Request, Response, WireError};
+use ringvault_common::{ChunkId, NodeId, RepoId};
+use tracing::{debug, warn};
+
+use crate::node::{Node, Reply, View, quarantine};
+use crate::store::StoreError;
+
+/// Protects from a running prune round the ids a has-query found here: a
+/// backup that skips uploading them relies on them.
+pub(crate) fn protect_present(node: &Node, repo: &RepoId, ids: &[ChunkId], present: &[bool]) {
+    node.prune.protect(
+        repo,
+        ids.iter()
+            .zip(present)
+            .filter(|(_, p)| **p)
+            .map(|(id, _)| id),
+    );
+}
+
+/// Answers a [`Request::GetBlobs`]: the blobs in `ids`' order, up to
+/// [`wire::GET_BLOBS_BYTES`] of them, in one store call; a blob that failed
+/// its checksum is quarantined and answered [`BlobReply::Corrupt`], one the
+/// store could not read (or past the byte budget) [`BlobReply::Later`].
+///
+/// # Errors
+/// A [`WireError`] only when the store cannot be asked at all.
+pub(crate) async fn get_blobs(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Reply {
+    let (store, r, asked) = (node.store.clone(), repo.clone(), ids.clone());
+    let got = node
+        .blocking(move || store.get_blobs(&r, &asked, wire::GET_BLOBS_BYTES))
+        .await?;
+    let mut replies = Vec::with_capacity(ids.len());
+    let mut payload = Vec::with_capacity(got.len());
+    for (id, one) in ids.iter().zip(got) {
+        replies.push(match one {
+            Ok(Some(blob)) => {
+                // Invariant: a stored blob is far below 4 GiB (MAX_PAYLOAD).
+                let len = u32::try_from(blob.len()).map_err(|_| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!("blob {id} is too large to send"),
+                    )
+                })?;
+                payload.push(blob);
+                BlobReply::Data(len)
+            }
+            Ok(None) => BlobReply::NotFound,
+            Err(StoreError::Corrupt { .. }) => {
+                warn!(chunk = %id, "stored blob failed its checksum");
+                quarantine(node, repo.clone(), *id).await;
+                BlobReply::Corrupt
+            }
+            Err(e) => {
+                warn!(chunk = %id, error = %e, "a blob could not be read");
+                BlobReply::Later
+            }
+        });
+    }
+    replies.resize(ids.len(), BlobReply::Later);
+    Ok((Response::Blobs { replies }, payload))
+}
+
+/// Which of `ids` this node and its peers hold, as counts per id. `nodes`
+/// picks, per id, the nodes to ask.
+async fn count_holders(
+    node: &Arc<Node>,
+    repo: &RepoId,
+    ids: &[ChunkId],
+    nodes: impl Fn(&ChunkId) -> Vec<NodeId>,
+) -> Vec<u32> {
+    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        for n in nodes(id) {
+            by_node.entry(n).or_default().push(i);
+        }
+    }
+    let mut asks = FuturesUnordered::new();
+    for (target, idxs) in by_node {
+        let node = node.clone();
+        let repo = repo.clone();
+        let sub: Vec<ChunkId> = idxs.iter().map(|&i| ids[i]).collect();
+        asks.push(async move {
+            let answer = if target == node.id {
+                let store = node.store.clone();
+                let (r, i) = (repo.clone(), sub.clone());
+                let present = node.blocking(move || store.has(&r, &i)).await.ok();
+                if let Some(p) = &present {
+                    protect_present(&node, &repo, &sub, p);
+                }
+                present
+            } else if node.is_down(target) {
+                None
+            } else {
+                let req = Request::Has {
+                    repo,
+                    ids: sub,
+                    local_only: true,
+                };
+                match node.call_peer(target, &req, vec![]).await {
+                    Ok((Response::Has { present }, _)) if present.len() == idxs.len() => {
+                        Some(present)
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        debug!(node = %target, error = %e, "has query to a peer failed");
+                        None
+                    }
+                }
+            };
+            (idxs, answer)
+        });
+    }
+    let mut counts = vec![0u32; ids.len()];
+    while let Some((idxs, answer)) = asks.next().await {
+        if let Some(present) = answer {
+            for (i, p) in idxs.into_iter().zip(present) {
+                counts[i] += u32::from(p);
+            }
+        }
+    }
+    counts
+}
+
+/// Asks every owner which ids it holds; an id is present with W copies.
+pub(crate) async fn coordinate_has(
+    node: &Arc<Node>,
+    repo: RepoId,
+    ids: Vec<ChunkId>,
+) -> Result<Vec<bool>, WireError> {
+    let view = node.view();
+    let counts = count_holders(node, &repo, &ids, |id| view.owners(id.partition()).to_vec()).await;
+    let w = view.map.write_quorum;
+    Ok(counts.into_iter().map(|c| c >= w).collect())
+}
+
+/// How many live nodes of the map hold each id (owners or not).
+pub(crate) async fn count_copies(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Vec<u32> {
+    let view = node.view();
+    let all: Vec<NodeId> = view.map.nodes.iter().map(|n| n.id).collect();
+    count_holders(node, &repo, &ids, |_| all.clone()).await
+}
+
+/// Stores each blob on its N owners and answers as soon as every blob has
+/// W durable copies, or no node is left to try. A write meant for an owner
+/// that is down or fails goes to the next node in placement order, which
+/// keeps it as a hint and hands it to the owner later (Dynamo's sloppy
+/// quorum and hinted handoff: DeCandia et al., "Dynamo", SOSP 2007, 4.6).
+/// While blobs move after a map change, the previous owners get a copy too.
+/// Writes still in flight when the answer goes out finish in the
+/// background.
+pub(crate) async fn coordinate_put(
+    node: &Arc<Node>,
+    repo: RepoId,
+    items: Vec<(ChunkId, Bytes)>,
+) -> Result<Vec<u32>, WireError> {
+    let view = node.view();
+    let w = view.map.write_quorum;
+    node.try_down_peers_if_short(&view);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<usize>>();
+    let n = items.len();
+    tokio::spawn(place_copies(node.clone(), view, repo, items, tx));
+    let mut copies = vec![0u32; n];
+    while let Some(done) = rx.recv().await {
+        for i in done {
+            copies[i] += 1;
+        }
+        if copies.iter().all(|&c| c >= w) {
+            break;
+        }
+    }
+    Ok(copies)
+}
+
+/// Places N copies of each blob (see [`coordinate_put`]), reporting each
+/// durable copy on `progress` by blob index.
+async fn place_copies(
+    node: Arc<Node>,
+    view: Arc<View>,
+    repo: RepoId,
+    items: Vec<(ChunkId, Bytes)>,
+    progress: tokio::sync::mpsc::UnboundedSender<Vec<usize>>,
+) {
+    let n = view.effective.replicas as usize;
+    // Per blob: owners first, then every other node in placement order.
+    let candidates: Vec<Vec<NodeId>> = items
+        .iter()
+        .map(|(id, _)| view.effective.ranked(id))
+        .collect();
+    let mut next = vec![0usize; items.len()];
+    let mut wanted = vec![n; items.len()];
+    let mut extra: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (i, (id, _)) in items.iter().enumerate() {
+        for old in view.previous_owners(id.partition()) {
+            extra.entry(old).or_default().push(i);
+        }
+    }
+    // (node, blob) pairs already written or tried: no blob goes to one node
+    // twice, so each counted copy is a distinct node's.
+    let mut tried: std::collections::HashSet<(NodeId, usize)> = extra
+        .iter()
+        .flat_map(|(n, idxs)| idxs.iter().map(move |&i| (*n, i)))
+        .collect();
+    for round in 0..=view.effective.nodes.len() {
+        // Copies for the previous owners (round 0 only) are extra: they
+        // count toward W but do not stand in for a current owner's copy.
+        let bonus: HashMap<NodeId, Vec<usize>> = std::mem::take(&mut extra);
+        let mut targets: HashMap<NodeId, Vec<usize>> = HashMap::new();
+        for (i, cands) in candidates.iter().enumerate() {
+            let mut picked = 0;
+            while picked < wanted[i] && next[i] < cands.len() {
+                let c = cands[next[i]];
+                next[i] += 1;
+                if node.is_down(c) || !tried.insert((c, i)) {
+                    continue;
+                }
+                if next[i] > n {
+                    node.metrics.hinted(1);
+                }
+                targets.entry(c).or_default().push(i);
+                picked += 1;
+            }
+        }
+        if targets.is_empty() && bonus.is_empty() {
+            break;
+        }
+        let mut writes = FuturesUnordered::new();
+        let all = targets
+            .into_iter()
+            .map(|t| (t, true))
+            .chain(bonus.into_iter().map(|t| (t, false)));
+        for ((target, idxs), counts) in all {
+            let node = node.clone();
+            let repo = repo.clone();
+            let batch: Vec<(ChunkId, Bytes)> = idxs.iter().map(|&i| items[i].clone()).collect();
+            writes.push(async move {
+                let ok = replicate(&node, target, repo, batch).await;
+                (idxs, ok, counts)
+            });
+        }
+        while let Some((idxs, ok, counts)) = writes.next().await {
+            if ok {
+                if counts {
+                    for &i in &idxs {
+                        wanted[i] = wanted[i].saturating_sub(1);
+                    }
+                }
+                let _ = progress.send(idxs);
+            }
+        }
+        if wanted.iter().all(|&w| w == 0) {
+            return;
+        }
+        debug!(round, "some replica writes failed; trying the next nodes");
+    }
+    if let Some(i) = wanted.iter().position(|&w| w > 0) {
+        warn!(chunk = %items[i].0, missing = wanted[i], "fewer than N copies placed; repair will add them");
+    }
+}
+
+async fn replicate(
+    node: &Arc<Node>,
+    target: NodeId,
+    repo: RepoId,
+    batch: Vec<(ChunkId, Bytes)>,
+) -> bool {
+    if target == node.id {
+        let store = node.store.clone();
+        return match node.blocking(move || store.put_blobs(&repo, batch)).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "local replica write failed");
+                false
+            }
+        };
+    }
+    let blobs: Vec<(ChunkId, u32)> = batch.iter().map(|(id, b)| (*id, b.len() as u32)).collect();
+    let bytes: u64 = blobs.iter().map(|(_, l)| u64::from(*l)).sum();
+    let count = blobs.len() as u64;
+    let payload = batch.into_iter().map(|(_, b)| b).collect();
+    let req = Request::PutBlobs {
+        repo,
+        blobs,
+        local_only: true,
+    };
+    node.replicating.fetch_add(count, Ordering::Relaxed);
+    node.metrics
+        .set_replication_backlog(node.replicating.load(Ordering::Relaxed));
+    let result = node.call_peer(target, &req, payload).await;
+    node.replicating.fetch_sub(count, Ordering::Relaxed);
+    node.metrics
+        .set_replication_backlog(node.replicating.load(Ordering::Relaxed));
+    match result {
+        Ok((Response::Put { .. }, _)) => {
+            node.metrics.replicated(count, bytes);
+            true
+        }
+        Ok(other) => {
+            warn!(node = %target, ?other, "unexpected reply to a replica write");
+            false
+        }
+        Err(e) => {
+            warn!(node = %target, error = %e, "replica write failed");
+            false
+        }
+    }
+}
