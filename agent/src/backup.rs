@@ -51,7 +51,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -69,6 +69,8 @@ use crate::client::ClientError;
 use crate::exclude::Excludes;
 use crate::fsmeta::{Names, read_xattrs};
 use crate::fsutil::times;
+pub use crate::host::host_name;
+pub(crate) use crate::host::now_ns;
 use crate::index::{FileRecord, IndexReader, LocalIndex, UpdateLog};
 use crate::repo::{Repo, random};
 use crate::watch::DirtySet;
@@ -1172,46 +1174,7 @@ impl Progress {
     }
 }
 
-/// The time now, ns since the Unix epoch.
-pub(crate) fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-/// The host name for snapshots: the configured one, else the system's
-/// (`uname(2)`'s node name, which is what `hostname` prints on Linux and
-/// macOS alike), else "localhost" when the system has none.
-pub fn host_name(configured: &str) -> String {
-    if !configured.is_empty() {
-        return configured.to_owned();
-    }
-    let uname = rustix::system::uname();
-    let node = uname.nodename().to_string_lossy();
-    match node.trim() {
-        "" => "localhost".into(),
-        name => name.to_owned(),
-    }
-}
-
 /// Lossy display of raw name bytes.
 pub fn display_name(name: &[u8]) -> String {
     OsStr::from_bytes(name).to_string_lossy().into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_name;
-
-    #[test]
-    fn the_host_name_is_the_configured_one_else_the_systems_node_name() {
-        assert_eq!(host_name("db-1"), "db-1");
-        let system = host_name("");
-        assert!(!system.is_empty());
-        // On Linux the kernel's node name is also in /proc; `uname(2)` is
-        // what works on macOS too, where every host was "localhost".
-        if let Ok(proc) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            assert_eq!(system, proc.trim());
-        }
-    }
 }

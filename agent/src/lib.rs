@@ -26,6 +26,7 @@ pub mod exclude;
 pub mod fsmeta;
 pub mod fsutil;
 pub mod gc;
+pub mod host;
 pub mod index;
 pub mod mount;
 pub mod password;

@@ -244,8 +244,8 @@ fn wrap_key(
     config: &AgentConfig,
 ) -> anyhow::Result<([u8; 32], Vec<u8>)> {
     let meta = KeyMeta {
-        created_ns: crate::backup::now_ns(),
-        host: crate::backup::host_name(&config.host),
+        created_ns: crate::host::now_ns(),
+        host: crate::host::host_name(&config.host),
         user: std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_default(),
