@@ -424,8 +424,8 @@ impl RepoFs {
                 by_key: HashMap::new(),
                 nodes: HashMap::new(),
             }),
-            trees: Mutex::new(Lru::new(TREE_CACHE_BYTES)),
-            chunks: Mutex::new(Lru::new(CHUNK_CACHE_BYTES)),
+            trees: Mutex::new(Lru::new(TREE_CACHE_BYTES, TREE_CACHE_BYTES / (16 << 10))),
+            chunks: Mutex::new(Lru::new(CHUNK_CACHE_BYTES, CHUNK_CACHE_BYTES / (1 << 20))),
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
@@ -1131,52 +1131,56 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A least-recently-used cache bounded by the sum of its items' costs
-/// (bytes); the newest item stays even when it alone exceeds the budget.
+/// A cache of decoded objects bounded by the sum of their costs (bytes).
+/// Which objects stay is quick_cache's choice (CLOCK-Pro, a scan-resistant
+/// approximation of LRU: Jiang, Chen and Zhang, USENIX ATC 2005). An object
+/// heavier than quick_cache admits (about 97% of the budget: a directory of
+/// some 200k entries) is still kept, alone, beside it, so that such a
+/// directory is not fetched again at every lookup in it: the cache then
+/// holds at most the budget plus that one object.
 struct Lru<K, V> {
-    budget: usize,
-    used: usize,
-    tick: u64,
-    items: HashMap<K, (V, usize, u64)>,
-    order: BTreeMap<u64, K>,
+    cache: quick_cache::unsync::Cache<K, (V, usize), ByCost>,
+    oversized: Option<(K, V)>,
+}
+
+/// Weighs a cached object by the cost it was inserted with (at least 1: an
+/// object of weight 0 would never be evicted).
+#[derive(Clone)]
+struct ByCost;
+
+impl<K, V> quick_cache::Weighter<K, (V, usize)> for ByCost {
+    fn weight(&self, _: &K, value: &(V, usize)) -> u64 {
+        u64::try_from(value.1.max(1)).unwrap_or(u64::MAX)
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
-    fn new(budget: usize) -> Self {
+    /// A cache of `budget` bytes expected to hold about `items` objects.
+    fn new(budget: usize, items: usize) -> Self {
+        let budget = u64::try_from(budget).unwrap_or(u64::MAX);
         Self {
-            budget,
-            used: 0,
-            tick: 0,
-            items: HashMap::new(),
-            order: BTreeMap::new(),
+            cache: quick_cache::unsync::Cache::with_weighter(items.max(1), budget, ByCost),
+            oversized: None,
         }
     }
 
     fn get(&mut self, key: &K) -> Option<V> {
-        let (value, _, tick) = self.items.get_mut(key)?;
-        self.order.remove(tick);
-        self.tick += 1;
-        *tick = self.tick;
-        self.order.insert(self.tick, key.clone());
-        Some(value.clone())
+        if let Some((value, _)) = self.cache.get(key) {
+            return Some(value.clone());
+        }
+        match &self.oversized {
+            Some((k, value)) if k == key => Some(value.clone()),
+            _ => None,
+        }
     }
 
     fn insert(&mut self, key: K, value: V, cost: usize) {
-        if let Some((_, old_cost, tick)) = self.items.remove(&key) {
-            self.used = self.used.saturating_sub(old_cost);
-            self.order.remove(&tick);
+        if self.oversized.as_ref().is_some_and(|(k, _)| *k == key) {
+            self.oversized = None;
         }
-        self.tick += 1;
-        self.order.insert(self.tick, key.clone());
-        self.items.insert(key, (value, cost, self.tick));
-        self.used += cost;
-        while self.used > self.budget && self.items.len() > 1 {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some((_, cost, _)) = self.items.remove(&oldest) {
-                self.used = self.used.saturating_sub(cost);
-            }
+        self.cache.insert(key.clone(), (value.clone(), cost));
+        if self.cache.peek(&key).is_none() {
+            self.oversized = Some((key, value));
         }
     }
 }
@@ -1281,24 +1285,33 @@ mod tests {
     }
 
     #[test]
-    fn lru_evicts_the_least_recently_used_within_its_budget() {
-        let mut lru = Lru::new(100);
-        lru.insert(1, "a", 40);
-        lru.insert(2, "b", 40);
-        assert_eq!(lru.get(&1), Some("a")); // 2 is now the oldest
-        lru.insert(3, "c", 40);
-        assert_eq!(lru.get(&2), None);
-        assert_eq!(lru.get(&1), Some("a"));
-        assert_eq!(lru.get(&3), Some("c"));
-        assert_eq!(lru.used, 80);
-        // Replacing an item updates its cost.
-        lru.insert(3, "c2", 10);
-        assert_eq!(lru.used, 50);
-        // One item over the budget stays, alone.
-        lru.insert(4, "huge", 500);
-        assert_eq!(lru.get(&4), Some("huge"));
-        assert_eq!(lru.items.len(), 1);
-        assert_eq!(lru.order.len(), 1);
-        assert_eq!(lru.used, 500);
+    fn the_cache_keeps_within_its_budget_and_keeps_one_oversized_object() {
+        let mut lru = Lru::new(100, 4);
+        for key in 0..20 {
+            lru.insert(key, key * 10, 30);
+            assert_eq!(lru.get(&key), Some(key * 10), "the newest object is kept");
+            assert!(
+                lru.cache.weight() <= 100,
+                "{} bytes held",
+                lru.cache.weight()
+            );
+        }
+        assert!(lru.cache.len() < 20, "older objects were evicted");
+        // Replacing an object replaces its cost.
+        lru.insert(19, 7, 60);
+        assert_eq!(lru.get(&19), Some(7));
+        assert!(lru.cache.weight() <= 100);
+        // An object over the budget stays, beside the cache, until another
+        // takes its place.
+        lru.insert(100, 1, 500);
+        assert_eq!(lru.get(&100), Some(1));
+        assert!(lru.cache.weight() <= 100);
+        lru.insert(101, 2, 500);
+        assert_eq!(lru.get(&101), Some(2));
+        assert_eq!(lru.get(&100), None);
+        // Inserted again at a cost that fits, it moves into the cache.
+        lru.insert(101, 3, 10);
+        assert!(lru.oversized.is_none());
+        assert_eq!(lru.get(&101), Some(3));
     }
 }
