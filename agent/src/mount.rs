@@ -28,7 +28,7 @@
 //!
 //! Reads: a tree names a file's chunks but not their sizes, so each open
 //! file learns the end offset of every chunk it fetches, and reaching offset
-//! X fetches each chunk before it once. Decrypted chunks are kept in an LRU
+//! X fetches each chunk before it once. Decrypted chunks are kept in a cache
 //! of [`CHUNK_CACHE_BYTES`] and decoded trees in one of
 //! [`TREE_CACHE_BYTES`]; a read that misses fetches the chunk and up to
 //! [`READ_AHEAD_CHUNKS`]` - 1` after it concurrently, so `cat`, `cp` and
