@@ -124,7 +124,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redb::{
@@ -136,6 +135,7 @@ use ringvault_common::{ChunkId, RepoId};
 
 pub mod health;
 mod index;
+mod keys;
 pub mod recover;
 
 pub use health::{StoreHealth, Watermark};
@@ -143,6 +143,12 @@ pub use recover::RebuildReport;
 
 use health::{Health, is_no_space};
 use index::Index;
+use keys::{
+    BLOBS, LOCATED, LOCATION_LEN, Location, PARTITIONS, QUARANTINE, RECORDS, TRASH, UNREFERENCED,
+    blob_key, decode_key, decode_seconds, decode_timed, index_err, key_in_repo, key_partition,
+    malformed, parse_record_key, partition_range, record_prefix, record_prefix_raw, timed_location,
+    timed_value, unix_seconds,
+};
 
 /// Errors from a chunk store.
 #[derive(Debug, thiserror::Error)]
@@ -248,15 +254,6 @@ pub fn record_keys_digest(keys: &[RecordKey]) -> [u8; 32] {
         }
     }
     out
-}
-
-/// Splits a records-table key (`kind | repo_len | repo | key`).
-fn parse_record_key(raw: &[u8]) -> Option<RecordKey> {
-    let (&kind, rest) = raw.split_first()?;
-    let (&len, rest) = rest.split_first()?;
-    let repo = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
-    let key: [u8; 32] = rest.get(usize::from(len)..)?.try_into().ok()?;
-    Some((kind, RepoId::new(repo).ok()?, key))
 }
 
 /// A small record as listed: its 32-byte key and its value.
@@ -609,118 +606,12 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn mark_failing(&self, error: &str);
 }
 
-/// The blob index, keyed `id | repo_len | repo`.
-const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs-v2");
 /// The first layout's blob index, keyed `repo_len | repo | id`; migrated at
 /// open.
 const BLOBS_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
-/// Quarantined blobs: blob key to location and unix seconds.
-const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
-/// Trashed blobs: blob key to location and unix seconds.
-const TRASH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trash");
-/// Prune's marks: blob key to unix seconds when first found unreferenced.
-const UNREFERENCED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("unreferenced");
-/// The tables whose entries hold a location (see [`timed_location`]).
-const LOCATED: [TableDefinition<&[u8], &[u8]>; 3] = [BLOBS, QUARANTINE, TRASH];
 /// Blob bytes a compaction copies in one writer job, at least one record.
 const COMPACT_BATCH_BYTES: u64 = 8 << 20;
-const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const SEGMENT_MAGIC: &[u8; 4] = b"RVR1";
-/// Index value: segment u32, offset u64, len u32, checksum 32 bytes.
-const LOCATION_LEN: usize = 4 + 8 + 4 + 32;
-/// Number of partitions: a ChunkId's first two bytes.
-const PARTITIONS: usize = 1 << 16;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Location {
-    segment: u32,
-    offset: u64,
-    len: u32,
-    checksum: [u8; 32],
-}
-
-impl Location {
-    fn encode(&self) -> [u8; LOCATION_LEN] {
-        let mut out = [0u8; LOCATION_LEN];
-        out[..4].copy_from_slice(&self.segment.to_le_bytes());
-        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
-        out[12..16].copy_from_slice(&self.len.to_le_bytes());
-        out[16..].copy_from_slice(&self.checksum);
-        out
-    }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != LOCATION_LEN {
-            return None;
-        }
-        Some(Self {
-            segment: u32::from_le_bytes(b[..4].try_into().ok()?),
-            offset: u64::from_le_bytes(b[4..12].try_into().ok()?),
-            len: u32::from_le_bytes(b[12..16].try_into().ok()?),
-            checksum: b[16..].try_into().ok()?,
-        })
-    }
-}
-
-/// A quarantine or trash value: the location, then unix seconds.
-fn timed_value(loc: &Location, at_s: u64) -> [u8; LOCATION_LEN + 8] {
-    let mut out = [0u8; LOCATION_LEN + 8];
-    out[..LOCATION_LEN].copy_from_slice(&loc.encode());
-    out[LOCATION_LEN..].copy_from_slice(&at_s.to_le_bytes());
-    out
-}
-
-/// Parses a quarantine or trash value; `None` if malformed.
-fn decode_timed(b: &[u8]) -> Option<(Location, u64)> {
-    let loc = Location::decode(b.get(..LOCATION_LEN)?)?;
-    let at = u64::from_le_bytes(b.get(LOCATION_LEN..)?.try_into().ok()?);
-    Some((loc, at))
-}
-
-/// The location at the start of an entry of any [`LOCATED`] table; `None`
-/// if malformed.
-fn timed_location(b: &[u8]) -> Option<Location> {
-    Location::decode(b.get(..LOCATION_LEN)?)
-}
-
-/// Parses an unreferenced mark; `None` if malformed.
-fn decode_seconds(b: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(b.try_into().ok()?))
-}
-
-/// Whether a blob key belongs to `repo` (its bytes after the id are
-/// `repo_len | repo`).
-fn key_in_repo(key: &[u8], repo: &RepoId) -> bool {
-    let name = repo.as_str().as_bytes();
-    key.get(32..).is_some_and(|rest| {
-        rest.split_first()
-            .is_some_and(|(&len, r)| usize::from(len) == name.len() && r == name)
-    })
-}
-
-/// A blob's index key: `id | repo_len | repo`.
-fn blob_key(repo: &RepoId, id: &ChunkId) -> Vec<u8> {
-    let repo = repo.as_str().as_bytes();
-    let mut k = Vec::with_capacity(32 + 1 + repo.len());
-    k.extend_from_slice(&id.0);
-    // RepoId::MAX_LEN is 64, so the length fits a byte.
-    k.push(repo.len() as u8);
-    k.extend_from_slice(repo);
-    k
-}
-
-/// Parses a blob index key; `None` if malformed.
-fn decode_key(k: &[u8]) -> Option<(RepoId, ChunkId)> {
-    let id: [u8; 32] = k.get(..32)?.try_into().ok()?;
-    let len = usize::from(*k.get(32)?);
-    let repo = k.get(33..)?;
-    if repo.len() != len {
-        return None;
-    }
-    let repo = RepoId::new(std::str::from_utf8(repo).ok()?).ok()?;
-    Some((repo, ChunkId(id)))
-}
-
 /// Rewrites a first-layout key (`repo_len | repo | id`) as a blob key;
 /// `None` if malformed.
 fn v1_key_to_v2(k: &[u8]) -> Option<Vec<u8>> {
@@ -735,38 +626,6 @@ fn v1_key_to_v2(k: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(repo);
     decode_key(&out)?;
     Some(out)
-}
-
-/// The partition of a blob key (its first two bytes, big endian).
-fn key_partition(k: &[u8]) -> u16 {
-    match k {
-        [a, b, ..] => u16::from_be_bytes([*a, *b]),
-        _ => 0,
-    }
-}
-
-fn record_prefix_raw(kind: u8, repo: &RepoId) -> Vec<u8> {
-    let mut k = vec![kind, repo.as_str().len() as u8];
-    k.extend_from_slice(repo.as_str().as_bytes());
-    k
-}
-
-fn record_prefix(kind: RecordKind, repo: &RepoId) -> Vec<u8> {
-    record_prefix_raw(kind as u8, repo)
-}
-
-fn index_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Index(e.to_string())
-}
-
-fn malformed() -> StoreError {
-    StoreError::Index("malformed index entry".into())
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Per-partition blob counts and set digests plus totals, kept equal to the
@@ -2151,26 +2010,6 @@ fn record_header_len(repo: &RepoId) -> usize {
 /// Whether a scrub step has reached its limits.
 fn scrub_step_full(step: &ScrubStep, max_blobs: usize, max_bytes: u64) -> bool {
     step.checked >= u64::try_from(max_blobs).unwrap_or(u64::MAX) || step.bytes >= max_bytes
-}
-
-/// A range of blob keys, as (lower, upper) bounds.
-type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
-
-/// The key range of `partition` after `after`; `None` when it is empty
-/// (`after` at or past the partition's end).
-fn partition_range(partition: u16, after: Option<&(RepoId, ChunkId)>) -> Option<KeyRange> {
-    let start = partition.to_be_bytes().to_vec();
-    let end = partition.checked_add(1).map(|p| p.to_be_bytes().to_vec());
-    let lower = match after.map(|(repo, id)| blob_key(repo, id)) {
-        Some(a) if a >= start => {
-            if end.as_ref().is_some_and(|end| a >= *end) {
-                return None;
-            }
-            Bound::Excluded(a)
-        }
-        _ => Bound::Included(start),
-    };
-    Some((lower, end.map_or(Bound::Unbounded, Bound::Excluded)))
 }
 
 /// Owns the open segment; runs on the group-commit thread.

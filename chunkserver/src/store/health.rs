@@ -182,13 +182,13 @@ impl Health {
         let mut h = self.lock();
         h.failing = true;
         h.sticky |= sticky;
-        h.error = Some((error.into(), super::unix_seconds()));
+        h.error = Some((error.into(), super::keys::unix_seconds()));
     }
 
     /// Notes an error the store keeps working through (an out-of-space
     /// write), without failing it.
     pub fn note(&self, error: impl Into<String>) {
-        self.lock().error = Some((error.into(), super::unix_seconds()));
+        self.lock().error = Some((error.into(), super::keys::unix_seconds()));
     }
 
     /// The store recovered from a non-sticky failure (its index reopened).

@@ -1,6 +1,7 @@
 //! Unit tests of the chunk stores: most checks run against both
 //! [`FsStore`] and [`MemStore`].
 
+use super::keys::{BLOBS, Location, QUARANTINE, blob_key, decode_key, decode_timed};
 use super::*;
 use ringvault_common::wire::StoreState;
 
