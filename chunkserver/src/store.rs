@@ -122,21 +122,18 @@ use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-    WriteTransaction,
-};
-use ringvault_common::wire::{DIGEST_BUCKETS, bitmap_has};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use ringvault_common::{ChunkId, RepoId};
 
 pub mod health;
 mod index;
 mod keys;
 pub mod recover;
+mod summaries;
 
 pub use health::{StoreHealth, Watermark};
 pub use recover::RebuildReport;
@@ -144,11 +141,11 @@ pub use recover::RebuildReport;
 use health::{Health, is_no_space};
 use index::Index;
 use keys::{
-    BLOBS, LOCATED, LOCATION_LEN, Location, PARTITIONS, QUARANTINE, RECORDS, TRASH, UNREFERENCED,
-    blob_key, decode_key, decode_seconds, decode_timed, index_err, key_in_repo, key_partition,
-    malformed, parse_record_key, partition_range, record_prefix, record_prefix_raw, timed_location,
-    timed_value, unix_seconds,
+    BLOBS, LOCATED, LOCATION_LEN, Location, QUARANTINE, RECORDS, TRASH, UNREFERENCED, blob_key,
+    decode_key, decode_seconds, decode_timed, index_err, key_in_repo, malformed, parse_record_key,
+    partition_range, record_prefix, record_prefix_raw, timed_location, timed_value, unix_seconds,
 };
+use summaries::{Summaries, Totals, lock, summarize};
 
 /// Errors from a chunk store.
 #[derive(Debug, thiserror::Error)]
@@ -626,154 +623,6 @@ fn v1_key_to_v2(k: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(repo);
     decode_key(&out)?;
     Some(out)
-}
-
-/// Per-partition blob counts and set digests plus totals, kept equal to the
-/// blob index (see the module docs).
-struct Summaries {
-    /// [`PARTITIONS`] digests, indexed by partition.
-    digests: Box<[[u8; 32]]>,
-    /// [`PARTITIONS`] blob counts, indexed by partition.
-    counts: Box<[u32]>,
-    blobs: u64,
-    bytes: u64,
-    quarantined: u64,
-    /// Trash entries and their blob bytes.
-    trash: u64,
-    trash_bytes: u64,
-    /// The totals, copied out on every change so that [`ChunkStore::stats`]
-    /// never waits for a group commit holding the lock.
-    totals: Arc<Totals>,
-}
-
-/// Totals readable without the summaries' lock. Each is exact; a pair read
-/// together may straddle one update.
-#[derive(Default)]
-struct Totals {
-    blobs: AtomicU64,
-    bytes: AtomicU64,
-    quarantined: AtomicU64,
-    trash: AtomicU64,
-    trash_bytes: AtomicU64,
-}
-
-impl Summaries {
-    fn new() -> Self {
-        Self {
-            digests: vec![[0u8; 32]; PARTITIONS].into_boxed_slice(),
-            counts: vec![0u32; PARTITIONS].into_boxed_slice(),
-            blobs: 0,
-            bytes: 0,
-            quarantined: 0,
-            trash: 0,
-            trash_bytes: 0,
-            totals: Arc::default(),
-        }
-    }
-
-    /// Accounts an entry of `len` blob bytes entering the trash under a key
-    /// not there before.
-    fn add_trash(&mut self, len: u32) {
-        self.trash = self.trash.wrapping_add(1);
-        self.trash_bytes = self.trash_bytes.wrapping_add(u64::from(len));
-        self.publish();
-    }
-
-    /// Accounts a trash entry of `len` blob bytes leaving (restored,
-    /// expired, or replaced by a newer one).
-    fn remove_trash(&mut self, len: u32) {
-        self.trash = self.trash.wrapping_sub(1);
-        self.trash_bytes = self.trash_bytes.wrapping_sub(u64::from(len));
-        self.publish();
-    }
-
-    /// Accounts a blob entering quarantine under a key not there before.
-    fn add_quarantined(&mut self) {
-        self.quarantined = self.quarantined.wrapping_add(1);
-        self.publish();
-    }
-
-    /// Accounts `n` quarantine entries dropped (good copies came back).
-    fn remove_quarantined(&mut self, n: u64) {
-        self.quarantined = self.quarantined.wrapping_sub(n);
-        self.publish();
-    }
-
-    fn publish(&self) {
-        self.totals.blobs.store(self.blobs, Ordering::Relaxed);
-        self.totals.bytes.store(self.bytes, Ordering::Relaxed);
-        self.totals
-            .quarantined
-            .store(self.quarantined, Ordering::Relaxed);
-        self.totals.trash.store(self.trash, Ordering::Relaxed);
-        self.totals
-            .trash_bytes
-            .store(self.trash_bytes, Ordering::Relaxed);
-    }
-
-    /// Accounts a blob key entering the index. Wrapping arithmetic: the
-    /// updates commute, so they never panic and always come back to the
-    /// index's true figures.
-    fn add(&mut self, key: &[u8], len: u32) {
-        let p = self.toggle(key);
-        self.counts[p] = self.counts[p].wrapping_add(1);
-        self.blobs = self.blobs.wrapping_add(1);
-        self.bytes = self.bytes.wrapping_add(u64::from(len));
-        self.publish();
-    }
-
-    /// Accounts a blob key leaving the index.
-    fn remove(&mut self, key: &[u8], len: u32) {
-        let p = self.toggle(key);
-        self.counts[p] = self.counts[p].wrapping_sub(1);
-        self.blobs = self.blobs.wrapping_sub(1);
-        self.bytes = self.bytes.wrapping_sub(u64::from(len));
-        self.publish();
-    }
-
-    /// XORs the key's hash into its partition's digest; returns the
-    /// partition as an index (< [`PARTITIONS`], so indexing cannot panic).
-    fn toggle(&mut self, key: &[u8]) -> usize {
-        let p = usize::from(key_partition(key));
-        xor_into(&mut self.digests[p], blake3::hash(key).as_bytes());
-        p
-    }
-
-    fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]> {
-        let set = (0..=u16::MAX).filter(|&p| bitmap_has(partitions, p));
-        if per_partition {
-            return set.map(|p| self.digests[usize::from(p)]).collect();
-        }
-        let mut buckets = vec![[0u8; 32]; DIGEST_BUCKETS];
-        for p in set {
-            xor_into(
-                &mut buckets[usize::from(p >> 8)],
-                &self.digests[usize::from(p)],
-            );
-        }
-        buckets
-    }
-
-    fn partition_counts(&self) -> Vec<(u16, u32)> {
-        (0..=u16::MAX)
-            .zip(self.counts.iter())
-            .filter(|(_, n)| **n != 0)
-            .map(|(p, n)| (p, *n))
-            .collect()
-    }
-}
-
-fn xor_into(acc: &mut [u8; 32], x: &[u8; 32]) {
-    for (a, b) in acc.iter_mut().zip(x) {
-        *a ^= b;
-    }
-}
-
-/// Locks summaries, poisoned or not: they are changed only after a commit,
-/// by code that cannot panic, so a panicking holder never leaves them half
-/// updated.
-fn lock(summaries: &Mutex<Summaries>) -> MutexGuard<'_, Summaries> {
-    summaries.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Settings of an [`FsStore`].
@@ -1331,33 +1180,6 @@ fn migrate_v1(txn: &WriteTransaction) -> Result<Option<u64>, StoreError> {
     }
     txn.delete_table(BLOBS_V1).map_err(index_err)?;
     Ok(Some(moved))
-}
-
-/// Builds the summaries by one scan of the blob index.
-fn summarize(db: &Database) -> Result<Summaries, StoreError> {
-    let mut s = Summaries::new();
-    let txn = db.begin_read().map_err(index_err)?;
-    let table = txn.open_table(BLOBS).map_err(index_err)?;
-    for item in table.iter().map_err(index_err)? {
-        let (k, v) = item.map_err(index_err)?;
-        decode_key(k.value()).ok_or_else(malformed)?;
-        let loc = Location::decode(v.value()).ok_or_else(malformed)?;
-        s.add(k.value(), loc.len);
-    }
-    s.quarantined = txn
-        .open_table(QUARANTINE)
-        .map_err(index_err)?
-        .len()
-        .map_err(index_err)?;
-    let trash = txn.open_table(TRASH).map_err(index_err)?;
-    for item in trash.iter().map_err(index_err)? {
-        let (_, v) = item.map_err(index_err)?;
-        let (loc, _) = decode_timed(v.value()).ok_or_else(malformed)?;
-        s.trash += 1;
-        s.trash_bytes += u64::from(loc.len);
-    }
-    s.publish();
-    Ok(s)
 }
 
 impl Drop for FsStore {

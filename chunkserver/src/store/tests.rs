@@ -2,7 +2,10 @@
 //! [`FsStore`] and [`MemStore`].
 
 use super::keys::{BLOBS, Location, QUARANTINE, blob_key, decode_key, decode_timed};
+use super::summaries::xor_into;
 use super::*;
+use redb::ReadableDatabase;
+use ringvault_common::wire::DIGEST_BUCKETS;
 use ringvault_common::wire::StoreState;
 
 fn repo() -> RepoId {
