@@ -126,12 +126,13 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use redb::{Database, ReadableTable};
 use ringvault_common::{ChunkId, RepoId};
 
 pub mod health;
 mod index;
 mod keys;
+mod migrate;
 pub mod recover;
 mod summaries;
 
@@ -145,6 +146,7 @@ use keys::{
     decode_key, decode_seconds, decode_timed, index_err, key_in_repo, malformed, parse_record_key,
     partition_range, record_prefix, record_prefix_raw, timed_location, timed_value, unix_seconds,
 };
+use migrate::migrate_v1;
 use summaries::{Summaries, Totals, lock, summarize};
 
 /// Errors from a chunk store.
@@ -603,28 +605,9 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn mark_failing(&self, error: &str);
 }
 
-/// The first layout's blob index, keyed `repo_len | repo | id`; migrated at
-/// open.
-const BLOBS_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// Blob bytes a compaction copies in one writer job, at least one record.
 const COMPACT_BATCH_BYTES: u64 = 8 << 20;
 const SEGMENT_MAGIC: &[u8; 4] = b"RVR1";
-/// Rewrites a first-layout key (`repo_len | repo | id`) as a blob key;
-/// `None` if malformed.
-fn v1_key_to_v2(k: &[u8]) -> Option<Vec<u8>> {
-    let (&len, rest) = k.split_first()?;
-    if rest.len() != usize::from(len) + 32 {
-        return None;
-    }
-    let (repo, id) = rest.split_at(usize::from(len));
-    let mut out = Vec::with_capacity(k.len());
-    out.extend_from_slice(id);
-    out.push(len);
-    out.extend_from_slice(repo);
-    decode_key(&out)?;
-    Some(out)
-}
-
 /// Settings of an [`FsStore`].
 #[derive(Clone, Debug)]
 pub struct FsStoreOptions {
@@ -1155,31 +1138,6 @@ fn list_segments(dir: &Path) -> Result<BTreeMap<u32, u64>, StoreError> {
         }
     }
     Ok(out)
-}
-
-/// Moves a first-layout blob index, if any, into [`BLOBS`] and deletes it.
-/// Returns how many entries moved, `None` if there was no such table.
-fn migrate_v1(txn: &WriteTransaction) -> Result<Option<u64>, StoreError> {
-    let exists = txn
-        .list_tables()
-        .map_err(index_err)?
-        .any(|t| t.name() == BLOBS_V1.name());
-    if !exists {
-        return Ok(None);
-    }
-    let mut moved = 0u64;
-    {
-        let old = txn.open_table(BLOBS_V1).map_err(index_err)?;
-        let mut new = txn.open_table(BLOBS).map_err(index_err)?;
-        for item in old.iter().map_err(index_err)? {
-            let (k, v) = item.map_err(index_err)?;
-            let key = v1_key_to_v2(k.value()).ok_or_else(malformed)?;
-            new.insert(key.as_slice(), v.value()).map_err(index_err)?;
-            moved += 1;
-        }
-    }
-    txn.delete_table(BLOBS_V1).map_err(index_err)?;
-    Ok(Some(moved))
 }
 
 impl Drop for FsStore {

@@ -2,9 +2,10 @@
 //! [`FsStore`] and [`MemStore`].
 
 use super::keys::{BLOBS, Location, QUARANTINE, blob_key, decode_key, decode_timed};
+use super::migrate::{BLOBS_V1, v1_key_to_v2};
 use super::summaries::xor_into;
 use super::*;
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, TableHandle};
 use ringvault_common::wire::DIGEST_BUCKETS;
 use ringvault_common::wire::StoreState;
 
