@@ -26,11 +26,12 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::StoreError;
 use super::keys::{
     BLOBS, Location, QUARANTINE, RECORDS, TRASH, UNREFERENCED, blob_key, decode_key, index_err,
     malformed, timed_location, timed_value, unix_seconds,
 };
-use super::{SEGMENT_MAGIC, StoreError, list_segments, segment_path, sync_dir};
+use super::segment::{SEGMENT_MAGIC, list_segments, segment_path, sync_dir};
 use ringvault_common::{ChunkId, RepoId};
 
 /// Index entries written per transaction while rebuilding.

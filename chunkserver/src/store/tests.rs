@@ -1,6 +1,10 @@
 //! Unit tests of the chunk stores: most checks run against both
 //! [`FsStore`] and [`MemStore`].
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
 use super::keys::{BLOBS, Location, QUARANTINE, blob_key, decode_key, decode_timed};
 use super::migrate::{BLOBS_V1, v1_key_to_v2};
 use super::summaries::xor_into;
