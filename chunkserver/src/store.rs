@@ -127,6 +127,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableTable};
 use ringvault_common::{ChunkId, RepoId};
 
+mod compact;
 pub mod health;
 mod index;
 mod keys;
@@ -141,12 +142,12 @@ pub use recover::RebuildReport;
 use health::Health;
 use index::Index;
 use keys::{
-    BLOBS, LOCATED, Location, QUARANTINE, RECORDS, TRASH, UNREFERENCED, blob_key, decode_key,
+    BLOBS, Location, QUARANTINE, RECORDS, TRASH, UNREFERENCED, blob_key, decode_key,
     decode_seconds, decode_timed, index_err, key_in_repo, malformed, parse_record_key,
-    partition_range, record_prefix, record_prefix_raw, timed_location, timed_value, unix_seconds,
+    partition_range, record_prefix, record_prefix_raw, timed_value, unix_seconds,
 };
 use migrate::migrate_v1;
-use segment::{CompactJob, PutJob, SegmentWriter, WriteJob, list_segments, segment_path, sync_dir};
+use segment::{PutJob, SegmentWriter, WriteJob, list_segments, segment_path, sync_dir};
 use summaries::{Summaries, Totals, lock, summarize};
 
 /// Errors from a chunk store.
@@ -605,8 +606,6 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn mark_failing(&self, error: &str);
 }
 
-/// Blob bytes a compaction copies in one writer job, at least one record.
-const COMPACT_BATCH_BYTES: u64 = 8 << 20;
 /// Settings of an [`FsStore`].
 #[derive(Clone, Debug)]
 pub struct FsStoreOptions {
@@ -955,111 +954,6 @@ impl FsStore {
             .ok_or(StoreError::Closed)?;
         sender.send(job(done)).map_err(|_| StoreError::Closed)?;
         wait.recv().map_err(|_| StoreError::Closed)?
-    }
-
-    /// The sealed segments whose live bytes are at most `max_live_fraction`
-    /// of their file size (`sizes`), each with the keys of the entries
-    /// pointing into it and their blob bytes, from one read of the index.
-    fn compaction_plan(
-        &self,
-        sizes: &BTreeMap<u32, u64>,
-        max_live_fraction: f64,
-    ) -> Result<BTreeMap<u32, BTreeMap<Vec<u8>, u64>>, StoreError> {
-        let txn = self.index.begin_read()?;
-        let mut live: HashMap<u32, u64> = HashMap::new();
-        for def in LOCATED {
-            let table = txn.open_table(def).map_err(index_err)?;
-            for item in table.iter().map_err(index_err)? {
-                let (_, v) = item.map_err(index_err)?;
-                let loc = timed_location(v.value()).ok_or_else(malformed)?;
-                if sizes.contains_key(&loc.segment) {
-                    *live.entry(loc.segment).or_default() += u64::from(loc.len);
-                }
-            }
-        }
-        let mut plan: BTreeMap<u32, BTreeMap<Vec<u8>, u64>> = sizes
-            .iter()
-            .filter(|&(n, &size)| {
-                let live = live.get(n).copied().unwrap_or(0);
-                live as f64 <= max_live_fraction * size as f64
-            })
-            .map(|(n, _)| (*n, BTreeMap::new()))
-            .collect();
-        if plan.is_empty() {
-            return Ok(plan);
-        }
-        for def in LOCATED {
-            let table = txn.open_table(def).map_err(index_err)?;
-            for item in table.iter().map_err(index_err)? {
-                let (k, v) = item.map_err(index_err)?;
-                let loc = timed_location(v.value()).ok_or_else(malformed)?;
-                if let Some(keys) = plan.get_mut(&loc.segment) {
-                    *keys.entry(k.value().to_vec()).or_default() += u64::from(loc.len);
-                }
-            }
-        }
-        Ok(plan)
-    }
-
-    /// Moves every live record out of sealed `segment` (whose entries'
-    /// keys and blob bytes are `keys`), then deletes it. Returns the bytes
-    /// its records take in the open segment, or `None` when some could not
-    /// be read and the segment was kept.
-    fn compact_segment(
-        &self,
-        segment: u32,
-        keys: BTreeMap<Vec<u8>, u64>,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut written = 0u64;
-        let mut stuck = 0u64;
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut keys = keys.into_iter().peekable();
-        while let Some((key, len)) = keys.next() {
-            batch.push(key);
-            batch_bytes += len;
-            if batch_bytes >= COMPACT_BATCH_BYTES || keys.peek().is_none() {
-                let keys = std::mem::take(&mut batch);
-                batch_bytes = 0;
-                let done = self.send(|done| {
-                    WriteJob::Compact(CompactJob {
-                        segment,
-                        keys,
-                        done,
-                    })
-                })?;
-                written += done.written;
-                stuck += done.stuck;
-            }
-        }
-        if stuck > 0 {
-            tracing::warn!(
-                segment,
-                records = stuck,
-                "compaction kept a segment: live records' bytes are missing"
-            );
-            return Ok(None);
-        }
-        let seg_dir = self.dir.join("segments");
-        let path = segment_path(&seg_dir, segment);
-        std::fs::remove_file(&path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        File::open(&seg_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError::Io {
-                path: seg_dir,
-                source,
-            })?;
-        // A reader opening the file after this finds it gone and looks its
-        // blob up again; one holding a descriptor reads the unlinked file.
-        // Dropping the cached one lets the file system free the space.
-        self.readers
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .remove(&segment);
-        Ok(Some(written))
     }
 }
 

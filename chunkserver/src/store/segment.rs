@@ -3,10 +3,9 @@
 //! and group commit, which makes a batch of puts durable with one
 //! `fdatasync` and one index commit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -17,10 +16,7 @@ use ringvault_common::{ChunkId, RepoId};
 
 use super::health::{self, Health, is_no_space};
 use super::index::Index;
-use super::keys::{
-    BLOBS, LOCATED, LOCATION_LEN, Location, QUARANTINE, blob_key, decode_key, index_err, malformed,
-    timed_location,
-};
+use super::keys::{BLOBS, Location, QUARANTINE, blob_key, index_err};
 use super::summaries::{Summaries, lock};
 use super::{FsStoreOptions, StoreError};
 
@@ -51,7 +47,7 @@ pub(super) struct CompactJob {
 #[derive(Default)]
 pub(super) struct CompactBatch {
     /// Entries repointed.
-    moved: u64,
+    pub(super) moved: u64,
     /// Bytes appended to the open segment.
     pub(super) written: u64,
     /// Entries left in place because their bytes are missing.
@@ -210,7 +206,7 @@ impl SegmentWriter {
         }
     }
 
-    fn io(&self, source: std::io::Error) -> StoreError {
+    pub(super) fn io(&self, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: segment_path(&self.dir, self.segment),
             source,
@@ -393,7 +389,7 @@ impl SegmentWriter {
     /// Appends one record to the open segment (`buf` is scratch space for
     /// its header) and returns its location. On failure the file may hold
     /// part of it; the caller then drops the file (see [`Self::run`]).
-    fn append(
+    pub(super) fn append(
         &mut self,
         repo: &RepoId,
         id: &ChunkId,
@@ -431,101 +427,8 @@ impl SegmentWriter {
         })
     }
 
-    /// Copies the records of sealed `segment` still pointed to by the
-    /// entries of `keys` in any [`LOCATED`] table to the open segment,
-    /// fsyncs them, then repoints those entries in one transaction. A record
-    /// whose bytes are missing (short segment) stays where it is and counts
-    /// as stuck; one failing its checksum is copied as it is, so that reads
-    /// and scrub still find it corrupt.
-    fn compact(&mut self, segment: u32, keys: &[Vec<u8>]) -> Result<CompactBatch, StoreError> {
-        // The segment being appended to, or the next one when none is open.
-        let open = if self.file.is_some() {
-            self.segment
-        } else {
-            self.segment + 1
-        };
-        if segment >= open {
-            // Not sealed ([`ChunkStore::compact`] never asks): keep it whole.
-            return Ok(CompactBatch {
-                stuck: keys.len() as u64,
-                ..CompactBatch::default()
-            });
-        }
-        let path = segment_path(&self.dir, segment);
-        let src = File::open(&path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let mut out = CompactBatch::default();
-        // Old offset to new location, should two entries share a record.
-        let mut copied: HashMap<u64, Location> = HashMap::new();
-        let mut blob = Vec::new();
-        let mut header = Vec::new();
-        let txn = self.index.begin_write()?;
-        for def in LOCATED {
-            let mut table = txn.open_table(def).map_err(index_err)?;
-            for key in keys {
-                let Some(mut value) = table
-                    .get(key.as_slice())
-                    .map_err(index_err)?
-                    .map(|v| v.value().to_vec())
-                else {
-                    continue;
-                };
-                let loc = timed_location(&value).ok_or_else(malformed)?;
-                if loc.segment != segment {
-                    continue;
-                }
-                let new = match copied.get(&loc.offset) {
-                    Some(new) => *new,
-                    None => {
-                        blob.resize(loc.len as usize, 0);
-                        match src.read_exact_at(&mut blob, loc.offset) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                                out.stuck += 1;
-                                continue;
-                            }
-                            Err(source) => return Err(StoreError::Io { path, source }),
-                        }
-                        let (repo, id) = decode_key(key).ok_or_else(malformed)?;
-                        if *blake3::hash(&blob).as_bytes() != loc.checksum {
-                            tracing::warn!(chunk = %id, repo = %repo, segment, "compaction copied a blob that fails its checksum");
-                        }
-                        if self.file.is_none() || self.size >= self.options.segment_bytes {
-                            // Fsyncs the records already copied to the
-                            // segment it seals.
-                            self.rotate()?;
-                        }
-                        let before = self.size;
-                        let new = self.append(&repo, &id, &loc.checksum, &blob, &mut header)?;
-                        out.written += self.size - before;
-                        copied.insert(loc.offset, new);
-                        new
-                    }
-                };
-                if let Some(at) = value.get_mut(..LOCATION_LEN) {
-                    at.copy_from_slice(&new.encode());
-                }
-                table
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(index_err)?;
-                out.moved += 1;
-            }
-        }
-        if out.moved == 0 {
-            txn.abort().map_err(index_err)?;
-        } else {
-            let file = self.file.as_ref().ok_or(StoreError::Closed)?;
-            file.sync_data().map_err(|e| self.io(e))?;
-            self.committed = self.size;
-            self.index.commit(txn)?;
-        }
-        Ok(out)
-    }
-
     /// Starts a new segment file and makes its directory entry durable.
-    fn rotate(&mut self) -> Result<(), StoreError> {
+    pub(super) fn rotate(&mut self) -> Result<(), StoreError> {
         if let Some(f) = &self.file {
             f.sync_data().map_err(|e| self.io(e))?;
         }
