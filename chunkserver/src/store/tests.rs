@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 
 use super::keys::{BLOBS, Location, QUARANTINE, blob_key, decode_key, decode_timed};
 use super::migrate::{BLOBS_V1, v1_key_to_v2};
