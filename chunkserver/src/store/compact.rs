@@ -8,11 +8,12 @@ use std::os::unix::fs::FileExt;
 
 use redb::ReadableTable;
 
+use super::StoreError;
+use super::fs::FsStore;
 use super::keys::{
     LOCATED, LOCATION_LEN, Location, decode_key, index_err, malformed, timed_location,
 };
 use super::segment::{CompactBatch, CompactJob, SegmentWriter, WriteJob, segment_path};
-use super::{FsStore, StoreError};
 
 /// Blob bytes a compaction copies in one writer job, at least one record.
 const COMPACT_BATCH_BYTES: u64 = 8 << 20;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use redb::ReadableTable;
 use ringvault_common::{ChunkId, RepoId};
 
+use super::fs::{FsStore, HeldRead};
 use super::health::{self, StoreHealth};
 use super::keys::{
     BLOBS, Location, RECORDS, TRASH, UNREFERENCED, blob_key, decode_key, decode_seconds,
@@ -17,8 +18,8 @@ use super::keys::{
 use super::segment::{PutJob, WriteJob, list_segments};
 use super::summaries::lock;
 use super::{
-    ChunkStore, CompactReport, FsStore, HeldRead, Record, RecordKey, RecordKind, ScrubStep,
-    StoreError, quota_room, read_within, scrub_step_full,
+    ChunkStore, CompactReport, Record, RecordKey, RecordKind, ScrubStep, StoreError, quota_room,
+    read_within, scrub_step_full,
 };
 
 impl ChunkStore for FsStore {

@@ -4,15 +4,19 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
+use ringvault_common::wire::{DIGEST_BUCKETS, StoreState};
+
+use super::fs::{HeldRead, REDB_MAGIC_LEN};
 use super::keys::{BLOBS, Location, QUARANTINE, blob_key, decode_key, decode_timed};
 use super::migrate::{BLOBS_V1, v1_key_to_v2};
+use super::segment::{list_segments, segment_path};
 use super::summaries::xor_into;
 use super::*;
-use redb::{ReadableDatabase, TableHandle};
-use ringvault_common::wire::DIGEST_BUCKETS;
-use ringvault_common::wire::StoreState;
 
 fn repo() -> RepoId {
     RepoId::new("r").unwrap()
