@@ -402,6 +402,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// order. Otherwise the digests of the set partitions are folded by XOR
     /// into [`DIGEST_BUCKETS`] buckets, partition `p` into bucket `p >> 8`,
     /// and the 256 buckets are returned.
+    ///
+    /// [`DIGEST_BUCKETS`]: ringvault_common::wire::DIGEST_BUCKETS
     fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]>;
 
     /// Every partition holding at least one blob, ascending, with its

@@ -27,6 +27,8 @@ pub(super) enum WriteJob {
     /// Store blobs (batched with other puts).
     Put(PutJob),
     /// Move live records out of a sealed segment (see [`ChunkStore::compact`]).
+    ///
+    /// [`ChunkStore::compact`]: super::ChunkStore::compact
     Compact(CompactJob),
 }
 
@@ -39,6 +41,8 @@ pub(super) struct PutJob {
 pub(super) struct CompactJob {
     pub(super) segment: u32,
     /// Blob keys that pointed into `segment` in some [`LOCATED`] table.
+    ///
+    /// [`LOCATED`]: super::keys::LOCATED
     pub(super) keys: Vec<Vec<u8>>,
     pub(super) done: mpsc::SyncSender<Result<CompactBatch, StoreError>>,
 }
@@ -118,6 +122,8 @@ pub(super) struct SegmentWriter {
     /// Published copy of `segment`.
     pub(super) current: Arc<AtomicU32>,
     /// Sum of the segment file sizes, bytes (see [`ChunkStore::disk_bytes`]).
+    ///
+    /// [`ChunkStore::disk_bytes`]: super::ChunkStore::disk_bytes
     pub(super) disk: Arc<AtomicU64>,
     pub(super) health: Arc<Health>,
 }

@@ -29,6 +29,8 @@ pub(super) struct Summaries {
     pub(super) trash_bytes: u64,
     /// The totals, copied out on every change so that [`ChunkStore::stats`]
     /// never waits for a group commit holding the lock.
+    ///
+    /// [`ChunkStore::stats`]: super::ChunkStore::stats
     pub(super) totals: Arc<Totals>,
 }
 
