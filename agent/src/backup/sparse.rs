@@ -11,7 +11,7 @@
 //! Where the file system cannot tell (`EINVAL`), the kernel's generic
 //! answer (all data, one hole at the end) or a refusal make it read
 //! everything, as before. Restore writes long zero runs as holes again
-//! (`restore::write_sparse`), so the round trip stays sparse.
+//! (`restore::target::write_sparse`), so the round trip stays sparse.
 //!
 //! The file may change while it is read; the caller compares its metadata
 //! before and after and reads again when it did, as for a plain read.

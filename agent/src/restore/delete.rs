@@ -33,7 +33,8 @@ use rustix::io::Errno;
 
 use super::after::{Level, for_each_level};
 use super::progress::RestoreProgress;
-use super::{RestoreOptions, RestoreReport, Selection, open_beneath, push_name, timestamps};
+use super::target::{open_beneath, open_target, timestamps};
+use super::{RestoreOptions, RestoreReport, Selection, push_name};
 use crate::repo::Repo;
 
 /// Directories open at once while one is removed: a directory nested
@@ -69,7 +70,7 @@ pub async fn delete_extra(
     let select = Selection::new(options)?;
     let mut out = DeleteReport::default();
     // A dry run does not make the target: then there is nothing to clean.
-    let Some(root) = super::open_target(target, true)? else {
+    let Some(root) = open_target(target, true)? else {
         return Ok(out);
     };
     let dev = rustix::fs::fstat(&root)

@@ -23,9 +23,9 @@ use anyhow::{Context, anyhow, bail};
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
+use super::target::{look, open_beneath};
 use super::{
-    Action, DirState, How, MadeDir, OpenDir, Overwrite, RestoreReport, lineage, look, made_path,
-    open_beneath,
+    Action, DirState, How, MadeDir, OpenDir, Overwrite, RestoreReport, lineage, made_path,
 };
 
 /// Where a member of a hard-link group goes: a walked directory (`None`:

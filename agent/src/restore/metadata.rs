@@ -45,7 +45,8 @@ use ringvault_common::tree::{Entry, EntryKind};
 use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, RawMode, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use super::{Action, How, Overwrite, look, timestamps};
+use super::target::{look, timestamps};
+use super::{Action, How, Overwrite};
 use crate::fsmeta::Ids;
 
 /// How owners and extended attributes are restored, and the warnings

@@ -31,7 +31,8 @@ use rustix::fs::{FileType, Mode, OFlags};
 use tokio::sync::Semaphore;
 
 use super::after::{dirs_above, for_each_level, open_target};
-use super::{Action, RestoreReport, open_beneath};
+use super::target::open_beneath;
+use super::{Action, RestoreReport};
 use crate::repo::Repo;
 
 /// Files read back at once, each through a buffer of up to one chunk (the

@@ -1,0 +1,406 @@
+//! The system calls on the target directory: opening the target and the
+//! directories beneath it, making directories, symlinks and files, looking
+//! at what is at a name, writing a file's bytes (long zero runs left as
+//! holes) and setting times. Below the target, every call names one entry
+//! relative to a directory descriptor, or acts on a descriptor restore
+//! opened itself (see the parent module's notes on staying inside the
+//! target).
+
+use std::ffi::OsStr;
+use std::fs::DirBuilder;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use rustix::fs::{AtFlags, FileType, Mode, Nsecs, OFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::{Action, How, Overwrite};
+
+/// Opens the target (the one path the kernel resolves, symlinks and all:
+/// the user named it), first making it, with its missing parents, unless
+/// this is a dry run; `None` in a dry run when it does not exist.
+pub(super) fn open_target(target: &Path, dry_run: bool) -> anyhow::Result<Option<OwnedFd>> {
+    if !dry_run {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(target)
+            .with_context(|| format!("creating {}", target.display()))?;
+    }
+    match rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) if dry_run => Ok(None),
+        Err(e) => {
+            Err(std::io::Error::from(e)).with_context(|| format!("opening {}", target.display()))
+        }
+    }
+}
+
+/// Opens the directory `names` leads to from `root`, one component at a
+/// time, following no symlink.
+///
+/// # Errors
+/// When a component is missing, not a directory, or a symlink.
+pub(super) fn open_beneath<'a>(
+    root: BorrowedFd<'_>,
+    names: impl IntoIterator<Item = &'a [u8]>,
+) -> std::io::Result<OwnedFd> {
+    let mut fd: Option<OwnedFd> = None;
+    for name in names {
+        let at = fd.as_ref().map_or(root, |f| f.as_fd());
+        fd = Some(rustix::fs::openat(
+            at,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+    }
+    match fd {
+        Some(fd) => Ok(fd),
+        None => root.try_clone_to_owned(),
+    }
+}
+
+/// Makes directory `name` in `parent`; an existing directory is fine,
+/// anything else there (a file, a symlink) is an error and is left alone.
+/// Returns whether it made one.
+pub(super) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<bool> {
+    match rustix::fs::mkdirat(parent, name, Mode::RWXU) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => {
+            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .context("looking at what is there")?;
+            if FileType::from_raw_mode(st.st_mode).is_dir() {
+                Ok(false)
+            } else {
+                bail!("exists and is not a directory (left alone, never followed)")
+            }
+        }
+        Err(e) => Err(std::io::Error::from(e)).context("creating the directory"),
+    }
+}
+
+/// Places symlink `name` in `dir` (`None`: a directory a dry run would
+/// make), pointing at `target`, with its mtime, as `how` says: made when
+/// the name is free; kept when the same symlink is there (its mtime set if
+/// it has one link); otherwise an error, but for `if-changed`, which
+/// replaces a non-directory, and `never`, which skips.
+///
+/// # Errors
+/// When what is there cannot be looked at or may not be replaced, or the
+/// symlink cannot be made.
+pub(super) fn place_symlink(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    target: &[u8],
+    mtime_ns: i64,
+    how: How,
+) -> anyhow::Result<Action> {
+    let Some(dir) = dir else {
+        return Ok(Action::New);
+    };
+    let Some(st) = look(dir, name)? else {
+        if !how.dry_run {
+            make_symlink(dir, name, target, mtime_ns)?;
+        }
+        return Ok(Action::New);
+    };
+    if how.overwrite == Overwrite::Never {
+        return Ok(Action::Skipped);
+    }
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind.is_symlink()
+        && rustix::fs::readlinkat(dir, name, Vec::new()).is_ok_and(|t| t.as_bytes() == target)
+    {
+        if !how.dry_run && st.st_nlink == 1 && stat_mtime_ns(&st) != i128::from(mtime_ns) {
+            rustix::fs::utimensat(dir, name, &timestamps(mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .context("setting the symlink's mtime")?;
+        }
+        return Ok(Action::Unchanged);
+    }
+    if kind.is_dir() {
+        bail!("making the symlink: a directory is in the way (left alone)");
+    }
+    if how.overwrite == Overwrite::Always {
+        bail!(
+            "making the symlink: something else is already there (left alone; \
+             `--overwrite if-changed` replaces it)"
+        );
+    }
+    if !how.dry_run {
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e)).context("removing what is in the way");
+            }
+        }
+        make_symlink(dir, name, target, mtime_ns)?;
+    }
+    Ok(Action::Replaced)
+}
+
+/// What is at `name` in `dir`, not following a symlink; `None` when
+/// nothing is.
+///
+/// # Errors
+/// The `fstatat` error but `ENOENT`.
+pub(super) fn look(dir: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<Option<Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(std::io::Error::from(e)).context("looking at what is there"),
+    }
+}
+
+/// `st`'s mtime, ns since the epoch (wide: the platform's field types vary).
+pub(super) fn stat_mtime_ns(st: &Stat) -> i128 {
+    i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+}
+
+/// Makes symlink `name` in `dir`, pointing at `target`, with its mtime.
+fn make_symlink(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    target: &[u8],
+    mtime_ns: i64,
+) -> anyhow::Result<()> {
+    rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name)
+        .map_err(std::io::Error::from)
+        .context("making the symlink")?;
+    rustix::fs::utimensat(dir, name, &timestamps(mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(std::io::Error::from)
+        .context("setting the symlink's mtime")?;
+    Ok(())
+}
+
+/// Makes file `name` in `dir` afresh, for writing: a non-directory already
+/// there is unlinked first, never opened, since it may be a hard link to a
+/// file outside the target or a symlink to one. With `free` (the name was
+/// just seen free), the file is made without looking first; should
+/// something have taken the name since, making it fails.
+pub(super) fn create_file(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    free: bool,
+) -> anyhow::Result<std::fs::File> {
+    let seen = if free {
+        Err(Errno::NOENT)
+    } else {
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+    };
+    match seen {
+        Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+            bail!("a directory is in the way (left alone)")
+        }
+        Ok(_) => match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e)).context("removing what is in the way");
+            }
+        },
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(std::io::Error::from(e)).context("looking at what is there"),
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(std::io::Error::from)
+    .context("creating the file")?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Zero runs at least this long (bytes) are left as holes rather than
+/// written, so sparse files stay sparse (and long zero runs in dense files
+/// become holes, as with restic's `--sparse` and GNU cp's default).
+const HOLE_BYTES: usize = 64 * 1024;
+
+/// Writes `data` at `offset` of a freshly created file, skipping zero runs
+/// of at least [`HOLE_BYTES`] that start on a [`HOLE_BYTES`] boundary of
+/// the data. Returns whether the file now reaches `offset + data.len()`
+/// (false when the data ends in a skipped run and the file may be shorter).
+///
+/// # Errors
+/// The write's I/O error.
+pub(super) fn write_sparse(
+    file: &std::fs::File,
+    data: &[u8],
+    offset: u64,
+) -> std::io::Result<bool> {
+    let mut start = 0; // first byte not yet written
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + HOLE_BYTES).min(data.len());
+        if end - at == HOLE_BYTES && data[at..end].iter().all(|&b| b == 0) {
+            file.write_all_at(&data[start..at], offset + start as u64)?;
+            start = end;
+        }
+        at = end;
+    }
+    file.write_all_at(&data[start..], offset + start as u64)?;
+    Ok(start < data.len() || data.is_empty() && offset == 0)
+}
+
+/// Access and modification times both at `mtime_ns` (ns since the epoch).
+pub(super) fn timestamps(mtime_ns: i64) -> Timestamps {
+    let at = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        // In 0..1e9, which fits every platform's type.
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as Nsecs,
+    };
+    Timestamps {
+        last_access: at,
+        last_modification: at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn dir_fd(path: &Path) -> OwnedFd {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn write_sparse_says_when_a_trailing_hole_leaves_the_file_short() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases: [(Vec<u8>, bool); 4] = [
+            (Vec::new(), true),
+            (b"data".to_vec(), true),
+            ([vec![1u8; 10], vec![0u8; HOLE_BYTES * 2]].concat(), true),
+            (
+                [vec![1u8; HOLE_BYTES], vec![0u8; HOLE_BYTES]].concat(),
+                false,
+            ),
+        ];
+        for (i, (data, sized)) in cases.iter().enumerate() {
+            let path = tmp.path().join(i.to_string());
+            let file = std::fs::File::create(&path).unwrap();
+            assert_eq!(write_sparse(&file, data, 0).unwrap(), *sized, "case {i}");
+            let len = file.metadata().unwrap().len();
+            assert_eq!(len == data.len() as u64, *sized, "case {i}: length {len}");
+        }
+    }
+
+    #[test]
+    fn a_file_replaces_links_and_never_writes_through_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside, target) = (tmp.path().join("outside"), tmp.path().join("target"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(outside.join("hard"), b"outside").unwrap();
+        std::fs::hard_link(outside.join("hard"), target.join("hard")).unwrap();
+        std::os::unix::fs::symlink(outside.join("soft"), target.join("soft")).unwrap();
+        let fd = dir_fd(&target);
+        for name in ["hard", "soft"] {
+            let f = create_file(fd.as_fd(), OsStr::new(name), false).unwrap();
+            f.write_all_at(b"new", 0).unwrap();
+            assert_eq!(f.metadata().unwrap().nlink(), 1);
+            assert_eq!(std::fs::read(target.join(name)).unwrap(), b"new");
+        }
+        assert_eq!(std::fs::read(outside.join("hard")).unwrap(), b"outside");
+        assert!(!outside.join("soft").exists());
+        std::fs::create_dir(target.join("dir")).unwrap();
+        let err = create_file(fd.as_fd(), OsStr::new("dir"), false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("directory is in the way"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn directories_are_never_reached_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside, target) = (tmp.path().join("outside"), tmp.path().join("target"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(target.join("real")).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("real/evil")).unwrap();
+        let fd = dir_fd(&target);
+        let err = make_dir(
+            open_beneath(fd.as_fd(), [&b"real"[..]]).unwrap().as_fd(),
+            OsStr::new("evil"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+        assert!(open_beneath(fd.as_fd(), [&b"real"[..], b"evil"]).is_err());
+        assert!(!make_dir(fd.as_fd(), OsStr::new("real")).unwrap());
+        assert!(make_dir(fd.as_fd(), OsStr::new("new")).unwrap());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlink_is_kept_replaced_or_refused_by_the_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (outside, target) = (tmp.path().join("outside"), tmp.path().join("target"));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(target.join("dir")).unwrap();
+        std::fs::write(outside.join("secret"), b"outside").unwrap();
+        let fd = dir_fd(&target);
+        let how = |overwrite, dry_run| How {
+            overwrite,
+            dry_run,
+            list: dry_run,
+        };
+        let place = |name: &str, how| {
+            place_symlink(
+                Some(fd.as_fd()),
+                OsStr::new(name),
+                b"to",
+                5_000_000_000,
+                how,
+            )
+        };
+        let link = |name: &str| std::fs::read_link(target.join(name)).unwrap();
+        assert_eq!(
+            place("l", how(Overwrite::Always, true)).unwrap(),
+            Action::New
+        );
+        assert!(
+            std::fs::symlink_metadata(target.join("l")).is_err(),
+            "dry run"
+        );
+        assert_eq!(
+            place("l", how(Overwrite::Always, false)).unwrap(),
+            Action::New
+        );
+        assert_eq!(link("l"), Path::new("to"));
+        for overwrite in [Overwrite::Always, Overwrite::IfChanged] {
+            assert_eq!(
+                place("l", how(overwrite, false)).unwrap(),
+                Action::Unchanged
+            );
+        }
+        std::os::unix::fs::symlink(outside.join("secret"), target.join("other")).unwrap();
+        let e = place("other", how(Overwrite::Always, false)).unwrap_err();
+        assert!(format!("{e:#}").contains("making the symlink"), "{e:#}");
+        let never = place("other", how(Overwrite::Never, false)).unwrap();
+        assert_eq!(never, Action::Skipped);
+        let dry = place("other", how(Overwrite::IfChanged, true)).unwrap();
+        assert_eq!(dry, Action::Replaced);
+        assert_eq!(link("other"), outside.join("secret"), "dry run");
+        let replaced = place("other", how(Overwrite::IfChanged, false)).unwrap();
+        assert_eq!(replaced, Action::Replaced);
+        assert_eq!(link("other"), Path::new("to"));
+        assert!(place("dir", how(Overwrite::IfChanged, false)).is_err());
+        assert!(target.join("dir").is_dir());
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"outside");
+    }
+}
