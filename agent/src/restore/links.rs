@@ -2,7 +2,7 @@
 //! one.
 //!
 //! A snapshot's entries with the same `device` and `inode`, `links > 1` and the
-//! same content (size and chunks: see `LinkKey` in the parent module)
+//! same content (size and chunks: see `LinkKey` in the `walk` module)
 //! are one group (restic's approach: no entry kind of its own, so a group
 //! needs no bookkeeping at backup time and a path or pattern restore needs
 //! none either). The first member the walk meets among those chosen is
