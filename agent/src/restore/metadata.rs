@@ -33,20 +33,22 @@
 //! program that listens on them, as restic says). A special file's
 //! metadata is set through an `O_PATH` descriptor opened on what was just
 //! made, never through its name.
+//!
+//! This module decides what to give (whose owner, which attributes) and
+//! gives each warning once; the calls that give it, [`Meta::apply`] and
+//! the like, are in the `target` module with the restore's other calls on
+//! the target.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
-use anyhow::{Context, bail};
-use ringvault_common::tree::{Entry, EntryKind};
-use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, RawMode, Uid, XattrFlags};
+use anyhow::Context;
+use ringvault_common::tree::Entry;
+use rustix::fs::{Gid, Uid};
 use rustix::io::Errno;
 
-use super::target::{look, timestamps};
-use super::{Action, How, Overwrite};
 use crate::fsmeta::Ids;
 
 /// How owners and extended attributes are restored, and the warnings
@@ -57,9 +59,9 @@ pub(super) struct Meta {
     /// By the recorded ids, never by name (`--numeric-owner`).
     numeric_owner: bool,
     /// Write extended attributes (not `--no-xattrs`).
-    xattrs: bool,
+    pub(super) xattrs: bool,
     /// Make device nodes (the restore runs as root).
-    devices: bool,
+    pub(super) devices: bool,
     ids: Mutex<Ids>,
     /// Warnings given, each once, in order.
     warnings: Mutex<Vec<String>>,
@@ -89,7 +91,7 @@ impl Meta {
     }
 
     /// Gives `text` as a warning unless `cause` was met before.
-    fn warn_once(&self, cause: String, text: impl FnOnce() -> String) {
+    pub(super) fn warn_once(&self, cause: String, text: impl FnOnce() -> String) {
         let new = self.causes.lock().is_ok_and(|mut c| c.insert(cause));
         if new {
             let text = text();
@@ -102,7 +104,7 @@ impl Meta {
 
     /// The owner and group to give `entry`, `None` when owners are left
     /// alone.
-    fn owner(&self, entry: &Entry) -> Option<(Uid, Gid)> {
+    pub(super) fn owner(&self, entry: &Entry) -> Option<(Uid, Gid)> {
         if !self.chown {
             return None;
         }
@@ -119,7 +121,7 @@ impl Meta {
     /// What to do about a failed `chown`: a file system or user namespace
     /// that takes no owners (`EPERM`, `EINVAL` for an id it cannot map)
     /// is one warning; anything else an error for the entry.
-    fn owner_failed(&self, e: Errno) -> anyhow::Result<()> {
+    pub(super) fn owner_failed(&self, e: Errno) -> anyhow::Result<()> {
         if e == Errno::PERM || e == Errno::INVAL {
             self.warn_once(format!("owner {e:?}"), || {
                 format!(
@@ -135,7 +137,7 @@ impl Meta {
 
     /// Writes `entry`'s extended attributes with `set`, warning once per
     /// namespace and errno about those refused.
-    fn set_xattrs(
+    pub(super) fn set_xattrs(
         &self,
         entry: &Entry,
         mut set: impl FnMut(&OsStr, &[u8]) -> rustix::io::Result<()>,
@@ -158,181 +160,15 @@ impl Meta {
             }
         }
     }
-
-    /// Gives a file or directory restore opened itself (`fd`) `entry`'s
-    /// owner, extended attributes, mode and mtime, in that order.
-    ///
-    /// # Errors
-    /// When the mode or mtime cannot be set, or the owner for a reason
-    /// other than the target refusing owners.
-    pub(super) fn apply(&self, fd: BorrowedFd<'_>, entry: &Entry) -> anyhow::Result<()> {
-        if let Some((uid, gid)) = self.owner(entry)
-            && let Err(e) = rustix::fs::fchown(fd, Some(uid), Some(gid))
-        {
-            self.owner_failed(e)?;
-        }
-        self.set_xattrs(entry, |name, value| {
-            rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
-        });
-        // Only permission bits go in: 0o7777 fits in every platform's mode_t.
-        rustix::fs::fchmod(fd, Mode::from_raw_mode((entry.mode & 0o7777) as RawMode))
-            .map_err(std::io::Error::from)
-            .context("setting the mode")?;
-        rustix::fs::futimens(fd, &timestamps(entry.mtime_ns))
-            .map_err(std::io::Error::from)
-            .context("setting the mtime")?;
-        Ok(())
-    }
-
-    /// Gives the symlink `name` in `dir`, just made with its mtime, its
-    /// owner and extended attributes (a symlink has no mode of its own).
-    /// Neither call follows the link.
-    ///
-    /// # Errors
-    /// As [`Meta::apply`].
-    pub(super) fn apply_symlink(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        entry: &Entry,
-    ) -> anyhow::Result<()> {
-        if let Some((uid, gid)) = self.owner(entry)
-            && let Err(e) =
-                rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-        {
-            self.owner_failed(e)?;
-        }
-        if self.xattrs && !entry.xattrs.is_empty() {
-            // The directory through its descriptor (no path outside the
-            // target is resolved), the link itself not followed.
-            let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-            path.extend_from_slice(name.as_bytes());
-            let path = OsStr::from_bytes(&path);
-            self.set_xattrs(entry, |n, v| {
-                rustix::fs::lsetxattr(path, n, v, XattrFlags::empty())
-            });
-        }
-        Ok(())
-    }
-
-    /// Makes the special file `entry` (a FIFO or a device node) as `name`
-    /// in `dir` (`None`: a directory a dry run would make), as `how` says,
-    /// with its owner, extended attributes, mode and mtime. `Ok(None)` for
-    /// what a restore skips: sockets, and devices when not root (one
-    /// warning).
-    ///
-    /// # Errors
-    /// When what is there cannot be looked at or replaced, or the file
-    /// cannot be made or given its metadata.
-    pub(super) fn place_special(
-        &self,
-        dir: Option<BorrowedFd<'_>>,
-        name: &OsStr,
-        entry: &Entry,
-        how: How,
-    ) -> anyhow::Result<Option<Action>> {
-        let file_type = match entry.kind {
-            EntryKind::Fifo => FileType::Fifo,
-            EntryKind::CharDevice | EntryKind::BlockDevice if !self.devices => {
-                self.warn_once("devices".into(), || {
-                    "device files skipped: making them needs root".into()
-                });
-                return Ok(None);
-            }
-            EntryKind::CharDevice => FileType::CharacterDevice,
-            EntryKind::BlockDevice => FileType::BlockDevice,
-            _ => return Ok(None),
-        };
-        let Some(dir) = dir else {
-            return Ok(Some(Action::New));
-        };
-        let action = match look(dir, name)? {
-            None => Action::New,
-            Some(_) if how.overwrite == Overwrite::Never => return Ok(Some(Action::Skipped)),
-            Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
-                bail!("a directory is in the way (left alone)")
-            }
-            Some(_) => Action::Replaced,
-        };
-        if how.dry_run {
-            return Ok(Some(action));
-        }
-        if action == Action::Replaced {
-            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(e) => {
-                    return Err(std::io::Error::from(e)).context("removing what is in the way");
-                }
-            }
-        }
-        let rdev = if file_type == FileType::Fifo {
-            0
-        } else {
-            entry.rdev
-        };
-        rustix::fs::mknodat(dir, name, file_type, Mode::RUSR | Mode::WUSR, rdev as _)
-            .map_err(std::io::Error::from)
-            .context("making the special file")?;
-        self.apply_special(dir, name, entry, file_type)?;
-        Ok(Some(action))
-    }
-
-    /// Gives the special file `name` in `dir`, just made, `entry`'s
-    /// metadata through an `O_PATH` descriptor (opening a device could
-    /// act on it) and `/proc/self/fd`, which names that very inode.
-    fn apply_special(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        entry: &Entry,
-        file_type: FileType,
-    ) -> anyhow::Result<()> {
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .context("opening what was made")?;
-        let st = rustix::fs::fstat(&fd)
-            .map_err(std::io::Error::from)
-            .context("looking at what was made")?;
-        if FileType::from_raw_mode(st.st_mode) != file_type {
-            bail!("replaced while being made (left alone)");
-        }
-        if let Some((uid, gid)) = self.owner(entry)
-            && let Err(e) = rustix::fs::chownat(&fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
-        {
-            self.owner_failed(e)?;
-        }
-        let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
-        self.set_xattrs(entry, |n, v| {
-            rustix::fs::setxattr(path.as_str(), n, v, XattrFlags::empty())
-        });
-        rustix::fs::chmod(
-            path.as_str(),
-            Mode::from_raw_mode((entry.mode & 0o7777) as RawMode),
-        )
-        .map_err(std::io::Error::from)
-        .context("setting the mode")?;
-        rustix::fs::utimensat(
-            CWD,
-            path.as_str(),
-            &timestamps(entry.mtime_ns),
-            AtFlags::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .context("setting the mtime")?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringvault_common::tree::{Content, Xattr};
-    use std::os::fd::OwnedFd;
+    use crate::restore::{Action, How, Overwrite};
+    use ringvault_common::tree::{Content, EntryKind, Xattr};
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::fs::MetadataExt;
 
     fn entry(kind: EntryKind, mode: u32) -> Entry {

@@ -1,22 +1,27 @@
 //! The system calls on the target directory: opening the target and the
-//! directories beneath it, making directories, symlinks and files, looking
-//! at what is at a name, writing a file's bytes (long zero runs left as
-//! holes) and setting times. Below the target, every call names one entry
-//! relative to a directory descriptor, or acts on a descriptor restore
-//! opened itself (see the parent module's notes on staying inside the
-//! target).
+//! directories beneath it, making directories, symlinks, files and
+//! special files, looking at what is at a name, writing a file's bytes
+//! (long zero runs left as holes), and giving an entry its owner,
+//! extended attributes, mode and times ([`Meta`]'s calls). Below the
+//! target, every call names one entry relative to a directory descriptor,
+//! or acts on a descriptor restore opened itself (see the parent module's
+//! notes on staying inside the target).
 
 use std::ffi::OsStr;
 use std::fs::DirBuilder;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use rustix::fs::{AtFlags, FileType, Mode, Nsecs, OFlags, Stat, Timespec, Timestamps};
+use ringvault_common::tree::{Entry, EntryKind};
+use rustix::fs::{
+    AtFlags, CWD, FileType, Mode, Nsecs, OFlags, RawMode, Stat, Timespec, Timestamps, XattrFlags,
+};
 use rustix::io::Errno;
 
+use super::metadata::Meta;
 use super::{Action, How, Overwrite};
 
 /// Opens the target (the one path the kernel resolves, symlinks and all:
@@ -262,6 +267,179 @@ pub(super) fn timestamps(mtime_ns: i64) -> Timestamps {
     Timestamps {
         last_access: at,
         last_modification: at,
+    }
+}
+
+/// The calls that give an entry its owner, extended attributes, mode and
+/// times, and make special files; what to give, and the warnings, are
+/// [`Meta`]'s own (see the `metadata` module).
+impl Meta {
+    /// Gives a file or directory restore opened itself (`fd`) `entry`'s
+    /// owner, extended attributes, mode and mtime, in that order.
+    ///
+    /// # Errors
+    /// When the mode or mtime cannot be set, or the owner for a reason
+    /// other than the target refusing owners.
+    pub(super) fn apply(&self, fd: BorrowedFd<'_>, entry: &Entry) -> anyhow::Result<()> {
+        if let Some((uid, gid)) = self.owner(entry)
+            && let Err(e) = rustix::fs::fchown(fd, Some(uid), Some(gid))
+        {
+            self.owner_failed(e)?;
+        }
+        self.set_xattrs(entry, |name, value| {
+            rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
+        });
+        // Only permission bits go in: 0o7777 fits in every platform's mode_t.
+        rustix::fs::fchmod(fd, Mode::from_raw_mode((entry.mode & 0o7777) as RawMode))
+            .map_err(std::io::Error::from)
+            .context("setting the mode")?;
+        rustix::fs::futimens(fd, &timestamps(entry.mtime_ns))
+            .map_err(std::io::Error::from)
+            .context("setting the mtime")?;
+        Ok(())
+    }
+
+    /// Gives the symlink `name` in `dir`, just made with its mtime, its
+    /// owner and extended attributes (a symlink has no mode of its own).
+    /// Neither call follows the link.
+    ///
+    /// # Errors
+    /// As [`Meta::apply`].
+    pub(super) fn apply_symlink(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        entry: &Entry,
+    ) -> anyhow::Result<()> {
+        if let Some((uid, gid)) = self.owner(entry)
+            && let Err(e) =
+                rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+        {
+            self.owner_failed(e)?;
+        }
+        if self.xattrs && !entry.xattrs.is_empty() {
+            // The directory through its descriptor (no path outside the
+            // target is resolved), the link itself not followed.
+            let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            path.extend_from_slice(name.as_bytes());
+            let path = OsStr::from_bytes(&path);
+            self.set_xattrs(entry, |n, v| {
+                rustix::fs::lsetxattr(path, n, v, XattrFlags::empty())
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes the special file `entry` (a FIFO or a device node) as `name`
+    /// in `dir` (`None`: a directory a dry run would make), as `how` says,
+    /// with its owner, extended attributes, mode and mtime. `Ok(None)` for
+    /// what a restore skips: sockets, and devices when not root (one
+    /// warning).
+    ///
+    /// # Errors
+    /// When what is there cannot be looked at or replaced, or the file
+    /// cannot be made or given its metadata.
+    pub(super) fn place_special(
+        &self,
+        dir: Option<BorrowedFd<'_>>,
+        name: &OsStr,
+        entry: &Entry,
+        how: How,
+    ) -> anyhow::Result<Option<Action>> {
+        let file_type = match entry.kind {
+            EntryKind::Fifo => FileType::Fifo,
+            EntryKind::CharDevice | EntryKind::BlockDevice if !self.devices => {
+                self.warn_once("devices".into(), || {
+                    "device files skipped: making them needs root".into()
+                });
+                return Ok(None);
+            }
+            EntryKind::CharDevice => FileType::CharacterDevice,
+            EntryKind::BlockDevice => FileType::BlockDevice,
+            _ => return Ok(None),
+        };
+        let Some(dir) = dir else {
+            return Ok(Some(Action::New));
+        };
+        let action = match look(dir, name)? {
+            None => Action::New,
+            Some(_) if how.overwrite == Overwrite::Never => return Ok(Some(Action::Skipped)),
+            Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+                bail!("a directory is in the way (left alone)")
+            }
+            Some(_) => Action::Replaced,
+        };
+        if how.dry_run {
+            return Ok(Some(action));
+        }
+        if action == Action::Replaced {
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => {
+                    return Err(std::io::Error::from(e)).context("removing what is in the way");
+                }
+            }
+        }
+        let rdev = if file_type == FileType::Fifo {
+            0
+        } else {
+            entry.rdev
+        };
+        rustix::fs::mknodat(dir, name, file_type, Mode::RUSR | Mode::WUSR, rdev as _)
+            .map_err(std::io::Error::from)
+            .context("making the special file")?;
+        self.apply_special(dir, name, entry, file_type)?;
+        Ok(Some(action))
+    }
+
+    /// Gives the special file `name` in `dir`, just made, `entry`'s
+    /// metadata through an `O_PATH` descriptor (opening a device could
+    /// act on it) and `/proc/self/fd`, which names that very inode.
+    fn apply_special(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        entry: &Entry,
+        file_type: FileType,
+    ) -> anyhow::Result<()> {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .context("opening what was made")?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(std::io::Error::from)
+            .context("looking at what was made")?;
+        if FileType::from_raw_mode(st.st_mode) != file_type {
+            bail!("replaced while being made (left alone)");
+        }
+        if let Some((uid, gid)) = self.owner(entry)
+            && let Err(e) = rustix::fs::chownat(&fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
+        {
+            self.owner_failed(e)?;
+        }
+        let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+        self.set_xattrs(entry, |n, v| {
+            rustix::fs::setxattr(path.as_str(), n, v, XattrFlags::empty())
+        });
+        rustix::fs::chmod(
+            path.as_str(),
+            Mode::from_raw_mode((entry.mode & 0o7777) as RawMode),
+        )
+        .map_err(std::io::Error::from)
+        .context("setting the mode")?;
+        rustix::fs::utimensat(
+            CWD,
+            path.as_str(),
+            &timestamps(entry.mtime_ns),
+            AtFlags::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .context("setting the mtime")?;
+        Ok(())
     }
 }
 
