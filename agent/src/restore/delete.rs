@@ -28,12 +28,12 @@ use std::sync::Arc;
 
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::EntryKind;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawMode};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::after::{Level, for_each_level};
 use super::progress::RestoreProgress;
-use super::target::{open_beneath, open_target, timestamps};
+use super::target::{names, open_beneath, open_target, timestamps, writable};
 use super::{RestoreOptions, RestoreReport, Selection, push_name};
 use crate::repo::Repo;
 
@@ -349,35 +349,6 @@ struct Frame {
     path: PathBuf,
     /// Its subdirectories still to empty and remove.
     subdirs: Vec<OsString>,
-}
-
-/// The names in directory `dir`, but `.` and `..`.
-///
-/// # Errors
-/// When it cannot be read.
-fn names(dir: BorrowedFd<'_>) -> std::io::Result<Vec<OsString>> {
-    let mut out = Vec::new();
-    for entry in rustix::fs::Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            out.push(OsStr::from_bytes(name).to_owned());
-        }
-    }
-    Ok(out)
-}
-
-/// Gives directory `dir` owner write and search permission when it lacks
-/// them (its entries are about to be removed); returns its mode before,
-/// when it changed it.
-fn writable(dir: BorrowedFd<'_>) -> Option<RawMode> {
-    let st = rustix::fs::fstat(dir).ok()?;
-    let mode = st.st_mode & 0o7777;
-    if mode & 0o300 == 0o300 {
-        return None;
-    }
-    rustix::fs::fchmod(dir, Mode::from_raw_mode(mode | 0o300)).ok()?;
-    Some(mode)
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! The system calls on the target directory: opening the target and the
 //! directories beneath it, making directories, symlinks, files and
 //! special files, looking at what is at a name, writing a file's bytes
-//! (long zero runs left as holes), and giving an entry its owner,
-//! extended attributes, mode and times ([`Meta`]'s calls). Below the
-//! target, every call names one entry relative to a directory descriptor,
-//! or acts on a descriptor restore opened itself (see the parent module's
-//! notes on staying inside the target).
+//! (long zero runs left as holes), giving an entry its owner, extended
+//! attributes, mode and times ([`Meta`]'s calls), and listing a directory
+//! and making it writable for `--delete`. Below the target, every call
+//! names one entry relative to a directory descriptor, or acts on a
+//! descriptor restore opened itself (see the parent module's notes on
+//! staying inside the target).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::DirBuilder;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -441,6 +442,35 @@ impl Meta {
         .context("setting the mtime")?;
         Ok(())
     }
+}
+
+/// The names in directory `dir`, but `.` and `..`.
+///
+/// # Errors
+/// When it cannot be read.
+pub(super) fn names(dir: BorrowedFd<'_>) -> std::io::Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(OsStr::from_bytes(name).to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Gives directory `dir` owner write and search permission when it lacks
+/// them (its entries are about to be removed); returns its mode before,
+/// when it changed it.
+pub(super) fn writable(dir: BorrowedFd<'_>) -> Option<RawMode> {
+    let st = rustix::fs::fstat(dir).ok()?;
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o300 == 0o300 {
+        return None;
+    }
+    rustix::fs::fchmod(dir, Mode::from_raw_mode(mode | 0o300)).ok()?;
+    Some(mode)
 }
 
 #[cfg(test)]
