@@ -78,6 +78,19 @@
 //! - Directories nest at most [`MAX_DEPTH`] deep, and a directory whose tree
 //!   is one of its own ancestors' is refused, so no snapshot keeps the walk
 //!   going without end. Both are errors for the entry.
+//!
+//! # Where the code is
+//!
+//! This file holds the options, the report and [`restore_with`], which
+//! drives the rest, with what the walk shares with the file tasks and the
+//! hard links (open directories, the directories met). `walk` reads the
+//! trees and makes directories, symlinks and special files; `file`
+//! restores one file's contents; `select` holds the include and exclude
+//! patterns; `links` makes hard links; `metadata` chooses owners and
+//! extended attributes; `fetch` fetches chunks in batches; `target` holds
+//! the helpers that make the system calls on the target directory.
+//! `verify` and `delete` are the passes after a restore (`after` holds
+//! what they share), and `progress` counts for whoever shows it.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
