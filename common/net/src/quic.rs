@@ -190,28 +190,30 @@ pub async fn connect(
 }
 
 fn classify(e: quinn::ConnectionError, addr: &str) -> CallError {
-    let text = e.to_string();
-    if is_cert_error(&text) {
-        CallError::CertificateRefused(text)
-    } else {
-        match e {
-            quinn::ConnectionError::TimedOut => CallError::Connect {
-                addr: addr.to_owned(),
-                reason: "no answer (is the server running?)".into(),
-            },
-            _ => CallError::Connection(text),
-        }
+    if tls_alert(&e).is_some() {
+        return CallError::CertificateRefused(e.to_string());
+    }
+    match e {
+        quinn::ConnectionError::TimedOut => CallError::Connect {
+            addr: addr.to_owned(),
+            reason: "no answer (is the server running?)".into(),
+        },
+        e => CallError::Connection(e.to_string()),
     }
 }
 
-fn is_cert_error(text: &str) -> bool {
-    // TLS alerts reach the peer as QUIC CRYPTO_ERROR (RFC 9001, 4.8), shown
-    // as "the cryptographic handshake failed: error 42/48/..."; with mutual
-    // TLS the usual cause is a certificate from another CA.
-    let t = text.to_ascii_lowercase();
-    t.contains("certificate")
-        || t.contains("unknownca")
-        || t.contains("cryptographic handshake failed")
+/// The TLS alert a connection ended with, whichever side raised it. QUIC
+/// carries a TLS alert as a CRYPTO_ERROR, transport error code 0x0100 plus
+/// the alert's number (RFC 9001, section 4.8); with mutual TLS the usual
+/// cause is a certificate from another CA (alert 48, unknown_ca, or 42,
+/// bad_certificate).
+fn tls_alert(e: &quinn::ConnectionError) -> Option<u8> {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return None,
+    };
+    u8::try_from(u64::from(code).checked_sub(0x100)?).ok()
 }
 
 /// A response: the answering server's map epoch, the response header and
@@ -265,14 +267,12 @@ async fn call_inner(
 /// reason, which says more than the stream's "connection lost" (a TLS
 /// alert, for one).
 fn lost(conn: &Connection, e: &(impl std::fmt::Display + std::fmt::Debug)) -> CallError {
-    let text = match conn.close_reason() {
-        Some(reason) => reason.to_string(),
-        None => format!("{e} [{e:?}]"),
-    };
-    if is_cert_error(&text) {
-        CallError::CertificateRefused(text)
-    } else {
-        CallError::Connection(text)
+    match conn.close_reason() {
+        Some(reason) if tls_alert(&reason).is_some() => {
+            CallError::CertificateRefused(reason.to_string())
+        }
+        Some(reason) => CallError::Connection(reason.to_string()),
+        None => CallError::Connection(format!("{e} [{e:?}]")),
     }
 }
 
@@ -511,5 +511,43 @@ impl Peers {
         live + self
             .retired_bytes
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::{ConnectionClose, ConnectionError, TransportErrorCode};
+
+    fn closed(code: TransportErrorCode) -> ConnectionError {
+        ConnectionError::ConnectionClosed(ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn tls_alerts_are_told_by_their_quic_error_code_not_by_text() {
+        // The server refused our certificate: it closed with unknown_ca.
+        assert_eq!(tls_alert(&closed(TransportErrorCode::crypto(48))), Some(48));
+        // We refused the server's: our own transport error, bad_certificate.
+        let ours = ConnectionError::TransportError(TransportErrorCode::crypto(42).into());
+        assert_eq!(tls_alert(&ours), Some(42));
+        assert!(matches!(
+            classify(ours, "127.0.0.1:1"),
+            CallError::CertificateRefused(_)
+        ));
+        // Other transport errors, and ends that carry no code, are not TLS.
+        assert_eq!(
+            tls_alert(&closed(TransportErrorCode::PROTOCOL_VIOLATION)),
+            None
+        );
+        assert_eq!(tls_alert(&ConnectionError::TimedOut), None);
+        assert_eq!(tls_alert(&ConnectionError::Reset), None);
+        assert!(matches!(
+            classify(ConnectionError::TimedOut, "127.0.0.1:1"),
+            CallError::Connect { .. }
+        ));
     }
 }
