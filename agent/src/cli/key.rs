@@ -1,0 +1,72 @@
+//! `key list|add|remove|passwd`: the repository's keys.
+
+use anyhow::Context;
+use ringvault_common::keys::KdfParams;
+use serde_json::json;
+
+use super::{Cli, KeyCommand, format_time};
+use crate::password;
+use crate::repo;
+
+pub(super) async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let code = match command {
+        KeyCommand::List => {
+            let keys = r.keys().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&keys)?);
+            } else {
+                println!(" {:<16}  {:<12}  {:<20}  created", "id", "user", "host");
+                for k in &keys {
+                    println!(
+                        "{}{:<16}  {:<12}  {:<20}  {}",
+                        if k.current { "*" } else { " " },
+                        &k.id[..16],
+                        k.user,
+                        k.host,
+                        if k.created_ns == 0 {
+                            "-".to_owned()
+                        } else {
+                            format_time(k.created_ns)
+                        }
+                    );
+                }
+            }
+            0
+        }
+        KeyCommand::Add { new_password_file } => {
+            let password = password::new_password(new_password_file.as_deref())?;
+            let id = r.add_key(&password, KdfParams::default()).await?;
+            print_key_change(cli, "added", &id);
+            0
+        }
+        KeyCommand::Remove { id } => {
+            let id = r.find_key(id).await?;
+            r.remove_key(id).await?;
+            print_key_change(cli, "removed", &id);
+            0
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let password = password::new_password(new_password_file.as_deref())?;
+            let id = r.add_key(&password, KdfParams::default()).await?;
+            r.cluster
+                .delete_key(r.key_id)
+                .await
+                .context("removing the old key (the new one is stored: remove the old one with `ringvault key remove`)")?;
+            print_key_change(cli, "replaced the current key by", &id);
+            0
+        }
+    };
+    r.cluster.close().await;
+    Ok(code)
+}
+
+fn print_key_change(cli: &Cli, what: &str, id: &[u8; 32]) {
+    let id = hex::encode(id);
+    if cli.json {
+        println!("{}", json!({ "done": what, "id": id }));
+    } else {
+        println!("{what} key {}", &id[..16]);
+    }
+}
