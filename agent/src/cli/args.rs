@@ -151,59 +151,7 @@ pub enum Command {
     /// Patterns are gitignore-style (`*`, `?`, `[...]`, `**`; a leading `/`
     /// anchors to the snapshot's root, a trailing `/` matches directories
     /// only, `!` takes back), matched against paths inside the snapshot.
-    Restore {
-        /// Snapshot id (a unique prefix) or `latest`; SNAPSHOT:PATH restores
-        /// only PATH, as --path does.
-        snapshot: String,
-        /// Restore only this path inside the snapshot (it lands in the
-        /// target under its own name).
-        #[arg(long)]
-        path: Option<String>,
-        /// Directory to restore into (created if missing).
-        #[arg(long)]
-        target: PathBuf,
-        /// Restore only what matches (repeatable): a matched directory
-        /// with everything below it, and the directories leading there.
-        #[arg(long = "include", value_name = "PATTERN")]
-        include: Vec<String>,
-        /// Like --include, ignoring case (repeatable).
-        #[arg(long = "iinclude", value_name = "PATTERN")]
-        iinclude: Vec<String>,
-        /// Leave out what matches (repeatable); a matched directory is
-        /// skipped whole. Wins over --include.
-        #[arg(long = "exclude", value_name = "PATTERN")]
-        exclude: Vec<String>,
-        /// Like --exclude, ignoring case (repeatable).
-        #[arg(long = "iexclude", value_name = "PATTERN")]
-        iexclude: Vec<String>,
-        /// When to replace a file already in the target: always; if-changed
-        /// (unless its size and mtime, or its content, match the snapshot's);
-        /// never.
-        #[arg(long, value_enum, default_value_t = restore::Overwrite::Always)]
-        overwrite: restore::Overwrite,
-        /// Read the snapshot and the target, write nothing, and list what
-        /// would be done to each entry (new, replaced, unchanged, skipped;
-        /// with --delete, deleted).
-        #[arg(long)]
-        dry_run: bool,
-        /// After the restore, read back every file it wrote and check it
-        /// against the snapshot (exit 1 when one differs).
-        #[arg(long, conflicts_with = "dry_run")]
-        verify: bool,
-        /// Remove from the target what the snapshot does not have, below
-        /// the restored path only (what --exclude matches, or --include
-        /// does not, stays).
-        #[arg(long)]
-        delete: bool,
-        /// As root, give entries their recorded owner and group ids even
-        /// where the recorded names have other ids here (as tar).
-        #[arg(long)]
-        numeric_owner: bool,
-        /// Restore no extended attributes (nor POSIX ACLs and file
-        /// capabilities, which are kept in them).
-        #[arg(long)]
-        no_xattrs: bool,
-    },
+    Restore(RestoreArgs),
     /// Serve the snapshots as a read-only file system (FUSE).
     ///
     /// MOUNTPOINT gets `snapshots/<time>/`, `hosts/<host>/<time>/` and a
@@ -528,6 +476,62 @@ impl KeepArgs {
         };
         (!p.is_empty()).then_some(p)
     }
+}
+
+/// Arguments of `restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (a unique prefix) or `latest`; SNAPSHOT:PATH restores
+    /// only PATH, as --path does.
+    pub(super) snapshot: String,
+    /// Restore only this path inside the snapshot (it lands in the
+    /// target under its own name).
+    #[arg(long)]
+    pub(super) path: Option<String>,
+    /// Directory to restore into (created if missing).
+    #[arg(long)]
+    pub(super) target: PathBuf,
+    /// Restore only what matches (repeatable): a matched directory
+    /// with everything below it, and the directories leading there.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub(super) include: Vec<String>,
+    /// Like --include, ignoring case (repeatable).
+    #[arg(long = "iinclude", value_name = "PATTERN")]
+    pub(super) iinclude: Vec<String>,
+    /// Leave out what matches (repeatable); a matched directory is
+    /// skipped whole. Wins over --include.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub(super) exclude: Vec<String>,
+    /// Like --exclude, ignoring case (repeatable).
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub(super) iexclude: Vec<String>,
+    /// When to replace a file already in the target: always; if-changed
+    /// (unless its size and mtime, or its content, match the snapshot's);
+    /// never.
+    #[arg(long, value_enum, default_value_t = restore::Overwrite::Always)]
+    pub(super) overwrite: restore::Overwrite,
+    /// Read the snapshot and the target, write nothing, and list what
+    /// would be done to each entry (new, replaced, unchanged, skipped;
+    /// with --delete, deleted).
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    /// After the restore, read back every file it wrote and check it
+    /// against the snapshot (exit 1 when one differs).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub(super) verify: bool,
+    /// Remove from the target what the snapshot does not have, below
+    /// the restored path only (what --exclude matches, or --include
+    /// does not, stays).
+    #[arg(long)]
+    pub(super) delete: bool,
+    /// As root, give entries their recorded owner and group ids even
+    /// where the recorded names have other ids here (as tar).
+    #[arg(long)]
+    pub(super) numeric_owner: bool,
+    /// Restore no extended attributes (nor POSIX ACLs and file
+    /// capabilities, which are kept in them).
+    #[arg(long)]
+    pub(super) no_xattrs: bool,
 }
 
 /// Arguments of `cluster init`.

@@ -1,12 +1,79 @@
 //! `init`, `backup` and `agent`: making the repository and snapshots, and
 //! what a backup reports.
 
+use std::path::PathBuf;
+
+use ringvault_common::chunker::ChunkerParams;
+use ringvault_common::keys::KdfParams;
 use ringvault_common::snapshot::Snapshot;
 use serde_json::json;
 
-use super::Cli;
-use crate::backup;
+use super::{Cli, EXIT_INCOMPLETE};
+use crate::backup::{self, BackupOptions};
+use crate::daemon;
+use crate::password;
+use crate::repo;
 
+/// `init`: creates the repository, with these chunk sizes.
+pub(super) async fn run_init(
+    cli: &Cli,
+    chunker_params: Option<ChunkerParams>,
+) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let password = password::password(&loaded.config, &cli.password_flags(), true)?;
+    let chunker = chunker_params.unwrap_or_default();
+    repo::init(&loaded.config, &password, KdfParams::default(), chunker).await?;
+    println!(
+        "created repository {} on the cluster",
+        loaded.config.repository
+    );
+    Ok(0)
+}
+
+/// `backup`: one snapshot of `paths`; [`EXIT_INCOMPLETE`] when entries
+/// were skipped.
+pub(super) async fn run_backup(
+    cli: &Cli,
+    paths: &[PathBuf],
+    tags: &[String],
+    time: Option<i64>,
+    progress: bool,
+) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let report = backup::backup(
+        r.clone(),
+        BackupOptions {
+            paths: paths.to_vec(),
+            tags: tags.to_vec(),
+            progress,
+            time_ns: time,
+            ..BackupOptions::default()
+        },
+    )
+    .await?;
+    r.cluster.close().await;
+    print_backup(cli, &report);
+    Ok(if report.errors.is_empty() {
+        0
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
+/// `agent`: watches the config's paths and takes a snapshot whenever they
+/// change, until a signal.
+pub(super) async fn run_agent(cli: &Cli) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let watching = daemon::Watching::start(&loaded.config.paths, loaded.config.event_queue)?;
+    daemon::run(r.clone(), watching, true).await?;
+    r.cluster.close().await;
+    Ok(0)
+}
+
+/// Prints a backup's report: its skipped entries as warnings, then the
+/// snapshot and its summary.
 pub(super) fn print_backup(cli: &Cli, report: &backup::BackupReport) {
     for (p, e) in &report.errors {
         eprintln!("warning: skipped {}: {e}", p.display());
@@ -40,6 +107,7 @@ pub(super) fn print_backup(cli: &Cli, report: &backup::BackupReport) {
     );
 }
 
+/// A snapshot's summary as `--json` prints it.
 pub(super) fn summary_json(s: &Snapshot) -> serde_json::Value {
     let m = &s.summary;
     json!({

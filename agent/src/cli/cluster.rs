@@ -1,20 +1,185 @@
 //! `cluster init|status|add-node|remove-node|set-weight|add-agent|revoke`:
 //! cluster administration, and what it prints.
 
+use std::path::Path;
+
+use anyhow::Context;
+use ringvault_common::tls::Role;
 use ringvault_common::wire::StoreState;
 use serde_json::json;
 
-use super::Cli;
+use super::{Cli, ClusterCommand, ClusterInitArgs, EXIT_DEGRADED};
 use crate::client::ClientError;
-use crate::cluster;
+use crate::cluster::{self, ClusterInit};
+use crate::repo;
 
-pub(super) type StatusRow = (
+/// `cluster ...`: status needs the agent config; the others work on the
+/// `cluster init` directory.
+pub(super) async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<u8> {
+    match command {
+        ClusterCommand::Init(a) => init(a),
+        ClusterCommand::Status => status(cli).await,
+        ClusterCommand::AddNode {
+            dir,
+            address,
+            id,
+            weight,
+            zone,
+        } => {
+            let change = cluster::MapChange::AddNode {
+                id: *id,
+                address: address.clone(),
+                weight: *weight,
+                zone: zone.clone(),
+            };
+            print_map_change(cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
+        }
+        ClusterCommand::RemoveNode { dir, id } => {
+            let change = cluster::MapChange::RemoveNode { id: *id };
+            print_map_change(cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
+        }
+        ClusterCommand::SetWeight { dir, id, weight } => {
+            let change = cluster::MapChange::SetWeight {
+                id: *id,
+                weight: *weight,
+            };
+            print_map_change(cli, &cluster::change_map(dir, &change).await?);
+            Ok(0)
+        }
+        ClusterCommand::AddAgent {
+            dir,
+            repository,
+            agent_id,
+            role,
+            out,
+        } => add_agent(cli, dir, repository, agent_id, *role, out.as_deref()),
+        ClusterCommand::Revoke {
+            dir,
+            fingerprint,
+            cert,
+        } => revoke(cli, dir, fingerprint.as_deref(), cert.as_deref()).await,
+    }
+}
+
+/// `cluster init`: the CA, certificates, configs and map.
+fn init(a: &ClusterInitArgs) -> anyhow::Result<u8> {
+    let replicas = a.replicas.unwrap_or(a.nodes.min(3));
+    let layout = cluster::init(&ClusterInit {
+        dir: a.dir.clone(),
+        nodes: a.nodes,
+        hosts: a.hosts.clone(),
+        ports: vec![],
+        base_port: a.base_port,
+        repository: a.repository.clone(),
+        agent_id: a.agent_id.clone(),
+        role: a.role,
+        replicas,
+        write_quorum: a.write_quorum.unwrap_or(replicas.min(2)),
+    })?;
+    println!("cluster map: {}", layout.map.display());
+    for c in &layout.node_configs {
+        println!(
+            "node config: {}   (run: ringvault-chunkserver --config {})",
+            c.display(),
+            c.display()
+        );
+    }
+    println!(
+        "agent config: {}   (use: ringvault --config {} init)",
+        layout.agent_config.display(),
+        layout.agent_config.display()
+    );
+    println!(
+        "keep {} offline: it signs new certificates",
+        a.dir.join("ca.key").display()
+    );
+    Ok(0)
+}
+
+/// `cluster status`: each server's state; [`EXIT_DEGRADED`] when one is
+/// down or its store is not ok.
+async fn status(cli: &Cli) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let (cluster, _) = repo::connect(&loaded.config).await?;
+    let rows: Vec<StatusRow> =
+        futures::future::join_all(cluster.servers().into_iter().map(|(node, address, _)| {
+            let cluster = &cluster;
+            async move { (node, address, cluster.node_status(node).await) }
+        }))
+        .await;
+    cluster.close().await;
+    print_cluster_status(cli, cluster.map().epoch, &rows);
+    // A server down or with a store not ok needs a look.
+    Ok(
+        if rows
+            .iter()
+            .all(|(_, _, s)| s.as_ref().is_ok_and(|s| s.store == StoreState::Ok))
+        {
+            0
+        } else {
+            EXIT_DEGRADED
+        },
+    )
+}
+
+/// `cluster add-agent`: a certificate for another agent of a repository.
+fn add_agent(
+    cli: &Cli,
+    dir: &Path,
+    repository: &str,
+    agent_id: &str,
+    role: Role,
+    out: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let layout = cluster::add_agent(dir, repository, agent_id, role, out)?;
+    if cli.json {
+        println!(
+            "{}",
+            json!({ "config": layout.config, "fingerprint": layout.fingerprint, "role": role.as_str() })
+        );
+    } else {
+        println!(
+            "agent config: {}   (role {role}; copy its directory to the host)",
+            layout.config.display()
+        );
+        println!("certificate fingerprint (SHA-256): {}", layout.fingerprint);
+    }
+    Ok(0)
+}
+
+/// `cluster revoke`: a certificate, by fingerprint or from its file.
+async fn revoke(
+    cli: &Cli,
+    dir: &Path,
+    fingerprint: Option<&str>,
+    cert: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let fingerprint = match (fingerprint, cert) {
+        (Some(f), _) => f.replace(':', "").to_ascii_lowercase(),
+        (None, Some(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            ringvault_common::tls::fingerprint_pem(&pem)
+                .with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => anyhow::bail!("give a fingerprint or --cert FILE"),
+    };
+    let change = cluster::MapChange::Revoke { fingerprint };
+    print_map_change(cli, &cluster::change_map(dir, &change).await?);
+    Ok(0)
+}
+
+/// A server, its address, and its status or why it gave none.
+type StatusRow = (
     ringvault_common::NodeId,
     String,
     Result<ringvault_common::wire::NodeStatus, ClientError>,
 );
 
-pub(super) fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
+/// Prints each server's state under the map's epoch.
+fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
     if cli.json {
         let nodes: Vec<_> = rows
             .iter()
@@ -108,7 +273,8 @@ fn store_note(node: ringvault_common::NodeId, s: &ringvault_common::wire::NodeSt
     line
 }
 
-pub(super) fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
+/// Prints the map a change committed, and where.
+fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
     if cli.json {
         println!(
             "{}",

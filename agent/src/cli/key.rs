@@ -8,6 +8,7 @@ use super::{Cli, KeyCommand, format_time};
 use crate::password;
 use crate::repo;
 
+/// `key ...`: lists, adds, removes or replaces the repository's keys.
 pub(super) async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
     let loaded = repo::load_config(cli.config.as_deref())?;
     let r = repo::open(&loaded.config, &cli.password_flags()).await?;
@@ -62,6 +63,7 @@ pub(super) async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u
     Ok(code)
 }
 
+/// Prints a key change: what was `done` and the key's id.
 fn print_key_change(cli: &Cli, what: &str, id: &[u8; 32]) {
     let id = hex::encode(id);
     if cli.json {

@@ -3,11 +3,95 @@
 
 use serde_json::json;
 
-use super::Cli;
+use super::{Cli, EXIT_DEGRADED, EXIT_INCOMPLETE, KeepArgs};
 use crate::check;
 use crate::gc;
+use crate::repo;
 
-pub(super) fn print_check(cli: &Cli, r: &check::CheckReport) {
+/// `forget`: removes snapshots by the flags' policy, or the config's
+/// without flags; with `prune` (and not `dry_run`), prunes afterwards.
+pub(super) async fn run_forget(
+    cli: &Cli,
+    keep: &KeepArgs,
+    host: Option<&str>,
+    dry_run: bool,
+    prune: bool,
+) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let policy = keep
+        .policy()
+        .unwrap_or_else(|| loaded.config.retention.clone());
+    if policy.is_empty() {
+        anyhow::bail!(
+            "no retention policy: give --keep-last, --keep-daily, ... or set [retention] in {}",
+            loaded.path.display()
+        );
+    }
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let report = gc::forget(&r, &policy, host, dry_run).await?;
+    print_forget(cli, &report);
+    if prune && !dry_run {
+        let p = gc::prune(&r, loaded.config.prune_grace_s, loaded.config.trash_keep_s).await?;
+        print_prune(cli, &p);
+    }
+    r.cluster.close().await;
+    Ok(0)
+}
+
+/// `prune`: a mark-and-sweep round ([`EXIT_INCOMPLETE`] when a server did
+/// not take part), or with `restore_trash`, every trashed blob moved back.
+pub(super) async fn run_prune(cli: &Cli, restore_trash: bool) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    if restore_trash {
+        let n = gc::restore_trash(&r).await?;
+        r.cluster.close().await;
+        if cli.json {
+            println!("{}", json!({ "restored": n }));
+        } else {
+            println!("moved {n} blob copies back from the trash");
+        }
+        return Ok(0);
+    }
+    let p = gc::prune(&r, loaded.config.prune_grace_s, loaded.config.trash_keep_s).await?;
+    r.cluster.close().await;
+    print_prune(cli, &p);
+    Ok(if p.skipped.is_empty() {
+        0
+    } else {
+        EXIT_INCOMPLETE
+    })
+}
+
+/// `stats`: sizes of the repository and of each snapshot.
+pub(super) async fn run_stats(cli: &Cli) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let st = gc::stats(&r).await?;
+    r.cluster.close().await;
+    print_stats(cli, &st);
+    Ok(0)
+}
+
+/// `check`: exit 1 when some chunk has no healthy copy,
+/// [`EXIT_DEGRADED`] when some has fewer than N.
+pub(super) async fn run_check(cli: &Cli, read_data: bool) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let report = check::check(&r, read_data).await?;
+    r.cluster.close().await;
+    print_check(cli, &report);
+    Ok(if report.has_loss() {
+        1
+    } else if report.is_healthy() {
+        0
+    } else {
+        EXIT_DEGRADED
+    })
+}
+
+/// Prints the check's report (`check::output`).
+fn print_check(cli: &Cli, r: &check::CheckReport) {
     if cli.json {
         println!("{}", check::output::json(r));
     } else {
@@ -15,7 +99,8 @@ pub(super) fn print_check(cli: &Cli, r: &check::CheckReport) {
     }
 }
 
-pub(super) fn print_forget(cli: &Cli, r: &gc::ForgetReport) {
+/// Prints what `forget` kept and removed, per group.
+fn print_forget(cli: &Cli, r: &gc::ForgetReport) {
     if cli.json {
         let groups: Vec<_> = r
             .groups
@@ -47,7 +132,8 @@ pub(super) fn print_forget(cli: &Cli, r: &gc::ForgetReport) {
     );
 }
 
-pub(super) fn print_prune(cli: &Cli, p: &gc::PruneReport) {
+/// Prints what a prune round did.
+fn print_prune(cli: &Cli, p: &gc::PruneReport) {
     let s = &p.sweep;
     if cli.json {
         println!(
@@ -87,7 +173,8 @@ pub(super) fn print_prune(cli: &Cli, p: &gc::PruneReport) {
     );
 }
 
-pub(super) fn print_stats(cli: &Cli, st: &gc::Stats) {
+/// Prints the sizes.
+fn print_stats(cli: &Cli, st: &gc::Stats) {
     if cli.json {
         println!(
             "{}",

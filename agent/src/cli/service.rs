@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 use super::backup::print_backup;
-use super::{Cli, EXIT_INCOMPLETE};
+use super::{Cli, EXIT_INCOMPLETE, ServiceCommand};
 use crate::backup::{self, BackupOptions};
 use crate::daemon;
 use crate::password::{self, PasswordSource};
@@ -12,12 +14,71 @@ use crate::quickstart;
 use crate::repo;
 use crate::status;
 
+/// `quickstart`: starts the local cluster (made on first use), backs up
+/// `dir` and watches it unless `once`; with `stop`, stops the servers.
 pub(super) async fn run_quickstart(
     cli: &Cli,
-    dir: &Path,
-    progress: bool,
+    dir: Option<&Path>,
+    stop: bool,
     once: bool,
+    progress: bool,
 ) -> anyhow::Result<u8> {
+    if stop {
+        let n = quickstart::stop(&quickstart::home()?)?;
+        println!("stopped {n} quickstart server(s)");
+        return Ok(0);
+    }
+    let dir = dir.context("quickstart needs a directory")?;
+    start_quickstart(cli, dir, progress, once).await
+}
+
+/// `service install`: writes the agent's unit, and enables and starts it
+/// (or prints it).
+pub(super) fn run_service(cli: &Cli, command: &ServiceCommand) -> anyhow::Result<u8> {
+    let ServiceCommand::Install {
+        user: _,
+        print,
+        dir,
+        no_start,
+    } = command;
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    anyhow::ensure!(
+        !loaded.config.paths.is_empty(),
+        "{} lists no `paths` for the agent to watch",
+        loaded.path.display()
+    );
+    let opts = crate::service::InstallOptions {
+        exe: std::env::current_exe().context("finding this program's path")?,
+        config: std::path::absolute(&loaded.path)?,
+        state_dir: repo::state_dir(&loaded.config)?,
+        dir: dir.clone(),
+        start: !no_start,
+    };
+    if *print {
+        if cfg!(target_os = "macos") {
+            print!("{}", crate::service::launchd_plist(&opts));
+        } else {
+            print!("{}", crate::service::systemd_unit(&opts));
+        }
+        return Ok(0);
+    }
+    for step in crate::service::install(&opts)? {
+        println!("{step}");
+    }
+    Ok(0)
+}
+
+/// `status`: asks the running agent over its control socket.
+pub(super) async fn run_status(cli: &Cli) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let answer = status::ask(&status::socket_path(&loaded.config)?).await?;
+    print_status(cli, &answer);
+    Ok(0)
+}
+
+/// The quickstart with a directory: servers, repository, first snapshot,
+/// what to run next, then watching.
+async fn start_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> anyhow::Result<u8> {
     let home = quickstart::home()?;
     let flags = cli.password_flags();
     // A password the user gives is used and written nowhere; only without
@@ -123,7 +184,8 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
 
-pub(super) fn print_status(cli: &Cli, s: &status::AgentStatus) {
+/// Prints the running agent's status.
+fn print_status(cli: &Cli, s: &status::AgentStatus) {
     if cli.json {
         println!("{}", serde_json::to_string(s).unwrap_or_default());
         return;

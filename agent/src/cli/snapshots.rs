@@ -1,6 +1,10 @@
 //! `snapshots`, `versions`, `diff`, `find`, `cat`, `ls`, `mount` and `ui`:
 //! reading what the snapshots hold.
 
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
 use ringvault_common::SnapshotId;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind};
@@ -10,8 +14,139 @@ use super::backup::summary_json;
 use super::{Cli, format_time};
 use crate::backup::display_name;
 use crate::browse;
+use crate::repo;
 
-pub(super) fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {
+/// `snapshots`: lists them.
+pub(super) async fn run_snapshots(cli: &Cli) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let snaps = r.snapshots().await?;
+    r.cluster.close().await;
+    print_snapshots(cli, &snaps);
+    Ok(0)
+}
+
+/// `versions`: every distinct version of `path` across the snapshots.
+pub(super) async fn run_versions(cli: &Cli, path: &str) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let versions = browse::versions(&r, path).await?;
+    r.cluster.close().await;
+    print_versions(cli, &versions);
+    Ok(0)
+}
+
+/// `diff`: what changed between two snapshots, under `path` if given.
+pub(super) async fn run_diff(
+    cli: &Cli,
+    from: &str,
+    to: &str,
+    path: Option<&str>,
+) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let (a, sa) = r.find_snapshot(from).await?;
+    let (b, sb) = r.find_snapshot(to).await?;
+    let report = browse::diff(&r, (a, sa.root), (b, sb.root), path.unwrap_or("")).await?;
+    r.cluster.close().await;
+    print_diff(cli, &report);
+    Ok(0)
+}
+
+/// `find`: paths matching `pattern` in the chosen snapshots (all when
+/// none is named), modified after `newer` and before `older`; exit 1 when
+/// none matches.
+pub(super) async fn run_find(
+    cli: &Cli,
+    pattern: &str,
+    snapshots: &[String],
+    newer: Option<i64>,
+    older: Option<i64>,
+) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let selected = if snapshots.is_empty() {
+        r.snapshots().await?
+    } else {
+        let mut v = Vec::new();
+        for s in snapshots {
+            v.push(r.find_snapshot(s).await?);
+        }
+        v
+    };
+    let mut found = browse::find(&r, pattern, &selected).await?;
+    found.retain(|f| newer.is_none_or(|t| f.mtime_ns > t) && older.is_none_or(|t| f.mtime_ns < t));
+    r.cluster.close().await;
+    print_found(cli, &found);
+    Ok(if found.is_empty() { 1 } else { 0 })
+}
+
+/// `cat`: writes a file of a snapshot to standard output; the path comes
+/// as its own argument or as SNAPSHOT:PATH.
+pub(super) async fn run_cat(cli: &Cli, snapshot: &str, path: Option<&str>) -> anyhow::Result<u8> {
+    let (snapshot, path) = match (snapshot.split_once(':'), path) {
+        (_, Some(p)) => (snapshot, p),
+        (Some((s, p)), None) => (s, p),
+        (None, None) => anyhow::bail!("give a path: SNAPSHOT PATH or SNAPSHOT:PATH"),
+    };
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let (_, snap) = r.find_snapshot(snapshot).await?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    browse::cat(&r, snap.root, path, &mut out).await?;
+    r.cluster.close().await;
+    Ok(0)
+}
+
+/// `ls`: a directory of a snapshot (its root without `path`), or the one
+/// entry `path` names when it is not a directory.
+pub(super) async fn run_ls(cli: &Cli, snapshot: &str, path: Option<&str>) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let (id, snap) = r.find_snapshot(snapshot).await?;
+    let entries = match path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+        None => r.read_tree(snap.root).await?.entries,
+        Some(p) => {
+            let mut trees = browse::Trees::default();
+            let e = browse::lookup(&r, &mut trees, snap.root, p)
+                .await?
+                .with_context(|| format!("no {p:?} in the snapshot"))?;
+            match e.content {
+                Content::Subtree(t) => r.read_tree(t).await?.entries,
+                _ => vec![e],
+            }
+        }
+    };
+    r.cluster.close().await;
+    print_ls(cli, &id, &entries);
+    Ok(0)
+}
+
+/// `mount`: serves the snapshots on `mountpoint` until a signal.
+pub(super) async fn run_mount(
+    cli: &Cli,
+    mountpoint: &Path,
+    allow_other: bool,
+) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let options = crate::mount::MountOptions { allow_other };
+    let code = crate::mount::run(r.clone(), mountpoint, &options).await;
+    r.cluster.close().await;
+    code
+}
+
+/// `ui`: serves the browsing page on `listen` until a signal.
+pub(super) async fn run_ui(cli: &Cli, listen: SocketAddr) -> anyhow::Result<u8> {
+    let loaded = repo::load_config(cli.config.as_deref())?;
+    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    crate::ui::run(r.clone(), listen).await?;
+    r.cluster.close().await;
+    Ok(0)
+}
+
+/// Prints the snapshots: a table, or a JSON array.
+fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {
     let paths = |s: &Snapshot| s.paths.iter().map(|p| display_name(p)).collect::<Vec<_>>();
     if cli.json {
         let list: Vec<_> = snaps
@@ -46,7 +181,8 @@ pub(super) fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {
     println!("{} snapshot(s)", snaps.len());
 }
 
-pub(super) fn print_versions(cli: &Cli, versions: &[browse::Version]) {
+/// Prints the versions of a path.
+fn print_versions(cli: &Cli, versions: &[browse::Version]) {
     if cli.json {
         println!("{}", serde_json::to_string(versions).unwrap_or_default());
         return;
@@ -75,7 +211,8 @@ pub(super) fn print_versions(cli: &Cli, versions: &[browse::Version]) {
     }
 }
 
-pub(super) fn print_diff(cli: &Cli, r: &browse::DiffReport) {
+/// Prints what changed between two snapshots.
+fn print_diff(cli: &Cli, r: &browse::DiffReport) {
     if cli.json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
@@ -98,7 +235,8 @@ pub(super) fn print_diff(cli: &Cli, r: &browse::DiffReport) {
     );
 }
 
-pub(super) fn print_found(cli: &Cli, found: &[browse::Found]) {
+/// Prints what `find` found.
+fn print_found(cli: &Cli, found: &[browse::Found]) {
     if cli.json {
         println!("{}", serde_json::to_string(found).unwrap_or_default());
         return;
@@ -114,6 +252,7 @@ pub(super) fn print_found(cli: &Cli, found: &[browse::Found]) {
     }
 }
 
+/// The name `ls` gives an entry's kind.
 fn kind_name(k: EntryKind) -> &'static str {
     match k {
         EntryKind::File => "file",
@@ -126,7 +265,8 @@ fn kind_name(k: EntryKind) -> &'static str {
     }
 }
 
-pub(super) fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
+/// Prints a directory listing of snapshot `id`.
+fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
     if cli.json {
         let list: Vec<_> = entries
             .iter()
