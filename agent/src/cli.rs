@@ -11,13 +11,13 @@
 mod args;
 mod backup;
 mod cluster;
+mod ctx;
 mod key;
 mod maintenance;
 mod restore;
 mod service;
 mod snapshots;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -27,6 +27,7 @@ pub use args::{
     ServiceCommand,
 };
 
+use self::ctx::Ctx;
 use crate::client::ClientError;
 use crate::repo::WrongPassword;
 
@@ -131,52 +132,52 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
-/// Runs the parsed command in its family's module; its exit code.
+/// Runs the parsed command in its family's module, with one [`Ctx`]
+/// (which loads the config and opens the repository once, if the command
+/// needs them); its exit code.
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let progress = !cli.no_progress && !cli.json && std::io::stderr().is_terminal();
-    match &cli.command {
+    let ctx = Ctx::new(cli);
+    match &ctx.cli.command {
         Command::Quickstart { dir, stop, once } => {
-            service::run_quickstart(&cli, dir.as_deref(), *stop, *once, progress).await
+            service::run_quickstart(&ctx, dir.as_deref(), *stop, *once).await
         }
-        Command::Init { chunker_params } => backup::run_init(&cli, *chunker_params).await,
-        Command::Backup { paths, tags, time } => {
-            backup::run_backup(&cli, paths, tags, *time, progress).await
-        }
-        Command::Agent => backup::run_agent(&cli).await,
-        Command::Service { command } => service::run_service(&cli, command),
-        Command::Status => service::run_status(&cli).await,
-        Command::Snapshots => snapshots::run_snapshots(&cli).await,
-        Command::Versions { path } => snapshots::run_versions(&cli, path).await,
+        Command::Init { chunker_params } => backup::run_init(&ctx, *chunker_params).await,
+        Command::Backup { paths, tags, time } => backup::run_backup(&ctx, paths, tags, *time).await,
+        Command::Agent => backup::run_agent(&ctx).await,
+        Command::Service { command } => service::run_service(&ctx, command),
+        Command::Status => service::run_status(&ctx).await,
+        Command::Snapshots => snapshots::run_snapshots(&ctx).await,
+        Command::Versions { path } => snapshots::run_versions(&ctx, path).await,
         Command::Diff { from, to, path } => {
-            snapshots::run_diff(&cli, from, to, path.as_deref()).await
+            snapshots::run_diff(&ctx, from, to, path.as_deref()).await
         }
         Command::Find {
             pattern,
             snapshots,
             newer,
             older,
-        } => snapshots::run_find(&cli, pattern, snapshots, *newer, *older).await,
+        } => snapshots::run_find(&ctx, pattern, snapshots, *newer, *older).await,
         Command::Cat { snapshot, path } => {
-            snapshots::run_cat(&cli, snapshot, path.as_deref()).await
+            snapshots::run_cat(&ctx, snapshot, path.as_deref()).await
         }
-        Command::Ls { snapshot, path } => snapshots::run_ls(&cli, snapshot, path.as_deref()).await,
-        Command::Restore(args) => restore::run_restore(&cli, args, progress).await,
+        Command::Ls { snapshot, path } => snapshots::run_ls(&ctx, snapshot, path.as_deref()).await,
+        Command::Restore(args) => restore::run_restore(&ctx, args).await,
         Command::Mount {
             mountpoint,
             allow_other,
-        } => snapshots::run_mount(&cli, mountpoint, *allow_other).await,
-        Command::Ui { listen } => snapshots::run_ui(&cli, *listen).await,
+        } => snapshots::run_mount(&ctx, mountpoint, *allow_other).await,
+        Command::Ui { listen } => snapshots::run_ui(&ctx, *listen).await,
         Command::Forget {
             keep,
             host,
             dry_run,
             prune,
-        } => maintenance::run_forget(&cli, keep, host.as_deref(), *dry_run, *prune).await,
-        Command::Prune { restore_trash } => maintenance::run_prune(&cli, *restore_trash).await,
-        Command::Stats => maintenance::run_stats(&cli).await,
-        Command::Check { read_data } => maintenance::run_check(&cli, *read_data).await,
-        Command::Cluster { command } => cluster::run_cluster(&cli, command).await,
-        Command::Key { command } => key::run_key(&cli, command).await,
+        } => maintenance::run_forget(&ctx, keep, host.as_deref(), *dry_run, *prune).await,
+        Command::Prune { restore_trash } => maintenance::run_prune(&ctx, *restore_trash).await,
+        Command::Stats => maintenance::run_stats(&ctx).await,
+        Command::Check { read_data } => maintenance::run_check(&ctx, *read_data).await,
+        Command::Cluster { command } => cluster::run_cluster(&ctx, command).await,
+        Command::Key { command } => key::run_key(&ctx, command).await,
     }
 }
 

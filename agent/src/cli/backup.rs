@@ -8,6 +8,7 @@ use ringvault_common::keys::KdfParams;
 use ringvault_common::snapshot::Snapshot;
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::{Cli, EXIT_INCOMPLETE};
 use crate::backup::{self, BackupOptions};
 use crate::daemon;
@@ -16,11 +17,11 @@ use crate::repo;
 
 /// `init`: creates the repository, with these chunk sizes.
 pub(super) async fn run_init(
-    cli: &Cli,
+    ctx: &Ctx,
     chunker_params: Option<ChunkerParams>,
 ) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let password = password::password(&loaded.config, &cli.password_flags(), true)?;
+    let loaded = ctx.config()?;
+    let password = password::password(&loaded.config, &ctx.cli.password_flags(), true)?;
     let chunker = chunker_params.unwrap_or_default();
     repo::init(&loaded.config, &password, KdfParams::default(), chunker).await?;
     println!(
@@ -33,27 +34,25 @@ pub(super) async fn run_init(
 /// `backup`: one snapshot of `paths`; [`EXIT_INCOMPLETE`] when entries
 /// were skipped.
 pub(super) async fn run_backup(
-    cli: &Cli,
+    ctx: &Ctx,
     paths: &[PathBuf],
     tags: &[String],
     time: Option<i64>,
-    progress: bool,
 ) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let report = backup::backup(
         r.clone(),
         BackupOptions {
             paths: paths.to_vec(),
             tags: tags.to_vec(),
-            progress,
+            progress: ctx.progress,
             time_ns: time,
             ..BackupOptions::default()
         },
     )
     .await?;
     r.cluster.close().await;
-    print_backup(cli, &report);
+    print_backup(&ctx.cli, &report);
     Ok(if report.errors.is_empty() {
         0
     } else {
@@ -63,9 +62,9 @@ pub(super) async fn run_backup(
 
 /// `agent`: watches the config's paths and takes a snapshot whenever they
 /// change, until a signal.
-pub(super) async fn run_agent(cli: &Cli) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_agent(ctx: &Ctx) -> anyhow::Result<u8> {
+    let loaded = ctx.config()?;
+    let r = ctx.repo().await?;
     let watching = daemon::Watching::start(&loaded.config.paths, loaded.config.event_queue)?;
     daemon::run(r.clone(), watching, true).await?;
     r.cluster.close().await;

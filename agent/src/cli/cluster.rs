@@ -8,6 +8,7 @@ use ringvault_common::tls::Role;
 use ringvault_common::wire::StoreState;
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::{Cli, ClusterCommand, ClusterInitArgs, EXIT_DEGRADED};
 use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
@@ -15,10 +16,10 @@ use crate::repo;
 
 /// `cluster ...`: status needs the agent config; the others work on the
 /// `cluster init` directory.
-pub(super) async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<u8> {
+pub(super) async fn run_cluster(ctx: &Ctx, command: &ClusterCommand) -> anyhow::Result<u8> {
     match command {
         ClusterCommand::Init(a) => init(a),
-        ClusterCommand::Status => status(cli).await,
+        ClusterCommand::Status => status(ctx).await,
         ClusterCommand::AddNode {
             dir,
             address,
@@ -32,12 +33,12 @@ pub(super) async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::
                 weight: *weight,
                 zone: zone.clone(),
             };
-            print_map_change(cli, &cluster::change_map(dir, &change).await?);
+            print_map_change(&ctx.cli, &cluster::change_map(dir, &change).await?);
             Ok(0)
         }
         ClusterCommand::RemoveNode { dir, id } => {
             let change = cluster::MapChange::RemoveNode { id: *id };
-            print_map_change(cli, &cluster::change_map(dir, &change).await?);
+            print_map_change(&ctx.cli, &cluster::change_map(dir, &change).await?);
             Ok(0)
         }
         ClusterCommand::SetWeight { dir, id, weight } => {
@@ -45,7 +46,7 @@ pub(super) async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::
                 id: *id,
                 weight: *weight,
             };
-            print_map_change(cli, &cluster::change_map(dir, &change).await?);
+            print_map_change(&ctx.cli, &cluster::change_map(dir, &change).await?);
             Ok(0)
         }
         ClusterCommand::AddAgent {
@@ -54,12 +55,12 @@ pub(super) async fn run_cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::
             agent_id,
             role,
             out,
-        } => add_agent(cli, dir, repository, agent_id, *role, out.as_deref()),
+        } => add_agent(ctx, dir, repository, agent_id, *role, out.as_deref()),
         ClusterCommand::Revoke {
             dir,
             fingerprint,
             cert,
-        } => revoke(cli, dir, fingerprint.as_deref(), cert.as_deref()).await,
+        } => revoke(ctx, dir, fingerprint.as_deref(), cert.as_deref()).await,
     }
 }
 
@@ -100,8 +101,8 @@ fn init(a: &ClusterInitArgs) -> anyhow::Result<u8> {
 
 /// `cluster status`: each server's state; [`EXIT_DEGRADED`] when one is
 /// down or its store is not ok.
-async fn status(cli: &Cli) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
+async fn status(ctx: &Ctx) -> anyhow::Result<u8> {
+    let loaded = ctx.config()?;
     let (cluster, _) = repo::connect(&loaded.config).await?;
     let rows: Vec<StatusRow> =
         futures::future::join_all(cluster.servers().into_iter().map(|(node, address, _)| {
@@ -110,7 +111,7 @@ async fn status(cli: &Cli) -> anyhow::Result<u8> {
         }))
         .await;
     cluster.close().await;
-    print_cluster_status(cli, cluster.map().epoch, &rows);
+    print_cluster_status(&ctx.cli, cluster.map().epoch, &rows);
     // A server down or with a store not ok needs a look.
     Ok(
         if rows
@@ -126,7 +127,7 @@ async fn status(cli: &Cli) -> anyhow::Result<u8> {
 
 /// `cluster add-agent`: a certificate for another agent of a repository.
 fn add_agent(
-    cli: &Cli,
+    ctx: &Ctx,
     dir: &Path,
     repository: &str,
     agent_id: &str,
@@ -134,7 +135,7 @@ fn add_agent(
     out: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let layout = cluster::add_agent(dir, repository, agent_id, role, out)?;
-    if cli.json {
+    if ctx.cli.json {
         println!(
             "{}",
             json!({ "config": layout.config, "fingerprint": layout.fingerprint, "role": role.as_str() })
@@ -151,7 +152,7 @@ fn add_agent(
 
 /// `cluster revoke`: a certificate, by fingerprint or from its file.
 async fn revoke(
-    cli: &Cli,
+    ctx: &Ctx,
     dir: &Path,
     fingerprint: Option<&str>,
     cert: Option<&Path>,
@@ -167,7 +168,7 @@ async fn revoke(
         (None, None) => anyhow::bail!("give a fingerprint or --cert FILE"),
     };
     let change = cluster::MapChange::Revoke { fingerprint };
-    print_map_change(cli, &cluster::change_map(dir, &change).await?);
+    print_map_change(&ctx.cli, &cluster::change_map(dir, &change).await?);
     Ok(0)
 }
 

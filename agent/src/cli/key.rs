@@ -4,18 +4,17 @@ use anyhow::Context;
 use ringvault_common::keys::KdfParams;
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::{Cli, KeyCommand, format_time};
 use crate::password;
-use crate::repo;
 
 /// `key ...`: lists, adds, removes or replaces the repository's keys.
-pub(super) async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_key(ctx: &Ctx, command: &KeyCommand) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     let code = match command {
         KeyCommand::List => {
             let keys = r.keys().await?;
-            if cli.json {
+            if ctx.cli.json {
                 println!("{}", serde_json::to_string(&keys)?);
             } else {
                 println!(" {:<16}  {:<12}  {:<20}  created", "id", "user", "host");
@@ -39,13 +38,13 @@ pub(super) async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u
         KeyCommand::Add { new_password_file } => {
             let password = password::new_password(new_password_file.as_deref())?;
             let id = r.add_key(&password, KdfParams::default()).await?;
-            print_key_change(cli, "added", &id);
+            print_key_change(&ctx.cli, "added", &id);
             0
         }
         KeyCommand::Remove { id } => {
             let id = r.find_key(id).await?;
             r.remove_key(id).await?;
-            print_key_change(cli, "removed", &id);
+            print_key_change(&ctx.cli, "removed", &id);
             0
         }
         KeyCommand::Passwd { new_password_file } => {
@@ -55,7 +54,7 @@ pub(super) async fn run_key(cli: &Cli, command: &KeyCommand) -> anyhow::Result<u
                 .delete_key(r.key_id)
                 .await
                 .context("removing the old key (the new one is stored: remove the old one with `ringvault key remove`)")?;
-            print_key_change(cli, "replaced the current key by", &id);
+            print_key_change(&ctx.cli, "replaced the current key by", &id);
             0
         }
     };

@@ -3,21 +3,21 @@
 
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::{Cli, EXIT_DEGRADED, EXIT_INCOMPLETE, KeepArgs};
 use crate::check;
 use crate::gc;
-use crate::repo;
 
 /// `forget`: removes snapshots by the flags' policy, or the config's
 /// without flags; with `prune` (and not `dry_run`), prunes afterwards.
 pub(super) async fn run_forget(
-    cli: &Cli,
+    ctx: &Ctx,
     keep: &KeepArgs,
     host: Option<&str>,
     dry_run: bool,
     prune: bool,
 ) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
+    let loaded = ctx.config()?;
     let policy = keep
         .policy()
         .unwrap_or_else(|| loaded.config.retention.clone());
@@ -27,12 +27,12 @@ pub(super) async fn run_forget(
             loaded.path.display()
         );
     }
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let report = gc::forget(&r, &policy, host, dry_run).await?;
-    print_forget(cli, &report);
+    print_forget(&ctx.cli, &report);
     if prune && !dry_run {
         let p = gc::prune(&r, loaded.config.prune_grace_s, loaded.config.trash_keep_s).await?;
-        print_prune(cli, &p);
+        print_prune(&ctx.cli, &p);
     }
     r.cluster.close().await;
     Ok(0)
@@ -40,13 +40,13 @@ pub(super) async fn run_forget(
 
 /// `prune`: a mark-and-sweep round ([`EXIT_INCOMPLETE`] when a server did
 /// not take part), or with `restore_trash`, every trashed blob moved back.
-pub(super) async fn run_prune(cli: &Cli, restore_trash: bool) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_prune(ctx: &Ctx, restore_trash: bool) -> anyhow::Result<u8> {
+    let loaded = ctx.config()?;
+    let r = ctx.repo().await?;
     if restore_trash {
         let n = gc::restore_trash(&r).await?;
         r.cluster.close().await;
-        if cli.json {
+        if ctx.cli.json {
             println!("{}", json!({ "restored": n }));
         } else {
             println!("moved {n} blob copies back from the trash");
@@ -55,7 +55,7 @@ pub(super) async fn run_prune(cli: &Cli, restore_trash: bool) -> anyhow::Result<
     }
     let p = gc::prune(&r, loaded.config.prune_grace_s, loaded.config.trash_keep_s).await?;
     r.cluster.close().await;
-    print_prune(cli, &p);
+    print_prune(&ctx.cli, &p);
     Ok(if p.skipped.is_empty() {
         0
     } else {
@@ -64,23 +64,21 @@ pub(super) async fn run_prune(cli: &Cli, restore_trash: bool) -> anyhow::Result<
 }
 
 /// `stats`: sizes of the repository and of each snapshot.
-pub(super) async fn run_stats(cli: &Cli) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_stats(ctx: &Ctx) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     let st = gc::stats(&r).await?;
     r.cluster.close().await;
-    print_stats(cli, &st);
+    print_stats(&ctx.cli, &st);
     Ok(0)
 }
 
 /// `check`: exit 1 when some chunk has no healthy copy,
 /// [`EXIT_DEGRADED`] when some has fewer than N.
-pub(super) async fn run_check(cli: &Cli, read_data: bool) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_check(ctx: &Ctx, read_data: bool) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     let report = check::check(&r, read_data).await?;
     r.cluster.close().await;
-    print_check(cli, &report);
+    print_check(&ctx.cli, &report);
     Ok(if report.has_loss() {
         1
     } else if report.is_healthy() {

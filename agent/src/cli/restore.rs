@@ -7,19 +7,15 @@ use std::sync::Arc;
 use ringvault_common::tree::EntryKind;
 use serde_json::json;
 
+use super::EXIT_INCOMPLETE;
 use super::args::RestoreArgs;
-use super::{Cli, EXIT_INCOMPLETE};
-use crate::repo;
+use super::ctx::Ctx;
 use crate::restore;
 use crate::restore::progress::{RestoreProgress, Show, Ticker};
 
 /// `restore`: exit 1 when a verified file differs from the snapshot,
 /// [`EXIT_INCOMPLETE`] when entries could not be restored or deleted.
-pub(super) async fn run_restore(
-    cli: &Cli,
-    args: &RestoreArgs,
-    progress: bool,
-) -> anyhow::Result<u8> {
+pub(super) async fn run_restore(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<u8> {
     let RestoreArgs {
         snapshot,
         path,
@@ -65,13 +61,12 @@ pub(super) async fn run_restore(
     {
         anyhow::bail!("--target / --delete needs an --include or --exclude pattern");
     }
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let (id, snap) = r.find_snapshot(snapshot).await?;
     let counters = options.progress.clone().unwrap_or_default();
-    let show = if cli.json && !cli.no_progress {
+    let show = if ctx.cli.json && !ctx.cli.no_progress {
         Show::Json
-    } else if progress {
+    } else if ctx.progress {
         Show::Bar
     } else {
         Show::Nothing
@@ -130,7 +125,7 @@ pub(super) async fn run_restore(
         EntryKind::CharDevice | EntryKind::BlockDevice => "device",
         _ => "file",
     };
-    if cli.json {
+    if ctx.cli.json {
         let mut out = json!({
             "snapshot": id.to_hex(), "dry_run": dry_run, "files": report.files,
             "symlinks": report.symlinks, "specials": report.specials,

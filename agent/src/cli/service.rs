@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::backup::print_backup;
+use super::ctx::Ctx;
 use super::{Cli, EXIT_INCOMPLETE, ServiceCommand};
 use crate::backup::{self, BackupOptions};
 use crate::daemon;
@@ -17,11 +18,10 @@ use crate::status;
 /// `quickstart`: starts the local cluster (made on first use), backs up
 /// `dir` and watches it unless `once`; with `stop`, stops the servers.
 pub(super) async fn run_quickstart(
-    cli: &Cli,
+    ctx: &Ctx,
     dir: Option<&Path>,
     stop: bool,
     once: bool,
-    progress: bool,
 ) -> anyhow::Result<u8> {
     if stop {
         let n = quickstart::stop(&quickstart::home()?)?;
@@ -29,19 +29,19 @@ pub(super) async fn run_quickstart(
         return Ok(0);
     }
     let dir = dir.context("quickstart needs a directory")?;
-    start_quickstart(cli, dir, progress, once).await
+    start_quickstart(ctx, dir, once).await
 }
 
 /// `service install`: writes the agent's unit, and enables and starts it
 /// (or prints it).
-pub(super) fn run_service(cli: &Cli, command: &ServiceCommand) -> anyhow::Result<u8> {
+pub(super) fn run_service(ctx: &Ctx, command: &ServiceCommand) -> anyhow::Result<u8> {
     let ServiceCommand::Install {
         user: _,
         print,
         dir,
         no_start,
     } = command;
-    let loaded = repo::load_config(cli.config.as_deref())?;
+    let loaded = ctx.config()?;
     anyhow::ensure!(
         !loaded.config.paths.is_empty(),
         "{} lists no `paths` for the agent to watch",
@@ -69,18 +69,18 @@ pub(super) fn run_service(cli: &Cli, command: &ServiceCommand) -> anyhow::Result
 }
 
 /// `status`: asks the running agent over its control socket.
-pub(super) async fn run_status(cli: &Cli) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
+pub(super) async fn run_status(ctx: &Ctx) -> anyhow::Result<u8> {
+    let loaded = ctx.config()?;
     let answer = status::ask(&status::socket_path(&loaded.config)?).await?;
-    print_status(cli, &answer);
+    print_status(&ctx.cli, &answer);
     Ok(0)
 }
 
 /// The quickstart with a directory: servers, repository, first snapshot,
 /// what to run next, then watching.
-async fn start_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> anyhow::Result<u8> {
+async fn start_quickstart(ctx: &Ctx, dir: &Path, once: bool) -> anyhow::Result<u8> {
     let home = quickstart::home()?;
-    let flags = cli.password_flags();
+    let flags = ctx.cli.password_flags();
     // A password the user gives is used and written nowhere; only without
     // one does a new layout get a random password file.
     let given = password::given_password(&flags)?;
@@ -123,13 +123,13 @@ async fn start_quickstart(cli: &Cli, dir: &Path, progress: bool, once: bool) -> 
         r.clone(),
         BackupOptions {
             paths: vec![dir.to_owned()],
-            progress,
+            progress: ctx.progress,
             ..BackupOptions::default()
         },
     )
     .await?;
-    print_backup(cli, &report);
-    if !cli.json {
+    print_backup(&ctx.cli, &report);
+    if !ctx.cli.json {
         let cfg = agent_path.display();
         println!();
         println!("Your files are in a three-node cluster on this machine. Next:");

@@ -11,45 +11,42 @@ use ringvault_common::tree::{Content, Entry, EntryKind};
 use serde_json::json;
 
 use super::backup::summary_json;
+use super::ctx::Ctx;
 use super::{Cli, format_time};
 use crate::backup::display_name;
 use crate::browse;
-use crate::repo;
 
 /// `snapshots`: lists them.
-pub(super) async fn run_snapshots(cli: &Cli) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_snapshots(ctx: &Ctx) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     let snaps = r.snapshots().await?;
     r.cluster.close().await;
-    print_snapshots(cli, &snaps);
+    print_snapshots(&ctx.cli, &snaps);
     Ok(0)
 }
 
 /// `versions`: every distinct version of `path` across the snapshots.
-pub(super) async fn run_versions(cli: &Cli, path: &str) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_versions(ctx: &Ctx, path: &str) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     let versions = browse::versions(&r, path).await?;
     r.cluster.close().await;
-    print_versions(cli, &versions);
+    print_versions(&ctx.cli, &versions);
     Ok(0)
 }
 
 /// `diff`: what changed between two snapshots, under `path` if given.
 pub(super) async fn run_diff(
-    cli: &Cli,
+    ctx: &Ctx,
     from: &str,
     to: &str,
     path: Option<&str>,
 ) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let (a, sa) = r.find_snapshot(from).await?;
     let (b, sb) = r.find_snapshot(to).await?;
     let report = browse::diff(&r, (a, sa.root), (b, sb.root), path.unwrap_or("")).await?;
     r.cluster.close().await;
-    print_diff(cli, &report);
+    print_diff(&ctx.cli, &report);
     Ok(0)
 }
 
@@ -57,14 +54,13 @@ pub(super) async fn run_diff(
 /// none is named), modified after `newer` and before `older`; exit 1 when
 /// none matches.
 pub(super) async fn run_find(
-    cli: &Cli,
+    ctx: &Ctx,
     pattern: &str,
     snapshots: &[String],
     newer: Option<i64>,
     older: Option<i64>,
 ) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let selected = if snapshots.is_empty() {
         r.snapshots().await?
     } else {
@@ -77,20 +73,19 @@ pub(super) async fn run_find(
     let mut found = browse::find(&r, pattern, &selected).await?;
     found.retain(|f| newer.is_none_or(|t| f.mtime_ns > t) && older.is_none_or(|t| f.mtime_ns < t));
     r.cluster.close().await;
-    print_found(cli, &found);
+    print_found(&ctx.cli, &found);
     Ok(if found.is_empty() { 1 } else { 0 })
 }
 
 /// `cat`: writes a file of a snapshot to standard output; the path comes
 /// as its own argument or as SNAPSHOT:PATH.
-pub(super) async fn run_cat(cli: &Cli, snapshot: &str, path: Option<&str>) -> anyhow::Result<u8> {
+pub(super) async fn run_cat(ctx: &Ctx, snapshot: &str, path: Option<&str>) -> anyhow::Result<u8> {
     let (snapshot, path) = match (snapshot.split_once(':'), path) {
         (_, Some(p)) => (snapshot, p),
         (Some((s, p)), None) => (s, p),
         (None, None) => anyhow::bail!("give a path: SNAPSHOT PATH or SNAPSHOT:PATH"),
     };
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let (_, snap) = r.find_snapshot(snapshot).await?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     browse::cat(&r, snap.root, path, &mut out).await?;
@@ -100,9 +95,8 @@ pub(super) async fn run_cat(cli: &Cli, snapshot: &str, path: Option<&str>) -> an
 
 /// `ls`: a directory of a snapshot (its root without `path`), or the one
 /// entry `path` names when it is not a directory.
-pub(super) async fn run_ls(cli: &Cli, snapshot: &str, path: Option<&str>) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_ls(ctx: &Ctx, snapshot: &str, path: Option<&str>) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     let (id, snap) = r.find_snapshot(snapshot).await?;
     let entries = match path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
         None => r.read_tree(snap.root).await?.entries,
@@ -118,18 +112,17 @@ pub(super) async fn run_ls(cli: &Cli, snapshot: &str, path: Option<&str>) -> any
         }
     };
     r.cluster.close().await;
-    print_ls(cli, &id, &entries);
+    print_ls(&ctx.cli, &id, &entries);
     Ok(0)
 }
 
 /// `mount`: serves the snapshots on `mountpoint` until a signal.
 pub(super) async fn run_mount(
-    cli: &Cli,
+    ctx: &Ctx,
     mountpoint: &Path,
     allow_other: bool,
 ) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+    let r = ctx.repo().await?;
     let options = crate::mount::MountOptions { allow_other };
     let code = crate::mount::run(r.clone(), mountpoint, &options).await;
     r.cluster.close().await;
@@ -137,9 +130,8 @@ pub(super) async fn run_mount(
 }
 
 /// `ui`: serves the browsing page on `listen` until a signal.
-pub(super) async fn run_ui(cli: &Cli, listen: SocketAddr) -> anyhow::Result<u8> {
-    let loaded = repo::load_config(cli.config.as_deref())?;
-    let r = repo::open(&loaded.config, &cli.password_flags()).await?;
+pub(super) async fn run_ui(ctx: &Ctx, listen: SocketAddr) -> anyhow::Result<u8> {
+    let r = ctx.repo().await?;
     crate::ui::run(r.clone(), listen).await?;
     r.cluster.close().await;
     Ok(0)
