@@ -7,6 +7,13 @@
 //! ls, mount, ui), `restore`, `maintenance` (forget, prune, stats, check),
 //! `key`, `cluster`, and `service` (quickstart, service, status). The
 //! clap definitions are in `args`.
+//!
+//! `--json` output comes from `#[derive(Serialize)]` report types beside
+//! the print functions. Their fields are declared in alphabetical order:
+//! that is the order in which the `json!` objects they replaced printed
+//! their keys (serde_json sorts an object's keys unless built with
+//! `preserve_order`), and scripts may read it. Each family's tests check
+//! that a report prints as the same `serde_json::Value` would.
 
 mod args;
 mod backup;
@@ -179,6 +186,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cluster { command } => cluster::run_cluster(&ctx, command).await,
         Command::Key { command } => key::run_key(&ctx, command).await,
     }
+}
+
+/// Prints `value` as one line of JSON. The report types hold strings,
+/// numbers, booleans and lists of them, which always serialize.
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(value).unwrap_or_default());
+}
+
+/// `value` prints as the [`serde_json::Value`] made from it would: its
+/// objects' fields are in alphabetical order, as a `json!` object's keys.
+#[cfg(test)]
+fn prints_as_a_value(value: &impl serde::Serialize) -> bool {
+    let direct = serde_json::to_string(value).unwrap_or_default();
+    let via_value = serde_json::to_value(value).map(|v| v.to_string());
+    via_value.is_ok_and(|v| v == direct)
 }
 
 /// `ns` since the Unix epoch as RFC 3339 in UTC, to the second.

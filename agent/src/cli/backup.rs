@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use ringvault_common::chunker::ChunkerParams;
 use ringvault_common::keys::KdfParams;
 use ringvault_common::snapshot::Snapshot;
-use serde_json::json;
+use serde::Serialize;
 
 use super::ctx::Ctx;
-use super::{Cli, EXIT_INCOMPLETE};
+use super::{Cli, EXIT_INCOMPLETE, print_json};
 use crate::backup::{self, BackupOptions};
 use crate::daemon;
 use crate::password;
@@ -79,14 +79,11 @@ pub(super) fn print_backup(cli: &Cli, report: &backup::BackupReport) {
     }
     let s = &report.snapshot.summary;
     if cli.json {
-        println!(
-            "{}",
-            json!({
-                "snapshot": report.id.to_hex(),
-                "summary": summary_json(&report.snapshot),
-                "wire_bytes": report.wire_bytes,
-            })
-        );
+        print_json(&BackupJson {
+            snapshot: report.id.to_hex(),
+            summary: summary_json(&report.snapshot),
+            wire_bytes: report.wire_bytes,
+        });
         return;
     }
     println!("snapshot {} saved", report.id.short());
@@ -106,12 +103,64 @@ pub(super) fn print_backup(cli: &Cli, report: &backup::BackupReport) {
     );
 }
 
+/// `backup --json` (and the quickstart's first snapshot).
+#[derive(Serialize)]
+struct BackupJson {
+    snapshot: String,
+    summary: SummaryJson,
+    wire_bytes: u64,
+}
+
 /// A snapshot's summary as `--json` prints it.
-pub(super) fn summary_json(s: &Snapshot) -> serde_json::Value {
+#[derive(Serialize)]
+pub(super) struct SummaryJson {
+    bytes: u64,
+    bytes_read: u64,
+    dirs: u64,
+    duration_ns: u64,
+    errors: u64,
+    files: u64,
+    new_bytes: u64,
+    sent_bytes: u64,
+}
+
+/// A snapshot's summary as `--json` prints it.
+pub(super) fn summary_json(s: &Snapshot) -> SummaryJson {
     let m = &s.summary;
-    json!({
-        "files": m.files, "dirs": m.dirs, "bytes": m.bytes, "bytes_read": m.bytes_read,
-        "new_bytes": m.new_bytes, "sent_bytes": m.sent_bytes, "duration_ns": m.duration_ns,
-        "errors": m.errors,
-    })
+    SummaryJson {
+        bytes: m.bytes,
+        bytes_read: m.bytes_read,
+        dirs: m.dirs,
+        duration_ns: m.duration_ns,
+        errors: m.errors,
+        files: m.files,
+        new_bytes: m.new_bytes,
+        sent_bytes: m.sent_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::prints_as_a_value;
+
+    #[test]
+    fn backup_reports_print_as_their_json_values_did() {
+        let summary = SummaryJson {
+            bytes: 1,
+            bytes_read: 2,
+            dirs: 3,
+            duration_ns: 4,
+            errors: 5,
+            files: 6,
+            new_bytes: 7,
+            sent_bytes: 8,
+        };
+        let report = BackupJson {
+            snapshot: "ab".repeat(32),
+            summary,
+            wire_bytes: 9,
+        };
+        assert!(prints_as_a_value(&report));
+    }
 }

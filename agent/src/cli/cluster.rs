@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::Context;
 use ringvault_common::tls::Role;
 use ringvault_common::wire::StoreState;
-use serde_json::json;
+use serde::Serialize;
 
 use super::ctx::Ctx;
-use super::{Cli, ClusterCommand, ClusterInitArgs, EXIT_DEGRADED};
+use super::{Cli, ClusterCommand, ClusterInitArgs, EXIT_DEGRADED, print_json};
 use crate::client::ClientError;
 use crate::cluster::{self, ClusterInit};
 use crate::repo;
@@ -136,10 +136,13 @@ fn add_agent(
 ) -> anyhow::Result<u8> {
     let layout = cluster::add_agent(dir, repository, agent_id, role, out)?;
     if ctx.cli.json {
-        println!(
-            "{}",
-            json!({ "config": layout.config, "fingerprint": layout.fingerprint, "role": role.as_str() })
-        );
+        // A config path that is not UTF-8 does not serialize: an error.
+        let json = serde_json::to_string(&AddAgentJson {
+            config: &layout.config,
+            fingerprint: &layout.fingerprint,
+            role: role.as_str(),
+        })?;
+        println!("{json}");
     } else {
         println!(
             "agent config: {}   (role {role}; copy its directory to the host)",
@@ -172,6 +175,100 @@ async fn revoke(
     Ok(0)
 }
 
+/// `cluster add-agent --json`: the new agent's config, its certificate's
+/// fingerprint and its role.
+#[derive(Serialize)]
+struct AddAgentJson<'a> {
+    config: &'a Path,
+    fingerprint: &'a str,
+    role: &'static str,
+}
+
+/// `cluster status --json`: the agent's map epoch and each server.
+#[derive(Serialize)]
+struct ClusterStatusJson<'a> {
+    epoch: u64,
+    nodes: Vec<NodeJson<'a>>,
+}
+
+/// A server in `cluster status --json`: its status, or why it gave none.
+/// `store_error`, `store_error_at` and `free_bytes` are null when the
+/// server has no error, no error time, or does not know its free space.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum NodeJson<'a> {
+    /// It answered.
+    Up {
+        address: &'a str,
+        blobs: u64,
+        bytes: u64,
+        epoch: u64,
+        free_bytes: Option<u64>,
+        hints: u64,
+        node: u32,
+        peers: Vec<PeerJson>,
+        quarantined: u64,
+        repair_backlog: u64,
+        scrub_bytes: u64,
+        scrub_cycles: u64,
+        state: &'static str,
+        store: &'static str,
+        store_error: Option<&'a String>,
+        store_error_at: Option<u64>,
+    },
+    /// It did not.
+    Unreachable {
+        address: &'a str,
+        error: String,
+        node: u32,
+        state: &'static str,
+    },
+}
+
+/// A server's view of a peer.
+#[derive(Serialize)]
+struct PeerJson {
+    node: u32,
+    state: &'static str,
+}
+
+/// A map change's `--json` report.
+#[derive(Serialize)]
+struct MapChangeJson<'a> {
+    committed: Vec<u32>,
+    epoch: u64,
+    node_dir: Option<String>,
+    nodes: Vec<MapNodeJson<'a>>,
+    revoked: &'a [String],
+    unreachable: Vec<NodeErrorJson<'a>>,
+}
+
+/// A node of the map in a map change's report.
+#[derive(Serialize)]
+struct MapNodeJson<'a> {
+    address: &'a str,
+    node: u32,
+    weight: u32,
+    zone: &'a str,
+}
+
+/// A server that did not take part, and why (a map change's
+/// `unreachable`, prune's `skipped`).
+#[derive(Serialize)]
+pub(super) struct NodeErrorJson<'a> {
+    error: &'a str,
+    node: u32,
+}
+
+impl<'a> From<&'a (ringvault_common::NodeId, String)> for NodeErrorJson<'a> {
+    fn from((node, error): &'a (ringvault_common::NodeId, String)) -> Self {
+        Self {
+            error,
+            node: node.0,
+        }
+    }
+}
+
 /// A server, its address, and its status or why it gave none.
 type StatusRow = (
     ringvault_common::NodeId,
@@ -182,24 +279,43 @@ type StatusRow = (
 /// Prints each server's state under the map's epoch.
 fn print_cluster_status(cli: &Cli, epoch: u64, rows: &[StatusRow]) {
     if cli.json {
-        let nodes: Vec<_> = rows
+        let nodes = rows
             .iter()
             .map(|(node, address, s)| match s {
-                Ok(s) => json!({
-                    "node": node.0, "address": address, "state": "up", "epoch": s.epoch,
-                    "blobs": s.blobs, "bytes": s.bytes, "hints": s.hints,
-                    "repair_backlog": s.repair_backlog, "quarantined": s.quarantined,
-                    "scrub_bytes": s.scrub_bytes, "scrub_cycles": s.scrub_cycles,
-                    "peers": s.peers.iter().map(|(p, st)| json!({"node": p.0, "state": st.as_str()})).collect::<Vec<_>>(),
-                    "store": s.store.as_str(),
-                    "store_error": (!s.store_error.is_empty()).then_some(&s.store_error),
-                    "store_error_at": (s.store_error_at > 0).then_some(s.store_error_at),
-                    "free_bytes": (s.free_bytes != u64::MAX).then_some(s.free_bytes),
-                }),
-                Err(e) => json!({"node": node.0, "address": address, "state": "unreachable", "error": e.to_string()}),
+                Ok(s) => NodeJson::Up {
+                    address,
+                    blobs: s.blobs,
+                    bytes: s.bytes,
+                    epoch: s.epoch,
+                    free_bytes: (s.free_bytes != u64::MAX).then_some(s.free_bytes),
+                    hints: s.hints,
+                    node: node.0,
+                    peers: s
+                        .peers
+                        .iter()
+                        .map(|(p, st)| PeerJson {
+                            node: p.0,
+                            state: st.as_str(),
+                        })
+                        .collect(),
+                    quarantined: s.quarantined,
+                    repair_backlog: s.repair_backlog,
+                    scrub_bytes: s.scrub_bytes,
+                    scrub_cycles: s.scrub_cycles,
+                    state: "up",
+                    store: s.store.as_str(),
+                    store_error: (!s.store_error.is_empty()).then_some(&s.store_error),
+                    store_error_at: (s.store_error_at > 0).then_some(s.store_error_at),
+                },
+                Err(e) => NodeJson::Unreachable {
+                    address,
+                    error: e.to_string(),
+                    node: node.0,
+                    state: "unreachable",
+                },
             })
             .collect();
-        println!("{}", json!({ "epoch": epoch, "nodes": nodes }));
+        print_json(&ClusterStatusJson { epoch, nodes });
         return;
     }
     println!("cluster map epoch {epoch}");
@@ -277,17 +393,24 @@ fn store_note(node: ringvault_common::NodeId, s: &ringvault_common::wire::NodeSt
 /// Prints the map a change committed, and where.
 fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
     if cli.json {
-        println!(
-            "{}",
-            json!({
-                "epoch": r.map.epoch,
-                "nodes": r.map.nodes.iter().map(|n| json!({"node": n.id.0, "address": n.address, "weight": n.weight, "zone": n.zone})).collect::<Vec<_>>(),
-                "committed": r.committed.iter().map(|n| n.0).collect::<Vec<_>>(),
-                "unreachable": r.unreachable.iter().map(|(n, e)| json!({"node": n.0, "error": e})).collect::<Vec<_>>(),
-                "node_dir": r.node_dir.as_ref().map(|d| d.display().to_string()),
-                "revoked": r.map.revoked,
-            })
-        );
+        print_json(&MapChangeJson {
+            committed: r.committed.iter().map(|n| n.0).collect(),
+            epoch: r.map.epoch,
+            node_dir: r.node_dir.as_ref().map(|d| d.display().to_string()),
+            nodes: r
+                .map
+                .nodes
+                .iter()
+                .map(|n| MapNodeJson {
+                    address: &n.address,
+                    node: n.id.0,
+                    weight: n.weight,
+                    zone: &n.zone,
+                })
+                .collect(),
+            revoked: &r.map.revoked,
+            unreachable: r.unreachable.iter().map(NodeErrorJson::from).collect(),
+        });
         return;
     }
     println!(
@@ -305,5 +428,77 @@ fn print_map_change(cli: &Cli, r: &cluster::MapChangeReport) {
             d.display(),
             d.join("chunkserver.toml").display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::prints_as_a_value;
+
+    #[test]
+    fn cluster_reports_print_as_their_json_values_did() {
+        let path = std::path::PathBuf::from("/c/agent-h/agent.toml");
+        assert!(prints_as_a_value(&AddAgentJson {
+            config: &path,
+            fingerprint: "ab",
+            role: "writer",
+        }));
+        let error = "disk full".to_owned();
+        for (store_error, store_error_at, free_bytes) in
+            [(None, None, None), (Some(&error), Some(5), Some(6))]
+        {
+            let status = ClusterStatusJson {
+                epoch: 3,
+                nodes: vec![
+                    NodeJson::Up {
+                        address: "127.0.0.1:7401",
+                        blobs: 1,
+                        bytes: 2,
+                        epoch: 3,
+                        free_bytes,
+                        hints: 4,
+                        node: 1,
+                        peers: vec![PeerJson {
+                            node: 2,
+                            state: "up",
+                        }],
+                        quarantined: 5,
+                        repair_backlog: 6,
+                        scrub_bytes: 7,
+                        scrub_cycles: 8,
+                        state: "up",
+                        store: "ok",
+                        store_error,
+                        store_error_at,
+                    },
+                    NodeJson::Unreachable {
+                        address: "127.0.0.1:7402",
+                        error: "no answer".into(),
+                        node: 2,
+                        state: "unreachable",
+                    },
+                ],
+            };
+            assert!(prints_as_a_value(&status));
+        }
+        let unreachable = [(ringvault_common::NodeId(4), "no answer".to_owned())];
+        let revoked = ["cd".repeat(32)];
+        for node_dir in [None, Some("/c/node-4".to_owned())] {
+            let change = MapChangeJson {
+                committed: vec![1, 2],
+                epoch: 4,
+                node_dir,
+                nodes: vec![MapNodeJson {
+                    address: "127.0.0.1:7401",
+                    node: 1,
+                    weight: 1,
+                    zone: "",
+                }],
+                revoked: &revoked,
+                unreachable: unreachable.iter().map(NodeErrorJson::from).collect(),
+            };
+            assert!(prints_as_a_value(&change));
+        }
     }
 }

@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use ringvault_common::keys::KdfParams;
-use serde_json::json;
+use serde::Serialize;
 
 use super::ctx::Ctx;
-use super::{Cli, KeyCommand, format_time};
+use super::{Cli, KeyCommand, format_time, print_json};
 use crate::password;
 
 /// `key ...`: lists, adds, removes or replaces the repository's keys.
@@ -62,12 +62,37 @@ pub(super) async fn run_key(ctx: &Ctx, command: &KeyCommand) -> anyhow::Result<u
     Ok(code)
 }
 
+/// `key add|remove|passwd --json`: what was done, and to which key.
+#[derive(Serialize)]
+struct KeyChangeJson<'a> {
+    done: &'a str,
+    id: &'a str,
+}
+
 /// Prints a key change: what was `done` and the key's id.
 fn print_key_change(cli: &Cli, what: &str, id: &[u8; 32]) {
     let id = hex::encode(id);
     if cli.json {
-        println!("{}", json!({ "done": what, "id": id }));
+        print_json(&KeyChangeJson {
+            done: what,
+            id: &id,
+        });
     } else {
         println!("{what} key {}", &id[..16]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::prints_as_a_value;
+
+    #[test]
+    fn key_changes_print_as_their_json_values_did() {
+        let id = "ab".repeat(32);
+        assert!(prints_as_a_value(&KeyChangeJson {
+            done: "added",
+            id: &id
+        }));
     }
 }

@@ -8,11 +8,11 @@ use anyhow::Context;
 use ringvault_common::SnapshotId;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind};
-use serde_json::json;
+use serde::Serialize;
 
-use super::backup::summary_json;
+use super::backup::{SummaryJson, summary_json};
 use super::ctx::Ctx;
-use super::{Cli, format_time};
+use super::{Cli, format_time, print_json};
 use crate::backup::display_name;
 use crate::browse;
 
@@ -137,22 +137,61 @@ pub(super) async fn run_ui(ctx: &Ctx, listen: SocketAddr) -> anyhow::Result<u8> 
     Ok(0)
 }
 
+/// A snapshot in `snapshots --json`.
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    agent: &'a str,
+    host: &'a str,
+    id: String,
+    parent: Option<String>,
+    paths: Vec<String>,
+    root: String,
+    short_id: String,
+    summary: SummaryJson,
+    tags: &'a [String],
+    time: String,
+}
+
+/// `ls --json`: the snapshot and the entries listed.
+#[derive(Serialize)]
+struct LsJson {
+    entries: Vec<EntryJson>,
+    snapshot: String,
+}
+
+/// An entry in `ls --json`; `target` is a symlink's, else null.
+#[derive(Serialize)]
+struct EntryJson {
+    gid: u32,
+    kind: &'static str,
+    mode: u32,
+    mtime: String,
+    name: String,
+    size: u64,
+    target: Option<String>,
+    uid: u32,
+}
+
 /// Prints the snapshots: a table, or a JSON array.
 fn print_snapshots(cli: &Cli, snaps: &[(SnapshotId, Snapshot)]) {
     let paths = |s: &Snapshot| s.paths.iter().map(|p| display_name(p)).collect::<Vec<_>>();
     if cli.json {
         let list: Vec<_> = snaps
             .iter()
-            .map(|(id, s)| {
-                json!({
-                    "id": id.to_hex(), "short_id": id.short(), "time": format_time(s.time_ns),
-                    "host": s.host, "agent": s.agent, "paths": paths(s), "tags": s.tags,
-                    "root": s.root.to_hex(), "parent": s.parent.map(|p| p.to_hex()),
-                    "summary": summary_json(s),
-                })
+            .map(|(id, s)| SnapshotJson {
+                agent: &s.agent,
+                host: &s.host,
+                id: id.to_hex(),
+                parent: s.parent.map(|p| p.to_hex()),
+                paths: paths(s),
+                root: s.root.to_hex(),
+                short_id: id.short(),
+                summary: summary_json(s),
+                tags: &s.tags,
+                time: format_time(s.time_ns),
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        print_json(&list);
         return;
     }
     println!(
@@ -260,17 +299,26 @@ fn kind_name(k: EntryKind) -> &'static str {
 /// Prints a directory listing of snapshot `id`.
 fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
     if cli.json {
-        let list: Vec<_> = entries
+        let entries = entries
             .iter()
-            .map(|e| {
-                json!({
-                    "name": display_name(&e.name), "kind": kind_name(e.kind), "mode": e.mode & 0o7777,
-                    "size": e.size, "mtime": format_time(e.mtime_ns), "uid": e.uid, "gid": e.gid,
-                    "target": match &e.content { Content::Symlink(t) => Some(display_name(t)), _ => None },
-                })
+            .map(|e| EntryJson {
+                gid: e.gid,
+                kind: kind_name(e.kind),
+                mode: e.mode & 0o7777,
+                mtime: format_time(e.mtime_ns),
+                name: display_name(&e.name),
+                size: e.size,
+                target: match &e.content {
+                    Content::Symlink(t) => Some(display_name(t)),
+                    _ => None,
+                },
+                uid: e.uid,
             })
             .collect();
-        println!("{}", json!({ "snapshot": id.to_hex(), "entries": list }));
+        print_json(&LsJson {
+            entries,
+            snapshot: id.to_hex(),
+        });
         return;
     }
     for e in entries {
@@ -288,5 +336,57 @@ fn print_ls(cli: &Cli, id: &SnapshotId, entries: &[Entry]) {
             display_name(&e.name).escape_debug(),
             suffix
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::prints_as_a_value;
+
+    #[test]
+    fn snapshot_reports_print_as_their_json_values_did() {
+        let tags = ["t".to_owned()];
+        let snapshot = Snapshot {
+            time_ns: 0,
+            host: "host".into(),
+            agent: "agent-1".into(),
+            paths: vec![],
+            root: ringvault_common::ChunkId([1; 32]),
+            parent: None,
+            tags: tags.to_vec(),
+            summary: ringvault_common::snapshot::Summary::default(),
+        };
+        for parent in [None, Some("cd".repeat(32))] {
+            let s = SnapshotJson {
+                agent: &snapshot.agent,
+                host: &snapshot.host,
+                id: "ab".repeat(32),
+                parent,
+                paths: vec!["/home".into()],
+                root: snapshot.root.to_hex(),
+                short_id: "abababab".into(),
+                summary: summary_json(&snapshot),
+                tags: &tags,
+                time: format_time(snapshot.time_ns),
+            };
+            assert!(prints_as_a_value(&[s]));
+        }
+        for target in [None, Some("a.txt".to_owned())] {
+            let ls = LsJson {
+                entries: vec![EntryJson {
+                    gid: 1,
+                    kind: "symlink",
+                    mode: 0o777,
+                    mtime: format_time(0),
+                    name: "link".into(),
+                    size: 0,
+                    target,
+                    uid: 2,
+                }],
+                snapshot: "ab".repeat(32),
+            };
+            assert!(prints_as_a_value(&ls));
+        }
     }
 }
