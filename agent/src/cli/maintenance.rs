@@ -1,10 +1,11 @@
 //! `forget`, `prune`, `stats` and `check`: retention, reclaiming space,
 //! sizes and verification.
 
-use serde_json::json;
+use serde::Serialize;
 
+use super::cluster::NodeErrorJson;
 use super::ctx::Ctx;
-use super::{Cli, EXIT_DEGRADED, EXIT_INCOMPLETE, KeepArgs};
+use super::{Cli, EXIT_DEGRADED, EXIT_INCOMPLETE, KeepArgs, print_json};
 use crate::check;
 use crate::gc;
 
@@ -47,7 +48,7 @@ pub(super) async fn run_prune(ctx: &Ctx, restore_trash: bool) -> anyhow::Result<
         let n = gc::restore_trash(&r).await?;
         r.cluster.close().await;
         if ctx.cli.json {
-            println!("{}", json!({ "restored": n }));
+            print_json(&RestoredJson { restored: n });
         } else {
             println!("moved {n} blob copies back from the trash");
         }
@@ -88,6 +89,79 @@ pub(super) async fn run_check(ctx: &Ctx, read_data: bool) -> anyhow::Result<u8> 
     })
 }
 
+/// `prune --restore-trash --json`: blob copies moved back.
+#[derive(Serialize)]
+struct RestoredJson {
+    restored: u64,
+}
+
+/// `forget --json`: each group's decisions, and whether they were applied.
+#[derive(Serialize)]
+struct ForgetJson<'a> {
+    applied: bool,
+    groups: Vec<GroupJson<'a>>,
+}
+
+/// A group (host, paths) in `forget --json`.
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    host: &'a str,
+    keep: Vec<KeptJson<'a>>,
+    paths: &'a [String],
+    remove: Vec<String>,
+}
+
+/// A kept snapshot and the rules that kept it.
+#[derive(Serialize)]
+struct KeptJson<'a> {
+    id: String,
+    reasons: &'a [&'static str],
+}
+
+/// `prune --json`: the mark phase's counts, the servers that swept or did
+/// not, and the sweep's totals.
+#[derive(Serialize)]
+struct PruneJson<'a> {
+    cleared: u64,
+    expired: u64,
+    expired_bytes: u64,
+    live_chunks: usize,
+    noted: u64,
+    partitions: u64,
+    partitions_skipped: u64,
+    skipped: Vec<NodeErrorJson<'a>>,
+    snapshots: usize,
+    swept: Vec<u32>,
+    trashed: u64,
+    trashed_bytes: u64,
+}
+
+/// `stats --json`: the repository's sizes and ratios, and each snapshot's.
+#[derive(Serialize)]
+struct StatsJson<'a> {
+    chunks: usize,
+    compression_ratio: f64,
+    dedup_ratio: f64,
+    logical_bytes: u64,
+    replicas: u32,
+    snapshots: Vec<SnapshotStatsJson<'a>>,
+    stored_bytes: u64,
+    stored_bytes_all_replicas: u64,
+    unique_file_bytes: u64,
+}
+
+/// A snapshot's sizes in `stats --json`.
+#[derive(Serialize)]
+struct SnapshotStatsJson<'a> {
+    chunks: usize,
+    exclusive_bytes: u64,
+    host: &'a str,
+    id: String,
+    logical_bytes: u64,
+    stored_bytes: u64,
+    time_ns: i64,
+}
+
 /// Prints the check's report (`check::output`).
 fn print_check(cli: &Cli, r: &check::CheckReport) {
     if cli.json {
@@ -100,18 +174,27 @@ fn print_check(cli: &Cli, r: &check::CheckReport) {
 /// Prints what `forget` kept and removed, per group.
 fn print_forget(cli: &Cli, r: &gc::ForgetReport) {
     if cli.json {
-        let groups: Vec<_> = r
+        let groups = r
             .groups
             .iter()
-            .map(|g| {
-                json!({
-                    "host": g.host, "paths": g.paths,
-                    "keep": g.keep.iter().map(|(id, why)| json!({"id": id.to_hex(), "reasons": why})).collect::<Vec<_>>(),
-                    "remove": g.remove.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
-                })
+            .map(|g| GroupJson {
+                host: &g.host,
+                keep: g
+                    .keep
+                    .iter()
+                    .map(|(id, why)| KeptJson {
+                        id: id.to_hex(),
+                        reasons: why,
+                    })
+                    .collect(),
+                paths: &g.paths,
+                remove: g.remove.iter().map(|id| id.to_hex()).collect(),
             })
             .collect();
-        println!("{}", json!({ "groups": groups, "applied": r.applied }));
+        print_json(&ForgetJson {
+            applied: r.applied,
+            groups,
+        });
         return;
     }
     for g in &r.groups {
@@ -134,17 +217,20 @@ fn print_forget(cli: &Cli, r: &gc::ForgetReport) {
 fn print_prune(cli: &Cli, p: &gc::PruneReport) {
     let s = &p.sweep;
     if cli.json {
-        println!(
-            "{}",
-            json!({
-                "snapshots": p.snapshots, "live_chunks": p.live_chunks,
-                "swept": p.swept.iter().map(|n| n.0).collect::<Vec<_>>(),
-                "skipped": p.skipped.iter().map(|(n, e)| json!({"node": n.0, "error": e})).collect::<Vec<_>>(),
-                "partitions": s.partitions, "partitions_skipped": s.skipped,
-                "noted": s.noted, "cleared": s.cleared, "trashed": s.trashed,
-                "trashed_bytes": s.trashed_bytes, "expired": s.expired, "expired_bytes": s.expired_bytes,
-            })
-        );
+        print_json(&PruneJson {
+            cleared: s.cleared,
+            expired: s.expired,
+            expired_bytes: s.expired_bytes,
+            live_chunks: p.live_chunks,
+            noted: s.noted,
+            partitions: s.partitions,
+            partitions_skipped: s.skipped,
+            skipped: p.skipped.iter().map(NodeErrorJson::from).collect(),
+            snapshots: p.snapshots,
+            swept: p.swept.iter().map(|n| n.0).collect(),
+            trashed: s.trashed,
+            trashed_bytes: s.trashed_bytes,
+        });
         return;
     }
     for (n, e) in &p.skipped {
@@ -174,20 +260,29 @@ fn print_prune(cli: &Cli, p: &gc::PruneReport) {
 /// Prints the sizes.
 fn print_stats(cli: &Cli, st: &gc::Stats) {
     if cli.json {
-        println!(
-            "{}",
-            json!({
-                "logical_bytes": st.logical_bytes, "unique_file_bytes": st.unique_file_bytes,
-                "chunks": st.chunks, "stored_bytes": st.stored_bytes, "replicas": st.replicas,
-                "stored_bytes_all_replicas": st.stored_bytes * u64::from(st.replicas),
-                "dedup_ratio": st.dedup_ratio(), "compression_ratio": st.compression_ratio(),
-                "snapshots": st.snapshots.iter().map(|s| json!({
-                    "id": s.id.to_hex(), "time_ns": s.time_ns, "host": s.host,
-                    "logical_bytes": s.logical_bytes, "chunks": s.chunks,
-                    "stored_bytes": s.stored_bytes, "exclusive_bytes": s.exclusive_bytes,
-                })).collect::<Vec<_>>(),
-            })
-        );
+        print_json(&StatsJson {
+            chunks: st.chunks,
+            compression_ratio: st.compression_ratio(),
+            dedup_ratio: st.dedup_ratio(),
+            logical_bytes: st.logical_bytes,
+            replicas: st.replicas,
+            snapshots: st
+                .snapshots
+                .iter()
+                .map(|s| SnapshotStatsJson {
+                    chunks: s.chunks,
+                    exclusive_bytes: s.exclusive_bytes,
+                    host: &s.host,
+                    id: s.id.to_hex(),
+                    logical_bytes: s.logical_bytes,
+                    stored_bytes: s.stored_bytes,
+                    time_ns: s.time_ns,
+                })
+                .collect(),
+            stored_bytes: st.stored_bytes,
+            stored_bytes_all_replicas: st.stored_bytes * u64::from(st.replicas),
+            unique_file_bytes: st.unique_file_bytes,
+        });
         return;
     }
     println!(
@@ -219,4 +314,67 @@ fn print_stats(cli: &Cli, st: &gc::Stats) {
         st.dedup_ratio(),
         st.compression_ratio()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::prints_as_a_value;
+
+    #[test]
+    fn maintenance_reports_print_as_their_json_values_did() {
+        assert!(prints_as_a_value(&RestoredJson { restored: 3 }));
+        let paths = ["/home".to_owned()];
+        let reasons = ["last", "daily"];
+        assert!(prints_as_a_value(&ForgetJson {
+            applied: true,
+            groups: vec![GroupJson {
+                host: "h",
+                keep: vec![KeptJson {
+                    id: "ab".repeat(32),
+                    reasons: &reasons,
+                }],
+                paths: &paths,
+                remove: vec!["cd".repeat(32)],
+            }],
+        }));
+        let skipped = [(ringvault_common::NodeId(2), "down".to_owned())];
+        assert!(prints_as_a_value(&PruneJson {
+            cleared: 1,
+            expired: 2,
+            expired_bytes: 3,
+            live_chunks: 4,
+            noted: 5,
+            partitions: 6,
+            partitions_skipped: 7,
+            skipped: skipped.iter().map(NodeErrorJson::from).collect(),
+            snapshots: 8,
+            swept: vec![1, 3],
+            trashed: 9,
+            trashed_bytes: 10,
+        }));
+        // Ratios, including the 0/0 one a float cannot hold (null).
+        for ratio in [1.5, 1.0, 0.018_867_924_528_301_886, f64::NAN] {
+            let stats = StatsJson {
+                chunks: 1,
+                compression_ratio: ratio,
+                dedup_ratio: ratio,
+                logical_bytes: 2,
+                replicas: 3,
+                snapshots: vec![SnapshotStatsJson {
+                    chunks: 4,
+                    exclusive_bytes: 5,
+                    host: "h",
+                    id: "ab".repeat(32),
+                    logical_bytes: 6,
+                    stored_bytes: 7,
+                    time_ns: -8,
+                }],
+                stored_bytes: 9,
+                stored_bytes_all_replicas: 27,
+                unique_file_bytes: 10,
+            };
+            assert!(prints_as_a_value(&stats));
+        }
+    }
 }

@@ -1,17 +1,74 @@
 //! `restore`: a snapshot, or part of it, back into a directory, with the
 //! passes after it (`--delete`, `--verify`), and what it reports.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
 use ringvault_common::tree::EntryKind;
-use serde_json::json;
+use serde::Serialize;
 
-use super::EXIT_INCOMPLETE;
 use super::args::RestoreArgs;
 use super::ctx::Ctx;
+use super::{EXIT_INCOMPLETE, print_json};
 use crate::restore;
 use crate::restore::progress::{RestoreProgress, Show, Ticker};
+
+/// `restore --json`'s last line: the restore's counts, then restic's
+/// summary names (`message_type` "summary", `seconds_elapsed`,
+/// `total_files` ... `bytes_skipped`), with `actions` (and with `--delete`,
+/// `deleted`) on a dry run and the `--verify` counts after a verification.
+#[derive(Serialize)]
+struct RestoreJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actions: Option<Vec<ActionJson<'a>>>,
+    bad_copies: Vec<BadCopyJson<'a>>,
+    bytes: u64,
+    bytes_restored: u64,
+    bytes_skipped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_verified: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<Vec<Cow<'a, str>>>,
+    dirs: u64,
+    dry_run: bool,
+    errors: usize,
+    files: u64,
+    files_deleted: u64,
+    files_restored: u64,
+    files_skipped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files_verified: Option<u64>,
+    message_type: &'static str,
+    seconds_elapsed: u64,
+    skipped: u64,
+    snapshot: String,
+    specials: u64,
+    symlinks: u64,
+    total_bytes: u64,
+    total_files: u64,
+    unchanged: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify_errors: Option<usize>,
+    warnings: &'a [String],
+}
+
+/// What a dry run would do to an entry.
+#[derive(Serialize)]
+struct ActionJson<'a> {
+    action: &'static str,
+    kind: &'static str,
+    path: Cow<'a, str>,
+    size: u64,
+}
+
+/// A copy of a chunk that did not open, read from another replica.
+#[derive(Serialize)]
+struct BadCopyJson<'a> {
+    chunk: String,
+    node: u32,
+    reason: &'a str,
+}
 
 /// `restore`: exit 1 when a verified file differs from the snapshot,
 /// [`EXIT_INCOMPLETE`] when entries could not be restored or deleted.
@@ -126,49 +183,53 @@ pub(super) async fn run_restore(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result
         _ => "file",
     };
     if ctx.cli.json {
-        let mut out = json!({
-            "snapshot": id.to_hex(), "dry_run": dry_run, "files": report.files,
-            "symlinks": report.symlinks, "specials": report.specials,
-            "dirs": report.dirs, "bytes": report.bytes,
-            "unchanged": report.unchanged, "skipped": report.skipped,
-            "errors": report.errors.len() + delete_errors.len(), "warnings": report.warnings,
-            "bad_copies": report.bad_copies.iter().map(|b| json!({
-                "chunk": b.chunk.to_hex(), "node": b.node.0, "reason": b.reason})).collect::<Vec<_>>(),
-        });
-        if *dry_run {
-            out["actions"] = actions
-                .iter()
-                .map(|a| {
-                    json!({
-                        "path": a.path.to_string_lossy(), "kind": kind(a.kind),
-                        "action": a.action.as_str(), "size": a.size,
+        print_json(&RestoreJson {
+            actions: dry_run.then(|| {
+                actions
+                    .iter()
+                    .map(|a| ActionJson {
+                        action: a.action.as_str(),
+                        kind: kind(a.kind),
+                        path: a.path.to_string_lossy(),
+                        size: a.size,
                     })
+                    .collect()
+            }),
+            bad_copies: report
+                .bad_copies
+                .iter()
+                .map(|b| BadCopyJson {
+                    chunk: b.chunk.to_hex(),
+                    node: b.node.0,
+                    reason: &b.reason,
                 })
-                .collect();
-            if *delete {
-                out["deleted"] = gone.iter().map(|p| p.to_string_lossy()).collect();
-            }
-        }
-        // restic's summary names.
-        out["message_type"] = json!("summary");
-        for (k, v) in [
-            ("seconds_elapsed", status.seconds_elapsed),
-            ("total_files", status.total_files),
-            ("files_restored", status.files_restored),
-            ("files_skipped", status.files_skipped),
-            ("files_deleted", status.files_deleted),
-            ("total_bytes", status.total_bytes),
-            ("bytes_restored", status.bytes_restored),
-            ("bytes_skipped", status.bytes_skipped),
-        ] {
-            out[k] = json!(v);
-        }
-        if let Some(v) = &verified {
-            out["files_verified"] = json!(v.files);
-            out["bytes_verified"] = json!(v.bytes);
-            out["verify_errors"] = json!(v.errors.len());
-        }
-        println!("{out}");
+                .collect(),
+            bytes: report.bytes,
+            bytes_restored: status.bytes_restored,
+            bytes_skipped: status.bytes_skipped,
+            bytes_verified: verified.as_ref().map(|v| v.bytes),
+            deleted: (*dry_run && *delete)
+                .then(|| gone.iter().map(|p| p.to_string_lossy()).collect()),
+            dirs: report.dirs,
+            dry_run: *dry_run,
+            errors: report.errors.len() + delete_errors.len(),
+            files: report.files,
+            files_deleted: status.files_deleted,
+            files_restored: status.files_restored,
+            files_skipped: status.files_skipped,
+            files_verified: verified.as_ref().map(|v| v.files),
+            message_type: "summary",
+            seconds_elapsed: status.seconds_elapsed,
+            skipped: report.skipped,
+            snapshot: id.to_hex(),
+            specials: report.specials,
+            symlinks: report.symlinks,
+            total_bytes: status.total_bytes,
+            total_files: status.total_files,
+            unchanged: report.unchanged,
+            verify_errors: verified.as_ref().map(|v| v.errors.len()),
+            warnings: &report.warnings,
+        });
     } else {
         for a in &actions {
             println!("{:<9} {}", a.action.as_str(), a.path.display());
@@ -226,4 +287,62 @@ pub(super) async fn run_restore(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result
     } else {
         EXIT_INCOMPLETE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::prints_as_a_value;
+
+    #[test]
+    fn restore_summaries_print_as_their_json_values_did() {
+        let warnings = ["a warning".to_owned()];
+        for (dry_run, delete, verified) in [
+            (false, false, false),
+            (true, false, false),
+            (true, true, false),
+            (false, true, true),
+        ] {
+            let summary = RestoreJson {
+                actions: dry_run.then(|| {
+                    vec![ActionJson {
+                        action: "new",
+                        kind: "file",
+                        path: "/t/a.txt".into(),
+                        size: 7,
+                    }]
+                }),
+                bad_copies: vec![BadCopyJson {
+                    chunk: "ab".repeat(32),
+                    node: 2,
+                    reason: "bad tag",
+                }],
+                bytes: 1,
+                bytes_restored: 2,
+                bytes_skipped: 3,
+                bytes_verified: verified.then_some(4),
+                deleted: (dry_run && delete).then(|| vec!["/t/old".into()]),
+                dirs: 5,
+                dry_run,
+                errors: 6,
+                files: 7,
+                files_deleted: 8,
+                files_restored: 9,
+                files_skipped: 10,
+                files_verified: verified.then_some(11),
+                message_type: "summary",
+                seconds_elapsed: 12,
+                skipped: 13,
+                snapshot: "cd".repeat(32),
+                specials: 14,
+                symlinks: 15,
+                total_bytes: 16,
+                total_files: 17,
+                unchanged: 18,
+                verify_errors: verified.then_some(0),
+                warnings: &warnings,
+            };
+            assert!(prints_as_a_value(&summary));
+        }
+    }
 }
