@@ -5,8 +5,8 @@
 //!   no server copies a forgotten record back.
 //! - [`prune`] reclaims chunks no snapshot reaches, without a lock: it
 //!   starts a round on every server, lists the snapshots, marks every chunk
-//!   they reach, and has each server sweep (see
-//!   `ringvault_chunkserver::prune`: chunks written or confirmed present
+//!   they reach, and has each server sweep (see the chunk server's
+//!   `prune` module: chunks written or confirmed present
 //!   during the round are protected, deletion waits out a grace period, and
 //!   deleted blobs sit in a trash that [`restore_trash`] empties back).
 //!   Any agent of the repository can run it; no host is special.

@@ -377,7 +377,7 @@ pub enum ClusterCommand {
 fn parse_when(text: &str) -> Result<i64, String> {
     match text.parse::<CalendarDuration>() {
         Ok(ago) => {
-            let at = ago.before(crate::backup::now_ns());
+            let at = ago.before(crate::host::now_ns());
             i64::try_from(at).map_err(|_| format!("{text:?} ago is before 1677"))
         }
         Err(_) if text.trim().starts_with(|c: char| c.is_ascii_digit()) => {
@@ -603,7 +603,7 @@ mod tests {
 
     #[test]
     fn find_ages_are_restic_durations_on_the_calendar() {
-        let now = crate::backup::now_ns();
+        let now = crate::host::now_ns();
         // `6m` is about six months ago (181 to 184 days), not six minutes.
         let six_months = parse_when("6m").unwrap();
         assert!(
