@@ -431,18 +431,8 @@ fn finish_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::restore::target::dir_fd;
     use ringvault_common::tree::{ChunkRef, EntryKind};
-    use std::os::fd::OwnedFd;
-    use std::path::Path;
-
-    fn dir_fd(path: &Path) -> OwnedFd {
-        rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap()
-    }
 
     fn keys() -> RepoKeys {
         RepoKeys::derive(&ringvault_common::keys::MasterKey::from_bytes([7; 32]))

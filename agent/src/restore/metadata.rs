@@ -165,10 +165,10 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::restore::target::dir_fd;
     use crate::restore::{Action, How, Overwrite};
     use ringvault_common::tree::{Content, EntryKind, Xattr};
-    use rustix::fs::{Mode, OFlags};
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
     fn entry(kind: EntryKind, mode: u32) -> Entry {
@@ -190,15 +190,6 @@ mod tests {
             group: vec![],
             links: 1,
         }
-    }
-
-    fn dir_fd(path: &std::path::Path) -> OwnedFd {
-        rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap()
     }
 
     fn how(overwrite: Overwrite) -> How {

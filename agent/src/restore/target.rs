@@ -473,19 +473,21 @@ pub(super) fn writable(dir: BorrowedFd<'_>) -> Option<RawMode> {
     Some(mode)
 }
 
+/// A directory opened for the unit tests of `restore`'s modules.
+#[cfg(test)]
+pub(super) fn dir_fd(path: &Path) -> OwnedFd {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-
-    fn dir_fd(path: &Path) -> OwnedFd {
-        rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap()
-    }
 
     #[test]
     fn write_sparse_says_when_a_trailing_hole_leaves_the_file_short() {
