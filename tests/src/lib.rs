@@ -692,15 +692,64 @@ fn with_listen(config: &str, addr: SocketAddr) -> anyhow::Result<String> {
     Ok(lines.join("\n") + "\n")
 }
 
-/// `n` distinct free UDP ports on 127.0.0.1.
+/// How many ports below the kernel's ephemeral range [`free_ports`] hands
+/// out from (a full suite takes about a thousand).
+const PORT_SPAN: u16 = 12_000;
+
+/// `n` distinct loopback ports, free for both UDP and TCP on 127.0.0.1 when
+/// asked, that this process has never handed out before and that lie below
+/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+///
+/// A test counts a port as its own for the whole test, also while the
+/// server on it is down (killed, or restarting). Ports from `bind(0)` were
+/// not: the kernel could give a down server's port to another test's new
+/// server, and the first test's clients then met a stranger with another
+/// CA's certificate. Here no other test of this process gets the port, and
+/// no client socket the kernel numbers takes it. Another process may still
+/// bind it; that is why each candidate is tried first.
 ///
 /// # Errors
-/// When sockets cannot be bound.
+/// When `n` free ports cannot be found in the span.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let sockets = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+    use std::sync::Mutex;
+    // The offset in the span of the next port to try; None before the first.
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let low = ephemeral_low.saturating_sub(PORT_SPAN).max(1_024);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    let mut next = NEXT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Each process starts at its own place, so that concurrent test
+    // processes (nextest runs one per test) seldom try the same ports.
+    let mut offset =
+        next.unwrap_or_else(|| u16::try_from(std::process::id() % u32::from(span)).unwrap_or(0));
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = low + offset;
+        offset = (offset + 1) % span;
+        let addr = (Ipv4Addr::LOCALHOST, port);
+        if let (Ok(udp), Ok(tcp)) = (
+            std::net::UdpSocket::bind(addr),
+            std::net::TcpListener::bind(addr),
+        ) {
+            held.push((port, udp, tcp));
+        }
+    }
+    *next = Some(offset);
+    if held.len() < n {
+        bail!(
+            "only {} of {n} free loopback ports in {low}..{ephemeral_low}",
+            held.len()
+        );
+    }
+    Ok(held.into_iter().map(|(port, ..)| port).collect())
 }
 
 /// Compares two directory trees: names, kinds, file bytes, symlink targets,
@@ -769,4 +818,29 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
     Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ports a test holds are never handed out again in this process,
+    /// and lie where the kernel does not number client sockets.
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_lie_below_the_ephemeral_range() {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            for port in free_ports(4).unwrap() {
+                assert!(port < ephemeral_low, "{port} is in the ephemeral range");
+                assert!(seen.insert(port), "{port} was handed out twice");
+            }
+        }
+    }
 }
