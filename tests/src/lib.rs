@@ -16,6 +16,7 @@
 
 pub mod fidelity;
 pub mod hostile;
+pub mod inproc;
 pub mod powerfail;
 pub mod proxy;
 

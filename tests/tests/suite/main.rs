@@ -12,6 +12,7 @@ mod fidelity;
 mod hostile_clients;
 mod hostile_servers;
 mod hostile_trees;
+mod inproc;
 mod mount;
 mod passwords;
 mod powerfail;
