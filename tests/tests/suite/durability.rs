@@ -254,58 +254,6 @@ fn total(c: &TestCluster, field: &str) -> u64 {
 
 #[test]
 #[ignore = "fault test: run with --include-ignored"]
-fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() {
-    const OUT_AFTER_S: u64 = 25;
-    let mut c = TestCluster::with(ClusterOptions {
-        nodes: 4,
-        replicas: 3,
-        quorum: 2,
-        proxies: false,
-        server_config: format!("{FAST}out-after-s = {OUT_AFTER_S}\n"),
-    })
-    .unwrap();
-    c.ok(&["init", "--chunker-params", TEST_CHUNKS]).unwrap();
-    let src = source(&c);
-    make_files(&src, "data", 6, 512 << 10, 12);
-    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
-    c.kill(2);
-    let killed = Instant::now();
-    // Writes meant for node 3 land on the next node, which keeps hints.
-    make_files(&src, "more", 4, 512 << 10, 13);
-    c.ok(&["backup", src.to_str().unwrap()]).unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        || total(&c, "hints") > 0,
-        || format!("no hints held: {:?}", status(&c)),
-    );
-    // Down, not yet out: routed around, no copies made (no repair storm).
-    let (code, report) = c.check(false).unwrap();
-    assert!(
-        killed.elapsed() < Duration::from_secs(OUT_AFTER_S),
-        "the test was too slow to see the short-failure window"
-    );
-    assert_eq!(code, 4, "chunks node 3 held should be short of N: {report}");
-    let stored = total(&c, "bytes");
-    std::thread::sleep(Duration::from_secs(1));
-    if killed.elapsed() < Duration::from_secs(OUT_AFTER_S) {
-        assert_eq!(total(&c, "bytes"), stored, "copies made before out-after-s");
-    }
-    // Out: its partitions get new owners, which repair fills.
-    wait_until_healthy(&c, Duration::from_secs(60));
-    assert!(killed.elapsed() >= Duration::from_secs(OUT_AFTER_S));
-    // Back: it pulls its partitions again; the stand-ins drop their copies.
-    c.restart(2).unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        || !(total(&c, "hints") > 0 || blobs_on(&c, 2) == 0),
-        || format!("hints were not handed back: {:?}", status(&c)),
-    );
-    wait_until_healthy(&c, Duration::from_secs(60));
-    assert_restores(&c, &src, "restored");
-}
-
-#[test]
-#[ignore = "fault test: run with --include-ignored"]
 fn a_full_server_refuses_writes_which_land_elsewhere_as_hints() {
     const QUOTA: u64 = 1 << 20;
     let mut c = cluster(4, 3, 2, false);
