@@ -1,5 +1,6 @@
 //! The `ringvault` command line: [`main`] parses the arguments (see
-//! [`Cli`]), runs the command and turns its error into an exit code.
+//! [`Cli`]), runs the command and turns its error into an exit code
+//! ([`crate::error`] has the table).
 //!
 //! Each family of commands has its own module, with the functions that
 //! print its results: `backup` (init, backup, the watching agent),
@@ -35,20 +36,11 @@ pub use args::{
 };
 
 use self::ctx::Ctx;
-use crate::client::ClientError;
-use crate::repo::WrongPassword;
+use crate::error::ErrorKind;
 
-/// Exit code: the backup or restore finished but skipped some entries.
-pub const EXIT_INCOMPLETE: u8 = 3;
-/// Exit code of `check`: every chunk has a healthy copy, some fewer than N.
-pub const EXIT_DEGRADED: u8 = 4;
-/// Exit code: the cluster could not be reached.
-pub const EXIT_UNREACHABLE: u8 = 10;
-/// Exit code: the password does not open the repository.
-pub const EXIT_WRONG_PASSWORD: u8 = 12;
-/// Exit code: the servers refused the request for this certificate (its
-/// role does not allow it, or it is revoked).
-pub const EXIT_FORBIDDEN: u8 = 13;
+pub use crate::error::{
+    EXIT_DEGRADED, EXIT_FORBIDDEN, EXIT_INCOMPLETE, EXIT_UNREACHABLE, EXIT_WRONG_PASSWORD,
+};
 
 /// Runs the CLI: parses arguments, runs the command, prints errors with
 /// their causes, and returns the exit code.
@@ -72,7 +64,7 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(ErrorKind::of(&e).exit_code())
         }
     }
 }
@@ -123,20 +115,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .max_blocking_threads(2 * cores)
         .build()
-}
-
-fn exit_code(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if cause.is::<WrongPassword>() {
-            return EXIT_WRONG_PASSWORD;
-        }
-        match cause.downcast_ref::<ClientError>() {
-            Some(ClientError::Unreachable(_)) => return EXIT_UNREACHABLE,
-            Some(ClientError::Forbidden(_)) => return EXIT_FORBIDDEN,
-            _ => {}
-        }
-    }
-    1
 }
 
 /// Runs the parsed command in its family's module, with one [`Ctx`]

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod error;
 pub mod exclude;
 pub mod fsmeta;
 pub mod fsutil;

@@ -60,9 +60,7 @@ mod listing;
 
 use fs::RepoFs;
 
-/// Exit code of `ringvault mount` when this machine cannot mount FUSE file
-/// systems ([`FuseUnavailable`]).
-pub const EXIT_FUSE_UNAVAILABLE: u8 = 14;
+pub use crate::error::EXIT_FUSE_UNAVAILABLE;
 
 /// Bytes of decrypted chunks kept for reads (64 MiB).
 pub const CHUNK_CACHE_BYTES: usize = 64 << 20;
@@ -99,22 +97,6 @@ pub struct MountOptions {
 pub struct FuseUnavailable {
     /// Why, as the system said it.
     pub reason: String,
-}
-
-/// Runs `ringvault mount`: [`mount`], printing [`FuseUnavailable`] and
-/// returning [`EXIT_FUSE_UNAVAILABLE`] for it; 0 after a clean unmount.
-///
-/// # Errors
-/// Every other error of [`mount`].
-pub async fn run(repo: Arc<Repo>, mountpoint: &Path, options: &MountOptions) -> anyhow::Result<u8> {
-    match mount(repo, mountpoint, options).await {
-        Ok(()) => Ok(0),
-        Err(e) if e.chain().any(|c| c.is::<FuseUnavailable>()) => {
-            eprintln!("error: {e:#}");
-            Ok(EXIT_FUSE_UNAVAILABLE)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Mounts the repository read-only at `mountpoint` (an existing directory)

@@ -116,7 +116,9 @@ pub(super) async fn run_ls(ctx: &Ctx, snapshot: &str, path: Option<&str>) -> any
     Ok(0)
 }
 
-/// `mount`: serves the snapshots on `mountpoint` until a signal.
+/// `mount`: serves the snapshots on `mountpoint` until a signal; 0 after a
+/// clean unmount ([`crate::error::EXIT_FUSE_UNAVAILABLE`] when this
+/// machine cannot mount, from the error).
 pub(super) async fn run_mount(
     ctx: &Ctx,
     mountpoint: &Path,
@@ -124,9 +126,9 @@ pub(super) async fn run_mount(
 ) -> anyhow::Result<u8> {
     let r = ctx.repo().await?;
     let options = crate::mount::MountOptions { allow_other };
-    let code = crate::mount::run(r.clone(), mountpoint, &options).await;
+    let mounted = crate::mount::mount(r.clone(), mountpoint, &options).await;
     r.cluster.close().await;
-    code
+    mounted.map(|()| 0)
 }
 
 /// `ui`: serves the browsing page on `listen` until a signal.
