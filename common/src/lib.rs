@@ -41,6 +41,7 @@ pub mod keys;
 pub mod listing;
 pub mod placement;
 pub mod retention;
+pub mod routing;
 pub mod seal;
 pub mod snapshot;
 pub mod tls;
