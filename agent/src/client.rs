@@ -16,6 +16,7 @@ use quinn::Endpoint;
 use ringvault_common::gc::GcFences;
 use ringvault_common::listing::{self, ServerListing};
 use ringvault_common::placement::ClusterMap;
+use ringvault_common::routing::{self, PutError, PutRounds};
 use ringvault_common::wire::{
     BlobReply, ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response,
 };
@@ -301,25 +302,20 @@ impl Cluster {
         self.peers.is_down(node)
     }
 
-    /// Live nodes in map order.
+    /// Live nodes in map order ([`routing::live_nodes`]).
     fn live_nodes(&self) -> Vec<NodeId> {
-        self.map()
-            .nodes
-            .iter()
-            .map(|n| n.id)
-            .filter(|&n| !self.is_down(n))
-            .collect()
+        routing::live_nodes(&self.map(), |n| self.is_down(n))
     }
 
     /// Live nodes, starting at a different one on each call, so requests
-    /// any server can answer (has-queries, records) spread over the cluster.
+    /// any server can answer (has-queries, records) spread over the cluster
+    /// ([`routing::records_order`]).
     fn live_nodes_rotated(&self) -> Vec<NodeId> {
-        let mut nodes = self.live_nodes();
-        if !nodes.is_empty() {
-            let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % nodes.len();
-            nodes.rotate_left(start);
-        }
-        nodes
+        routing::records_order(
+            &self.map(),
+            |n| self.is_down(n),
+            || self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// One request to one server; connection failures mark it down.
@@ -462,27 +458,33 @@ impl Cluster {
     /// # Errors
     /// [`ClientError::QuorumNotReached`], or unreachable servers.
     pub async fn put(&self, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), ClientError> {
-        let mut pending = blobs;
-        // Each round routes around the servers the last one found down.
+        // Each round routes around the servers the last one found down
+        // ([`PutRounds`]): the first live node in placement order
+        // coordinates, an owner when one is up, else a node that keeps a
+        // hint.
         let map = self.map();
-        for _round in 0..=map.nodes.len() {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let mut groups: HashMap<NodeId, Vec<(ChunkId, Bytes)>> = HashMap::new();
-            for (id, blob) in pending.drain(..) {
-                // The first live node in placement order coordinates: an
-                // owner when one is up, else a node that keeps a hint.
-                let Some(target) = map.ranked(&id).into_iter().find(|n| !self.is_down(*n)) else {
+        let mut rounds = PutRounds::new(&map, blobs);
+        loop {
+            let groups = match rounds.next_round(&map, |n| self.is_down(n)) {
+                Ok(Some(groups)) => groups,
+                Ok(None) => return Ok(()),
+                Err(PutError::NoLiveReplica { chunk }) => {
                     return Err(ClientError::QuorumNotReached {
-                        chunk: id,
+                        chunk,
                         copies: 0,
                         needed: map.write_quorum,
                         reason: "every replica is down".into(),
                     });
-                };
-                groups.entry(target).or_default().push((id, blob));
-            }
+                }
+                Err(PutError::RoundsExhausted { chunk }) => {
+                    return Err(ClientError::QuorumNotReached {
+                        chunk,
+                        copies: 0,
+                        needed: map.write_quorum,
+                        reason: "no replica answered".into(),
+                    });
+                }
+            };
             let mut calls: FuturesUnordered<_> = groups
                 .into_iter()
                 .map(|(node, batch)| async move {
@@ -515,26 +517,18 @@ impl Cluster {
                             "{node} answered put with {other:?}"
                         )));
                     }
-                    // Unreachable coordinator: retry its blobs elsewhere.
+                    // Unreachable coordinator (the call marked it down):
+                    // retry its blobs elsewhere.
                     Err(ClientError::Server {
                         error:
                             CallError::Connect { .. } | CallError::Connection(_) | CallError::Timeout(_),
                         ..
                     }) => {
-                        pending.extend(batch);
+                        rounds.unreachable(batch);
                     }
                     Err(e) => return Err(e),
                 }
             }
-        }
-        match pending.first() {
-            None => Ok(()),
-            Some((id, _)) => Err(ClientError::QuorumNotReached {
-                chunk: *id,
-                copies: 0,
-                needed: map.write_quorum,
-                reason: "no replica answered".into(),
-            }),
         }
     }
 
@@ -553,10 +547,7 @@ impl Cluster {
         F: Future<Output = Result<T, String>>,
     {
         let mut notes = Vec::new();
-        for node in self.map().ranked(id) {
-            if self.is_down(node) {
-                continue;
-            }
+        for node in routing::read_order(&self.map(), id, |n| self.is_down(n)) {
             let req = Request::GetBlob {
                 repo: self.repo.clone(),
                 id: *id,
@@ -716,11 +707,7 @@ impl Cluster {
     /// The live servers among `id`'s N replicas, in placement order (empty
     /// when all are routed around).
     pub fn live_replicas(&self, id: &ChunkId) -> Vec<NodeId> {
-        let map = self.map();
-        let mut nodes = map.ranked(id);
-        nodes.truncate(map.replicas as usize);
-        nodes.retain(|n| !self.is_down(*n));
-        nodes
+        routing::live_replicas(&self.map(), id, |n| self.is_down(n))
     }
 
     /// Deletes a snapshot record on every server, leaving tombstones so it
