@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ChunkId;
 
+pub mod diff;
+
 /// What a directory entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
