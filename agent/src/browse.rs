@@ -11,6 +11,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use ringvault_common::tree::diff::{self as tree_diff, Differs};
 use ringvault_common::tree::{Content, Entry, EntryKind, Tree};
 use ringvault_common::{ChunkId, SnapshotId};
 use serde::Serialize;
@@ -102,18 +103,6 @@ pub fn digest(entry: &Entry) -> String {
     hash.to_hex()[..16].to_owned()
 }
 
-/// Whether two entries differ in metadata (kind, mode, owner, mtime,
-/// size, xattrs), apart from content.
-fn metadata_differs(a: &Entry, b: &Entry) -> bool {
-    a.kind != b.kind
-        || a.mode != b.mode
-        || a.uid != b.uid
-        || a.gid != b.gid
-        || a.mtime_ns != b.mtime_ns
-        || a.size != b.size
-        || a.xattrs != b.xattrs
-}
-
 /// How an entry changed between two snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,14 +117,19 @@ pub enum Change {
     Metadata,
 }
 
-fn change(before: &Entry, after: &Entry) -> Option<Change> {
-    if before.content != after.content {
-        Some(Change::Content)
-    } else if metadata_differs(before, after) {
-        Some(Change::Metadata)
-    } else {
-        None
+impl From<Differs> for Change {
+    fn from(d: Differs) -> Self {
+        match d {
+            Differs::Content => Change::Content,
+            Differs::Metadata => Change::Metadata,
+        }
     }
+}
+
+/// How `after` differs from `before` ([`tree_diff::differs`]: content
+/// first, then kind, mode, owner, mtime, size and xattrs).
+fn change(before: &Entry, after: &Entry) -> Option<Change> {
+    tree_diff::differs(before, after).map(Change::from)
 }
 
 /// One distinct version of a path ([`versions`]).
@@ -304,8 +298,9 @@ fn join(dir: &str, name: &[u8]) -> String {
     }
 }
 
-/// Compares two entries of the same name under `dir`, descending into
-/// directories whose trees differ.
+/// Compares two entries of the same name under `dir`
+/// ([`tree_diff::change`]), descending into directories whose trees
+/// differ.
 async fn diff_entries(
     repo: &Arc<Repo>,
     trees: &mut Trees,
@@ -314,37 +309,14 @@ async fn diff_entries(
     dir: &str,
     out: &mut Vec<Difference>,
 ) -> anyhow::Result<()> {
-    let row = |e: &Entry, change, before: u64, after: u64| Difference {
-        path: join(dir, &e.name),
-        change,
-        kind: e.kind,
-        size_before: before,
-        size_after: after,
-    };
-    match (a, b) {
-        (None, None) => {}
-        (None, Some(b)) => out.push(row(b, Change::Added, 0, b.size)),
-        (Some(a), None) => out.push(row(a, Change::Removed, a.size, 0)),
-        (Some(a), Some(b)) => {
-            if let (Content::Subtree(ta), Content::Subtree(tb)) = (&a.content, &b.content) {
-                // A directory's mtime moves with its contents: only its
-                // mode and owner are reported.
-                if a.mode != b.mode || a.uid != b.uid || a.gid != b.gid {
-                    out.push(row(b, Change::Metadata, a.size, b.size));
-                }
-                if ta != tb {
-                    let path = join(dir, &b.name);
-                    Box::pin(diff_trees(repo, trees, *ta, *tb, &path, out)).await?;
-                }
-            } else if let Some(c) = change(a, b) {
-                out.push(row(b, c, a.size, b.size));
-            }
-        }
+    match tree_diff::change(a, b) {
+        Some(c) => report(repo, trees, c, dir, out).await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// Compares two directory trees (a merge of their sorted entries).
+/// Compares two directory trees: the changes of [`tree_diff::diff`], in
+/// name order, each directory's followed by those below it.
 async fn diff_trees(
     repo: &Arc<Repo>,
     trees: &mut Trees,
@@ -358,28 +330,46 @@ async fn diff_trees(
     }
     let ta = trees.get(repo, a).await?;
     let tb = trees.get(repo, b).await?;
-    let (mut i, mut j) = (0, 0);
-    while i < ta.entries.len() || j < tb.entries.len() {
-        let ea = ta.entries.get(i);
-        let eb = tb.entries.get(j);
-        let order = match (ea, eb) {
-            (Some(x), Some(y)) => x.name.cmp(&y.name),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                diff_entries(repo, trees, ea, None, dir, out).await?;
-                i += 1;
+    for c in tree_diff::diff(&ta, &tb) {
+        report(repo, trees, c, dir, out).await?;
+    }
+    Ok(())
+}
+
+/// Adds the row of one change under `dir` to `out`, and for a directory
+/// whose trees differ, the rows below it.
+async fn report(
+    repo: &Arc<Repo>,
+    trees: &mut Trees,
+    c: tree_diff::Change<'_>,
+    dir: &str,
+    out: &mut Vec<Difference>,
+) -> anyhow::Result<()> {
+    let row = |e: &Entry, change, before: u64, after: u64| Difference {
+        path: join(dir, &e.name),
+        change,
+        kind: e.kind,
+        size_before: before,
+        size_after: after,
+    };
+    match c {
+        tree_diff::Change::Added(b) => out.push(row(b, Change::Added, 0, b.size)),
+        tree_diff::Change::Removed(a) => out.push(row(a, Change::Removed, a.size, 0)),
+        tree_diff::Change::Modified { old, new, differs } => {
+            out.push(row(new, differs.into(), old.size, new.size));
+        }
+        tree_diff::Change::Dir {
+            old,
+            new,
+            metadata,
+            subtrees,
+        } => {
+            if metadata {
+                out.push(row(new, Change::Metadata, old.size, new.size));
             }
-            std::cmp::Ordering::Greater => {
-                diff_entries(repo, trees, None, eb, dir, out).await?;
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                diff_entries(repo, trees, ea, eb, dir, out).await?;
-                i += 1;
-                j += 1;
+            if let Some((ta, tb)) = subtrees {
+                let path = join(dir, &new.name);
+                Box::pin(diff_trees(repo, trees, ta, tb, &path, out)).await?;
             }
         }
     }
