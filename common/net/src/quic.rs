@@ -306,9 +306,9 @@ pub fn peer_identity(conn: &Connection) -> anyhow::Result<(PeerIdentity, String)
 pub struct Peers {
     endpoint: Endpoint,
     conns: std::sync::Mutex<std::collections::HashMap<NodeId, Connection>>,
-    down: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+    /// The nodes that failed lately, read against this process's clock.
+    down: std::sync::Mutex<ringvault_common::routing::Health>,
     connect_timeout: Duration,
-    down_for: Duration,
     /// UDP bytes sent on connections since dropped.
     retired_bytes: std::sync::atomic::AtomicU64,
     /// The newest cluster map epoch any answer carried.
@@ -321,9 +321,8 @@ impl Peers {
         Self {
             endpoint,
             conns: std::sync::Mutex::default(),
-            down: std::sync::Mutex::default(),
+            down: std::sync::Mutex::new(ringvault_common::routing::Health::new(down_for)),
             connect_timeout,
-            down_for,
             retired_bytes: std::sync::atomic::AtomicU64::new(0),
             newest_epoch: std::sync::atomic::AtomicU64::new(0),
         }
@@ -343,7 +342,7 @@ impl Peers {
     /// Ends routing around `node` (it answered again).
     pub fn mark_up(&self, node: NodeId) {
         if let Ok(mut d) = self.down.lock()
-            && d.remove(&node).is_some()
+            && d.mark_up(node)
         {
             tracing::info!(node = %node, "reachable again");
         }
@@ -411,19 +410,19 @@ impl Peers {
     pub fn is_down(&self, node: NodeId) -> bool {
         self.down
             .lock()
-            .map(|d| d.get(&node).is_some_and(|t| t.elapsed() < self.down_for))
+            .map(|d| d.is_down(node, std::time::Instant::now()))
             .unwrap_or(false)
     }
 
     /// Routes around `node` for `down_for` from now and drops its
     /// connection. Logs a warning only when it was not already down.
     pub fn mark_down(&self, node: NodeId, why: &dyn std::fmt::Display) {
-        let was_down = self.is_down(node);
-        if !was_down {
+        let newly = self
+            .down
+            .lock()
+            .map_or(true, |mut d| d.mark_down(node, std::time::Instant::now()));
+        if newly {
             tracing::warn!(node = %node, reason = %why, "unreachable; routing around it");
-        }
-        if let Ok(mut d) = self.down.lock() {
-            d.insert(node, std::time::Instant::now());
         }
         if let Ok(mut c) = self.conns.lock()
             && let Some(conn) = c.remove(&node)
