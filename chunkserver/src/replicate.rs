@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use ringvault_common::replication::WritePlan;
 use ringvault_common::wire::{self, BlobReply, ErrorCode, Request, Response, WireError};
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use tracing::{debug, warn};
@@ -157,114 +158,89 @@ pub(crate) async fn count_copies(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkI
 /// keeps it as a hint and hands it to the owner later (Dynamo's sloppy
 /// quorum and hinted handoff: DeCandia et al., "Dynamo", SOSP 2007, 4.6).
 /// While blobs move after a map change, the previous owners get a copy too.
-/// Writes still in flight when the answer goes out finish in the
-/// background.
+/// The decisions are [`WritePlan`]'s. Writes still in flight when the
+/// answer goes out finish in the background.
+///
+/// # Errors
+/// [`ErrorCode::Internal`] when the write task ended without an answer.
 pub(crate) async fn coordinate_put(
     node: &Arc<Node>,
     repo: RepoId,
     items: Vec<(ChunkId, Bytes)>,
 ) -> Result<Vec<u32>, WireError> {
     let view = node.view();
-    let w = view.map.write_quorum;
     node.try_down_peers_if_short(&view);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<usize>>();
-    let n = items.len();
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(place_copies(node.clone(), view, repo, items, tx));
-    let mut copies = vec![0u32; n];
-    while let Some(done) = rx.recv().await {
-        for i in done {
-            copies[i] += 1;
-        }
-        if copies.iter().all(|&c| c >= w) {
-            break;
-        }
-    }
-    Ok(copies)
+    rx.await.map_err(|_| {
+        WireError::new(
+            ErrorCode::Internal,
+            "the replicated write ended without an answer",
+        )
+    })
 }
 
-/// Places N copies of each blob (see [`coordinate_put`]), reporting each
-/// durable copy on `progress` by blob index.
+/// Places N copies of each blob (see [`coordinate_put`]) round by round as
+/// the [`WritePlan`] says, and sends the copies per blob on `answer` once
+/// every blob has W, or when the plan ends short.
 async fn place_copies(
     node: Arc<Node>,
     view: Arc<View>,
     repo: RepoId,
     items: Vec<(ChunkId, Bytes)>,
-    progress: tokio::sync::mpsc::UnboundedSender<Vec<usize>>,
+    answer: tokio::sync::oneshot::Sender<Vec<u32>>,
 ) {
-    let n = view.effective.replicas as usize;
     // Per blob: owners first, then every other node in placement order.
-    let candidates: Vec<Vec<NodeId>> = items
+    let ranked = items
         .iter()
         .map(|(id, _)| view.effective.ranked(id))
         .collect();
-    let mut next = vec![0usize; items.len()];
-    let mut wanted = vec![n; items.len()];
-    let mut extra: HashMap<NodeId, Vec<usize>> = HashMap::new();
-    for (i, (id, _)) in items.iter().enumerate() {
-        for old in view.previous_owners(id.partition()) {
-            extra.entry(old).or_default().push(i);
-        }
-    }
-    // (node, blob) pairs already written or tried: no blob goes to one node
-    // twice, so each counted copy is a distinct node's.
-    let mut tried: std::collections::HashSet<(NodeId, usize)> = extra
+    let previous = items
         .iter()
-        .flat_map(|(n, idxs)| idxs.iter().map(move |&i| (*n, i)))
+        .map(|(id, _)| view.previous_owners(id.partition()))
         .collect();
-    for round in 0..=view.effective.nodes.len() {
-        // Copies for the previous owners (round 0 only) are extra: they
-        // count toward W but do not stand in for a current owner's copy.
-        let bonus: HashMap<NodeId, Vec<usize>> = std::mem::take(&mut extra);
-        let mut targets: HashMap<NodeId, Vec<usize>> = HashMap::new();
-        for (i, cands) in candidates.iter().enumerate() {
-            let mut picked = 0;
-            while picked < wanted[i] && next[i] < cands.len() {
-                let c = cands[next[i]];
-                next[i] += 1;
-                if node.is_down(c) || !tried.insert((c, i)) {
-                    continue;
-                }
-                if next[i] > n {
-                    node.metrics.hinted(1);
-                }
-                targets.entry(c).or_default().push(i);
-                picked += 1;
-            }
-        }
-        if targets.is_empty() && bonus.is_empty() {
-            break;
-        }
-        let mut writes = FuturesUnordered::new();
-        let all = targets
+    let n = view.effective.replicas as usize;
+    let mut plan = WritePlan::new(ranked, n, view.map.write_quorum, previous);
+    let mut answer = Some(answer);
+    while let Some(round) = plan.next_round(|peer| node.is_down(peer)) {
+        node.metrics.hinted(round.hints as u64);
+        let mut writes: FuturesUnordered<_> = round
+            .batches
             .into_iter()
-            .map(|t| (t, true))
-            .chain(bonus.into_iter().map(|t| (t, false)));
-        for ((target, idxs), counts) in all {
-            let node = node.clone();
-            let repo = repo.clone();
-            let batch: Vec<(ChunkId, Bytes)> = idxs.iter().map(|&i| items[i].clone()).collect();
-            writes.push(async move {
-                let ok = replicate(&node, target, repo, batch).await;
-                (idxs, ok, counts)
-            });
-        }
-        while let Some((idxs, ok, counts)) = writes.next().await {
-            if ok {
-                if counts {
-                    for &i in &idxs {
-                        wanted[i] = wanted[i].saturating_sub(1);
+            .map(|batch| {
+                let node = node.clone();
+                let repo = repo.clone();
+                let blobs: Vec<(ChunkId, Bytes)> =
+                    batch.blobs.iter().map(|&i| items[i].clone()).collect();
+                async move {
+                    let ok = replicate(&node, batch.node, repo, blobs).await;
+                    (batch, ok)
+                }
+            })
+            .collect();
+        while let Some((batch, ok)) = writes.next().await {
+            match plan.record(&batch, ok) {
+                Ok(true) => {
+                    if let Some(tx) = answer.take() {
+                        let _ = tx.send(plan.copies().to_vec());
                     }
                 }
-                let _ = progress.send(idxs);
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "a replica write's outcome did not match its plan"),
             }
         }
-        if wanted.iter().all(|&w| w == 0) {
-            return;
+        if plan.first_short().is_some() {
+            debug!(
+                round = round.number,
+                "some replica writes failed; trying the next nodes"
+            );
         }
-        debug!(round, "some replica writes failed; trying the next nodes");
     }
-    if let Some(i) = wanted.iter().position(|&w| w > 0) {
-        warn!(chunk = %items[i].0, missing = wanted[i], "fewer than N copies placed; repair will add them");
+    if let Some(tx) = answer.take() {
+        let _ = tx.send(plan.copies().to_vec());
+    }
+    if let Some((i, missing)) = plan.first_short() {
+        warn!(chunk = %items[i].0, missing, "fewer than N copies placed; repair will add them");
     }
 }
 
