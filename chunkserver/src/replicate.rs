@@ -2,14 +2,13 @@
 //! has its quorum, hinted handoff when an owner is down, and has-queries
 //! counted across the owners.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use ringvault_common::replication::WritePlan;
+use ringvault_common::replication::{HolderCount, WritePlan};
 use ringvault_common::wire::{self, BlobReply, ErrorCode, Request, Response, WireError};
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use tracing::{debug, warn};
@@ -73,64 +72,60 @@ pub(crate) async fn get_blobs(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>)
 }
 
 /// Which of `ids` this node and its peers hold, as counts per id. `nodes`
-/// picks, per id, the nodes to ask.
+/// picks, per id, the nodes to ask; [`HolderCount`] groups the ids into one
+/// query per node and adds up the answers.
 async fn count_holders(
     node: &Arc<Node>,
     repo: &RepoId,
     ids: &[ChunkId],
-    nodes: impl Fn(&ChunkId) -> Vec<NodeId>,
-) -> Vec<u32> {
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
-    for (i, id) in ids.iter().enumerate() {
-        for n in nodes(id) {
-            by_node.entry(n).or_default().push(i);
-        }
-    }
-    let mut asks = FuturesUnordered::new();
-    for (target, idxs) in by_node {
-        let node = node.clone();
-        let repo = repo.clone();
-        let sub: Vec<ChunkId> = idxs.iter().map(|&i| ids[i]).collect();
-        asks.push(async move {
-            let answer = if target == node.id {
-                let store = node.store.clone();
-                let (r, i) = (repo.clone(), sub.clone());
-                let present = node.blocking(move || store.has(&r, &i)).await.ok();
-                if let Some(p) = &present {
-                    protect_present(&node, &repo, &sub, p);
-                }
-                present
-            } else if node.is_down(target) {
-                None
-            } else {
-                let req = Request::Has {
-                    repo,
-                    ids: sub,
-                    local_only: true,
+    nodes: impl FnMut(&ChunkId) -> Vec<NodeId>,
+) -> HolderCount {
+    let mut count = HolderCount::new(ids, nodes, |peer| node.is_down(peer));
+    let mut asks: FuturesUnordered<_> = count
+        .asks()
+        .iter()
+        .enumerate()
+        .map(|(k, ask)| {
+            let node = node.clone();
+            let repo = repo.clone();
+            let target = ask.node;
+            let sub: Vec<ChunkId> = ask.idxs.iter().map(|&i| ids[i]).collect();
+            async move {
+                let answer = if target == node.id {
+                    let store = node.store.clone();
+                    let (r, i) = (repo.clone(), sub.clone());
+                    let present = node.blocking(move || store.has(&r, &i)).await.ok();
+                    if let Some(p) = &present {
+                        protect_present(&node, &repo, &sub, p);
+                    }
+                    present
+                } else {
+                    let req = Request::Has {
+                        repo,
+                        ids: sub,
+                        local_only: true,
+                    };
+                    match node.call_peer(target, &req, vec![]).await {
+                        Ok((Response::Has { present }, _)) => Some(present),
+                        Ok(_) => None,
+                        Err(e) => {
+                            debug!(node = %target, error = %e, "has query to a peer failed");
+                            None
+                        }
+                    }
                 };
-                match node.call_peer(target, &req, vec![]).await {
-                    Ok((Response::Has { present }, _)) if present.len() == idxs.len() => {
-                        Some(present)
-                    }
-                    Ok(_) => None,
-                    Err(e) => {
-                        debug!(node = %target, error = %e, "has query to a peer failed");
-                        None
-                    }
-                }
-            };
-            (idxs, answer)
-        });
-    }
-    let mut counts = vec![0u32; ids.len()];
-    while let Some((idxs, answer)) = asks.next().await {
-        if let Some(present) = answer {
-            for (i, p) in idxs.into_iter().zip(present) {
-                counts[i] += u32::from(p);
+                (k, answer)
             }
+        })
+        .collect();
+    while let Some((k, answer)) = asks.next().await {
+        if let Some(present) = answer
+            && let Err(e) = count.record(k, &present)
+        {
+            debug!(error = %e, "a has answer was not counted");
         }
     }
-    counts
+    count
 }
 
 /// Asks every owner which ids it holds; an id is present with W copies.
@@ -140,16 +135,17 @@ pub(crate) async fn coordinate_has(
     ids: Vec<ChunkId>,
 ) -> Result<Vec<bool>, WireError> {
     let view = node.view();
-    let counts = count_holders(node, &repo, &ids, |id| view.owners(id.partition()).to_vec()).await;
-    let w = view.map.write_quorum;
-    Ok(counts.into_iter().map(|c| c >= w).collect())
+    let count = count_holders(node, &repo, &ids, |id| view.owners(id.partition()).to_vec()).await;
+    Ok(count.present(view.map.write_quorum))
 }
 
 /// How many live nodes of the map hold each id (owners or not).
 pub(crate) async fn count_copies(node: &Arc<Node>, repo: RepoId, ids: Vec<ChunkId>) -> Vec<u32> {
     let view = node.view();
     let all: Vec<NodeId> = view.map.nodes.iter().map(|n| n.id).collect();
-    count_holders(node, &repo, &ids, |_| all.clone()).await
+    count_holders(node, &repo, &ids, |_| all.clone())
+        .await
+        .into_counts()
 }
 
 /// Stores each blob on its N owners and answers as soon as every blob has
