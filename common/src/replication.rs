@@ -943,9 +943,16 @@ mod tests {
             let mut plan = WritePlan::new(ranked, n as usize, w, previous);
             let (rounds, _) = drive(&mut plan, &down_set(k, down_bits), fails(fail_bits));
             prop_assert!(rounds.len() <= k as usize + 1);
+            let mut sent = HashSet::new();
             for (j, r) in rounds.iter().enumerate() {
                 prop_assert_eq!(r.number, j);
-                prop_assert!(r.batches.iter().any(|b| !b.blobs.is_empty()));
+                let pairs: Vec<(NodeId, usize)> = r
+                    .batches
+                    .iter()
+                    .flat_map(|b| b.blobs.iter().map(move |&i| (b.node, i)))
+                    .collect();
+                let new = pairs.into_iter().filter(|p| sent.insert(*p)).count();
+                prop_assert!(new > 0, "round {} sent nothing new", j);
             }
             prop_assert!(plan.next_round(|_| false).is_none());
         }
