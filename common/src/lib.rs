@@ -40,6 +40,7 @@ pub mod id;
 pub mod keys;
 pub mod listing;
 pub mod placement;
+pub mod repair;
 pub mod replication;
 pub mod retention;
 pub mod routing;
