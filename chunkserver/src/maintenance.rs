@@ -16,7 +16,9 @@
 //!   differ, then lists the partitions that differ and pulls what it lacks,
 //!   blobs held by the fewest peers first, at most `repair-bytes-per-s`.
 //!   Merkle-style summaries as in Dynamo (DeCandia et al., SOSP 2007, 4.7)
-//!   and Cassandra's repair, with the store's incremental set digests.
+//!   and Cassandra's repair, with the store's incremental set digests. The
+//!   decisions (what differs, what to pull, in which order) are
+//!   [`ringvault_common::repair`]'s; this module carries the bytes.
 //! - **Records.** Snapshot records and repository keys, which every server
 //!   holds, are compared by a digest of their keys and copied where missing,
 //!   tombstones first. A server also does this once as it starts, with
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use ringvault_common::repair::{self, Pull, PullPlan};
 use ringvault_common::wire::{
     DIGEST_BUCKETS, MAX_LIST_KEYS, Request, Response, WireError, bitmap_of,
 };
@@ -348,34 +351,28 @@ async fn anti_entropy(node: &Arc<Node>, limiter: &RateLimiter) {
             }
         }
     }
-    let mut want: HashMap<(RepoId, ChunkId), Vec<NodeId>> = HashMap::new();
+    let mut plan = PullPlan::new(MAX_REPAIR_ROUND);
     for (peer, parts) in shared {
-        if node.is_down(peer) || want.len() >= MAX_REPAIR_ROUND {
+        if node.is_down(peer) || plan.room() == 0 {
             continue;
         }
-        match missing_from(node, peer, &parts, MAX_REPAIR_ROUND - want.len()).await {
-            Ok(keys) => {
-                for k in keys {
-                    want.entry(k).or_default().push(peer);
-                }
-            }
+        match missing_from(node, peer, &parts, plan.room()).await {
+            Ok(keys) => plan.add(peer, keys),
             Err(e) => debug!(%peer, error = %e, "anti-entropy with a peer failed"),
         }
     }
-    if want.is_empty() {
+    if plan.is_empty() {
         node.repair_backlog.store(0, Ordering::Relaxed);
         return;
     }
-    // Fewest copies first: a blob one peer holds is closer to loss.
-    let mut list: Vec<((RepoId, ChunkId), Vec<NodeId>)> = want.into_iter().collect();
-    list.sort_by_key(|(_, holders)| holders.len());
+    let list = plan.into_pulls();
     info!(blobs = list.len(), "repair: pulling blobs this node lacks");
     node.repair_backlog
         .store(list.len() as u64, Ordering::Relaxed);
     let started = Instant::now();
     let (mut blobs, mut bytes) = (0u64, 0u64);
     let mut fetches = futures::stream::iter(list)
-        .map(|((repo, id), holders)| {
+        .map(|Pull { repo, id, holders }| {
             let node = node.clone();
             async move {
                 let blob = fetch(&node, &repo, id, &holders).await;
@@ -468,12 +465,7 @@ async fn missing_from(
         .blocking(move || Ok(store.digests(&b, false)))
         .await
         .map_err(|e| e.to_string())?;
-    let differing: Vec<bool> = (0..DIGEST_BUCKETS).map(|i| theirs[i] != mine[i]).collect();
-    let parts: Vec<u16> = parts
-        .iter()
-        .copied()
-        .filter(|p| differing[usize::from(*p >> 8)])
-        .collect();
+    let parts = repair::in_differing_buckets(parts, &mine, &theirs).map_err(|e| e.to_string())?;
     if parts.is_empty() {
         return Ok(Vec::new());
     }
@@ -489,11 +481,7 @@ async fn missing_from(
             .await
             .map_err(|e| e.to_string())?;
         differing.extend(
-            group
-                .iter()
-                .zip(theirs.iter().zip(&mine))
-                .filter(|(_, (t, m))| t != m)
-                .map(|(p, _)| *p),
+            repair::differing_partitions(group, &mine, &theirs).map_err(|e| e.to_string())?,
         );
     }
     let mut out = Vec::new();
@@ -510,11 +498,9 @@ async fn missing_from(
                     let held = store.has(&repo, &group)?;
                     let trashed = store.in_trash(&repo, &group)?;
                     lacking.extend(
-                        group
+                        repair::lacking(group, &held, &trashed)
                             .into_iter()
-                            .zip(held.into_iter().zip(trashed))
-                            .filter(|(_, (h, t))| !h && !t)
-                            .map(|(id, _)| (repo.clone(), id)),
+                            .map(|id| (repo.clone(), id)),
                     );
                 }
                 Ok(lacking)
