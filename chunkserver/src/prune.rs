@@ -28,9 +28,14 @@
 //! no blobs are moving (no node out, no map change under way); otherwise it
 //! is skipped and retried next round. Only partitions this server owns are
 //! swept: hints are the handoff's business.
+//!
+//! The decisions (which partitions, and what happens to each chunk) are
+//! [`ringvault_common::gc`]'s ([`gc::partition_sweep`], [`gc::sweep_page`]);
+//! this module carries the store's answers to them and their findings back.
 
 use std::sync::Arc;
 
+use ringvault_common::gc::{self, PartitionSweep};
 use ringvault_common::wire::{SweepReport, WireError};
 use ringvault_common::{ChunkId, RepoId};
 use tracing::info;
@@ -66,13 +71,13 @@ pub async fn sweep(
     let counts = node.blocking(move || Ok(store.partition_counts())).await?;
     let moving = view.has_move() || !view.out.is_empty();
     for (partition, _) in counts {
-        let owners = view.owners(partition);
-        if !owners.contains(&me) {
-            continue;
-        }
-        if moving || owners.iter().any(|&o| node.is_down(o)) {
-            report.skipped += 1;
-            continue;
+        match gc::partition_sweep(view.owners(partition), me, moving, |o| node.is_down(o)) {
+            PartitionSweep::NotOwned => continue,
+            PartitionSweep::Skip => {
+                report.skipped += 1;
+                continue;
+            }
+            PartitionSweep::Sweep => {}
         }
         report.partitions += 1;
         let store = node.store().clone();
@@ -89,32 +94,18 @@ pub async fn sweep(
                         .filter(|(k, _)| *k == repo)
                         .map(|(_, id)| id)
                         .collect();
-                    let (live, dead): (Vec<ChunkId>, Vec<ChunkId>) = ours
-                        .into_iter()
-                        .partition(|id| round.marks.contains(id) || round.protected.contains(id));
-                    let was_live = store.unreferenced_since(&repo, &live)?;
-                    let clear: Vec<(ChunkId, Option<u64>)> = live
+                    let since = store.unreferenced_since(&repo, &ours)?;
+                    let page = gc::sweep_page(ours.into_iter().zip(since), &round, now, grace_s);
+                    r.cleared += page.clear.len() as u64;
+                    r.noted += page.note.len() as u64;
+                    let note: Vec<(ChunkId, Option<u64>)> = page
+                        .clear
                         .iter()
-                        .zip(was_live)
-                        .filter(|(_, since)| since.is_some())
-                        .map(|(id, _)| (*id, None))
+                        .map(|id| (*id, None))
+                        .chain(page.note.iter().map(|id| (*id, Some(now))))
                         .collect();
-                    r.cleared += clear.len() as u64;
-                    let since = store.unreferenced_since(&repo, &dead)?;
-                    let mut note = clear;
-                    let mut trash = Vec::new();
-                    for (id, since) in dead.iter().zip(since) {
-                        match since {
-                            None => {
-                                note.push((*id, Some(now)));
-                                r.noted += 1;
-                            }
-                            Some(t) if now.saturating_sub(t) >= grace_s => {
-                                trash.push((repo.clone(), *id));
-                            }
-                            Some(_) => {}
-                        }
-                    }
+                    let trash: Vec<(RepoId, ChunkId)> =
+                        page.trash.iter().map(|id| (repo.clone(), *id)).collect();
                     store.set_unreferenced(&repo, &note)?;
                     let (_, bytes_before) = store.trash_stats();
                     r.trashed += store.trash(&trash, now)?;

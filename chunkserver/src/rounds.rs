@@ -1,55 +1,43 @@
 //! The prune rounds in progress on a server and each repository's
 //! garbage-collection fence: the state [`crate::prune`]'s module doc
 //! describes, kept apart from the sweep so that the node can hold it
-//! without depending on the sweep.
+//! without depending on the sweep. The bookkeeping is
+//! [`ringvault_common::gc::RoundTable`]'s; this adds its lock and the gate
+//! between round begins and snapshot stores.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 
-use std::sync::Mutex;
-
+pub use ringvault_common::gc::Round;
+use ringvault_common::gc::RoundTable;
 use ringvault_common::wire::{ErrorCode, GcFence, WireError};
 use ringvault_common::{ChunkId, RepoId};
 use tracing::info;
 
-/// One round's state for one repository.
-#[derive(Default)]
-pub struct Round {
-    id: u64,
-    pub(crate) marks: HashSet<ChunkId>,
-    pub(crate) protected: HashSet<ChunkId>,
-}
-
 /// The rounds in progress on a server, one per repository at most, and
-/// each repository's [`GcFence`].
+/// each repository's [`GcFence`]: a [`RoundTable`] behind a lock, and the
+/// gate that keeps snapshot stores out of a begin.
 pub struct Rounds {
-    rounds: Mutex<HashMap<RepoId, Round>>,
-    /// Rounds begun plus ended, per repository, since start.
-    counters: Mutex<HashMap<RepoId, u64>>,
-    /// Random at start: a restart moves every fence.
-    boot: u64,
+    table: Mutex<RoundTable>,
     /// Held shared while a snapshot record is checked against its fence and
     /// stored, exclusively while a round begins.
     gate: tokio::sync::RwLock<()>,
 }
 
-fn unknown(round: u64) -> WireError {
-    WireError::new(
-        ErrorCode::NotFound,
-        format!(
-            "prune round {round:016x} is not running here (another prune replaced it, or the server restarted); run prune again"
-        ),
-    )
+fn unknown(e: ringvault_common::gc::UnknownRound) -> WireError {
+    WireError::new(ErrorCode::NotFound, e.to_string())
 }
 
 impl Rounds {
     /// No round running; `boot` must differ at every start (random).
     pub fn new(boot: u64) -> Self {
         Self {
-            rounds: Mutex::default(),
-            counters: Mutex::default(),
-            boot,
+            table: Mutex::new(RoundTable::new(boot)),
             gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    fn table(&self) -> MutexGuard<'_, RoundTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts round `id` of `repo`, replacing any earlier round (which
@@ -57,41 +45,13 @@ impl Rounds {
     /// current fence.
     pub async fn begin(&self, repo: &RepoId, id: u64) {
         let _gate = self.gate.write().await;
-        let replaced = {
-            let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-            rounds
-                .insert(
-                    repo.clone(),
-                    Round {
-                        id,
-                        ..Round::default()
-                    },
-                )
-                .is_some()
-        };
-        self.bump(repo, 1 + u64::from(replaced));
+        self.table().begin(repo, id);
         info!(repo = %repo, round = format!("{id:016x}"), "prune round started");
     }
 
     /// This server's fence for `repo`.
     pub fn fence(&self, repo: &RepoId) -> GcFence {
-        let active = self
-            .rounds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(repo);
-        let counter = self
-            .counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(repo)
-            .copied()
-            .unwrap_or(0);
-        GcFence {
-            boot: self.boot,
-            counter,
-            active,
-        }
+        self.table().fence(repo)
     }
 
     /// Runs `store` (a snapshot record's local store) only if `fence` is
@@ -130,52 +90,25 @@ impl Rounds {
         store().await
     }
 
-    fn bump(&self, repo: &RepoId, by: u64) {
-        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        *counters.entry(repo.clone()).or_insert(0) += by;
-    }
-
     /// Adds live ids to round `id`.
     ///
     /// # Errors
-    /// When round `id` is not running (see [`unknown`]).
+    /// [`ErrorCode::NotFound`] when round `id` is not running.
     pub fn mark(&self, repo: &RepoId, id: u64, ids: Vec<ChunkId>) -> Result<(), WireError> {
-        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-        match rounds.get_mut(repo) {
-            Some(r) if r.id == id => {
-                r.marks.extend(ids);
-                Ok(())
-            }
-            _ => Err(unknown(id)),
-        }
+        self.table().mark(repo, id, ids).map_err(unknown)
     }
 
     /// Protects `ids` from the round of `repo`, if one is running.
     pub fn protect<'a>(&self, repo: &RepoId, ids: impl IntoIterator<Item = &'a ChunkId>) {
-        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = rounds.get_mut(repo) {
-            r.protected.extend(ids);
-        }
+        self.table().protect(repo, ids);
     }
 
     /// Ends round `id` of `repo` and returns it.
     ///
     /// # Errors
-    /// When round `id` is not running.
+    /// [`ErrorCode::NotFound`] when round `id` is not running.
     pub(crate) fn take(&self, repo: &RepoId, id: u64) -> Result<Round, WireError> {
-        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-        match rounds.remove(repo) {
-            Some(r) if r.id == id => {
-                drop(rounds);
-                self.bump(repo, 1);
-                Ok(r)
-            }
-            Some(other) => {
-                rounds.insert(repo.clone(), other);
-                Err(unknown(id))
-            }
-            None => Err(unknown(id)),
-        }
+        self.table().take(repo, id).map_err(unknown)
     }
 }
 
@@ -195,8 +128,8 @@ mod tests {
         r.mark(&repo, 7, vec![ChunkId([2; 32])]).unwrap();
         assert!(r.take(&repo, 8).is_err(), "another round's sweep");
         let round = r.take(&repo, 7).unwrap();
-        assert!(round.protected.contains(&id));
-        assert!(round.marks.contains(&ChunkId([2; 32])));
+        assert!(round.is_protected(&id));
+        assert!(round.is_marked(&ChunkId([2; 32])));
         assert!(r.take(&repo, 7).is_err(), "a round ends once");
     }
 
