@@ -321,7 +321,9 @@ mod tests {
     fn bucket_digests(keys: &BTreeSet<Key>, parts: &[u16]) -> Vec<Digest> {
         let mut buckets = vec![[0u8; 32]; DIGEST_BUCKETS];
         for (p, d) in parts.iter().zip(partition_digests(keys, parts)) {
-            xor(&mut buckets[bucket(*p)], &d);
+            // Folded by the top byte, as the store and the wire define
+            // buckets (not through `bucket`, which is under test).
+            xor(&mut buckets[usize::from(*p >> 8)], &d);
         }
         buckets
     }
