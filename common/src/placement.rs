@@ -254,26 +254,33 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A map of `k` nodes (ids 1..=k, equal weight, one zone, addresses
+/// 127.0.0.1:7001...) with N = `n` and W = `w`, for tests.
+#[cfg(test)]
+pub(crate) fn test_map(k: u32, n: u32, w: u32) -> ClusterMap {
+    ClusterMap {
+        epoch: 1,
+        replicas: n,
+        write_quorum: w,
+        revoked: Vec::new(),
+        nodes: (1..=k)
+            .map(|i| NodeInfo {
+                id: NodeId(i),
+                address: format!("127.0.0.1:{}", 7000 + i),
+                weight: 1,
+                zone: String::new(),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn map(k: u32, n: u32) -> ClusterMap {
-        ClusterMap {
-            epoch: 1,
-            replicas: n,
-            write_quorum: n.min(2),
-            revoked: Vec::new(),
-            nodes: (1..=k)
-                .map(|i| NodeInfo {
-                    id: NodeId(i),
-                    address: format!("127.0.0.1:{}", 7000 + i),
-                    weight: 1,
-                    zone: String::new(),
-                })
-                .collect(),
-        }
+        test_map(k, n, n.min(2))
     }
 
     fn ids(count: usize, seed: u64) -> Vec<ChunkId> {

@@ -431,25 +431,10 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::placement::{ClusterMap, NodeInfo};
+    use crate::placement::ClusterMap;
     use proptest::prelude::*;
 
-    fn map(k: u32, n: u32, w: u32) -> ClusterMap {
-        ClusterMap {
-            epoch: 1,
-            replicas: n,
-            write_quorum: w,
-            revoked: Vec::new(),
-            nodes: (1..=k)
-                .map(|i| NodeInfo {
-                    id: NodeId(i),
-                    address: format!("127.0.0.1:{}", 7000 + i),
-                    weight: 1,
-                    zone: String::new(),
-                })
-                .collect(),
-        }
-    }
+    use crate::placement::test_map as map;
 
     fn id(i: u64) -> ChunkId {
         ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes())

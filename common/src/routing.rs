@@ -269,25 +269,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::placement::NodeInfo;
 
     const DOWN_FOR: Duration = Duration::from_secs(20);
 
     fn map(k: u32, n: u32) -> ClusterMap {
-        ClusterMap {
-            epoch: 1,
-            replicas: n,
-            write_quorum: n.min(2),
-            revoked: Vec::new(),
-            nodes: (1..=k)
-                .map(|i| NodeInfo {
-                    id: NodeId(i),
-                    address: format!("127.0.0.1:{}", 7000 + i),
-                    weight: 1,
-                    zone: String::new(),
-                })
-                .collect(),
-        }
+        crate::placement::test_map(k, n, n.min(2))
     }
 
     fn id(seed: u64) -> ChunkId {
