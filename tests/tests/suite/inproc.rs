@@ -100,7 +100,10 @@ async fn without_a_quorum_a_write_fails_and_acknowledged_blobs_still_read() {
 /// it pulls its partitions again and the stand-ins drop their copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_out() {
-    const OUT_AFTER: Duration = Duration::from_secs(8);
+    // Long enough for the steps before the check below to fit in it on a
+    // loaded machine (about 4 s unloaded: a 2 s timeout on the stopped
+    // node, the hint, 1 s of watching).
+    const OUT_AFTER: Duration = Duration::from_secs(15);
     let settings = ringvault_chunkserver::node::Settings {
         out_after: OUT_AFTER,
         ..fast_settings()
@@ -124,39 +127,51 @@ async fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_
         .collect();
     assert!(!held_by_stopped.is_empty(), "node 3 held none of 24 blobs");
 
-    c.stop_node(2).await.unwrap();
-    let stopped = Instant::now();
     let running = [0, 1, 3];
+    // Its last answer to a probe is at most a probe round (100 ms, plus the
+    // 500 ms probe timeout) before this; out-after counts from there.
+    let stopped = Instant::now();
+    c.stop_node(2).await.unwrap();
+    let short_at_stop = copies_on(&c, &running, &held_by_stopped);
     // Writes meant for node 3 land on a node further along the ring, which
     // keeps them as hints: a copy on a node that is not one of its owners.
     let second = blobs(24, 32 << 10, 5);
     client.put(second.clone()).await.unwrap();
+    // The coordinator answers at W copies and finishes the other writes
+    // in the background: wait for the hint to land.
     let owners = |id: &ChunkId| c.map().ranked(id)[..3].to_vec();
-    let hinted = second
-        .iter()
-        .filter(|(id, _)| owners(id).contains(&c.id(2)))
-        .filter(|(id, _)| {
-            running
-                .iter()
-                .any(|&i| !owners(id).contains(&c.id(i)) && c.held_on(i, &[*id]) == 1)
-        })
-        .count();
-    assert!(hinted > 0, "no write meant for node 3 landed as a hint");
-    eprintln!("hints at {:?}", stopped.elapsed());
-    // Down, not yet out: no copies of what node 3 held are made.
-    let bytes = c.total(|s| s.bytes);
+    let hinted = || {
+        second
+            .iter()
+            .filter(|(id, _)| owners(id).contains(&c.id(2)))
+            .filter(|(id, _)| {
+                running
+                    .iter()
+                    .any(|&i| !owners(id).contains(&c.id(i)) && c.held_on(i, &[*id]) == 1)
+            })
+            .count()
+    };
+    wait_until(
+        "a write meant for node 3 to land as a hint",
+        Duration::from_secs(5),
+        || (hinted() > 0).then_some(()),
+    )
+    .await
+    .unwrap();
+    // Down, not yet out: no copies of what node 3 held are made. (Compared
+    // with the copies when it stopped, not with N - 1: a replica write that
+    // timed out under load may have left a stand-in's copy beside the
+    // owner's, which handoff drops later.)
     tokio::time::sleep(Duration::from_secs(1)).await;
     let still_short = copies_on(&c, &running, &held_by_stopped);
-    let bytes_after = c.total(|s| s.bytes);
     assert!(
         stopped.elapsed() < OUT_AFTER,
         "the test was too slow to see the short-failure window"
     );
-    assert!(
-        still_short.iter().all(|&n| n == 2),
-        "copies were made before out-after: {still_short:?}"
+    assert_eq!(
+        still_short, short_at_stop,
+        "copies were made before out-after"
     );
-    assert_eq!(bytes_after, bytes, "bytes were stored before out-after");
 
     // Out: its partitions get new owners, which repair fills to N.
     let all: Vec<ChunkId> = first_ids.iter().chain(&ids(&second)).copied().collect();
@@ -172,7 +187,11 @@ async fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_
     )
     .await
     .unwrap();
-    assert!(stopped.elapsed() >= OUT_AFTER, "re-replicated before out");
+    assert!(
+        stopped.elapsed() + Duration::from_secs(1) >= OUT_AFTER,
+        "re-replicated {:?} after the stop, before out-after",
+        stopped.elapsed()
+    );
 
     // Back: it pulls its partitions; the stand-ins drop their copies.
     c.start_node(2).unwrap();
