@@ -227,12 +227,20 @@ impl InprocCluster {
     }
 
     /// The agent's client, connected as an agent named `name` with `role`
-    /// through every node's address, with a 2 s request timeout (so a down
-    /// node costs a test 2 s, not the agent's default).
+    /// through every node's address. `timeout` bounds each request, and
+    /// each connect to at most 5 s: a request that outlives it marks its
+    /// server down for the agent's `DOWN_FOR` (20 s), so give a coordinator
+    /// that must first find its peers down time to answer (10 s does on a
+    /// loaded machine), and a short one where a test wants fast failover.
     ///
     /// # Errors
     /// When certificates cannot be made or no node answers.
-    pub async fn client(&self, name: &str, role: Role) -> anyhow::Result<Cluster> {
+    pub async fn client(
+        &self,
+        name: &str,
+        role: Role,
+        timeout: Duration,
+    ) -> anyhow::Result<Cluster> {
         let repo = Self::repo();
         let pair = tls::issue_agent(&self.ca, &repo, name, role)?;
         let material = TlsMaterial::from_pem(&self.ca.cert, &pair.cert, &pair.key)?;
@@ -242,7 +250,7 @@ impl InprocCluster {
             quic::client_config(&material)?,
         )?;
         let servers: Vec<String> = self.slots.iter().map(|s| s.addr.to_string()).collect();
-        Ok(Cluster::connect(endpoint, repo, &servers, Duration::from_secs(2)).await?)
+        Ok(Cluster::connect(endpoint, repo, &servers, timeout).await?)
     }
 
     /// How many of `ids` node `i`'s store holds.

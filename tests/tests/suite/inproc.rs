@@ -10,6 +10,14 @@ use ringvault_common::ChunkId;
 use ringvault_common::tls::Role;
 use ringvault_tests::inproc::{InprocCluster, blobs, fast_settings, wait_until};
 
+/// The client's request timeout: long enough for a coordinator that must
+/// first find its peers down to answer, on a loaded machine.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A short timeout, where a test wants the client to move on from a
+/// stopped node quickly.
+const FAILOVER: Duration = Duration::from_secs(2);
+
 /// The ids of `blobs`.
 fn ids(blobs: &[(ChunkId, Bytes)]) -> Vec<ChunkId> {
     blobs.iter().map(|(id, _)| *id).collect()
@@ -44,7 +52,7 @@ async fn a_write_reaches_n_copies_and_reads_fail_over_to_the_next_replica() {
     let mut c = InprocCluster::start(3, 3, 2, fast_settings())
         .await
         .unwrap();
-    let client = c.client("a", Role::Writer).await.unwrap();
+    let client = c.client("a", Role::Writer, TIMEOUT).await.unwrap();
     let data = blobs(24, 64 << 10, 1);
     client.put(data.clone()).await.unwrap();
     let ids = ids(&data);
@@ -70,7 +78,7 @@ async fn without_a_quorum_a_write_fails_and_acknowledged_blobs_still_read() {
     let mut c = InprocCluster::start(3, 3, 2, fast_settings())
         .await
         .unwrap();
-    let client = c.client("a", Role::Writer).await.unwrap();
+    let client = c.client("a", Role::Writer, TIMEOUT).await.unwrap();
     let before = blobs(8, 32 << 10, 2);
     client.put(before.clone()).await.unwrap();
     let before_ids = ids(&before);
@@ -109,7 +117,7 @@ async fn a_down_replica_is_routed_around_with_hints_and_re_replicated_only_once_
         ..fast_settings()
     };
     let mut c = InprocCluster::start(4, 3, 2, settings).await.unwrap();
-    let client = c.client("a", Role::Writer).await.unwrap();
+    let client = c.client("a", Role::Writer, FAILOVER).await.unwrap();
     let first = blobs(24, 32 << 10, 4);
     client.put(first.clone()).await.unwrap();
     let first_ids = ids(&first);
@@ -217,7 +225,7 @@ async fn a_rotten_copy_is_quarantined_by_scrub_and_repaired_from_a_co_replica() 
         ..fast_settings()
     };
     let c = InprocCluster::start(3, 3, 2, settings).await.unwrap();
-    let client = c.client("a", Role::Writer).await.unwrap();
+    let client = c.client("a", Role::Writer, TIMEOUT).await.unwrap();
     let data = blobs(8, 32 << 10, 6);
     client.put(data.clone()).await.unwrap();
     let all = ids(&data);
