@@ -192,27 +192,11 @@ mod tests {
     use crate::tree::{ChunkRef, EntryKind, Xattr};
 
     fn file(name: &str, chunk: u8) -> Entry {
-        Entry {
-            name: name.as_bytes().to_vec(),
-            kind: EntryKind::File,
-            mode: 0o100644,
-            uid: 1,
-            gid: 2,
-            mtime_ns: 3,
-            ctime_ns: 4,
-            size: 5,
-            inode: 6,
-            device: 7,
-            rdev: 0,
-            xattrs: vec![],
-            content: Content::Chunks(vec![ChunkRef {
-                id: ChunkId([chunk; 32]),
-                len: Some(5),
-            }]),
-            user: b"alice".to_vec(),
-            group: b"staff".to_vec(),
-            links: 1,
-        }
+        let chunks = vec![ChunkRef {
+            id: ChunkId([chunk; 32]),
+            len: Some(5),
+        }];
+        crate::tree::test_entry(name.as_bytes(), EntryKind::File, Content::Chunks(chunks))
     }
 
     fn dir(name: &str, tree: u8) -> Entry {

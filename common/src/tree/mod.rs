@@ -397,31 +397,36 @@ mod v1 {
     }
 }
 
+/// An entry named `name` of `kind` with `content` and fixed metadata
+/// (mode 0o100644, uid 1, gid 2, times 3 and 4 ns, size 5, ...), for tests.
+#[cfg(test)]
+pub(crate) fn test_entry(name: &[u8], kind: EntryKind, content: Content) -> Entry {
+    Entry {
+        name: name.to_vec(),
+        kind,
+        mode: 0o100644,
+        uid: 1,
+        gid: 2,
+        mtime_ns: 3,
+        ctime_ns: 4,
+        size: 5,
+        inode: 6,
+        device: 7,
+        rdev: 0,
+        xattrs: vec![],
+        content,
+        user: b"alice".to_vec(),
+        group: b"staff".to_vec(),
+        links: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn entry(name: &[u8], kind: EntryKind, content: Content) -> Entry {
-        Entry {
-            name: name.to_vec(),
-            kind,
-            mode: 0o100644,
-            uid: 1,
-            gid: 2,
-            mtime_ns: 3,
-            ctime_ns: 4,
-            size: 5,
-            inode: 6,
-            device: 7,
-            rdev: 0,
-            xattrs: vec![],
-            content,
-            user: b"alice".to_vec(),
-            group: b"staff".to_vec(),
-            links: 1,
-        }
-    }
+    use super::test_entry as entry;
 
     fn chunks(ids: &[(u8, u32)]) -> Content {
         Content::Chunks(
