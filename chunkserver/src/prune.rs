@@ -65,7 +65,7 @@ pub async fn sweep(
     let round = Arc::new(node.prune.take(&repo, id)?);
     let view = node.view();
     let me = node.id();
-    let now = unix_now();
+    let now = crate::store::unix_seconds();
     let mut report = SweepReport::default();
     let store = node.store().clone();
     let counts = node.blocking(move || Ok(store.partition_counts())).await?;
@@ -147,11 +147,4 @@ pub async fn sweep(
         }
     });
     Ok(report)
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

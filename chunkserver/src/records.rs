@@ -177,7 +177,7 @@ pub(crate) async fn delete_record_everywhere(
 ) -> Reply {
     let store = node.store.clone();
     let r = repo.clone();
-    let now = crate::prune::unix_now().to_le_bytes();
+    let now = crate::store::unix_seconds().to_le_bytes();
     let local = node
         .blocking(move || {
             store.put_record(RecordKind::Tombstone, &r, &id, &now, false)?;

@@ -134,6 +134,7 @@ mod summaries;
 
 pub use fs::FsStore;
 pub use health::{StoreHealth, Watermark};
+pub(crate) use keys::unix_seconds;
 pub use mem::MemStore;
 pub use recover::RebuildReport;
 

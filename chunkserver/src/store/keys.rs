@@ -152,7 +152,10 @@ pub(super) fn malformed() -> StoreError {
     StoreError::Index("malformed index entry".into())
 }
 
-pub(super) fn unix_seconds() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it): the one
+/// wall clock of the server (trash times, unreferenced notes, record
+/// tombstones, the prune sweep).
+pub(crate) fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
