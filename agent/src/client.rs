@@ -18,7 +18,10 @@ use ringvault_common::listing::{self, ServerListing};
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::routing::{self, PutError, PutRounds};
 use ringvault_common::wire::{
-    BlobReply, ErrorCode, MAX_HAS_IDS, PROTOCOL_VERSION, Request, Response,
+    BeginPrune, BlobReply, ClientRpc, Copies, DeleteKey, DeleteSnapshot, ErrorCode, GetBlob,
+    GetBlobs, GetGcFence, GetNodeStatus, Has, Hello, ListKeys, ListSnapshotsAndTombstones,
+    MAX_HAS_IDS, PROTOCOL_VERSION, PruneMark, PruneSweep, PutBlobs, PutKey, PutSnapshot, Request,
+    Response, RestoreTrash, Rpc, Sizes, SnapshotListing, Welcome,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
 use ringvault_net::quic::{self, CallError, Peers};
@@ -147,12 +150,12 @@ impl Cluster {
                     continue;
                 }
             };
-            let hello = Request::Hello {
+            let hello = Hello {
                 protocol: PROTOCOL_VERSION,
                 epoch: 0,
             };
-            match quic::call(&conn, &hello, vec![], connect_timeout).await {
-                Ok((_, Response::Hello { node, map, .. }, _)) => {
+            match quic::request(&conn, hello, vec![], connect_timeout).await {
+                Ok((_, Welcome { node, map, .. }, _)) => {
                     map.validate().map_err(|e| {
                         ClientError::Protocol(format!("server sent a bad map: {e}"))
                     })?;
@@ -160,8 +163,8 @@ impl Cluster {
                     // Start from this server's view of its peers, so a
                     // command does not spend a connect timeout on each
                     // server the cluster already knows is down.
-                    if let Ok((_, Response::NodeStatus(status), _)) =
-                        quic::call(&conn, &Request::NodeStatus, vec![], connect_timeout).await
+                    if let Ok((_, status, _)) =
+                        quic::request(&conn, GetNodeStatus, vec![], connect_timeout).await
                     {
                         for (peer, state) in status.peers {
                             // A peer silent only a moment (a probe that
@@ -193,9 +196,6 @@ impl Cluster {
                         next: std::sync::atomic::AtomicUsize::new(0),
                     });
                 }
-                Ok((_, other, _)) => {
-                    reasons.push(format!("{addr}: unexpected hello reply {other:?}"))
-                }
                 Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
                 Err(CallError::Remote(e)) if e.code == ErrorCode::VersionMismatch => {
                     return Err(ClientError::Protocol(e.message));
@@ -226,15 +226,15 @@ impl Cluster {
         let Some(addr) = self.map().address(node).map(str::to_owned) else {
             return;
         };
-        let hello = Request::Hello {
+        let hello = Hello {
             protocol: PROTOCOL_VERSION,
             epoch: self.map().epoch,
         };
         let answer = self
             .peers
-            .call(node, &addr, &hello, vec![], self.timeout)
+            .request(node, &addr, hello, vec![], self.timeout)
             .await;
-        if let Ok((Response::Hello { map, .. }, _)) = answer
+        if let Ok((Welcome { map, .. }, _)) = answer
             && map.validate().is_ok()
             && map.epoch > self.map().epoch
         {
@@ -318,8 +318,25 @@ impl Cluster {
         )
     }
 
+    /// One request to one server, read as `R`'s answer.
+    ///
+    /// # Errors
+    /// As [`Cluster::call_raw`]; another request's answer is
+    /// [`ClientError::Server`] with [`CallError::Unexpected`].
+    async fn call<R: ClientRpc>(
+        &self,
+        node: NodeId,
+        req: R,
+        payload: Vec<Bytes>,
+    ) -> Result<(R::Response, Bytes), ClientError> {
+        let (response, payload) = self.call_raw(node, &req.into(), payload).await?;
+        let answer =
+            quic::answer::<R>(response).map_err(|error| ClientError::Server { node, error })?;
+        Ok((answer, payload))
+    }
+
     /// One request to one server; connection failures mark it down.
-    async fn call(
+    async fn call_raw(
         &self,
         node: NodeId,
         req: &Request,
@@ -357,16 +374,21 @@ impl Cluster {
     /// [`ClientError::Unreachable`] when no server answered;
     /// [`ClientError::NoServerTook`] naming each server tried and why,
     /// when some answered but none took it.
-    async fn call_any(
+    async fn call_any<R: ClientRpc>(
         &self,
-        req: &Request,
+        req: R,
         payload: Vec<Bytes>,
-    ) -> Result<(NodeId, Response, Bytes), ClientError> {
+    ) -> Result<(NodeId, R::Response, Bytes), ClientError> {
+        let req: Request = req.into();
         let mut reasons = Vec::new();
         let mut answered = false;
         for node in self.live_nodes_rotated() {
-            match self.call(node, req, payload.clone()).await {
-                Ok((r, p)) => return Ok((node, r, p)),
+            match self.call_raw(node, &req, payload.clone()).await {
+                Ok((r, p)) => {
+                    let answer = quic::answer::<R>(r)
+                        .map_err(|error| ClientError::Server { node, error })?;
+                    return Ok((node, answer, p));
+                }
                 Err(ClientError::Server {
                     node,
                     error: CallError::Remote(e),
@@ -426,28 +448,20 @@ impl Cluster {
     ) -> Result<Vec<bool>, ClientError> {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(MAX_HAS_IDS) {
-            let req = Request::Has {
+            let req = Has {
                 repo: self.repo.clone(),
                 ids: part.to_vec(),
                 local_only: node.is_some(),
             };
-            let answer = match node {
+            let (node, present, _) = match node {
                 Some(node) => self
-                    .call(node, &req, vec![])
+                    .call(node, req, vec![])
                     .await
-                    .map(|(response, payload)| (node, response, payload))?,
-                None => self.call_any(&req, vec![]).await?,
+                    .map(|(present, payload)| (node, present, payload))?,
+                None => self.call_any(req, vec![]).await?,
             };
-            match answer {
-                (_, Response::Has { present }, _) if present.len() == part.len() => {
-                    out.extend(present)
-                }
-                (node, other, _) => {
-                    return Err(ClientError::Protocol(format!(
-                        "{node} answered has with {other:?}"
-                    )));
-                }
-            }
+            expect_len(node, Has::KIND, present.len(), part.len())?;
+            out.extend(present);
         }
         Ok(out)
     }
@@ -488,18 +502,19 @@ impl Cluster {
             let mut calls: FuturesUnordered<_> = groups
                 .into_iter()
                 .map(|(node, batch)| async move {
-                    let req = Request::PutBlobs {
+                    let req = PutBlobs {
                         repo: self.repo.clone(),
                         blobs: batch.iter().map(|(id, b)| (*id, b.len() as u32)).collect(),
                         local_only: false,
                     };
                     let payload = batch.iter().map(|(_, b)| b.clone()).collect();
-                    (node, batch, self.call(node, &req, payload).await)
+                    (node, batch, self.call(node, req, payload).await)
                 })
                 .collect();
             while let Some((node, batch, result)) = calls.next().await {
                 match result {
-                    Ok((Response::Put { copies }, _)) if copies.len() == batch.len() => {
+                    Ok((copies, _)) => {
+                        expect_len(node, PutBlobs::KIND, copies.len(), batch.len())?;
                         let w = map.write_quorum;
                         if let Some(i) = copies.iter().position(|&c| c < w) {
                             return Err(ClientError::QuorumNotReached {
@@ -511,11 +526,6 @@ impl Cluster {
                                 ),
                             });
                         }
-                    }
-                    Ok((other, _)) => {
-                        return Err(ClientError::Protocol(format!(
-                            "{node} answered put with {other:?}"
-                        )));
                     }
                     // Unreachable coordinator (the call marked it down):
                     // retry its blobs elsewhere.
@@ -548,16 +558,15 @@ impl Cluster {
     {
         let mut notes = Vec::new();
         for node in routing::read_order(&self.map(), id, |n| self.is_down(n)) {
-            let req = Request::GetBlob {
+            let req = GetBlob {
                 repo: self.repo.clone(),
                 id: *id,
             };
-            match self.call(node, &req, vec![]).await {
-                Ok((Response::Data, blob)) => match accept(blob).await {
+            match self.call(node, req, vec![]).await {
+                Ok(((), blob)) => match accept(blob).await {
                     Ok(v) => return Ok(v),
                     Err(reason) => self.report_bad_copy(*id, node, reason),
                 },
-                Ok((other, _)) => notes.push(format!("{node}: unexpected {other:?}")),
                 Err(ClientError::Server {
                     error: CallError::Remote(e),
                     ..
@@ -587,20 +596,13 @@ impl Cluster {
     pub async fn copies(&self, ids: &[ChunkId]) -> Result<Vec<u32>, ClientError> {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(MAX_HAS_IDS) {
-            let req = Request::Copies {
+            let req = Copies {
                 repo: self.repo.clone(),
                 ids: part.to_vec(),
             };
-            match self.call_any(&req, vec![]).await? {
-                (_, Response::Copies { copies }, _) if copies.len() == part.len() => {
-                    out.extend(copies)
-                }
-                (node, other, _) => {
-                    return Err(ClientError::Protocol(format!(
-                        "{node} answered copies with {other:?}"
-                    )));
-                }
-            }
+            let (node, copies, _) = self.call_any(req, vec![]).await?;
+            expect_len(node, Copies::KIND, copies.len(), part.len())?;
+            out.extend(copies);
         }
         Ok(out)
     }
@@ -615,12 +617,8 @@ impl Cluster {
     ) -> Result<ringvault_common::wire::NodeStatus, ClientError> {
         // Asked for this node by name: try it even if it is routed around.
         self.peers.mark_up(node);
-        match self.call(node, &Request::NodeStatus, vec![]).await? {
-            (Response::NodeStatus(s), _) => Ok(s),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "{node} answered status with {other:?}"
-            ))),
-        }
+        let (status, _) = self.call(node, GetNodeStatus, vec![]).await?;
+        Ok(status)
     }
 
     /// The blob `id` as `node` holds it: `Ok(None)` when it holds none.
@@ -629,15 +627,12 @@ impl Cluster {
     /// [`ClientError`]: unreachable, or the server's copy failed its checksum
     /// ([`CallError::Remote`] with [`ErrorCode::Corrupt`]).
     pub async fn get_from(&self, node: NodeId, id: &ChunkId) -> Result<Option<Bytes>, ClientError> {
-        let req = Request::GetBlob {
+        let req = GetBlob {
             repo: self.repo.clone(),
             id: *id,
         };
-        match self.call(node, &req, vec![]).await {
-            Ok((Response::Data, blob)) => Ok(Some(blob)),
-            Ok((other, _)) => Err(ClientError::Protocol(format!(
-                "{node} answered get with {other:?}"
-            ))),
+        match self.call(node, req, vec![]).await {
+            Ok(((), blob)) => Ok(Some(blob)),
             Err(ClientError::Server {
                 error: CallError::Remote(e),
                 ..
@@ -661,20 +656,12 @@ impl Cluster {
         node: NodeId,
         ids: &[ChunkId],
     ) -> Result<Vec<Fetched>, ClientError> {
-        let req = Request::GetBlobs {
+        let req = GetBlobs {
             repo: self.repo.clone(),
             ids: ids.to_vec(),
         };
-        let (replies, mut payload) = match self.call(node, &req, vec![]).await? {
-            (Response::Blobs { replies }, payload) if replies.len() == ids.len() => {
-                (replies, payload)
-            }
-            (other, _) => {
-                return Err(ClientError::Protocol(format!(
-                    "{node} answered get-blobs with {other:?}"
-                )));
-            }
-        };
+        let (replies, mut payload) = self.call(node, req, vec![]).await?;
+        expect_len(node, GetBlobs::KIND, replies.len(), ids.len())?;
         let mut out = Vec::with_capacity(ids.len());
         for (id, reply) in ids.iter().zip(replies) {
             out.push(match reply {
@@ -718,19 +705,14 @@ impl Cluster {
     /// [`ClientError`] when no server takes it or W are not reached (the
     /// servers that took it hide the snapshot all the same).
     pub async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ClientError> {
-        let req = Request::DeleteSnapshot {
+        let req = DeleteSnapshot {
             repo: self.repo.clone(),
             id,
             local_only: false,
         };
-        match self.call_any(&req, vec![]).await? {
-            // The coordinator answers `Ok` only once W servers, itself
-            // included, hold the tombstone; any other answer proves nothing.
-            (_, Response::Ok, _) => Ok(()),
-            (node, other, _) => Err(ClientError::Protocol(format!(
-                "{node} answered forget with {other:?}"
-            ))),
-        }
+        // The coordinator answers `Ok` only once W servers, itself
+        // included, hold the tombstone; any other answer proves nothing.
+        self.call_any(req, vec![]).await.map(|_| ())
     }
 
     /// Starts prune round `round` on `node`.
@@ -740,11 +722,11 @@ impl Cluster {
     pub async fn begin_prune(&self, node: NodeId, round: u64) -> Result<(), ClientError> {
         // Every server should take part: try it even if it is routed around.
         self.peers.mark_up(node);
-        let req = Request::BeginPrune {
+        let req = BeginPrune {
             repo: self.repo.clone(),
             round,
         };
-        self.call(node, &req, vec![]).await.map(|_| ())
+        self.call(node, req, vec![]).await.map(|_| ())
     }
 
     /// Marks `ids` live in round `round` on `node`.
@@ -757,12 +739,12 @@ impl Cluster {
         round: u64,
         ids: Vec<ChunkId>,
     ) -> Result<(), ClientError> {
-        let req = Request::PruneMark {
+        let req = PruneMark {
             repo: self.repo.clone(),
             round,
             ids,
         };
-        self.call(node, &req, vec![]).await.map(|_| ())
+        self.call(node, req, vec![]).await.map(|_| ())
     }
 
     /// Ends round `round` on `node` with its sweep.
@@ -776,18 +758,14 @@ impl Cluster {
         grace_s: u64,
         trash_keep_s: u64,
     ) -> Result<ringvault_common::wire::SweepReport, ClientError> {
-        let req = Request::PruneSweep {
+        let req = PruneSweep {
             repo: self.repo.clone(),
             round,
             grace_s,
             trash_keep_s,
         };
-        match self.call(node, &req, vec![]).await? {
-            (Response::Swept(r), _) => Ok(r),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "{node} answered sweep with {other:?}"
-            ))),
-        }
+        let (report, _) = self.call(node, req, vec![]).await?;
+        Ok(report)
     }
 
     /// Moves `node`'s trashed blobs of this repository back; returns how
@@ -797,15 +775,11 @@ impl Cluster {
     /// [`ClientError`].
     pub async fn restore_trash(&self, node: NodeId) -> Result<u64, ClientError> {
         self.peers.mark_up(node);
-        let req = Request::RestoreTrash {
+        let req = RestoreTrash {
             repo: self.repo.clone(),
         };
-        match self.call(node, &req, vec![]).await? {
-            (Response::Count(n), _) => Ok(n),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "{node} answered restore-trash with {other:?}"
-            ))),
-        }
+        let (restored, _) = self.call(node, req, vec![]).await?;
+        Ok(restored)
     }
 
     /// The sealed size of each of `ids` (bytes), from whichever live server
@@ -820,12 +794,12 @@ impl Cluster {
         for node in self.live_nodes() {
             let mut ok = true;
             for (k, part) in ids.chunks(MAX_HAS_IDS).enumerate() {
-                let req = Request::Sizes {
+                let req = Sizes {
                     repo: self.repo.clone(),
                     ids: part.to_vec(),
                 };
-                match self.call(node, &req, vec![]).await {
-                    Ok((Response::Sizes { sizes }, _)) if sizes.len() == part.len() => {
+                match self.call(node, req, vec![]).await {
+                    Ok((sizes, _)) if sizes.len() == part.len() => {
                         for (i, s) in sizes.into_iter().enumerate() {
                             let o = &mut out[k * MAX_HAS_IDS + i];
                             *o = (*o).max(s);
@@ -857,13 +831,13 @@ impl Cluster {
         record: Bytes,
         fences: &GcFences,
     ) -> Result<(), ClientError> {
-        let req = Request::PutSnapshot {
+        let req = PutSnapshot {
             repo: self.repo.clone(),
             id,
             local_only: false,
             fence: fences.read.clone(),
         };
-        match self.call_any(&req, vec![record]).await {
+        match self.call_any(req, vec![record]).await {
             Err(ClientError::Server {
                 node,
                 error: CallError::Remote(e),
@@ -880,22 +854,21 @@ impl Cluster {
     /// ([`GcFences::quiet_tag`]).
     pub async fn gc_fences(&self) -> GcFences {
         let nodes: Vec<NodeId> = self.map().nodes.iter().map(|n| n.id).collect();
-        let req = Request::GcFence {
+        let req = GetGcFence {
             repo: self.repo.clone(),
         };
         let mut asks: FuturesUnordered<_> = self
             .live_nodes()
             .into_iter()
             .map(|n| {
-                let req = &req;
+                let req = req.clone();
                 async move { (n, self.call(n, req, vec![]).await) }
             })
             .collect();
         let mut read = Vec::new();
         while let Some((node, answer)) = asks.next().await {
             match answer {
-                Ok((Response::GcFence(f), _)) => read.push((node, f)),
-                Ok((other, _)) => tracing::warn!(%node, ?other, "unexpected answer to gc-fence"),
+                Ok((fence, _)) => read.push((node, fence)),
                 Err(e) => tracing::debug!(%node, error = %e, "no gc fence"),
             }
         }
@@ -940,15 +913,16 @@ impl Cluster {
     /// # Errors
     /// [`ClientError::Unreachable`] when no server answers.
     pub async fn list_snapshots(&self) -> Result<SnapshotRecords, ClientError> {
-        let req = Request::ListSnapshotsAndTombstones {
+        let req = ListSnapshotsAndTombstones {
             repo: self.repo.clone(),
         };
         let (answers, asked) = self
-            .ask_every_live(&req, |node, response, payload| match response {
-                Response::SnapshotsAndTombstones {
+            .ask_every_live(req, |node, listed, payload| {
+                let SnapshotListing {
                     records,
                     tombstones,
-                } => match listing::split(&records, tombstones, &payload) {
+                } = listed;
+                match listing::split(&records, tombstones, &payload) {
                     Ok(l) => Some(ServerListing {
                         records: l
                             .records
@@ -961,8 +935,7 @@ impl Cluster {
                         tracing::warn!(node = %node, error = %e, "ignoring a malformed snapshot listing");
                         None
                     }
-                },
-                _ => None,
+                }
             })
             .await?;
         Ok(SnapshotRecords {
@@ -972,22 +945,26 @@ impl Cluster {
         })
     }
 
-    /// Asks every live server `req` at once; `parse` reads an answer (`None`
-    /// for one that is not what was asked). Returns the answers read, each
-    /// with the server that gave it, and how many servers were asked.
+    /// Asks every live server `req` at once; `parse` reads an answer
+    /// (`None` for one it cannot use; another request's answer is a
+    /// failure of that server). Returns the answers read, each with the
+    /// server that gave it, and how many servers were asked.
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] when none answers, a refused
     /// certificate or role at once.
-    async fn ask_every_live<T>(
+    async fn ask_every_live<R: ClientRpc + Clone, T>(
         &self,
-        req: &Request,
-        parse: impl Fn(NodeId, Response, Bytes) -> Option<T>,
+        req: R,
+        parse: impl Fn(NodeId, R::Response, Bytes) -> Option<T>,
     ) -> Result<(Vec<(NodeId, T)>, usize), ClientError> {
         let nodes = self.live_nodes();
         let mut asks: FuturesUnordered<_> = nodes
             .iter()
-            .map(|&n| async move { (n, self.call(n, req, vec![]).await) })
+            .map(|&n| {
+                let req = req.clone();
+                async move { (n, self.call(n, req, vec![]).await) }
+            })
             .collect();
         let mut answers = Vec::new();
         let mut reasons = Vec::new();
@@ -1021,12 +998,12 @@ impl Cluster {
     /// [`ClientError`]; a server holding a different key under `id` answers
     /// `Exists`; a certificate without the admin role is refused.
     pub async fn put_key(&self, id: [u8; 32], key: Bytes) -> Result<(), ClientError> {
-        let req = Request::PutKey {
+        let req = PutKey {
             repo: self.repo.clone(),
             id,
             local_only: false,
         };
-        self.call_any(&req, vec![key]).await.map(|_| ())
+        self.call_any(req, vec![key]).await.map(|_| ())
     }
 
     /// Deletes the wrapped key `id` on every server (W at least), leaving
@@ -1035,12 +1012,12 @@ impl Cluster {
     /// # Errors
     /// [`ClientError`]; a certificate without the admin role is refused.
     pub async fn delete_key(&self, id: [u8; 32]) -> Result<(), ClientError> {
-        let req = Request::DeleteKey {
+        let req = DeleteKey {
             repo: self.repo.clone(),
             id,
             local_only: false,
         };
-        self.call_any(&req, vec![]).await.map(|_| ())
+        self.call_any(req, vec![]).await.map(|_| ())
     }
 
     /// The repository's wrapped keys, merged from every live server: per
@@ -1050,14 +1027,11 @@ impl Cluster {
     /// [`ClientError::NotFound`] when no live server has any (the repository
     /// is not initialized), [`ClientError::Unreachable`] when none answers.
     pub async fn list_keys(&self) -> Result<Vec<([u8; 32], Vec<Bytes>)>, ClientError> {
-        let req = Request::ListKeys {
+        let req = ListKeys {
             repo: self.repo.clone(),
         };
         let (answers, _) = self
-            .ask_every_live(&req, |_, response, payload| match response {
-                Response::Records { records } => Some((records, payload)),
-                _ => None,
-            })
+            .ask_every_live(req, |_, records, payload| Some((records, payload)))
             .await?;
         let keys = merge_records(answers.into_iter().map(|(_, a)| a).collect());
         if keys.is_empty() {
@@ -1130,6 +1104,21 @@ pub fn next_server_may_take(code: ErrorCode) -> bool {
         | ErrorCode::Exists
         | ErrorCode::MapConflict
         | ErrorCode::FenceMoved => false,
+    }
+}
+
+/// Checks that `node`'s answer to a `kind` request has one item per item
+/// asked.
+///
+/// # Errors
+/// [`ClientError::Protocol`] naming the server and both counts.
+fn expect_len(node: NodeId, kind: &str, got: usize, asked: usize) -> Result<(), ClientError> {
+    if got == asked {
+        Ok(())
+    } else {
+        Err(ClientError::Protocol(format!(
+            "{node} answered {kind} with {got} items for {asked} asked"
+        )))
     }
 }
 

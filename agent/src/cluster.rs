@@ -334,7 +334,9 @@ pub struct MapChangeReport {
 /// cannot hold), no majority of servers reachable, or a conflicting change
 /// (another operator's, or a stale base: run it again).
 pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapChangeReport> {
-    use ringvault_common::wire::{PROTOCOL_VERSION, Request, Response};
+    use ringvault_common::wire::{
+        CommitMap, Hello, PROTOCOL_VERSION, PrepareMap, Promise, Welcome,
+    };
     use ringvault_net::quic::{self, CallError, Peers};
 
     let ca = read_ca(dir)?;
@@ -350,22 +352,20 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
         .context("binding a UDP socket")?;
     let timeout = std::time::Duration::from_secs(5);
     let peers = Peers::new(endpoint.clone(), timeout, std::time::Duration::from_secs(1));
-    let call = |node: &NodeInfo, req: Request| {
-        let peers = &peers;
-        let (id, addr) = (node.id, node.address.clone());
-        async move { peers.call(id, &addr, &req, vec![], timeout).await }
-    };
 
     // 1. The newest committed map any server (of the local copy) holds.
     let mut base = local.clone();
     let mut unreachable = Vec::new();
     for node in &local.nodes {
-        let hello = Request::Hello {
+        let hello = Hello {
             protocol: PROTOCOL_VERSION,
             epoch: local.epoch,
         };
-        match call(node, hello).await {
-            Ok((Response::Hello { map, .. }, _)) if map.epoch > base.epoch => base = map,
+        match peers
+            .request(node.id, &node.address, hello, vec![], timeout)
+            .await
+        {
+            Ok((Welcome { map, .. }, _)) if map.epoch > base.epoch => base = map,
             Ok(_) => {}
             Err(e) => unreachable.push((node.id, e.to_string())),
         }
@@ -432,15 +432,17 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
     let mut granted = 0usize;
     let mut highest = base.epoch;
     for node in &base.nodes {
-        let req = Request::PrepareMap {
+        let req = PrepareMap {
             epoch: map.epoch,
             digest,
             base: base.epoch,
         };
-        match call(node, req).await {
-            Ok((Response::Prepared { granted: true, .. }, _)) => granted += 1,
-            Ok((Response::Prepared { highest: h, .. }, _)) => highest = highest.max(h),
-            Ok(_) => {}
+        match peers
+            .request(node.id, &node.address, req, vec![], timeout)
+            .await
+        {
+            Ok((Promise { granted: true, .. }, _)) => granted += 1,
+            Ok((Promise { highest: h, .. }, _)) => highest = highest.max(h),
             Err(e) => unreachable.push((node.id, e.to_string())),
         }
     }
@@ -470,7 +472,11 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
     let mut targets = base.nodes.clone();
     targets.extend(added.iter().cloned());
     for node in &targets {
-        match call(node, Request::CommitMap { map: map.clone() }).await {
+        let commit = CommitMap { map: map.clone() };
+        match peers
+            .request(node.id, &node.address, commit, vec![], timeout)
+            .await
+        {
             Ok(_) => committed.push(node.id),
             Err(CallError::Remote(e)) => unreachable.push((node.id, e.to_string())),
             Err(e) => unreachable.push((node.id, e.to_string())),

@@ -38,7 +38,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use ringvault_common::repair::{self, Pull, PullPlan};
 use ringvault_common::wire::{
-    DIGEST_BUCKETS, MAX_LIST_KEYS, Request, Response, WireError, bitmap_of,
+    DIGEST_BUCKETS, Digests, GetBlob, GetRecord, Has, KeyPage, ListPartition, MAX_LIST_KEYS,
+    PutBlobs, RecordKeyList, RecordKeys, Welcome, WireError, bitmap_of,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use tokio::task::JoinHandle;
@@ -127,7 +128,7 @@ async fn probe_loop(node: Arc<Node>) {
             .await;
         for (peer, was_down, result) in probes {
             match result {
-                Ok((_, Response::Hello { map, .. }, _)) => {
+                Ok(Welcome { map, .. }) => {
                     node.peer_answered(peer);
                     if was_down {
                         node.wake.notify_one();
@@ -139,7 +140,6 @@ async fn probe_loop(node: Arc<Node>) {
                         }
                     }
                 }
-                Ok(_) => {}
                 Err(e) => debug!(%peer, error = %e, "probe failed"),
             }
         }
@@ -231,13 +231,13 @@ async fn hand_keys(
             if node.is_down(owner) {
                 continue;
             }
-            let req = Request::Has {
+            let req = Has {
                 repo: repo.clone(),
                 ids: ids.clone(),
                 local_only: true,
             };
-            match node.call_peer(owner, &req, vec![]).await {
-                Ok((Response::Has { present }, _)) if present.len() == ids.len() => {
+            match node.call_peer(owner, req, vec![]).await {
+                Ok((present, _)) if present.len() == ids.len() => {
                     first_live.get_or_insert(owner);
                     for (h, p) in holders.iter_mut().zip(present) {
                         *h += usize::from(p);
@@ -310,15 +310,14 @@ async fn push(node: &Arc<Node>, to: NodeId, repo: &RepoId, blobs: Vec<(ChunkId, 
     if blobs.is_empty() {
         return true;
     }
-    let req = Request::PutBlobs {
+    let req = PutBlobs {
         repo: repo.clone(),
         blobs: blobs.iter().map(|(id, b)| (*id, b.len() as u32)).collect(),
         local_only: true,
     };
     let payload = blobs.into_iter().map(|(_, b)| b).collect();
-    match node.call_peer(to, &req, payload).await {
-        Ok((Response::Put { .. }, _)) => true,
-        Ok(_) => false,
+    match node.call_peer(to, req, payload).await {
+        Ok(_) => true,
         Err(e) => {
             debug!(node = %to, error = %e, "handoff push failed");
             false
@@ -436,13 +435,12 @@ async fn store_pulled(node: &Arc<Node>, batch: Vec<(RepoId, ChunkId, Bytes)>) ->
 /// One blob from the first of `holders` that has a good copy.
 async fn fetch(node: &Arc<Node>, repo: &RepoId, id: ChunkId, holders: &[NodeId]) -> Option<Bytes> {
     for &h in holders {
-        let req = Request::GetBlob {
+        let req = GetBlob {
             repo: repo.clone(),
             id,
         };
-        match node.call_peer(h, &req, vec![]).await {
-            Ok((Response::Data, blob)) => return Some(blob),
-            Ok(_) => {}
+        match node.call_peer(h, req, vec![]).await {
+            Ok(((), blob)) => return Some(blob),
             Err(e) => debug!(node = %h, chunk = %id, error = %e, "repair fetch failed"),
         }
     }
@@ -523,13 +521,16 @@ async fn digests(
     per_partition: bool,
     expect: usize,
 ) -> Result<Vec<[u8; 32]>, String> {
-    let req = Request::Digests {
+    let req = Digests {
         partitions,
         per_partition,
     };
-    match node.call_peer(peer, &req, vec![]).await {
-        Ok((Response::Digests { digests }, _)) if digests.len() == expect => Ok(digests),
-        Ok(other) => Err(format!("unexpected answer to digests: {other:?}")),
+    match node.call_peer(peer, req, vec![]).await {
+        Ok((digests, _)) if digests.len() == expect => Ok(digests),
+        Ok((digests, _)) => Err(format!(
+            "{} digests in the answer, {expect} asked for",
+            digests.len()
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -543,9 +544,9 @@ async fn list_peer_partition(
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let req = Request::ListPartition { partition, after };
-        match node.call_peer(peer, &req, vec![]).await {
-            Ok((Response::Keys { keys, more }, _)) if keys.len() <= MAX_LIST_KEYS => {
+        let req = ListPartition { partition, after };
+        match node.call_peer(peer, req, vec![]).await {
+            Ok((KeyPage { keys, more }, _)) if keys.len() <= MAX_LIST_KEYS => {
                 after = keys.last().cloned();
                 let empty = keys.is_empty();
                 out.extend(keys);
@@ -553,7 +554,12 @@ async fn list_peer_partition(
                     return Ok(out);
                 }
             }
-            Ok(other) => return Err(format!("unexpected answer to list: {other:?}")),
+            Ok((page, _)) => {
+                return Err(format!(
+                    "{} keys in one page, at most {MAX_LIST_KEYS} allowed",
+                    page.keys.len()
+                ));
+            }
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -621,18 +627,18 @@ async fn sync_records(node: &Arc<Node>) -> RecordSync {
         .filter(|&p| p != node.id() && !node.is_down(p))
         .collect();
     done.asked = peers.len();
-    let req = &Request::RecordKeys { digest };
+    let req = &RecordKeys { digest };
     let answers = futures::future::join_all(
         peers
             .iter()
-            .map(|&peer| async move { (peer, node.call_peer(peer, req, vec![]).await) }),
+            .map(|&peer| async move { (peer, node.call_peer(peer, req.clone(), vec![]).await) }),
     )
     .await;
     // Each record key missing here, with the peers that listed it.
     let mut missing: HashMap<(u8, RepoId, [u8; 32]), Vec<NodeId>> = HashMap::new();
     for (peer, answer) in answers {
         match answer {
-            Ok((Response::RecordKeys { keys, .. }, _)) => {
+            Ok((RecordKeyList { keys, .. }, _)) => {
                 done.answered += 1;
                 for k in keys {
                     if !have.contains(&k) {
@@ -640,7 +646,6 @@ async fn sync_records(node: &Arc<Node>) -> RecordSync {
                     }
                 }
             }
-            Ok(_) => {}
             Err(e) => debug!(%peer, error = %e, "record sync failed"),
         }
     }
@@ -695,14 +700,14 @@ async fn any_copy(
     repo: &RepoId,
     key: [u8; 32],
 ) -> Option<bytes::Bytes> {
-    let req = Request::GetRecord {
+    let req = GetRecord {
         repo: repo.clone(),
         kind,
         key,
     };
     for &peer in holders {
-        match node.call_peer(peer, &req, vec![]).await {
-            Ok((Response::Data, value)) if !value.is_empty() => return Some(value),
+        match node.call_peer(peer, req.clone(), vec![]).await {
+            Ok(((), value)) if !value.is_empty() => return Some(value),
             Ok(_) => {}
             Err(e) => debug!(%peer, error = %e, "record fetch failed"),
         }
@@ -719,7 +724,7 @@ async fn agreed_record(
     repo: &RepoId,
     key: [u8; 32],
 ) -> Option<bytes::Bytes> {
-    let req = Request::GetRecord {
+    let req = GetRecord {
         repo: repo.clone(),
         kind,
         key,
@@ -730,8 +735,8 @@ async fn agreed_record(
         if peer == node.id() || node.is_down(peer) {
             continue;
         }
-        match node.call_peer(peer, &req, vec![]).await {
-            Ok((Response::Data, value)) if !value.is_empty() => {
+        match node.call_peer(peer, req.clone(), vec![]).await {
+            Ok(((), value)) if !value.is_empty() => {
                 holders += 1;
                 match copies.iter_mut().find(|(v, _)| *v == value) {
                     Some((_, n)) => *n += 1,

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use quinn::Endpoint;
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::PeerIdentity;
-use ringvault_common::wire::{ErrorCode, NodeStatus, PeerState, Request, Response, WireError};
+use ringvault_common::wire::{
+    ErrorCode, NodeStatus, PeerRpc, PeerState, Request, Response, WireError,
+};
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use ringvault_net::quic::{self, CallError};
 use tokio::sync::Notify;
@@ -425,12 +427,18 @@ impl Node {
 }
 
 impl Node {
-    pub(crate) async fn call_peer(
+    /// One request to peer `id`, routed by the map's address for it;
+    /// an answer marks the peer heard from.
+    ///
+    /// # Errors
+    /// [`CallError`]: not in the map, unreachable, refused, or another
+    /// request's answer ([`CallError::Unexpected`]).
+    pub(crate) async fn call_peer<R: PeerRpc>(
         &self,
         id: NodeId,
-        request: &Request,
+        request: R,
         payload: Vec<Bytes>,
-    ) -> Result<(Response, Bytes), CallError> {
+    ) -> Result<(R::Response, Bytes), CallError> {
         let addr = self
             .view()
             .map
@@ -440,17 +448,19 @@ impl Node {
                 addr: id.to_string(),
                 reason: "not in the cluster map".into(),
             })?;
+        let request: Request = request.into();
         // Has-queries are cheap: a replica slower than this is treated as
         // not holding the chunk rather than stalling the agent's request.
         let timeout = match request {
-            Request::Has { .. } => self.settings.replica_timeout.min(Duration::from_secs(5)),
+            Request::Has(_) => self.settings.replica_timeout.min(Duration::from_secs(5)),
             _ => self.settings.replica_timeout,
         };
-        let result = self.peers.call(id, &addr, request, payload, timeout).await;
-        if result.is_ok() {
-            self.peer_answered(id);
-        }
-        result
+        let (response, payload) = self
+            .peers
+            .call(id, &addr, &request, payload, timeout)
+            .await?;
+        self.peer_answered(id);
+        Ok((quic::answer::<R>(response)?, payload))
     }
 }
 

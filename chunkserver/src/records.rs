@@ -8,7 +8,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ringvault_common::tls::{PeerIdentity, Role};
-use ringvault_common::wire::{self, ErrorCode, GcFence, Request, Response, WireError};
+use ringvault_common::wire::{
+    self, DeleteKey, DeleteSnapshot, ErrorCode, GcFence, PeerRpc, PutKey, PutSnapshot, Response,
+    WireError,
+};
 use ringvault_common::{NodeId, RepoId};
 use ringvault_net::quic::CallError;
 use tracing::warn;
@@ -34,7 +37,7 @@ pub(crate) async fn put_record_everywhere(
     exclusive: bool,
 ) -> Reply {
     let req = match kind {
-        RecordKind::Key => Request::PutKey {
+        RecordKind::Key => PutKey {
             repo: repo.clone(),
             id: key,
             local_only: true,
@@ -102,7 +105,7 @@ pub(crate) async fn put_snapshot_fenced(
     }
     let view = node.view();
     node.try_down_peers_if_short(&view);
-    let req = Request::PutSnapshot {
+    let req = PutSnapshot {
         repo,
         id,
         local_only: true,
@@ -117,7 +120,7 @@ pub(crate) async fn put_snapshot_fenced(
         .map(|other| {
             let (node, req, value) = (node.clone(), req.clone(), value.clone());
             tokio::spawn(async move {
-                let r = node.call_peer(other, &req, vec![value]).await;
+                let r = node.call_peer(other, req, vec![value]).await;
                 (other, r)
             })
         })
@@ -188,25 +191,24 @@ pub(crate) async fn delete_record_everywhere(
     if local_only {
         return local.map(|()| (Response::Ok, vec![]));
     }
-    let (req, did) = match kind {
-        RecordKind::Key => (
-            Request::DeleteKey {
+    match kind {
+        RecordKind::Key => {
+            let req = DeleteKey {
                 repo,
                 id,
                 local_only: true,
-            },
-            "deleted the key",
-        ),
-        _ => (
-            Request::DeleteSnapshot {
+            };
+            everywhere(node, local, req, vec![], "deleted the key").await
+        }
+        _ => {
+            let req = DeleteSnapshot {
                 repo,
                 id: ringvault_common::SnapshotId(id),
                 local_only: true,
-            },
-            "deleted the snapshot",
-        ),
-    };
-    everywhere(node, local, req, vec![], did).await
+            };
+            everywhere(node, local, req, vec![], "deleted the snapshot").await
+        }
+    }
 }
 
 /// Records as listed: (32-byte key, stored value).
@@ -343,10 +345,10 @@ pub(crate) fn snapshot_for<'a>(caller: &Caller, stored: &'a [u8]) -> Option<&'a 
 /// # Errors
 /// [`ErrorCode::Exists`]; [`ErrorCode::QuorumNotReached`] naming each
 /// node that failed and its cause.
-async fn everywhere(
+async fn everywhere<R: PeerRpc<Response = ()> + Clone + Send + 'static>(
     node: &Arc<Node>,
     local: Result<(), WireError>,
-    req: Request,
+    req: R,
     payload: Vec<Bytes>,
     did: &str,
 ) -> Reply {
@@ -356,7 +358,7 @@ async fn everywhere(
         Ok(()) => held += 1,
         Err(e) if e.code == ErrorCode::Exists => return Err(e),
         Err(e) => {
-            warn!(kind = req.kind(), error = %e.message, "record change failed here; forwarding it");
+            warn!(kind = R::KIND, error = %e.message, "record change failed here; forwarding it");
             causes.push(format!("{}: {}", node.id, e.message));
         }
     }
@@ -372,19 +374,12 @@ async fn everywhere(
     {
         let (node, req, payload) = (node.clone(), req.clone(), payload.clone());
         sends.push(tokio::spawn(async move {
-            let result = match node.call_peer(other, &req, payload).await {
-                Ok((Response::Ok, _)) => Ok(()),
-                // Only `Ok` says the change was made there.
-                Ok((answer, _)) => {
-                    warn!(node = %other, kind = req.kind(), ?answer, "unexpected answer to a record change");
-                    Err(WireError::new(
-                        ErrorCode::Internal,
-                        format!("unexpected answer {answer:?}"),
-                    ))
-                }
+            // Only `Ok` says the change was made there.
+            let result = match node.call_peer(other, req, payload).await {
+                Ok(((), _)) => Ok(()),
                 Err(CallError::Remote(e)) => Err(e),
                 Err(e) => {
-                    warn!(node = %other, kind = req.kind(), error = %e, "record change failed");
+                    warn!(node = %other, kind = R::KIND, error = %e, "record change failed");
                     Err(WireError::new(ErrorCode::Internal, e.to_string()))
                 }
             };

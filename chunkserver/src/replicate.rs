@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ringvault_common::replication::{HolderCount, WritePlan};
-use ringvault_common::wire::{self, BlobReply, ErrorCode, Request, Response, WireError};
+use ringvault_common::wire::{self, BlobReply, ErrorCode, Has, PutBlobs, Response, WireError};
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use tracing::{debug, warn};
 
@@ -28,7 +28,7 @@ pub(crate) fn protect_present(node: &Node, repo: &RepoId, ids: &[ChunkId], prese
     );
 }
 
-/// Answers a [`Request::GetBlobs`]: the blobs in `ids`' order, up to
+/// Answers a [`GetBlobs`](wire::GetBlobs): the blobs in `ids`' order, up to
 /// [`wire::GET_BLOBS_BYTES`] of them, in one store call; a blob that failed
 /// its checksum is quarantined and answered [`BlobReply::Corrupt`], one the
 /// store could not read (or past the byte budget) [`BlobReply::Later`].
@@ -100,14 +100,13 @@ async fn count_holders(
                     }
                     present
                 } else {
-                    let req = Request::Has {
+                    let req = Has {
                         repo,
                         ids: sub,
                         local_only: true,
                     };
-                    match node.call_peer(target, &req, vec![]).await {
-                        Ok((Response::Has { present }, _)) => Some(present),
-                        Ok(_) => None,
+                    match node.call_peer(target, req, vec![]).await {
+                        Ok((present, _)) => Some(present),
                         Err(e) => {
                             debug!(node = %target, error = %e, "has query to a peer failed");
                             None
@@ -260,7 +259,7 @@ async fn replicate(
     let bytes: u64 = blobs.iter().map(|(_, l)| u64::from(*l)).sum();
     let count = blobs.len() as u64;
     let payload = batch.into_iter().map(|(_, b)| b).collect();
-    let req = Request::PutBlobs {
+    let req = PutBlobs {
         repo,
         blobs,
         local_only: true,
@@ -268,18 +267,14 @@ async fn replicate(
     node.replicating.fetch_add(count, Ordering::Relaxed);
     node.metrics
         .set_replication_backlog(node.replicating.load(Ordering::Relaxed));
-    let result = node.call_peer(target, &req, payload).await;
+    let result = node.call_peer(target, req, payload).await;
     node.replicating.fetch_sub(count, Ordering::Relaxed);
     node.metrics
         .set_replication_backlog(node.replicating.load(Ordering::Relaxed));
     match result {
-        Ok((Response::Put { .. }, _)) => {
+        Ok(_) => {
             node.metrics.replicated(count, bytes);
             true
-        }
-        Ok(other) => {
-            warn!(node = %target, ?other, "unexpected reply to a replica write");
-            false
         }
         Err(e) => {
             warn!(node = %target, error = %e, "replica write failed");

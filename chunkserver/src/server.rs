@@ -11,8 +11,12 @@ use quinn::Connection;
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::{PeerIdentity, Role};
 use ringvault_common::wire::{
-    self, Access, ErrorCode, MAX_FRAME, MAX_LIST_KEYS, PROTOCOL_VERSION, Request, Response,
-    WireError,
+    self, Access, BeginPrune, CommitMap, Copies, DeleteKey, DeleteSnapshot, Digests, ErrorCode,
+    GetBlob, GetBlobs, GetGcFence, GetNodeStatus, GetRecord, GetSnapshot, Has, Hello, KeyPage,
+    ListKeys, ListPartition, ListSnapshots, ListSnapshotsAndTombstones, MAX_FRAME, MAX_LIST_KEYS,
+    PROTOCOL_VERSION, PrepareMap, Promise, PruneMark, PruneSweep, PutBlobs, PutKey, PutSnapshot,
+    RecordKeyList, RecordKeys, Request, Response, RestoreTrash, Rpc, Sizes, SnapshotListing,
+    Welcome, WireError,
 };
 use ringvault_net::quic::{self};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -306,7 +310,7 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
     let peer = &caller.identity;
     let store = node.store.clone();
     match request {
-        Request::Hello { protocol, .. } => {
+        Request::Hello(Hello { protocol, .. }) => {
             if protocol != PROTOCOL_VERSION {
                 return Err(WireError::new(
                     ErrorCode::VersionMismatch,
@@ -316,38 +320,32 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             if let PeerIdentity::Node(n) = peer {
                 node.peer_answered(*n);
             }
-            Ok((
-                Response::Hello {
-                    protocol: PROTOCOL_VERSION,
-                    node: node.id,
-                    map: node.view().map.clone(),
-                },
-                vec![],
-            ))
+            answered::<Hello>(Welcome {
+                protocol: PROTOCOL_VERSION,
+                node: node.id,
+                map: node.view().map.clone(),
+            })
         }
-        Request::Has {
+        Request::Has(Has {
             repo,
             ids,
             local_only: true,
-        } => {
+        }) => {
             let (r, i) = (repo.clone(), ids.clone());
             let present = node.blocking(move || store.has(&r, &i)).await?;
             protect_present(node, &repo, &ids, &present);
-            Ok((Response::Has { present }, vec![]))
+            answered::<Has>(present)
         }
-        Request::Has {
+        Request::Has(Has {
             repo,
             ids,
             local_only: false,
-        } => {
-            let present = coordinate_has(node, repo, ids).await?;
-            Ok((Response::Has { present }, vec![]))
-        }
-        Request::PutBlobs {
+        }) => answered::<Has>(coordinate_has(node, repo, ids).await?),
+        Request::PutBlobs(PutBlobs {
             repo,
             blobs,
             local_only,
-        } => {
+        }) => {
             node.prune.protect(&repo, blobs.iter().map(|(id, _)| id));
             let mut items = Vec::with_capacity(blobs.len());
             let mut offset = 0usize;
@@ -363,12 +361,12 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             } else {
                 coordinate_put(node, repo, items).await?
             };
-            Ok((Response::Put { copies }, vec![]))
+            answered::<PutBlobs>(copies)
         }
-        Request::GetBlob { repo, id } => {
+        Request::GetBlob(GetBlob { repo, id }) => {
             let (r, i) = (repo.clone(), id);
             match node.blocking(move || store.get_blob(&r, &i)).await {
-                Ok(Some(blob)) => Ok((Response::Data, vec![blob])),
+                Ok(Some(blob)) => Ok((GetBlob::respond(()), vec![blob])),
                 Ok(None) => Err(WireError::new(
                     ErrorCode::NotFound,
                     format!("no blob {id} here"),
@@ -380,13 +378,13 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 Err(e) => Err(e),
             }
         }
-        Request::GetBlobs { repo, ids } => get_blobs(node, repo, ids).await,
-        Request::PutSnapshot {
+        Request::GetBlobs(GetBlobs { repo, ids }) => get_blobs(node, repo, ids).await,
+        Request::PutSnapshot(PutSnapshot {
             repo,
             id,
             local_only,
             fence,
-        } => {
+        }) => {
             // Stored with the agent that made it, so writers can be kept to
             // their own snapshots; records copied between nodes carry it.
             let value = match peer {
@@ -395,15 +393,15 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             };
             put_snapshot_fenced(node, repo, id, value, local_only, fence).await
         }
-        Request::ListSnapshots { repo } => {
+        Request::ListSnapshots(ListSnapshots { repo }) => {
             node.records_synced().await;
             let (list, _) = node
                 .blocking(move || snapshot_records(store.as_ref(), &repo))
                 .await?;
             let (records, parts) = listed_snapshots(caller, list, 0)?;
-            Ok((Response::Snapshots { records }, parts))
+            Ok((ListSnapshots::respond(records), parts))
         }
-        Request::ListSnapshotsAndTombstones { repo } => {
+        Request::ListSnapshotsAndTombstones(ListSnapshotsAndTombstones { repo }) => {
             node.records_synced().await;
             let (list, dead) = node
                 .blocking(move || snapshot_records(store.as_ref(), &repo))
@@ -412,35 +410,33 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
             let (records, mut parts) = listed_snapshots(caller, list, dead_bytes)?;
             let tombstones = u32::try_from(dead.len()).map_err(|_| too_many_records())?;
             parts.push(Bytes::from(dead.concat()));
-            Ok((
-                Response::SnapshotsAndTombstones {
-                    records,
-                    tombstones,
-                },
-                parts,
-            ))
+            let listing = SnapshotListing {
+                records,
+                tombstones,
+            };
+            Ok((ListSnapshotsAndTombstones::respond(listing), parts))
         }
-        Request::GetSnapshot { repo, id } => {
+        Request::GetSnapshot(GetSnapshot { repo, id }) => {
             node.records_synced().await;
             let stored = node
                 .blocking(move || store.get_record(RecordKind::Snapshot, &repo, &id.0))
                 .await?;
             match stored.as_deref().and_then(|v| snapshot_for(caller, v)) {
-                Some(v) => Ok((Response::Data, vec![Bytes::copy_from_slice(v)])),
+                Some(v) => Ok((GetSnapshot::respond(()), vec![Bytes::copy_from_slice(v)])),
                 None => Err(WireError::new(
                     ErrorCode::NotFound,
                     format!("no snapshot {id} here"),
                 )),
             }
         }
-        Request::PutKey {
+        Request::PutKey(PutKey {
             repo,
             id,
             local_only,
-        } => {
+        }) => {
             put_record_everywhere(node, RecordKind::Key, repo, id, payload, local_only, true).await
         }
-        Request::ListKeys { repo } => {
+        Request::ListKeys(ListKeys { repo }) => {
             node.records_synced().await;
             let list = node
                 .blocking(move || live_records(store.as_ref(), RecordKind::Key, &repo))
@@ -451,39 +447,38 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 records.push((key, value.len() as u32));
                 parts.push(Bytes::from(value));
             }
-            Ok((Response::Records { records }, parts))
+            Ok((ListKeys::respond(records), parts))
         }
-        Request::DeleteKey {
+        Request::DeleteKey(DeleteKey {
             repo,
             id,
             local_only,
-        } => delete_record_everywhere(node, RecordKind::Key, repo, id, local_only).await,
-        Request::Digests {
+        }) => delete_record_everywhere(node, RecordKind::Key, repo, id, local_only).await,
+        Request::Digests(Digests {
             partitions,
             per_partition,
-        } => {
+        }) => {
             let digests = node
                 .blocking(move || Ok(store.digests(&partitions, per_partition)))
                 .await?;
-            Ok((Response::Digests { digests }, vec![]))
+            answered::<Digests>(digests)
         }
-        Request::ListPartition { partition, after } => {
+        Request::ListPartition(ListPartition { partition, after }) => {
             let (keys, more) = node
                 .blocking(move || store.list_partition(partition, after.as_ref(), MAX_LIST_KEYS))
                 .await?;
-            Ok((Response::Keys { keys, more }, vec![]))
+            answered::<ListPartition>(KeyPage { keys, more })
         }
-        Request::Copies { repo, ids } => {
-            let copies = count_copies(node, repo, ids).await;
-            Ok((Response::Copies { copies }, vec![]))
+        Request::Copies(Copies { repo, ids }) => {
+            answered::<Copies>(count_copies(node, repo, ids).await)
         }
-        Request::NodeStatus => Ok((Response::NodeStatus(node.status()), vec![])),
-        Request::DeleteSnapshot {
+        Request::NodeStatus(GetNodeStatus) => answered::<GetNodeStatus>(node.status()),
+        Request::DeleteSnapshot(DeleteSnapshot {
             repo,
             id,
             local_only,
-        } => delete_record_everywhere(node, RecordKind::Snapshot, repo, id.0, local_only).await,
-        Request::GetRecord { repo, kind, key } => {
+        }) => delete_record_everywhere(node, RecordKind::Snapshot, repo, id.0, local_only).await,
+        Request::GetRecord(GetRecord { repo, kind, key }) => {
             let kind = RecordKind::from_u8(kind).ok_or_else(|| {
                 WireError::new(ErrorCode::BadRequest, format!("no record kind {kind}"))
             })?;
@@ -491,49 +486,45 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 .blocking(move || store.get_record(kind, &repo, &key))
                 .await?
             {
-                Some(v) => Ok((Response::Data, vec![Bytes::from(v)])),
+                Some(v) => Ok((GetRecord::respond(()), vec![Bytes::from(v)])),
                 None => Err(WireError::new(ErrorCode::NotFound, "no such record here")),
             }
         }
-        Request::BeginPrune { repo, round } => {
+        Request::BeginPrune(BeginPrune { repo, round }) => {
             node.prune.begin(&repo, round).await;
-            Ok((Response::Ok, vec![]))
+            answered::<BeginPrune>(())
         }
-        Request::PruneMark { repo, round, ids } => {
+        Request::PruneMark(PruneMark { repo, round, ids }) => {
             node.prune.mark(&repo, round, ids)?;
-            Ok((Response::Ok, vec![]))
+            answered::<PruneMark>(())
         }
-        Request::PruneSweep {
+        Request::PruneSweep(PruneSweep {
             repo,
             round,
             grace_s,
             trash_keep_s,
-        } => {
+        }) => {
             let report = crate::prune::sweep(node, repo, round, grace_s, trash_keep_s).await?;
-            Ok((Response::Swept(report), vec![]))
+            answered::<PruneSweep>(report)
         }
-        Request::RestoreTrash { repo } => {
+        Request::RestoreTrash(RestoreTrash { repo }) => {
             let n = node.blocking(move || store.restore_trash(&repo)).await?;
             if n > 0 {
                 info!(blobs = n, "restored blobs from the trash");
             }
-            Ok((Response::Count(n), vec![]))
+            answered::<RestoreTrash>(n)
         }
-        Request::GcFence { repo } => Ok((Response::GcFence(node.prune.fence(&repo)), vec![])),
-        Request::Sizes { repo, ids } => {
-            let sizes = node.blocking(move || store.sizes(&repo, &ids)).await?;
-            Ok((Response::Sizes { sizes }, vec![]))
+        Request::GcFence(GetGcFence { repo }) => answered::<GetGcFence>(node.prune.fence(&repo)),
+        Request::Sizes(Sizes { repo, ids }) => {
+            answered::<Sizes>(node.blocking(move || store.sizes(&repo, &ids)).await?)
         }
-        Request::RecordKeys { digest } => {
+        Request::RecordKeys(RecordKeys { digest }) => {
             let mut keys = node.blocking(move || store.record_keys()).await?;
             if crate::store::record_keys_digest(&keys) == digest {
-                return Ok((
-                    Response::RecordKeys {
-                        keys: vec![],
-                        same: true,
-                    },
-                    vec![],
-                ));
+                return answered::<RecordKeys>(RecordKeyList {
+                    keys: vec![],
+                    same: true,
+                });
             }
             if keys.len() > wire::MAX_RECORD_KEYS {
                 warn!(
@@ -543,13 +534,13 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 );
                 keys.truncate(wire::MAX_RECORD_KEYS);
             }
-            Ok((Response::RecordKeys { keys, same: false }, vec![]))
+            answered::<RecordKeys>(RecordKeyList { keys, same: false })
         }
-        Request::PrepareMap {
+        Request::PrepareMap(PrepareMap {
             epoch,
             digest,
             base,
-        } => {
+        }) => {
             let committed = node.view().map.epoch;
             let (granted, highest) = node
                 .membership
@@ -559,12 +550,12 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                     WireError::new(ErrorCode::Internal, "cannot keep the promise on disk")
                 })?;
             info!(epoch, base, granted, highest, ?peer, "map change proposed");
-            Ok((Response::Prepared { granted, highest }, vec![]))
+            answered::<PrepareMap>(Promise { granted, highest })
         }
-        Request::CommitMap { map } => {
+        Request::CommitMap(CommitMap { map }) => {
             let current = node.view().map.clone();
             if map.epoch == current.epoch && map.digest() == current.digest() {
-                return Ok((Response::Ok, vec![]));
+                return answered::<CommitMap>(());
             }
             if map.epoch <= current.epoch {
                 return Err(WireError::new(
@@ -582,9 +573,15 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
                 warn!(error = %e, "cannot adopt the committed map");
                 WireError::new(ErrorCode::Internal, "cannot store the map on disk")
             })?;
-            Ok((Response::Ok, vec![]))
+            answered::<CommitMap>(())
         }
     }
+}
+
+/// `answer` as `R`'s response, with no payload.
+#[allow(clippy::unnecessary_wraps)] // a handler's reply
+fn answered<R: Rpc>(answer: R::Response) -> Reply {
+    Ok((R::respond(answer), vec![]))
 }
 
 /// A revoked certificate may do nothing; agents may act on their own
@@ -605,7 +602,13 @@ fn authorize(caller: &Caller, map: &ClusterMap, request: &Request) -> Result<(),
         PeerIdentity::Node(_) => Ok(()),
         PeerIdentity::Operator(_) => match access {
             Access::Map => Ok(()),
-            _ if matches!(request, Request::Hello { .. } | Request::NodeStatus) => Ok(()),
+            _ if matches!(
+                request,
+                Request::Hello(Hello { .. }) | Request::NodeStatus(GetNodeStatus)
+            ) =>
+            {
+                Ok(())
+            }
             _ => forbidden(format!(
                 "operators may not send {} requests",
                 request.kind()
@@ -665,20 +668,20 @@ mod tests {
                 zone: String::new(),
             }],
         };
-        let get = Request::GetBlob {
+        let get = Request::GetBlob(GetBlob {
             repo: repo.clone(),
             id: ChunkId([0; 32]),
-        };
-        let put = Request::PutBlobs {
+        });
+        let put = Request::PutBlobs(PutBlobs {
             repo: repo.clone(),
             blobs: vec![],
             local_only: false,
-        };
-        let forget = Request::DeleteSnapshot {
+        });
+        let forget = Request::DeleteSnapshot(DeleteSnapshot {
             repo: repo.clone(),
             id: ringvault_common::SnapshotId([0; 32]),
             local_only: false,
-        };
+        });
         let allowed = |c: &Caller, r: &Request, m: &ClusterMap| authorize(c, m, r).is_ok();
         let (reader, writer, admin) = (
             agent("a", Role::Reader),
@@ -688,16 +691,16 @@ mod tests {
         assert!(allowed(&reader, &get, &map) && !allowed(&reader, &put, &map));
         assert!(allowed(&writer, &put, &map) && !allowed(&writer, &forget, &map));
         assert!(allowed(&admin, &forget, &map));
-        let other_repo = Request::GetBlob {
+        let other_repo = Request::GetBlob(GetBlob {
             repo: RepoId::new("s").unwrap(),
             id: ChunkId([0; 32]),
-        };
+        });
         assert!(!allowed(&admin, &other_repo, &map));
-        let internal = Request::Has {
+        let internal = Request::Has(Has {
             repo,
             ids: vec![],
             local_only: true,
-        };
+        });
         assert!(!allowed(&admin, &internal, &map));
         map.revoked.push("f".repeat(64));
         assert!(!allowed(&admin, &get, &map));

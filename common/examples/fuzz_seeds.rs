@@ -19,8 +19,10 @@ use ringvault_common::seal;
 use ringvault_common::snapshot::{Snapshot, Summary};
 use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, Tree, Xattr};
 use ringvault_common::wire::{
-    self, ErrorCode, GcFence, NodeStatus, PeerState, Request, Response, StoreState, SweepReport,
-    WireError,
+    self, CommitMap, Digests, ErrorCode, GcFence, GetBlob, GetNodeStatus, GetRecord, Has, Hello,
+    ListPartition, ListSnapshots, ListSnapshotsAndTombstones, NodeStatus, PeerState, PrepareMap,
+    PruneMark, PruneSweep, PutBlobs, PutKey, PutSnapshot, Request, Response, StoreState,
+    SweepReport, WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId, SnapshotId};
 
@@ -86,41 +88,41 @@ fn requests(repo: &RepoId) -> Vec<(&'static str, Request, Vec<u8>)> {
     vec![
         (
             "hello",
-            Request::Hello {
+            Request::Hello(Hello {
                 protocol: wire::PROTOCOL_VERSION,
                 epoch: 4,
-            },
+            }),
             vec![],
         ),
         (
             "has",
-            Request::Has {
+            Request::Has(Has {
                 repo: repo(),
                 ids: ids.clone(),
                 local_only: true,
-            },
+            }),
             vec![],
         ),
         (
             "put-blobs",
-            Request::PutBlobs {
+            Request::PutBlobs(PutBlobs {
                 repo: repo(),
                 blobs: vec![(ChunkId([1; 32]), 3), (ChunkId([2; 32]), 2)],
                 local_only: false,
-            },
+            }),
             b"abcde".to_vec(),
         ),
         (
             "get-blob",
-            Request::GetBlob {
+            Request::GetBlob(GetBlob {
                 repo: repo(),
                 id: ChunkId([3; 32]),
-            },
+            }),
             vec![],
         ),
         (
             "put-snapshot",
-            Request::PutSnapshot {
+            Request::PutSnapshot(PutSnapshot {
                 repo: repo(),
                 id: SnapshotId([4; 32]),
                 local_only: false,
@@ -132,85 +134,85 @@ fn requests(repo: &RepoId) -> Vec<(&'static str, Request, Vec<u8>)> {
                         active: false,
                     },
                 )],
-            },
+            }),
             b"record".to_vec(),
         ),
         (
             "list-snapshots",
-            Request::ListSnapshots { repo: repo() },
+            Request::ListSnapshots(ListSnapshots { repo: repo() }),
             vec![],
         ),
         (
             "list-snapshots-and-tombstones",
-            Request::ListSnapshotsAndTombstones { repo: repo() },
+            Request::ListSnapshotsAndTombstones(ListSnapshotsAndTombstones { repo: repo() }),
             vec![],
         ),
         (
             "put-key",
-            Request::PutKey {
+            Request::PutKey(PutKey {
                 repo: repo(),
                 id: [3; 32],
                 local_only: true,
-            },
+            }),
             b"RVK1key".to_vec(),
         ),
         (
             "digests",
-            Request::Digests {
+            Request::Digests(Digests {
                 partitions: wire::bitmap_of([0, 7, 65_535]),
                 per_partition: true,
-            },
+            }),
             vec![],
         ),
         (
             "list-partition",
-            Request::ListPartition {
+            Request::ListPartition(ListPartition {
                 partition: 513,
                 after: Some((repo(), ChunkId([5; 32]))),
-            },
+            }),
             vec![],
         ),
-        ("node-status", Request::NodeStatus, vec![]),
+        ("node-status", Request::NodeStatus(GetNodeStatus), vec![]),
         (
             "prepare-map",
-            Request::PrepareMap {
+            Request::PrepareMap(PrepareMap {
                 epoch: 5,
                 digest: cluster_map().digest(),
                 base: 4,
-            },
+            }),
             vec![],
         ),
         (
             "commit-map",
-            Request::CommitMap { map: cluster_map() },
+            Request::CommitMap(CommitMap { map: cluster_map() }),
             vec![],
         ),
         (
             "get-record",
-            Request::GetRecord {
+            Request::GetRecord(GetRecord {
                 repo: repo(),
                 kind: 2,
                 key: [6; 32],
-            },
+            }),
             vec![],
         ),
         (
             "prune-sweep",
-            Request::PruneSweep {
+            Request::PruneSweep(PruneSweep {
                 repo: repo(),
                 round: 77,
                 grace_s: 86_400,
                 trash_keep_s: 604_800,
-            },
+            }),
             vec![],
         ),
         (
             "prune-mark",
-            Request::PruneMark {
+            Request::PruneMark(PruneMark {
                 repo: repo(),
                 round: 77,
                 ids,
-            },
+            }),
             vec![],
         ),
     ]

@@ -21,7 +21,7 @@ use crate::placement::ClusterMap;
 use crate::seal::{self, SealError};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::tree::Tree;
-use crate::wire::{self, Request, Response};
+use crate::wire::{self, CommitMap, Digests, Request, Response};
 use crate::{ChunkId, SnapshotId};
 
 /// The master key every target seals and opens with; a seed generator
@@ -44,10 +44,10 @@ pub fn wire_request(data: &[u8]) {
         request.is_internal(),
         request.is_map_change(),
     );
-    if let Request::Digests { partitions, .. } = &request {
+    if let Request::Digests(Digests { partitions, .. }) = &request {
         let _ = wire::bitmap_has(partitions, u16::MAX);
     }
-    if let (true, Request::CommitMap { map }) = (valid, &request) {
+    if let (true, Request::CommitMap(CommitMap { map })) = (valid, &request) {
         use_valid_map(map);
     }
 

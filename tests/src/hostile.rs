@@ -49,7 +49,10 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringvault_common::listing;
 use ringvault_common::tls::{self, PemPair, TlsMaterial};
-use ringvault_common::wire::{self, BlobReply, MAX_FRAME, Request, Response};
+use ringvault_common::wire::{
+    self, BlobReply, GetBlob, GetBlobs, GetRecord, GetSnapshot, MAX_FRAME, PutBlobs, PutSnapshot,
+    Request, Response,
+};
 use ringvault_common::{ChunkId, NodeId, SnapshotId};
 use ringvault_net::quic;
 
@@ -382,18 +385,20 @@ async fn exchange(up: &Connection, frame: &[u8]) -> anyhow::Result<Bytes> {
 fn ask_for_old_record(rules: &Rules, request: &Request) -> Option<Request> {
     let (new, old) = rules.swap_snapshot?;
     match request {
-        Request::GetSnapshot { repo, id } if *id == new => Some(Request::GetSnapshot {
-            repo: repo.clone(),
-            id: old,
-        }),
-        Request::GetRecord { repo, kind, key }
+        Request::GetSnapshot(GetSnapshot { repo, id }) if *id == new => {
+            Some(Request::GetSnapshot(GetSnapshot {
+                repo: repo.clone(),
+                id: old,
+            }))
+        }
+        Request::GetRecord(GetRecord { repo, kind, key })
             if *kind == RECORD_KIND_SNAPSHOT && *key == new.0 =>
         {
-            Some(Request::GetRecord {
+            Some(Request::GetRecord(GetRecord {
                 repo: repo.clone(),
                 kind: *kind,
                 key: old.0,
-            })
+            }))
         }
         _ => None,
     }
@@ -416,7 +421,7 @@ impl Shared {
             return;
         };
         match (request, response) {
-            (Request::PutBlobs { blobs, .. }, Response::Put { copies })
+            (Request::PutBlobs(PutBlobs { blobs, .. }), Response::Put { copies })
                 if copies.len() == blobs.len() =>
             {
                 let mut acked = lock(&self.acked_blobs);
@@ -432,7 +437,7 @@ impl Shared {
                     offset = end;
                 }
             }
-            (Request::PutSnapshot { id, .. }, Response::Ok) => {
+            (Request::PutSnapshot(PutSnapshot { id, .. }), Response::Ok) => {
                 lock(&self.acked_snapshots).insert(*id);
             }
             _ => {}
@@ -441,7 +446,7 @@ impl Shared {
 
     /// Keeps the blobs of a put as decoys.
     fn remember_put(&self, request: &Request, payload: &Bytes) {
-        let Request::PutBlobs { blobs, .. } = request else {
+        let Request::PutBlobs(PutBlobs { blobs, .. }) = request else {
             return;
         };
         let mut offset = 0usize;
@@ -472,7 +477,7 @@ impl Shared {
         };
         let payload = answer.slice(answer.len() - payload.len()..);
         match (request, response) {
-            (Request::GetBlob { id, .. }, Response::Data) => {
+            (Request::GetBlob(GetBlob { id, .. }), Response::Data) => {
                 let lie = rules
                     .blob
                     .filter(|_| payload.len() >= rules.min_blob_bytes)
@@ -486,10 +491,10 @@ impl Shared {
                     None => answer,
                 }
             }
-            (Request::GetBlobs { ids, .. }, Response::Blobs { replies }) => self
+            (Request::GetBlobs(GetBlobs { ids, .. }), Response::Blobs { replies }) => self
                 .falsify_batch(rules, epoch, ids, &replies, &payload)
                 .unwrap_or(answer),
-            (Request::ListSnapshots { .. }, Response::Snapshots { records }) => {
+            (Request::ListSnapshots(_), Response::Snapshots { records }) => {
                 match rules.swap_snapshot {
                     Some((new, old)) => self
                         .swap_listed(epoch, &records, None, &payload, new, old)
@@ -498,7 +503,7 @@ impl Shared {
                 }
             }
             (
-                Request::ListSnapshotsAndTombstones { .. },
+                Request::ListSnapshotsAndTombstones(_),
                 Response::SnapshotsAndTombstones {
                     records,
                     tombstones,
@@ -510,13 +515,13 @@ impl Shared {
                 None => answer,
             },
             // Asked for the old record instead (ask_for_old_record).
-            (Request::GetSnapshot { id, .. }, Response::Data)
+            (Request::GetSnapshot(GetSnapshot { id, .. }), Response::Data)
                 if rules.swap_snapshot.is_some_and(|(new, _)| new == *id) =>
             {
                 self.tampered_records.fetch_add(1, Ordering::Relaxed);
                 answer
             }
-            (Request::GetRecord { kind, key, .. }, Response::Data)
+            (Request::GetRecord(GetRecord { kind, key, .. }), Response::Data)
                 if *kind == RECORD_KIND_SNAPSHOT
                     && rules.swap_snapshot.is_some_and(|(new, _)| new.0 == *key) =>
             {

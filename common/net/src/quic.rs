@@ -11,7 +11,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, EndpointConfig, TokioRuntime, TransportConfig, VarInt};
 use ringvault_common::NodeId;
 use ringvault_common::tls::{NODE_SERVER_NAME, PeerIdentity, TlsMaterial};
-use ringvault_common::wire::{self, FrameError, MAX_FRAME, Request, Response, WireError};
+use ringvault_common::wire::{
+    self, FrameError, Hello, MAX_FRAME, Request, Response, Rpc, Welcome, WireError,
+};
 use rustls_pki_types::CertificateDer;
 
 /// UDP socket buffer size, bytes: the kernel default (208 KiB) drops packets
@@ -46,6 +48,14 @@ pub enum CallError {
     /// No answer in time.
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
+    /// The server answered with another request's answer.
+    #[error("answered {kind} with {answer:?}")]
+    Unexpected {
+        /// The request ([`Rpc::KIND`]).
+        kind: &'static str,
+        /// What came back.
+        answer: Box<Response>,
+    },
 }
 
 /// Transport settings for throughput on fast links: large stream and
@@ -237,6 +247,31 @@ pub async fn call(
     }
 }
 
+/// Sends `request` as [`call`] does and reads its typed answer.
+///
+/// # Errors
+/// As [`call`], and [`CallError::Unexpected`] for another request's answer.
+pub async fn request<R: Rpc>(
+    conn: &Connection,
+    request: R,
+    payload: Vec<Bytes>,
+    timeout: Duration,
+) -> Result<(u64, R::Response, Bytes), CallError> {
+    let (epoch, response, payload) = call(conn, &request.into(), payload, timeout).await?;
+    Ok((epoch, answer::<R>(response)?, payload))
+}
+
+/// `response` read as `R`'s answer.
+///
+/// # Errors
+/// [`CallError::Unexpected`] when it is another request's answer.
+pub fn answer<R: Rpc>(response: Response) -> Result<R::Response, CallError> {
+    R::answer(response).map_err(|answer| CallError::Unexpected {
+        kind: R::KIND,
+        answer,
+    })
+}
+
 async fn call_inner(
     conn: &Connection,
     request: &Request,
@@ -353,14 +388,14 @@ impl Peers {
     /// failure marks it down.
     ///
     /// # Errors
-    /// As [`Peers::call`].
+    /// As [`Peers::request`].
     pub async fn probe(
         &self,
         node: NodeId,
         addr: &str,
         epoch: u64,
         timeout: Duration,
-    ) -> Result<Answer, CallError> {
+    ) -> Result<Welcome, CallError> {
         let cached = self.conns.lock().ok().and_then(|c| c.get(&node).cloned());
         let conn = match cached {
             Some(c) if c.close_reason().is_none() => c,
@@ -372,15 +407,15 @@ impl Peers {
                 c
             }
         };
-        let hello = Request::Hello {
+        let hello = Hello {
             protocol: wire::PROTOCOL_VERSION,
             epoch,
         };
-        match call(&conn, &hello, vec![], timeout).await {
-            Ok(answer) => {
-                self.saw_epoch(answer.0);
+        match call(&conn, &hello.into(), vec![], timeout).await {
+            Ok((epoch, response, _)) => {
+                self.saw_epoch(epoch);
                 self.mark_up(node);
-                Ok(answer)
+                answer::<Hello>(response)
             }
             Err(e) => {
                 // A node that answers with an error is up.
@@ -497,6 +532,25 @@ impl Peers {
                 Err(e)
             }
         }
+    }
+
+    /// One typed request to `node` at `addr`, as [`Peers::call`].
+    ///
+    /// # Errors
+    /// As [`Peers::call`], and [`CallError::Unexpected`] for another
+    /// request's answer.
+    pub async fn request<R: Rpc>(
+        &self,
+        node: NodeId,
+        addr: &str,
+        request: R,
+        payload: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<(R::Response, Bytes), CallError> {
+        let (response, payload) = self
+            .call(node, addr, &request.into(), payload, timeout)
+            .await?;
+        Ok((answer::<R>(response)?, payload))
     }
 
     /// UDP payload bytes sent on every connection this pool has held (QUIC

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{Connection, ConnectionError};
-use ringvault_common::wire::{self, Request};
+use ringvault_common::wire::{self, PutBlobs, Request};
 use ringvault_common::{ChunkId, RepoId};
 use ringvault_tests::{ClusterOptions, TestCluster, tree_diff};
 
@@ -94,11 +94,11 @@ async fn unfinished_puts(conn: &Connection, streams: usize, blob: usize, limit: 
             let Ok((mut send, _recv)) = conn.open_bi().await else {
                 return (0, None);
             };
-            let header = wire::encode_header(&Request::PutBlobs {
+            let header = wire::encode_header(&Request::PutBlobs(PutBlobs {
                 repo,
                 blobs: vec![(ChunkId([i as u8; 32]), blob as u32)],
                 local_only: false,
-            });
+            }));
             let body = Bytes::from(vec![0x5a; blob - 1]);
             let mut sent = 0u64;
             if send.write_all(&header).await.is_ok() {

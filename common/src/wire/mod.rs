@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::placement::ClusterMap;
 use crate::{ChunkId, NodeId, RepoId, SnapshotId};
 
+mod request;
+
+pub use request::*;
+
 /// Version of this protocol, checked at hello. Version 2 put the sender's
 /// cluster map epoch in front of every response header; version 4 added the
 /// garbage-collection fence ([`GcFence`]) to snapshot puts,
@@ -58,253 +62,6 @@ pub const MAX_RECORD_KEYS: usize = 8_192;
 
 /// A set of partitions, one bit each (bit `p % 8` of byte `p / 8`).
 pub type PartitionBitmap = Vec<u8>;
-
-/// A request from an agent (or a server coordinating a write) to a server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    /// First request on a connection: versions and the caller's map epoch.
-    Hello {
-        /// The caller's [`PROTOCOL_VERSION`].
-        protocol: u16,
-        /// The newest cluster map epoch the caller knows.
-        epoch: u64,
-    },
-    /// Which of `ids` does the cluster hold with at least W copies? With
-    /// `local_only`, which does this server hold (server to server).
-    Has {
-        /// Repository.
-        repo: RepoId,
-        /// Up to [`MAX_HAS_IDS`] ids.
-        ids: Vec<ChunkId>,
-        /// Answer from the local store only.
-        local_only: bool,
-    },
-    /// Store blobs; the payload is their bytes, concatenated in order.
-    /// Without `local_only` the server coordinates: it stores its own copy,
-    /// forwards to the other replicas and answers once W hold each blob.
-    PutBlobs {
-        /// Repository.
-        repo: RepoId,
-        /// Up to [`MAX_PUT_BLOBS`] (id, length in bytes) pairs.
-        blobs: Vec<(ChunkId, u32)>,
-        /// Store locally only (a coordinator forwarding a replica).
-        local_only: bool,
-    },
-    /// Fetch one blob from this server's store.
-    GetBlob {
-        /// Repository.
-        repo: RepoId,
-        /// The blob.
-        id: ChunkId,
-    },
-    /// Store a sealed snapshot record (payload). Without `local_only` the
-    /// server copies it to every node and answers once W have it.
-    ///
-    /// Each server stores it only if its own entry in `fence` is still its
-    /// [`GcFence`] for `repo` (no prune round began or ended there since
-    /// the agent read it), and otherwise refuses with
-    /// [`ErrorCode::FenceMoved`]; W counts only the servers that stored it.
-    /// That is what lets a backup rely on chunks it did not upload: see
-    /// [`GcFence`].
-    PutSnapshot {
-        /// Repository.
-        repo: RepoId,
-        /// Record id.
-        id: SnapshotId,
-        /// Store locally only.
-        local_only: bool,
-        /// Each server's fence as the agent read it before it checked the
-        /// chunks the snapshot names; at most [`MAX_FENCE_NODES`] entries.
-        fence: Vec<(NodeId, GcFence)>,
-    },
-    /// All snapshot records this server holds.
-    ListSnapshots {
-        /// Repository.
-        repo: RepoId,
-    },
-    /// One snapshot record.
-    GetSnapshot {
-        /// Repository.
-        repo: RepoId,
-        /// Record id.
-        id: SnapshotId,
-    },
-    /// Store one of the repository's wrapped keys (payload) under `id`,
-    /// copying it to every node unless `local_only`. Refused if a different
-    /// key is already stored under `id`.
-    PutKey {
-        /// Repository.
-        repo: RepoId,
-        /// Key id (random; all zeros for a repository's first key before
-        /// protocol 3).
-        id: [u8; 32],
-        /// Store locally only.
-        local_only: bool,
-    },
-    /// Every wrapped key of the repository this server holds; answered by
-    /// [`Response::Records`].
-    ListKeys {
-        /// Repository.
-        repo: RepoId,
-    },
-    /// Anti-entropy summary (server to server): the set digest of the blobs
-    /// this server holds in each partition of `partitions`
-    /// ([`PARTITION_BITMAP_BYTES`] bytes). With `per_partition`, one digest
-    /// per set bit in ascending order; otherwise the digests are folded
-    /// (XOR) into [`DIGEST_BUCKETS`] buckets, so a pair of replicas in sync
-    /// costs one round trip.
-    Digests {
-        /// Which partitions.
-        partitions: PartitionBitmap,
-        /// One digest per partition rather than per bucket.
-        per_partition: bool,
-    },
-    /// The (repository, id) keys of the blobs this server holds in one
-    /// partition, in key order, after `after` (server to server).
-    ListPartition {
-        /// The partition.
-        partition: u16,
-        /// Resume after this key (the last of the previous page).
-        after: Option<(RepoId, ChunkId)>,
-    },
-    /// How many distinct live servers hold each of `ids` (any agent of the
-    /// repository; the server asks every live node).
-    Copies {
-        /// Repository.
-        repo: RepoId,
-        /// Up to [`MAX_HAS_IDS`] ids.
-        ids: Vec<ChunkId>,
-    },
-    /// This server's state: map epoch, what it stores, backlogs, peers.
-    NodeStatus,
-    /// First phase of a map change (operator or node certificates): promise
-    /// to commit only the map with this digest at `epoch`. Granted when the
-    /// server's committed epoch is `base` and it has promised no other map
-    /// at `epoch` or later; a proposer needs a majority of the base map's
-    /// nodes. Each server promises at most one map per epoch, so two
-    /// different maps can never both win one epoch.
-    PrepareMap {
-        /// The proposed epoch.
-        epoch: u64,
-        /// BLAKE3 of the proposed map's TOML ([`ClusterMap::digest`]).
-        digest: [u8; 32],
-        /// The epoch of the map the proposal was made from.
-        base: u64,
-    },
-    /// Second phase: commit `map`, which must match this server's promise.
-    CommitMap {
-        /// The new map; its epoch must exceed the server's.
-        map: ClusterMap,
-    },
-    /// The keys of every record (snapshot records, repository keys) this
-    /// server holds, unless their digest equals `digest` (server to server:
-    /// records are copied to servers that missed them).
-    RecordKeys {
-        /// The caller's digest of its own record keys.
-        digest: [u8; 32],
-    },
-    /// Delete a snapshot record, leaving a tombstone so no server copies
-    /// it back. Without `local_only` the server deletes it on every node
-    /// and answers once W hold the tombstone.
-    DeleteSnapshot {
-        /// Repository.
-        repo: RepoId,
-        /// Record id.
-        id: SnapshotId,
-        /// On this server only.
-        local_only: bool,
-    },
-    /// One record of any kind (server to server: record sync).
-    GetRecord {
-        /// Repository.
-        repo: RepoId,
-        /// Record kind (1 snapshot, 2 key, 3 tombstone).
-        kind: u8,
-        /// Its 32-byte key.
-        key: [u8; 32],
-    },
-    /// Prune, step 1: start mark-and-sweep round `round` of `repo` on this
-    /// server. From now until the sweep, every chunk of `repo` written here
-    /// or answered present by a has-query is protected from this round.
-    BeginPrune {
-        /// Repository.
-        repo: RepoId,
-        /// The round, chosen by the pruning agent (random).
-        round: u64,
-    },
-    /// Prune, step 2: chunks reachable from the snapshots listed after step
-    /// 1 (the ones of partitions this server owns).
-    PruneMark {
-        /// Repository.
-        repo: RepoId,
-        /// The round.
-        round: u64,
-        /// Up to [`MAX_HAS_IDS`] live ids.
-        ids: Vec<ChunkId>,
-    },
-    /// Prune, step 3: in every partition this server owns whose owners are
-    /// all up and not moving, note unmarked, unprotected chunks as
-    /// unreferenced, move those unreferenced for `grace_s` to the trash, and
-    /// drop trash older than `trash_keep_s`. Ends the round.
-    PruneSweep {
-        /// Repository.
-        repo: RepoId,
-        /// The round.
-        round: u64,
-        /// Grace period, seconds.
-        grace_s: u64,
-        /// How long the trash keeps blobs, seconds.
-        trash_keep_s: u64,
-    },
-    /// Move every trashed blob of `repo` back (undo a prune within the
-    /// trash period).
-    RestoreTrash {
-        /// Repository.
-        repo: RepoId,
-    },
-    /// The stored (sealed) size of each of `ids` here, 0 when not held.
-    Sizes {
-        /// Repository.
-        repo: RepoId,
-        /// Up to [`MAX_HAS_IDS`] ids.
-        ids: Vec<ChunkId>,
-    },
-    /// Delete one wrapped key, leaving a tombstone as
-    /// [`Request::DeleteSnapshot`] does.
-    DeleteKey {
-        /// Repository.
-        repo: RepoId,
-        /// Key id.
-        id: [u8; 32],
-        /// On this server only.
-        local_only: bool,
-    },
-    /// This server's [`GcFence`] for `repo`; answered by
-    /// [`Response::GcFence`].
-    GcFence {
-        /// Repository.
-        repo: RepoId,
-    },
-    /// The snapshot records this server holds that no tombstone marks
-    /// deleted, and the ids of the snapshot tombstones it holds, answered by
-    /// [`Response::SnapshotsAndTombstones`]: an agent shows no id that any
-    /// server has a tombstone for ([`crate::listing`]). A server that has
-    /// just started answers once it has pulled its peers' tombstones, or
-    /// after a few seconds.
-    ListSnapshotsAndTombstones {
-        /// Repository.
-        repo: RepoId,
-    },
-    /// Fetch several blobs from this server's store in one request (at most
-    /// [`MAX_GET_BLOBS`]), answered by [`Response::Blobs`]: one index
-    /// transaction and one reply for many small chunks.
-    GetBlobs {
-        /// Repository.
-        repo: RepoId,
-        /// The blobs, in the order the answer follows.
-        ids: Vec<ChunkId>,
-    },
-}
 
 /// What a request does to a repository, for authorization by the role in
 /// an agent's certificate ([`crate::tls::Role`]).
@@ -739,233 +496,6 @@ pub fn bitmap_of(partitions: impl IntoIterator<Item = u16>) -> PartitionBitmap {
     b
 }
 
-impl Request {
-    /// Checks a decoded request's limits against its payload.
-    ///
-    /// # Errors
-    /// [`FrameError::Invalid`] naming the broken limit.
-    pub fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
-        let invalid = |m: &str| Err(FrameError::Invalid(m.to_owned()));
-        match self {
-            Request::Has { ids, .. }
-            | Request::Copies { ids, .. }
-            | Request::PruneMark { ids, .. }
-            | Request::Sizes { ids, .. }
-                if ids.len() > MAX_HAS_IDS =>
-            {
-                invalid("too many ids")
-            }
-            Request::Digests { partitions, .. } if partitions.len() != PARTITION_BITMAP_BYTES => {
-                invalid("partition bitmap of the wrong size")
-            }
-            Request::CommitMap { map } if map.validate().is_err() => invalid("invalid map"),
-            Request::PutBlobs { blobs, .. } => {
-                if blobs.len() > MAX_PUT_BLOBS {
-                    return invalid("too many blobs");
-                }
-                let total: u64 = blobs.iter().map(|(_, l)| u64::from(*l)).sum();
-                if total != payload.len() as u64 {
-                    return invalid("blob lengths do not add up to the payload");
-                }
-                Ok(())
-            }
-            Request::GetBlobs { ids, .. } if ids.len() > MAX_GET_BLOBS => invalid("too many ids"),
-            Request::PutSnapshot { fence, .. } if fence.len() > MAX_FENCE_NODES => {
-                invalid("fence too long")
-            }
-            Request::PutSnapshot { .. } | Request::PutKey { .. } if payload.is_empty() => {
-                invalid("empty payload")
-            }
-            Request::PutSnapshot { .. } | Request::PutKey { .. }
-                if payload.len() > MAX_RECORD_BYTES =>
-            {
-                invalid("record too large")
-            }
-            Request::Hello { .. }
-            | Request::Has { .. }
-            | Request::GetBlob { .. }
-            | Request::GetBlobs { .. }
-            | Request::ListSnapshots { .. }
-            | Request::GetSnapshot { .. }
-            | Request::ListKeys { .. }
-            | Request::DeleteKey { .. }
-            | Request::Digests { .. }
-            | Request::ListPartition { .. }
-            | Request::Copies { .. }
-            | Request::NodeStatus
-            | Request::PrepareMap { .. }
-            | Request::CommitMap { .. }
-            | Request::RecordKeys { .. }
-            | Request::DeleteSnapshot { .. }
-            | Request::GetRecord { .. }
-            | Request::BeginPrune { .. }
-            | Request::PruneMark { .. }
-            | Request::PruneSweep { .. }
-            | Request::RestoreTrash { .. }
-            | Request::Sizes { .. }
-            | Request::GcFence { .. }
-            | Request::ListSnapshotsAndTombstones { .. }
-                if !payload.is_empty() =>
-            {
-                invalid("unexpected payload")
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The repository a request acts on (none for hello and cluster-wide
-    /// requests).
-    pub fn repo(&self) -> Option<&RepoId> {
-        match self {
-            Request::Hello { .. }
-            | Request::Digests { .. }
-            | Request::ListPartition { .. }
-            | Request::NodeStatus
-            | Request::PrepareMap { .. }
-            | Request::CommitMap { .. }
-            | Request::RecordKeys { .. } => None,
-            Request::Copies { repo, .. }
-            | Request::DeleteSnapshot { repo, .. }
-            | Request::GetRecord { repo, .. }
-            | Request::BeginPrune { repo, .. }
-            | Request::PruneMark { repo, .. }
-            | Request::PruneSweep { repo, .. }
-            | Request::RestoreTrash { repo }
-            | Request::DeleteKey { repo, .. }
-            | Request::Sizes { repo, .. } => Some(repo),
-            Request::Has { repo, .. }
-            | Request::PutBlobs { repo, .. }
-            | Request::GetBlob { repo, .. }
-            | Request::GetBlobs { repo, .. }
-            | Request::PutSnapshot { repo, .. }
-            | Request::ListSnapshots { repo }
-            | Request::ListSnapshotsAndTombstones { repo }
-            | Request::GetSnapshot { repo, .. }
-            | Request::PutKey { repo, .. }
-            | Request::GcFence { repo }
-            | Request::ListKeys { repo } => Some(repo),
-        }
-    }
-
-    /// Whether this is a server-to-server request (only node certificates may
-    /// send it).
-    pub fn is_internal(&self) -> bool {
-        matches!(
-            self,
-            Request::Digests { .. }
-                | Request::ListPartition { .. }
-                | Request::RecordKeys { .. }
-                | Request::GetRecord { .. }
-        ) || matches!(
-            self,
-            Request::Has {
-                local_only: true,
-                ..
-            } | Request::PutBlobs {
-                local_only: true,
-                ..
-            } | Request::PutSnapshot {
-                local_only: true,
-                ..
-            } | Request::PutKey {
-                local_only: true,
-                ..
-            } | Request::DeleteSnapshot {
-                local_only: true,
-                ..
-            } | Request::DeleteKey {
-                local_only: true,
-                ..
-            }
-        )
-    }
-
-    /// The most payload bytes this request may carry: the declared blob
-    /// lengths' sum for [`Request::PutBlobs`] (over [`MAX_PAYLOAD`] when the
-    /// header lies; [`Request::validate`] refuses it), [`MAX_RECORD_BYTES`]
-    /// for records, 0 for the rest. A server reads no more than this.
-    pub fn payload_limit(&self) -> u64 {
-        match self {
-            Request::PutBlobs { blobs, .. } => blobs.iter().map(|(_, l)| u64::from(*l)).sum(),
-            Request::PutSnapshot { .. } | Request::PutKey { .. } => MAX_RECORD_BYTES as u64,
-            _ => 0,
-        }
-    }
-
-    /// What this request does, for authorization.
-    pub fn access(&self) -> Access {
-        if self.is_internal() {
-            return Access::Internal;
-        }
-        match self {
-            Request::PrepareMap { .. } | Request::CommitMap { .. } => Access::Map,
-            Request::Digests { .. }
-            | Request::ListPartition { .. }
-            | Request::RecordKeys { .. }
-            | Request::GetRecord { .. } => Access::Internal,
-            Request::Hello { .. }
-            | Request::NodeStatus
-            | Request::Has { .. }
-            | Request::GetBlob { .. }
-            | Request::GetBlobs { .. }
-            | Request::ListSnapshots { .. }
-            | Request::ListSnapshotsAndTombstones { .. }
-            | Request::GetSnapshot { .. }
-            | Request::ListKeys { .. }
-            | Request::Copies { .. }
-            | Request::GcFence { .. }
-            | Request::Sizes { .. } => Access::Read,
-            Request::PutBlobs { .. } | Request::PutSnapshot { .. } => Access::Write,
-            Request::PutKey { .. }
-            | Request::DeleteKey { .. }
-            | Request::DeleteSnapshot { .. }
-            | Request::BeginPrune { .. }
-            | Request::PruneMark { .. }
-            | Request::PruneSweep { .. }
-            | Request::RestoreTrash { .. } => Access::Manage,
-        }
-    }
-
-    /// Whether this changes the cluster map (operator or node certificates
-    /// only).
-    pub fn is_map_change(&self) -> bool {
-        matches!(self, Request::PrepareMap { .. } | Request::CommitMap { .. })
-    }
-
-    /// A short name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Request::Hello { .. } => "hello",
-            Request::Has { .. } => "has",
-            Request::PutBlobs { .. } => "put",
-            Request::GetBlob { .. } => "get",
-            Request::PutSnapshot { .. } => "put-snapshot",
-            Request::ListSnapshots { .. } => "list-snapshots",
-            Request::GetSnapshot { .. } => "get-snapshot",
-            Request::PutKey { .. } => "put-key",
-            Request::ListKeys { .. } => "list-keys",
-            Request::Digests { .. } => "digests",
-            Request::ListPartition { .. } => "list-partition",
-            Request::Copies { .. } => "copies",
-            Request::NodeStatus => "node-status",
-            Request::PrepareMap { .. } => "prepare-map",
-            Request::CommitMap { .. } => "commit-map",
-            Request::RecordKeys { .. } => "record-keys",
-            Request::DeleteSnapshot { .. } => "delete-snapshot",
-            Request::GetRecord { .. } => "get-record",
-            Request::BeginPrune { .. } => "begin-prune",
-            Request::PruneMark { .. } => "prune-mark",
-            Request::PruneSweep { .. } => "prune-sweep",
-            Request::RestoreTrash { .. } => "restore-trash",
-            Request::Sizes { .. } => "sizes",
-            Request::DeleteKey { .. } => "delete-key",
-            Request::GcFence { .. } => "gc-fence",
-            Request::ListSnapshotsAndTombstones { .. } => "list-snapshots-and-tombstones",
-            Request::GetBlobs { .. } => "get-blobs",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -981,27 +511,27 @@ mod tests {
     fn request_round_trip() {
         let repo = RepoId::new("r").unwrap();
         let reqs = vec![
-            Request::Hello {
+            Request::Hello(Hello {
                 protocol: 1,
                 epoch: 3,
-            },
-            Request::Has {
+            }),
+            Request::Has(Has {
                 repo: repo.clone(),
                 ids: vec![ChunkId([1; 32])],
                 local_only: false,
-            },
-            Request::PutBlobs {
+            }),
+            Request::PutBlobs(PutBlobs {
                 repo: repo.clone(),
                 blobs: vec![(ChunkId([2; 32]), 3)],
                 local_only: true,
-            },
-            Request::DeleteKey {
+            }),
+            Request::DeleteKey(DeleteKey {
                 repo: repo.clone(),
                 id: [4; 32],
                 local_only: false,
-            },
-            Request::ListKeys { repo: repo.clone() },
-            Request::ListSnapshotsAndTombstones { repo },
+            }),
+            Request::ListKeys(ListKeys { repo: repo.clone() }),
+            Request::ListSnapshotsAndTombstones(ListSnapshotsAndTombstones { repo }),
         ];
         for r in reqs {
             let f = frame(encode_header(&r), b"abc");
@@ -1014,42 +544,46 @@ mod tests {
     #[test]
     fn access_classes() {
         let repo = RepoId::new("r").unwrap();
-        let get = Request::GetBlob {
+        let get = Request::GetBlob(GetBlob {
             repo: repo.clone(),
             id: ChunkId([0; 32]),
-        };
+        });
         assert_eq!(get.access(), Access::Read);
-        let put = Request::PutSnapshot {
+        let put = Request::PutSnapshot(PutSnapshot {
             repo: repo.clone(),
             id: SnapshotId([0; 32]),
             local_only: false,
             fence: vec![],
-        };
+        });
         assert_eq!(put.access(), Access::Write);
-        let forward = Request::PutSnapshot {
+        let forward = Request::PutSnapshot(PutSnapshot {
             repo: repo.clone(),
             id: SnapshotId([0; 32]),
             local_only: true,
             fence: vec![],
-        };
+        });
         assert_eq!(forward.access(), Access::Internal);
-        let forget = Request::DeleteSnapshot {
+        let forget = Request::DeleteSnapshot(DeleteSnapshot {
             repo: repo.clone(),
             id: SnapshotId([0; 32]),
             local_only: false,
-        };
+        });
         assert_eq!(forget.access(), Access::Manage);
         assert_eq!(
-            Request::ListSnapshotsAndTombstones { repo: repo.clone() }.access(),
+            Request::ListSnapshotsAndTombstones(ListSnapshotsAndTombstones { repo: repo.clone() })
+                .access(),
             Access::Read
         );
-        assert_eq!(Request::RestoreTrash { repo }.access(), Access::Manage);
         assert_eq!(
-            Request::PrepareMap {
+            Request::RestoreTrash(RestoreTrash { repo }).access(),
+            Access::Manage
+        );
+        assert_eq!(
+            Request::PrepareMap(PrepareMap {
                 epoch: 2,
                 digest: [0; 32],
                 base: 1
-            }
+            })
             .access(),
             Access::Map
         );
@@ -1076,9 +610,9 @@ mod tests {
         f.extend_from_slice(&payload);
         let (epoch, back, p) = decode_response(&f).unwrap();
         assert_eq!((epoch, &back, p), (2, &r, &payload[..]));
-        let list = Request::ListSnapshotsAndTombstones {
+        let list = Request::ListSnapshotsAndTombstones(ListSnapshotsAndTombstones {
             repo: RepoId::new("r").unwrap(),
-        };
+        });
         assert!(list.validate(b"").is_ok());
         assert!(list.validate(b"x").is_err());
     }
@@ -1090,27 +624,27 @@ mod tests {
         let set: Vec<u16> = (0..=u16::MAX).filter(|&p| bitmap_has(&b, p)).collect();
         assert_eq!(set, [0, 9, 65_535]);
         assert!(!bitmap_has(&[], 3));
-        let bad = Request::Digests {
+        let bad = Request::Digests(Digests {
             partitions: vec![0; 10],
             per_partition: false,
-        };
+        });
         assert!(bad.validate(b"").is_err());
     }
 
     #[test]
     fn a_batched_get_is_bounded_and_round_trips() {
         let repo = RepoId::new("r").unwrap();
-        let ok = Request::GetBlobs {
+        let ok = Request::GetBlobs(GetBlobs {
             repo: repo.clone(),
             ids: vec![ChunkId([1; 32]); MAX_GET_BLOBS],
-        };
+        });
         assert!(ok.validate(b"").is_ok());
         assert!(ok.validate(b"x").is_err(), "a get carries no payload");
         assert_eq!(ok.access(), Access::Read);
-        let too_many = Request::GetBlobs {
+        let too_many = Request::GetBlobs(GetBlobs {
             repo,
             ids: vec![ChunkId([1; 32]); MAX_GET_BLOBS + 1],
-        };
+        });
         assert!(too_many.validate(b"").is_err());
         let r = Response::Blobs {
             replies: vec![
@@ -1128,11 +662,11 @@ mod tests {
 
     #[test]
     fn put_lengths_must_add_up() {
-        let r = Request::PutBlobs {
+        let r = Request::PutBlobs(PutBlobs {
             repo: RepoId::new("r").unwrap(),
             blobs: vec![(ChunkId([2; 32]), 3)],
             local_only: false,
-        };
+        });
         assert!(r.validate(b"abc").is_ok());
         assert!(r.validate(b"ab").is_err());
     }
