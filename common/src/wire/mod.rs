@@ -18,8 +18,10 @@ use crate::placement::ClusterMap;
 use crate::{ChunkId, NodeId, RepoId, SnapshotId};
 
 mod request;
+mod rpc;
 
 pub use request::*;
+pub use rpc::*;
 
 /// Version of this protocol, checked at hello. Version 2 put the sender's
 /// cluster map epoch in front of every response header; version 4 added the
