@@ -412,6 +412,7 @@ async fn everywhere<R: PeerRpc<Response = ()> + Clone + Send + 'static>(
 mod tests {
     use super::*;
     use crate::node::test_callers::{agent, caller};
+    use crate::store::RecordStore;
 
     #[test]
     fn snapshot_records_carry_their_owner_and_writers_see_only_theirs() {

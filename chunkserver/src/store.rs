@@ -74,7 +74,7 @@
 //!
 //! # Compaction
 //!
-//! [`ChunkStore::compact`] rewrites sealed segments (every segment but the
+//! [`GcStore::compact`] rewrites sealed segments (every segment but the
 //! one being appended to) that are mostly dead: a segment's live bytes are
 //! the blob bytes of the entries in `blobs-v2`, `quarantine` and `trash`
 //! pointing into it. The group-commit thread copies a batch of live records
@@ -92,7 +92,7 @@
 //! # Summaries
 //!
 //! Each store keeps in memory, per partition, the number of blobs it holds
-//! and a set digest of their index keys (see [`ChunkStore::digests`]), plus
+//! and a set digest of their index keys (see [`RepairStore::digests`]), plus
 //! total blobs, bytes, quarantined blobs, trash entries and their bytes:
 //! 2^16 × (32 + 4) bytes and a few counters. [`FsStore`] computes them by
 //! one scan of the index at open and updates them with every index change.
@@ -114,6 +114,15 @@
 //! the trash does not check the quota.
 //!
 //! [`MemStore`] keeps everything in memory, for tests.
+//!
+//! # Who calls what
+//!
+//! The calls are split by their users: [`BlobStore`] (the request path),
+//! [`RecordStore`] (snapshot records and keys), [`PartitionStore`] (walking
+//! the blobs by partition), [`RepairStore`] (handoff, anti-entropy, scrub,
+//! quarantine), [`GcStore`] (prune's marks, the trash, compaction) and
+//! [`HealthStore`] (status). [`ChunkStore`] is all of them, implemented by
+//! every type that implements the parts.
 
 use std::path::PathBuf;
 
@@ -249,7 +258,7 @@ pub fn record_keys_digest(keys: &[RecordKey]) -> [u8; 32] {
 /// A small record as listed: its 32-byte key and its value.
 pub type Record = ([u8; 32], Vec<u8>);
 
-/// One step of a scrub cycle, as returned by [`ChunkStore::scrub`].
+/// One step of a scrub cycle, as returned by [`RepairStore::scrub`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubStep {
     /// Blobs read and checked.
@@ -264,7 +273,7 @@ pub struct ScrubStep {
     pub next: Option<(RepoId, ChunkId)>,
 }
 
-/// What one [`ChunkStore::compact`] call did.
+/// What one [`GcStore::compact`] call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactReport {
     /// Segments rewritten and deleted.
@@ -276,9 +285,38 @@ pub struct CompactReport {
     pub bytes_after: u64,
 }
 
-/// What a server stores. All calls block; async callers use
-/// `spawn_blocking`.
-pub trait ChunkStore: Send + Sync + 'static {
+/// What a server stores: every part below, as one trait object. All calls
+/// block; async callers use `spawn_blocking` (the calls documented as from
+/// memory without waiting excepted).
+///
+/// [`FsStore`] and [`MemStore`] implement the parts; the blanket impl makes
+/// any type implementing all of them a `ChunkStore`. A [`crate::node::Node`]
+/// holds its store as `Arc<dyn ChunkStore>`; a module that needs one part
+/// may take only that part, to which a `&dyn ChunkStore` upcasts.
+///
+/// # Errors
+/// As each part says.
+pub trait ChunkStore:
+    BlobStore + RecordStore + PartitionStore + RepairStore + GcStore + HealthStore
+{
+}
+
+impl<T> ChunkStore for T where
+    T: BlobStore + RecordStore + PartitionStore + RepairStore + GcStore + HealthStore
+{
+}
+
+/// Blobs by repository and id: what the request path needs. Used by
+/// `server` (an agent's puts, reads, has-queries and sizes), `replicate`
+/// (replica writes and a peer's batched reads) and `maintenance` (handoff
+/// and repair read and store blobs).
+///
+/// # Errors
+/// [`StoreError::Full`] and [`StoreError::DiskFull`] refuse a put whole;
+/// [`StoreError::Corrupt`] marks a blob that failed its checksum (quarantine
+/// it, [`RepairStore::quarantine`]); [`StoreError::Index`] and
+/// [`StoreError::Io`] are failures of the index and of the segment files.
+pub trait BlobStore: Send + Sync + 'static {
     /// Stores blobs durably (fsync'd) before returning. Blobs already held
     /// are skipped. Idempotent.
     ///
@@ -297,11 +335,11 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Corrupt`] when the checksum fails or the blob's bytes
     /// are missing (its segment short or gone): call
-    /// [`ChunkStore::quarantine`] and fetch a good copy. Other I/O errors as
+    /// [`RepairStore::quarantine`] and fetch a good copy. Other I/O errors as
     /// [`StoreError::Io`].
     fn get_blob(&self, repo: &RepoId, id: &ChunkId) -> Result<Option<Bytes>, StoreError>;
 
-    /// Reads and checks blobs in order, as [`ChunkStore::get_blob`] would
+    /// Reads and checks blobs in order, as [`BlobStore::get_blob`] would
     /// one by one, stopping after the one that brings the bytes read to
     /// `max_bytes` or more: the answer is a prefix of `ids`, never empty
     /// unless `ids` is. Each blob's own error stays with it (quarantine the
@@ -327,6 +365,35 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// [`StoreError::Index`] if the index cannot be read.
     fn has(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError>;
 
+    /// The size in bytes of each of `ids` as stored (the sealed blob), 0
+    /// when not held.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index cannot be read.
+    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError>;
+
+    /// Number of blobs held and their total bytes (blob bytes, not segment
+    /// file sizes), from memory: constant time, and [`FsStore`] answers
+    /// without waiting for a write in flight, so async code may call it
+    /// directly. Quarantined blobs are not counted.
+    ///
+    /// # Errors
+    /// None today; kept fallible for callers of the earlier, scanning
+    /// version.
+    fn stats(&self) -> Result<(u64, u64), StoreError>;
+}
+
+/// Small records beside the blobs: snapshot records, wrapped keys and
+/// tombstones. Used by `records` (storing snapshots and keys, deleting
+/// snapshots, listing live records), `server` (reading one record, listing
+/// record keys for a peer) and `maintenance` (record sync copies records a
+/// peer holds).
+///
+/// # Errors
+/// [`StoreError::Exists`] when an exclusive put meets a different value,
+/// [`StoreError::Index`] when the index fails (a write then changed
+/// nothing).
+pub trait RecordStore: Send + Sync + 'static {
     /// Stores a small record durably. With `exclusive`, refuses to replace a
     /// different value ([`StoreError::Exists`]); the same value is fine.
     ///
@@ -358,28 +425,69 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// [`StoreError`].
     fn list_records(&self, kind: RecordKind, repo: &RepoId) -> Result<Vec<Record>, StoreError>;
 
+    /// Removes one record; returns whether it was held. Durable when it
+    /// returns. Call it with [`RecordKind::Snapshot`] after storing the
+    /// snapshot's [`RecordKind::Tombstone`].
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// was removed.
+    fn delete_record(
+        &self,
+        kind: RecordKind,
+        repo: &RepoId,
+        key: &[u8; 32],
+    ) -> Result<bool, StoreError>;
+
     /// The (kind, repository, key) of every record held, in any order:
     /// what servers compare to copy records a peer missed.
     ///
     /// # Errors
     /// [`StoreError`].
     fn record_keys(&self) -> Result<Vec<RecordKey>, StoreError>;
+}
 
-    /// Number of blobs held and their total bytes (blob bytes, not segment
-    /// file sizes), from memory: constant time, and [`FsStore`] answers
-    /// without waiting for a write in flight, so async code may call it
-    /// directly. Quarantined blobs are not counted.
+/// The blobs held, walked by partition ([`ChunkId::partition`], the unit of
+/// placement and repair): counts and key listings. Used by `maintenance`
+/// (handoff and anti-entropy), `server` (a peer's listing request) and,
+/// through [`GcStore`], `prune`'s sweep.
+///
+/// # Errors
+/// Only [`PartitionStore::list_partition`] fails: [`StoreError::Index`].
+pub trait PartitionStore: Send + Sync + 'static {
+    /// Every partition holding at least one blob, ascending, with its
+    /// number of blobs (over all repositories). From memory; may wait for a
+    /// group commit in flight, as [`RepairStore::digests`].
+    fn partition_counts(&self) -> Vec<(u16, u32)>;
+
+    /// The keys of the blobs held in `partition`, in index key order (by
+    /// id, then repository name length, then name bytes), strictly after
+    /// `after` (which may lie in any partition), at most `limit` of them,
+    /// and whether more follow. Page by passing the last key returned.
     ///
     /// # Errors
-    /// None today; kept fallible for callers of the earlier, scanning
-    /// version.
-    fn stats(&self) -> Result<(u64, u64), StoreError>;
+    /// [`StoreError::Index`] if the index cannot be read or holds a
+    /// malformed key.
+    fn list_partition(
+        &self,
+        partition: u16,
+        after: Option<&(RepoId, ChunkId)>,
+        limit: usize,
+    ) -> Result<(Vec<(RepoId, ChunkId)>, bool), StoreError>;
+}
 
-    /// Number of keys in quarantine, from memory (constant time, no
-    /// waiting). An entry stays, and compaction keeps its bytes, until a
-    /// new copy of its blob is stored.
-    fn quarantined(&self) -> u64;
-
+/// What keeps the copies whole and in place, beyond reading and writing
+/// blobs: partition digests to compare with co-replicas, quarantine of a
+/// blob that failed its checksum, scrub, the trash check that keeps repair
+/// from pulling back what prune trashed, and dropping blobs handed off to
+/// their owners. Used by `maintenance` (handoff, anti-entropy, scrub),
+/// `node::quarantine` (after a read found a blob corrupt) and `server` (a
+/// peer's digest request).
+///
+/// # Errors
+/// [`StoreError::Index`] when the index fails (a write then changed
+/// nothing); [`StoreError::Io`] when scrub cannot read a segment.
+pub trait RepairStore: PartitionStore {
     /// Set digests of the blobs held in the partitions set in `partitions`,
     /// a bitmap of [`ringvault_common::wire::PARTITION_BITMAP_BYTES`] bytes
     /// (bit `p % 8` of byte `p / 8`; bits past a shorter bitmap's end count
@@ -407,39 +515,9 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// [`DIGEST_BUCKETS`]: ringvault_common::wire::DIGEST_BUCKETS
     fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]>;
 
-    /// Every partition holding at least one blob, ascending, with its
-    /// number of blobs (over all repositories). From memory; may wait for a
-    /// group commit in flight, as [`ChunkStore::digests`].
-    fn partition_counts(&self) -> Vec<(u16, u32)>;
-
-    /// The keys of the blobs held in `partition`, in index key order (by
-    /// id, then repository name length, then name bytes), strictly after
-    /// `after` (which may lie in any partition), at most `limit` of them,
-    /// and whether more follow. Page by passing the last key returned.
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index cannot be read or holds a
-    /// malformed key.
-    fn list_partition(
-        &self,
-        partition: u16,
-        after: Option<&(RepoId, ChunkId)>,
-        limit: usize,
-    ) -> Result<(Vec<(RepoId, ChunkId)>, bool), StoreError>;
-
-    /// Removes the index entries of `keys` and returns how many were held.
-    /// Durable when it returns. The segment bytes stay until a compaction;
-    /// the blobs' bytes no longer count against the quota. Clears the
-    /// unreferenced marks of all `keys`.
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index transaction fails; then nothing
-    /// was deleted.
-    fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError>;
-
     /// Moves a blob's index entry (location and checksum) to quarantine,
     /// with the time, durably: the blob is no longer held (not in
-    /// [`ChunkStore::has`], [`ChunkStore::get_blob`], digests or stats).
+    /// [`BlobStore::has`], [`BlobStore::get_blob`], digests or stats).
     /// Returns whether it was held. Call it on [`StoreError::Corrupt`], then
     /// fetch a good copy from a co-replica and put it, which drops the
     /// quarantine entry.
@@ -469,62 +547,6 @@ pub trait ChunkStore: Send + Sync + 'static {
         max_bytes: u64,
     ) -> Result<ScrubStep, StoreError>;
 
-    /// Removes one record; returns whether it was held. Durable when it
-    /// returns. Call it with [`RecordKind::Snapshot`] after storing the
-    /// snapshot's [`RecordKind::Tombstone`].
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index transaction fails; then nothing
-    /// was removed.
-    fn delete_record(
-        &self,
-        kind: RecordKind,
-        repo: &RepoId,
-        key: &[u8; 32],
-    ) -> Result<bool, StoreError>;
-
-    /// The size in bytes of each of `ids` as stored (the sealed blob), 0
-    /// when not held.
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index cannot be read.
-    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError>;
-
-    /// Moves the index entries of the held blobs among `keys` to the trash,
-    /// stamped `now_s` (unix seconds), in one durable transaction, and
-    /// returns how many moved. They are then no longer held (not in
-    /// [`ChunkStore::has`], [`ChunkStore::get_blob`], digests, counts or
-    /// stats) but keep their bytes until [`ChunkStore::expire_trash`]
-    /// drops them; [`ChunkStore::restore_trash`] brings them back. Clears
-    /// the unreferenced marks of all `keys`. A key trashed again after a new
-    /// copy was stored keeps one trash entry, the newer.
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index transaction fails; then nothing
-    /// moved.
-    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError>;
-
-    /// Moves every trash entry of `repo` back into the index, durably, and
-    /// returns how many came back. An entry whose key is held again (a new
-    /// copy was stored since) is dropped instead. Restored blobs count
-    /// against the quota again without being checked against it. Time
-    /// linear in the size of the trash (all repositories).
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index transaction fails; then nothing
-    /// moved.
-    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError>;
-
-    /// Drops for good the trash entries trashed before `trashed_before_s`
-    /// (unix seconds), durably, and returns how many and their blob bytes.
-    /// Their segment bytes are reclaimed by a later
-    /// [`ChunkStore::compact`]. Time linear in the size of the trash.
-    ///
-    /// # Errors
-    /// [`StoreError::Index`] if the index transaction fails; then nothing
-    /// was dropped.
-    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError>;
-
     /// Which of `ids` have a trash entry in `repo` (whether or not a new
     /// copy is held as well).
     ///
@@ -532,12 +554,29 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// [`StoreError::Index`] if the index cannot be read.
     fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError>;
 
-    /// Number of trash entries and their blob bytes, from memory (constant
-    /// time, no waiting, as [`ChunkStore::stats`]).
-    fn trash_stats(&self) -> (u64, u64);
+    /// Removes the index entries of `keys` and returns how many were held.
+    /// Durable when it returns. The segment bytes stay until a compaction;
+    /// the blobs' bytes no longer count against the quota. Clears the
+    /// unreferenced marks of all `keys`.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// was deleted.
+    fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError>;
+}
 
+/// Garbage collection: prune's unreferenced marks, the trash, and the
+/// compaction that reclaims segment bytes. Used by `prune` (the sweep, trash
+/// expiry, compaction), which sees nothing else of the store, and by
+/// `server` (an agent's restore-trash request).
+///
+/// # Errors
+/// [`StoreError::Index`] when the index fails (a write then changed
+/// nothing); [`GcStore::compact`] also [`StoreError::Io`] and
+/// [`StoreError::Closed`].
+pub trait GcStore: PartitionStore {
     /// When each of `ids` was first found unreferenced (unix seconds), as
-    /// recorded by [`ChunkStore::set_unreferenced`]; `None` when unmarked.
+    /// recorded by [`GcStore::set_unreferenced`]; `None` when unmarked.
     ///
     /// # Errors
     /// [`StoreError::Index`] if the index cannot be read or holds a
@@ -562,6 +601,45 @@ pub trait ChunkStore: Send + Sync + 'static {
         entries: &[(ChunkId, Option<u64>)],
     ) -> Result<(), StoreError>;
 
+    /// Moves the index entries of the held blobs among `keys` to the trash,
+    /// stamped `now_s` (unix seconds), in one durable transaction, and
+    /// returns how many moved. They are then no longer held (not in
+    /// [`BlobStore::has`], [`BlobStore::get_blob`], digests, counts or
+    /// stats) but keep their bytes until [`GcStore::expire_trash`]
+    /// drops them; [`GcStore::restore_trash`] brings them back. Clears
+    /// the unreferenced marks of all `keys`. A key trashed again after a new
+    /// copy was stored keeps one trash entry, the newer.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// moved.
+    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError>;
+
+    /// Number of trash entries and their blob bytes, from memory (constant
+    /// time, no waiting, as [`BlobStore::stats`]).
+    fn trash_stats(&self) -> (u64, u64);
+
+    /// Drops for good the trash entries trashed before `trashed_before_s`
+    /// (unix seconds), durably, and returns how many and their blob bytes.
+    /// Their segment bytes are reclaimed by a later
+    /// [`GcStore::compact`]. Time linear in the size of the trash.
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// was dropped.
+    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError>;
+
+    /// Moves every trash entry of `repo` back into the index, durably, and
+    /// returns how many came back. An entry whose key is held again (a new
+    /// copy was stored since) is dropped instead. Restored blobs count
+    /// against the quota again without being checked against it. Time
+    /// linear in the size of the trash (all repositories).
+    ///
+    /// # Errors
+    /// [`StoreError::Index`] if the index transaction fails; then nothing
+    /// moved.
+    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError>;
+
     /// Rewrites the sealed segments whose live bytes (blob bytes of the
     /// held, quarantined and trashed blobs stored there) are at most
     /// `max_live_fraction` of their file size, then deletes them: 0.0
@@ -583,9 +661,18 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Bytes the store keeps its blobs in: for [`FsStore`], the sum of its
     /// segment file sizes, from memory (constant time). Compare with
-    /// [`ChunkStore::stats`] to judge whether a compaction would pay.
+    /// [`BlobStore::stats`] to judge whether a compaction would pay.
     fn disk_bytes(&self) -> u64;
+}
 
+/// What a store says about itself, from memory and without waiting for a
+/// write, so async code may call it directly: its state and last error, its
+/// quarantined blobs; and marking it failing. Used by `node` (the node's
+/// status, and [`HealthStore::mark_failing`] when a store call panicked).
+///
+/// # Errors
+/// None: these calls do not fail.
+pub trait HealthStore: Send + Sync + 'static {
     /// The store's state and last error (see [`health`]). Measures the free
     /// space of its file system (one `statvfs` call) and never waits for a
     /// write, so async code may call it directly; each call may also end
@@ -596,6 +683,11 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Call it when a store call panicked: the panic must show in the
     /// node's status, not vanish with its task.
     fn mark_failing(&self, error: &str);
+
+    /// Number of keys in quarantine, from memory (constant time, no
+    /// waiting). An entry stays, and compaction keeps its bytes, until a
+    /// new copy of its blob is stored.
+    fn quarantined(&self) -> u64;
 }
 
 /// Settings of an [`FsStore`].
@@ -605,7 +697,7 @@ pub struct FsStoreOptions {
     pub group_commit_blobs: usize,
     /// Start a new segment past this size, bytes.
     pub segment_bytes: u64,
-    /// Most blob bytes held (as [`ChunkStore::stats`] counts them); a put
+    /// Most blob bytes held (as [`BlobStore::stats`] counts them); a put
     /// whose new blobs would pass it fails with [`StoreError::Full`]. 0
     /// means no quota.
     pub quota_bytes: u64,
@@ -627,7 +719,7 @@ impl Default for FsStoreOptions {
 
 /// Collects blob reads in order, lazily, up to and including the one that
 /// brings the bytes read to `max_bytes`: the budget of
-/// [`ChunkStore::get_blobs`].
+/// [`BlobStore::get_blobs`].
 fn read_within(
     reads: impl Iterator<Item = Result<Option<Bytes>, StoreError>>,
     max_bytes: usize,

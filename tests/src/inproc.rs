@@ -24,7 +24,7 @@ use bytes::Bytes;
 use ringvault::client::Cluster;
 use ringvault_chunkserver::node::{Node, Settings};
 use ringvault_chunkserver::server;
-use ringvault_chunkserver::store::{ChunkStore, MemStore};
+use ringvault_chunkserver::store::{BlobStore, ChunkStore, MemStore};
 use ringvault_common::placement::{ClusterMap, NodeInfo};
 use ringvault_common::tls::{self, PemPair, Role, TlsMaterial};
 use ringvault_common::{ChunkId, NodeId, RepoId};

@@ -144,7 +144,7 @@ impl SegmentWriter {
             self.segment + 1
         };
         if segment >= open {
-            // Not sealed ([`ChunkStore::compact`] never asks): keep it whole.
+            // Not sealed ([`GcStore::compact`] never asks): keep it whole.
             return Ok(CompactBatch {
                 stuck: keys.len() as u64,
                 ..CompactBatch::default()

@@ -25,7 +25,7 @@ use super::migrate::migrate_v1;
 use super::recover::{self, RebuildReport};
 use super::segment::{SegmentWriter, WriteJob, list_segments, segment_path, sync_dir};
 use super::summaries::{Summaries, Totals, lock, summarize};
-use super::{ChunkStore, FsStoreOptions, StoreError};
+use super::{FsStoreOptions, HealthStore, StoreError};
 
 /// The file-system chunk store: segment files plus a redb index.
 pub struct FsStore {

@@ -1,4 +1,4 @@
-//! [`FsStore`]'s [`ChunkStore`] calls: reads, records, deletion, quarantine,
+//! [`FsStore`]'s store calls ([`super::ChunkStore`] and its parts): reads, records, deletion, quarantine,
 //! scrub, trash, prune's marks, compaction and health.
 
 use std::ops::Bound;
@@ -18,11 +18,11 @@ use super::keys::{
 use super::segment::{PutJob, WriteJob, list_segments};
 use super::summaries::lock;
 use super::{
-    ChunkStore, CompactReport, Record, RecordKey, RecordKind, ScrubStep, StoreError, quota_room,
-    read_within, scrub_step_full,
+    BlobStore, CompactReport, GcStore, HealthStore, PartitionStore, Record, RecordKey, RecordKind,
+    RecordStore, RepairStore, ScrubStep, StoreError, quota_room, read_within, scrub_step_full,
 };
 
-impl ChunkStore for FsStore {
+impl BlobStore for FsStore {
     fn put_blobs(&self, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), StoreError> {
         if blobs.is_empty() {
             return Ok(());
@@ -95,6 +95,29 @@ impl ChunkStore for FsStore {
             .collect()
     }
 
+    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
+        let txn = self.index.begin_read()?;
+        let table = txn.open_table(BLOBS).map_err(index_err)?;
+        ids.iter()
+            .map(|id| match table.get(blob_key(repo, id).as_slice()) {
+                Err(e) => Err(index_err(e)),
+                Ok(None) => Ok(0),
+                Ok(Some(v)) => Location::decode(v.value())
+                    .map(|l| l.len)
+                    .ok_or_else(malformed),
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Result<(u64, u64), StoreError> {
+        Ok((
+            self.totals.blobs.load(Ordering::Relaxed),
+            self.totals.bytes.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+impl RecordStore for FsStore {
     fn put_record(
         &self,
         kind: RecordKind,
@@ -153,6 +176,23 @@ impl ChunkStore for FsStore {
         Ok(out)
     }
 
+    fn delete_record(
+        &self,
+        kind: RecordKind,
+        repo: &RepoId,
+        key: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut k = record_prefix(kind, repo);
+        k.extend_from_slice(key);
+        let txn = self.index.begin_write()?;
+        let held = {
+            let mut table = txn.open_table(RECORDS).map_err(index_err)?;
+            table.remove(k.as_slice()).map_err(index_err)?.is_some()
+        };
+        self.index.commit(txn)?;
+        Ok(held)
+    }
+
     fn record_keys(&self) -> Result<Vec<RecordKey>, StoreError> {
         let txn = self.index.begin_read()?;
         let table = txn.open_table(RECORDS).map_err(index_err)?;
@@ -165,22 +205,9 @@ impl ChunkStore for FsStore {
         }
         Ok(out)
     }
+}
 
-    fn stats(&self) -> Result<(u64, u64), StoreError> {
-        Ok((
-            self.totals.blobs.load(Ordering::Relaxed),
-            self.totals.bytes.load(Ordering::Relaxed),
-        ))
-    }
-
-    fn quarantined(&self) -> u64 {
-        self.totals.quarantined.load(Ordering::Relaxed)
-    }
-
-    fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]> {
-        lock(&self.summaries).digests(partitions, per_partition)
-    }
-
+impl PartitionStore for FsStore {
     fn partition_counts(&self) -> Vec<(u16, u32)> {
         lock(&self.summaries).partition_counts()
     }
@@ -212,34 +239,11 @@ impl ChunkStore for FsStore {
         }
         Ok((keys, false))
     }
+}
 
-    fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let mut summaries = lock(&self.summaries);
-        let txn = self.index.begin_write()?;
-        let mut removed = Vec::new();
-        {
-            let mut table = txn.open_table(BLOBS).map_err(index_err)?;
-            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
-            for (repo, id) in keys {
-                let key = blob_key(repo, id);
-                marks.remove(key.as_slice()).map_err(index_err)?;
-                let len = match table.remove(key.as_slice()).map_err(index_err)? {
-                    None => continue,
-                    // summarize() refused malformed entries at open and the
-                    // writer writes none, so the fallback is never taken.
-                    Some(v) => Location::decode(v.value()).map_or(0, |l| l.len),
-                };
-                removed.push((key, len));
-            }
-        }
-        self.index.commit(txn)?;
-        for (key, len) in &removed {
-            summaries.remove(key, *len);
-        }
-        Ok(removed.len() as u64)
+impl RepairStore for FsStore {
+    fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]> {
+        lock(&self.summaries).digests(partitions, per_partition)
     }
 
     fn quarantine(&self, repo: &RepoId, id: &ChunkId) -> Result<bool, StoreError> {
@@ -291,147 +295,6 @@ impl ChunkStore for FsStore {
         Ok(step)
     }
 
-    fn delete_record(
-        &self,
-        kind: RecordKind,
-        repo: &RepoId,
-        key: &[u8; 32],
-    ) -> Result<bool, StoreError> {
-        let mut k = record_prefix(kind, repo);
-        k.extend_from_slice(key);
-        let txn = self.index.begin_write()?;
-        let held = {
-            let mut table = txn.open_table(RECORDS).map_err(index_err)?;
-            table.remove(k.as_slice()).map_err(index_err)?.is_some()
-        };
-        self.index.commit(txn)?;
-        Ok(held)
-    }
-
-    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
-        let txn = self.index.begin_read()?;
-        let table = txn.open_table(BLOBS).map_err(index_err)?;
-        ids.iter()
-            .map(|id| match table.get(blob_key(repo, id).as_slice()) {
-                Err(e) => Err(index_err(e)),
-                Ok(None) => Ok(0),
-                Ok(Some(v)) => Location::decode(v.value())
-                    .map(|l| l.len)
-                    .ok_or_else(malformed),
-            })
-            .collect()
-    }
-
-    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let mut summaries = lock(&self.summaries);
-        let txn = self.index.begin_write()?;
-        // (key, blob bytes, bytes of the trash entry it replaced)
-        let mut moved = Vec::new();
-        {
-            let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
-            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
-            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
-            for (repo, id) in keys {
-                let key = blob_key(repo, id);
-                marks.remove(key.as_slice()).map_err(index_err)?;
-                let loc = match blobs.remove(key.as_slice()).map_err(index_err)? {
-                    None => continue,
-                    Some(v) => Location::decode(v.value()).ok_or_else(malformed)?,
-                };
-                let value = timed_value(&loc, now_s);
-                let replaced = match trash
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(index_err)?
-                {
-                    None => None,
-                    Some(old) => Some(decode_timed(old.value()).ok_or_else(malformed)?.0.len),
-                };
-                moved.push((key, loc.len, replaced));
-            }
-        }
-        self.index.commit(txn)?;
-        for (key, len, replaced) in &moved {
-            summaries.remove(key, *len);
-            if let Some(old) = replaced {
-                summaries.remove_trash(*old);
-            }
-            summaries.add_trash(*len);
-        }
-        Ok(moved.len() as u64)
-    }
-
-    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
-        let mut summaries = lock(&self.summaries);
-        let txn = self.index.begin_write()?;
-        // (key, blob bytes, whether it came back rather than being dropped)
-        let mut out = Vec::new();
-        {
-            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
-            let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
-            let mut mine = Vec::new();
-            for item in trash.iter().map_err(index_err)? {
-                let (k, v) = item.map_err(index_err)?;
-                if key_in_repo(k.value(), repo) {
-                    let (loc, _) = decode_timed(v.value()).ok_or_else(malformed)?;
-                    mine.push((k.value().to_vec(), loc));
-                }
-            }
-            for (key, loc) in mine {
-                trash.remove(key.as_slice()).map_err(index_err)?;
-                let held = blobs.get(key.as_slice()).map_err(index_err)?.is_some();
-                if !held {
-                    blobs
-                        .insert(key.as_slice(), loc.encode().as_slice())
-                        .map_err(index_err)?;
-                }
-                out.push((key, loc.len, !held));
-            }
-        }
-        self.index.commit(txn)?;
-        let mut restored = 0;
-        for (key, len, back) in &out {
-            summaries.remove_trash(*len);
-            if *back {
-                summaries.add(key, *len);
-                restored += 1;
-            }
-        }
-        Ok(restored)
-    }
-
-    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
-        let mut summaries = lock(&self.summaries);
-        let txn = self.index.begin_write()?;
-        let mut expired = Vec::new();
-        {
-            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
-            for item in trash.iter().map_err(index_err)? {
-                let (k, v) = item.map_err(index_err)?;
-                let (loc, at) = decode_timed(v.value()).ok_or_else(malformed)?;
-                if at < trashed_before_s {
-                    expired.push((k.value().to_vec(), loc.len));
-                }
-            }
-            for (key, _) in &expired {
-                trash.remove(key.as_slice()).map_err(index_err)?;
-            }
-        }
-        if expired.is_empty() {
-            txn.abort().map_err(index_err)?;
-            return Ok((0, 0));
-        }
-        self.index.commit(txn)?;
-        let mut bytes = 0u64;
-        for (_, len) in &expired {
-            summaries.remove_trash(*len);
-            bytes += u64::from(*len);
-        }
-        Ok((expired.len() as u64, bytes))
-    }
-
     fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
         let txn = self.index.begin_read()?;
         let table = txn.open_table(TRASH).map_err(index_err)?;
@@ -445,13 +308,37 @@ impl ChunkStore for FsStore {
             .collect()
     }
 
-    fn trash_stats(&self) -> (u64, u64) {
-        (
-            self.totals.trash.load(Ordering::Relaxed),
-            self.totals.trash_bytes.load(Ordering::Relaxed),
-        )
+    fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut summaries = lock(&self.summaries);
+        let txn = self.index.begin_write()?;
+        let mut removed = Vec::new();
+        {
+            let mut table = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
+            for (repo, id) in keys {
+                let key = blob_key(repo, id);
+                marks.remove(key.as_slice()).map_err(index_err)?;
+                let len = match table.remove(key.as_slice()).map_err(index_err)? {
+                    None => continue,
+                    // summarize() refused malformed entries at open and the
+                    // writer writes none, so the fallback is never taken.
+                    Some(v) => Location::decode(v.value()).map_or(0, |l| l.len),
+                };
+                removed.push((key, len));
+            }
+        }
+        self.index.commit(txn)?;
+        for (key, len) in &removed {
+            summaries.remove(key, *len);
+        }
+        Ok(removed.len() as u64)
     }
+}
 
+impl GcStore for FsStore {
     fn unreferenced_since(
         &self,
         repo: &RepoId,
@@ -504,6 +391,123 @@ impl ChunkStore for FsStore {
         self.index.commit(txn)
     }
 
+    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut summaries = lock(&self.summaries);
+        let txn = self.index.begin_write()?;
+        // (key, blob bytes, bytes of the trash entry it replaced)
+        let mut moved = Vec::new();
+        {
+            let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
+            let mut marks = txn.open_table(UNREFERENCED).map_err(index_err)?;
+            for (repo, id) in keys {
+                let key = blob_key(repo, id);
+                marks.remove(key.as_slice()).map_err(index_err)?;
+                let loc = match blobs.remove(key.as_slice()).map_err(index_err)? {
+                    None => continue,
+                    Some(v) => Location::decode(v.value()).ok_or_else(malformed)?,
+                };
+                let value = timed_value(&loc, now_s);
+                let replaced = match trash
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(index_err)?
+                {
+                    None => None,
+                    Some(old) => Some(decode_timed(old.value()).ok_or_else(malformed)?.0.len),
+                };
+                moved.push((key, loc.len, replaced));
+            }
+        }
+        self.index.commit(txn)?;
+        for (key, len, replaced) in &moved {
+            summaries.remove(key, *len);
+            if let Some(old) = replaced {
+                summaries.remove_trash(*old);
+            }
+            summaries.add_trash(*len);
+        }
+        Ok(moved.len() as u64)
+    }
+
+    fn trash_stats(&self) -> (u64, u64) {
+        (
+            self.totals.trash.load(Ordering::Relaxed),
+            self.totals.trash_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
+        let mut summaries = lock(&self.summaries);
+        let txn = self.index.begin_write()?;
+        let mut expired = Vec::new();
+        {
+            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
+            for item in trash.iter().map_err(index_err)? {
+                let (k, v) = item.map_err(index_err)?;
+                let (loc, at) = decode_timed(v.value()).ok_or_else(malformed)?;
+                if at < trashed_before_s {
+                    expired.push((k.value().to_vec(), loc.len));
+                }
+            }
+            for (key, _) in &expired {
+                trash.remove(key.as_slice()).map_err(index_err)?;
+            }
+        }
+        if expired.is_empty() {
+            txn.abort().map_err(index_err)?;
+            return Ok((0, 0));
+        }
+        self.index.commit(txn)?;
+        let mut bytes = 0u64;
+        for (_, len) in &expired {
+            summaries.remove_trash(*len);
+            bytes += u64::from(*len);
+        }
+        Ok((expired.len() as u64, bytes))
+    }
+
+    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
+        let mut summaries = lock(&self.summaries);
+        let txn = self.index.begin_write()?;
+        // (key, blob bytes, whether it came back rather than being dropped)
+        let mut out = Vec::new();
+        {
+            let mut trash = txn.open_table(TRASH).map_err(index_err)?;
+            let mut blobs = txn.open_table(BLOBS).map_err(index_err)?;
+            let mut mine = Vec::new();
+            for item in trash.iter().map_err(index_err)? {
+                let (k, v) = item.map_err(index_err)?;
+                if key_in_repo(k.value(), repo) {
+                    let (loc, _) = decode_timed(v.value()).ok_or_else(malformed)?;
+                    mine.push((k.value().to_vec(), loc));
+                }
+            }
+            for (key, loc) in mine {
+                trash.remove(key.as_slice()).map_err(index_err)?;
+                let held = blobs.get(key.as_slice()).map_err(index_err)?.is_some();
+                if !held {
+                    blobs
+                        .insert(key.as_slice(), loc.encode().as_slice())
+                        .map_err(index_err)?;
+                }
+                out.push((key, loc.len, !held));
+            }
+        }
+        self.index.commit(txn)?;
+        let mut restored = 0;
+        for (key, len, back) in &out {
+            summaries.remove_trash(*len);
+            if *back {
+                summaries.add(key, *len);
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
     fn compact(&self, max_live_fraction: f64) -> Result<CompactReport, StoreError> {
         let _one = self.compacting.lock().map_err(|_| StoreError::Closed)?;
         // Read before listing: a segment below it is sealed for good.
@@ -528,7 +532,9 @@ impl ChunkStore for FsStore {
     fn disk_bytes(&self) -> u64 {
         self.disk.load(Ordering::Relaxed)
     }
+}
 
+impl HealthStore for FsStore {
     fn health(&self) -> StoreHealth {
         match health::measure(&self.dir) {
             Ok(space) => {
@@ -547,5 +553,9 @@ impl ChunkStore for FsStore {
 
     fn mark_failing(&self, error: &str) {
         self.health.fail(error, true);
+    }
+
+    fn quarantined(&self) -> u64 {
+        self.totals.quarantined.load(Ordering::Relaxed)
     }
 }

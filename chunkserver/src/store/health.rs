@@ -20,7 +20,7 @@ use std::sync::{Mutex, PoisonError};
 
 use ringvault_common::wire::StoreState;
 
-/// A store's health, as [`super::ChunkStore::health`] reports it.
+/// A store's health, as [`super::HealthStore::health`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreHealth {
     /// The state, the worst that applies.

@@ -1,4 +1,4 @@
-//! [`MemStore`], the in-memory [`ChunkStore`] for tests.
+//! [`MemStore`], the in-memory [`ChunkStore`](super::ChunkStore) for tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -13,14 +13,14 @@ use super::keys::{
 };
 use super::summaries::Summaries;
 use super::{
-    ChunkStore, CompactReport, Record, RecordKey, RecordKind, ScrubStep, StoreError, quota_room,
-    scrub_step_full,
+    BlobStore, CompactReport, GcStore, HealthStore, PartitionStore, Record, RecordKey, RecordKind,
+    RecordStore, RepairStore, ScrubStep, StoreError, quota_room, scrub_step_full,
 };
 
-/// An in-memory [`ChunkStore`] for tests. Blobs are keyed and ordered as
+/// An in-memory [`ChunkStore`](super::ChunkStore) for tests. Blobs are keyed and ordered as
 /// in [`FsStore`]'s index, so listings, digests and scrub cursors agree
 /// between the two. Everything is implemented as for [`FsStore`] except
-/// [`ChunkStore::compact`], a no-op: there are no segments to rewrite.
+/// [`GcStore::compact`], a no-op: there are no segments to rewrite.
 ///
 /// [`FsStore`]: super::FsStore
 pub struct MemStore {
@@ -106,7 +106,7 @@ impl MemBlobs {
     }
 }
 
-impl ChunkStore for MemStore {
+impl BlobStore for MemStore {
     fn put_blobs(&self, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), StoreError> {
         let mut map = self.lock_blobs()?;
         let mut fresh = BTreeMap::new();
@@ -160,6 +160,25 @@ impl ChunkStore for MemStore {
             .collect())
     }
 
+    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
+        let map = self.lock_blobs()?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                map.held
+                    .get(&blob_key(repo, id))
+                    .map_or(0, |b| b.bytes.len() as u32)
+            })
+            .collect())
+    }
+
+    fn stats(&self) -> Result<(u64, u64), StoreError> {
+        let map = self.lock_blobs()?;
+        Ok((map.summaries.blobs, map.summaries.bytes))
+    }
+}
+
+impl RecordStore for MemStore {
     fn put_record(
         &self,
         kind: RecordKind,
@@ -208,27 +227,25 @@ impl ChunkStore for MemStore {
         Ok(out)
     }
 
+    fn delete_record(
+        &self,
+        kind: RecordKind,
+        repo: &RepoId,
+        key: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut k = record_prefix(kind, repo);
+        k.extend_from_slice(key);
+        let mut map = self.records.lock().map_err(|_| StoreError::Closed)?;
+        Ok(map.remove(&k).is_some())
+    }
+
     fn record_keys(&self) -> Result<Vec<RecordKey>, StoreError> {
         let map = self.records.lock().map_err(|_| StoreError::Closed)?;
         Ok(map.keys().filter_map(|k| parse_record_key(k)).collect())
     }
+}
 
-    fn stats(&self) -> Result<(u64, u64), StoreError> {
-        let map = self.lock_blobs()?;
-        Ok((map.summaries.blobs, map.summaries.bytes))
-    }
-
-    fn quarantined(&self) -> u64 {
-        self.lock_blobs().map_or(0, |m| m.summaries.quarantined)
-    }
-
-    fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]> {
-        match self.lock_blobs() {
-            Ok(m) => m.summaries.digests(partitions, per_partition),
-            Err(_) => Summaries::new().digests(partitions, per_partition),
-        }
-    }
-
+impl PartitionStore for MemStore {
     fn partition_counts(&self) -> Vec<(u16, u32)> {
         self.lock_blobs()
             .map_or_else(|_| Vec::new(), |m| m.summaries.partition_counts())
@@ -253,19 +270,14 @@ impl ChunkStore for MemStore {
         }
         Ok((keys, false))
     }
+}
 
-    fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError> {
-        let mut map = self.lock_blobs()?;
-        let mut removed = 0;
-        for (repo, id) in keys {
-            let key = blob_key(repo, id);
-            map.unreferenced.remove(&key);
-            if let Some(blob) = map.held.remove(&key) {
-                map.summaries.remove(&key, blob.bytes.len() as u32);
-                removed += 1;
-            }
+impl RepairStore for MemStore {
+    fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]> {
+        match self.lock_blobs() {
+            Ok(m) => m.summaries.digests(partitions, per_partition),
+            Err(_) => Summaries::new().digests(partitions, per_partition),
         }
-        Ok(removed)
     }
 
     fn quarantine(&self, repo: &RepoId, id: &ChunkId) -> Result<bool, StoreError> {
@@ -305,93 +317,6 @@ impl ChunkStore for MemStore {
         Ok(step)
     }
 
-    fn delete_record(
-        &self,
-        kind: RecordKind,
-        repo: &RepoId,
-        key: &[u8; 32],
-    ) -> Result<bool, StoreError> {
-        let mut k = record_prefix(kind, repo);
-        k.extend_from_slice(key);
-        let mut map = self.records.lock().map_err(|_| StoreError::Closed)?;
-        Ok(map.remove(&k).is_some())
-    }
-
-    fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
-        let map = self.lock_blobs()?;
-        Ok(ids
-            .iter()
-            .map(|id| {
-                map.held
-                    .get(&blob_key(repo, id))
-                    .map_or(0, |b| b.bytes.len() as u32)
-            })
-            .collect())
-    }
-
-    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
-        let mut map = self.lock_blobs()?;
-        let mut moved = 0;
-        for (repo, id) in keys {
-            let key = blob_key(repo, id);
-            map.unreferenced.remove(&key);
-            let Some(blob) = map.held.remove(&key) else {
-                continue;
-            };
-            let len = blob.bytes.len() as u32;
-            map.summaries.remove(&key, len);
-            if let Some((old, _)) = map.trash.insert(key, (blob, now_s)) {
-                map.summaries.remove_trash(old.bytes.len() as u32);
-            }
-            map.summaries.add_trash(len);
-            moved += 1;
-        }
-        Ok(moved)
-    }
-
-    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
-        let mut map = self.lock_blobs()?;
-        let mine: Vec<Vec<u8>> = map
-            .trash
-            .keys()
-            .filter(|k| key_in_repo(k, repo))
-            .cloned()
-            .collect();
-        let mut restored = 0;
-        for key in mine {
-            let Some((blob, _)) = map.trash.remove(&key) else {
-                continue;
-            };
-            let len = blob.bytes.len() as u32;
-            map.summaries.remove_trash(len);
-            if !map.held.contains_key(&key) {
-                map.summaries.add(&key, len);
-                map.held.insert(key, blob);
-                restored += 1;
-            }
-        }
-        Ok(restored)
-    }
-
-    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
-        let mut map = self.lock_blobs()?;
-        let MemBlobs {
-            trash, summaries, ..
-        } = &mut *map;
-        let (mut n, mut bytes) = (0u64, 0u64);
-        trash.retain(|_, (blob, at)| {
-            if *at >= trashed_before_s {
-                return true;
-            }
-            let len = blob.bytes.len() as u32;
-            summaries.remove_trash(len);
-            n += 1;
-            bytes += u64::from(len);
-            false
-        });
-        Ok((n, bytes))
-    }
-
     fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
         let map = self.lock_blobs()?;
         Ok(ids
@@ -400,11 +325,22 @@ impl ChunkStore for MemStore {
             .collect())
     }
 
-    fn trash_stats(&self) -> (u64, u64) {
-        self.lock_blobs()
-            .map_or((0, 0), |m| (m.summaries.trash, m.summaries.trash_bytes))
+    fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError> {
+        let mut map = self.lock_blobs()?;
+        let mut removed = 0;
+        for (repo, id) in keys {
+            let key = blob_key(repo, id);
+            map.unreferenced.remove(&key);
+            if let Some(blob) = map.held.remove(&key) {
+                map.summaries.remove(&key, blob.bytes.len() as u32);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
+}
 
+impl GcStore for MemStore {
     fn unreferenced_since(
         &self,
         repo: &RepoId,
@@ -438,6 +374,74 @@ impl ChunkStore for MemStore {
         Ok(())
     }
 
+    fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
+        let mut map = self.lock_blobs()?;
+        let mut moved = 0;
+        for (repo, id) in keys {
+            let key = blob_key(repo, id);
+            map.unreferenced.remove(&key);
+            let Some(blob) = map.held.remove(&key) else {
+                continue;
+            };
+            let len = blob.bytes.len() as u32;
+            map.summaries.remove(&key, len);
+            if let Some((old, _)) = map.trash.insert(key, (blob, now_s)) {
+                map.summaries.remove_trash(old.bytes.len() as u32);
+            }
+            map.summaries.add_trash(len);
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    fn trash_stats(&self) -> (u64, u64) {
+        self.lock_blobs()
+            .map_or((0, 0), |m| (m.summaries.trash, m.summaries.trash_bytes))
+    }
+
+    fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
+        let mut map = self.lock_blobs()?;
+        let MemBlobs {
+            trash, summaries, ..
+        } = &mut *map;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        trash.retain(|_, (blob, at)| {
+            if *at >= trashed_before_s {
+                return true;
+            }
+            let len = blob.bytes.len() as u32;
+            summaries.remove_trash(len);
+            n += 1;
+            bytes += u64::from(len);
+            false
+        });
+        Ok((n, bytes))
+    }
+
+    fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
+        let mut map = self.lock_blobs()?;
+        let mine: Vec<Vec<u8>> = map
+            .trash
+            .keys()
+            .filter(|k| key_in_repo(k, repo))
+            .cloned()
+            .collect();
+        let mut restored = 0;
+        for key in mine {
+            let Some((blob, _)) = map.trash.remove(&key) else {
+                continue;
+            };
+            let len = blob.bytes.len() as u32;
+            map.summaries.remove_trash(len);
+            if !map.held.contains_key(&key) {
+                map.summaries.add(&key, len);
+                map.held.insert(key, blob);
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
     /// A no-op returning zeros: a [`MemStore`] has no segments, and frees a
     /// blob's memory as soon as nothing points to it.
     fn compact(&self, _max_live_fraction: f64) -> Result<CompactReport, StoreError> {
@@ -454,7 +458,9 @@ impl ChunkStore for MemStore {
                 .wrapping_add(quarantined)
         })
     }
+}
 
+impl HealthStore for MemStore {
     /// Full only by the quota; free space is reported as `u64::MAX`.
     fn health(&self) -> StoreHealth {
         let held = self.lock_blobs().map_or(0, |m| m.summaries.bytes);
@@ -465,5 +471,9 @@ impl ChunkStore for MemStore {
 
     fn mark_failing(&self, error: &str) {
         self.health.fail(error, true);
+    }
+
+    fn quarantined(&self) -> u64 {
+        self.lock_blobs().map_or(0, |m| m.summaries.quarantined)
     }
 }

@@ -26,9 +26,9 @@ pub(super) const SEGMENT_MAGIC: &[u8; 4] = b"RVR1";
 pub(super) enum WriteJob {
     /// Store blobs (batched with other puts).
     Put(PutJob),
-    /// Move live records out of a sealed segment (see [`ChunkStore::compact`]).
+    /// Move live records out of a sealed segment (see [`GcStore::compact`]).
     ///
-    /// [`ChunkStore::compact`]: super::ChunkStore::compact
+    /// [`GcStore::compact`]: super::GcStore::compact
     Compact(CompactJob),
 }
 
@@ -121,9 +121,9 @@ pub(super) struct SegmentWriter {
     pub(super) summaries: Arc<Mutex<Summaries>>,
     /// Published copy of `segment`.
     pub(super) current: Arc<AtomicU32>,
-    /// Sum of the segment file sizes, bytes (see [`ChunkStore::disk_bytes`]).
+    /// Sum of the segment file sizes, bytes (see [`GcStore::disk_bytes`]).
     ///
-    /// [`ChunkStore::disk_bytes`]: super::ChunkStore::disk_bytes
+    /// [`GcStore::disk_bytes`]: super::GcStore::disk_bytes
     pub(super) disk: Arc<AtomicU64>,
     pub(super) health: Arc<Health>,
 }

@@ -27,10 +27,10 @@ pub(super) struct Summaries {
     /// Trash entries and their blob bytes.
     pub(super) trash: u64,
     pub(super) trash_bytes: u64,
-    /// The totals, copied out on every change so that [`ChunkStore::stats`]
+    /// The totals, copied out on every change so that [`BlobStore::stats`]
     /// never waits for a group commit holding the lock.
     ///
-    /// [`ChunkStore::stats`]: super::ChunkStore::stats
+    /// [`BlobStore::stats`]: super::BlobStore::stats
     pub(super) totals: Arc<Totals>,
 }
 

@@ -238,7 +238,7 @@ async fn a_rotten_copy_is_quarantined_by_scrub_and_repaired_from_a_co_replica() 
     .unwrap();
     let repo = InprocCluster::repo();
     let rotten: Vec<ChunkId> = all[..3].to_vec();
-    use ringvault_chunkserver::store::ChunkStore;
+    use ringvault_chunkserver::store::BlobStore;
     let store = c.store(0);
     for id in &rotten {
         assert!(store.corrupt(&repo, id), "node 1 did not hold {id}");
