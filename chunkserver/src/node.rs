@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::store::{ChunkStore, StoreError};
+use crate::store::{ChunkStore, HealthStore, StoreError};
 
 /// How long a starting server spends pulling its peers' records and
 /// tombstones before it answers record listings anyway (a peer that is
@@ -422,7 +422,7 @@ impl Node {
         &self,
         f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, WireError> {
-        run_store_call(&self.store, f).await
+        run_store_call(self.store.as_ref(), f).await
     }
 }
 
@@ -529,7 +529,7 @@ fn store_err(e: StoreError) -> WireError {
 /// failing until restart, so the panic shows in the node's status rather
 /// than vanishing with its task, and answers [`ErrorCode::Internal`].
 pub(crate) async fn run_store_call<T: Send + 'static>(
-    store: &Arc<dyn ChunkStore>,
+    store: &dyn HealthStore,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WireError> {
     match tokio::task::spawn_blocking(f).await {
@@ -620,7 +620,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_store_call_marks_the_store_failing() {
         let store: Arc<dyn ChunkStore> = Arc::new(crate::store::MemStore::default());
-        let call = run_store_call(&store, || -> Result<(), StoreError> {
+        let call = run_store_call(store.as_ref(), || -> Result<(), StoreError> {
             panic!("page checksum mismatch")
         });
         let result = tokio::time::timeout(Duration::from_secs(10), call)
@@ -635,7 +635,7 @@ mod tests {
                 .is_some_and(|e| e.contains("page checksum mismatch"))
         );
         // Later calls still run; the state stays until restart.
-        let ok = run_store_call(&store, || Ok(7)).await.unwrap();
+        let ok = run_store_call(store.as_ref(), || Ok(7)).await.unwrap();
         assert_eq!(ok, 7);
         assert_eq!(store.health().state, wire::StoreState::Failing);
     }

@@ -42,6 +42,7 @@ use tracing::info;
 
 use crate::node::Node;
 pub use crate::rounds::{Round, Rounds};
+use crate::store::{GcStore, StoreError};
 
 /// Keys listed per store call while sweeping one partition.
 const PAGE: usize = 4096;
@@ -67,8 +68,12 @@ pub async fn sweep(
     let me = node.id();
     let now = crate::store::unix_seconds();
     let mut report = SweepReport::default();
-    let store = node.store().clone();
-    let counts = node.blocking(move || Ok(store.partition_counts())).await?;
+    // Prune sees the store's garbage collection calls and nothing else.
+    let store: Arc<dyn GcStore> = node.store().clone();
+    let counting = store.clone();
+    let counts = node
+        .blocking(move || Ok(counting.partition_counts()))
+        .await?;
     let moving = view.has_move() || !view.out.is_empty();
     for (partition, _) in counts {
         match gc::partition_sweep(view.owners(partition), me, moving, |o| node.is_down(o)) {
@@ -80,41 +85,10 @@ pub async fn sweep(
             PartitionSweep::Sweep => {}
         }
         report.partitions += 1;
-        let store = node.store().clone();
-        let (repo, round) = (repo.clone(), round.clone());
+        let (store, repo, round) = (store.clone(), repo.clone(), round.clone());
         let part = node
             .blocking(move || {
-                let mut r = SweepReport::default();
-                let mut after = None;
-                loop {
-                    let (keys, more) = store.list_partition(partition, after.as_ref(), PAGE)?;
-                    after = keys.last().cloned();
-                    let ours: Vec<ChunkId> = keys
-                        .into_iter()
-                        .filter(|(k, _)| *k == repo)
-                        .map(|(_, id)| id)
-                        .collect();
-                    let since = store.unreferenced_since(&repo, &ours)?;
-                    let page = gc::sweep_page(ours.into_iter().zip(since), &round, now, grace_s);
-                    r.cleared += page.clear.len() as u64;
-                    r.noted += page.note.len() as u64;
-                    let note: Vec<(ChunkId, Option<u64>)> = page
-                        .clear
-                        .iter()
-                        .map(|id| (*id, None))
-                        .chain(page.note.iter().map(|id| (*id, Some(now))))
-                        .collect();
-                    let trash: Vec<(RepoId, ChunkId)> =
-                        page.trash.iter().map(|id| (repo.clone(), *id)).collect();
-                    store.set_unreferenced(&repo, &note)?;
-                    let (_, bytes_before) = store.trash_stats();
-                    r.trashed += store.trash(&trash, now)?;
-                    let (_, bytes_after) = store.trash_stats();
-                    r.trashed_bytes += bytes_after.saturating_sub(bytes_before);
-                    if !more || after.is_none() {
-                        return Ok(r);
-                    }
-                }
+                sweep_partition(&*store, &repo, partition, &round, now, grace_s, PAGE)
             })
             .await?;
         report.noted += part.noted;
@@ -122,14 +96,13 @@ pub async fn sweep(
         report.trashed += part.trashed;
         report.trashed_bytes += part.trashed_bytes;
     }
-    let store = node.store().clone();
+    let expiring = store.clone();
     let (expired, expired_bytes) = node
-        .blocking(move || store.expire_trash(now.saturating_sub(trash_keep_s)))
+        .blocking(move || expiring.expire_trash(now.saturating_sub(trash_keep_s)))
         .await?;
     report.expired = expired;
     report.expired_bytes = expired_bytes;
     info!(repo = %repo, ?report, "prune sweep done");
-    let store = node.store().clone();
     let compacting = node.clone();
     tokio::spawn(async move {
         match compacting
@@ -147,4 +120,115 @@ pub async fn sweep(
         }
     });
     Ok(report)
+}
+
+/// Sweeps `repo`'s blobs in `partition` for `round` at `now_s` (unix
+/// seconds) with a grace period of `grace_s` seconds, `page` keys per
+/// listing: notes, clears and trashes what [`gc::sweep_page`] decides, page
+/// by page. Blocks; run it on the blocking pool.
+///
+/// # Errors
+/// [`StoreError::Index`] when the store's index fails; the pages before
+/// stay swept, and the next round takes the rest.
+fn sweep_partition(
+    store: &dyn GcStore,
+    repo: &RepoId,
+    partition: u16,
+    round: &Round,
+    now_s: u64,
+    grace_s: u64,
+    page: usize,
+) -> Result<SweepReport, StoreError> {
+    let mut r = SweepReport::default();
+    let mut after = None;
+    loop {
+        let (keys, more) = store.list_partition(partition, after.as_ref(), page)?;
+        after = keys.last().cloned();
+        let ours: Vec<ChunkId> = keys
+            .into_iter()
+            .filter(|(k, _)| k == repo)
+            .map(|(_, id)| id)
+            .collect();
+        let since = store.unreferenced_since(repo, &ours)?;
+        let found = gc::sweep_page(ours.into_iter().zip(since), round, now_s, grace_s);
+        r.cleared += found.clear.len() as u64;
+        r.noted += found.note.len() as u64;
+        let note: Vec<(ChunkId, Option<u64>)> = found
+            .clear
+            .iter()
+            .map(|id| (*id, None))
+            .chain(found.note.iter().map(|id| (*id, Some(now_s))))
+            .collect();
+        let trash: Vec<(RepoId, ChunkId)> =
+            found.trash.iter().map(|id| (repo.clone(), *id)).collect();
+        store.set_unreferenced(repo, &note)?;
+        let (_, bytes_before) = store.trash_stats();
+        r.trashed += store.trash(&trash, now_s)?;
+        let (_, bytes_after) = store.trash_stats();
+        r.trashed_bytes += bytes_after.saturating_sub(bytes_before);
+        if !more || after.is_none() {
+            return Ok(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{BlobStore, MemStore, RepairStore};
+
+    /// A blob id in partition 7: its first two bytes, then `n`.
+    fn id(n: u8) -> ChunkId {
+        let mut id = [n; 32];
+        id[..2].copy_from_slice(&7u16.to_be_bytes());
+        ChunkId(id)
+    }
+
+    #[test]
+    fn a_partition_sweep_notes_clears_and_trashes_the_repositorys_blobs_on_every_page() {
+        let (now, grace) = (10_000, 100);
+        let repo = RepoId::new("r").unwrap();
+        let other = RepoId::new("o").unwrap();
+        let store = MemStore::default();
+        let blob = |n: u8| (id(n), Bytes::from(vec![n; 10 + usize::from(n)]));
+        // 1 marked and noted, 2 unreferenced, 3 noted past the grace,
+        // 4 noted within it; 5 belongs to another repository.
+        store.put_blobs(&repo, (1..=4).map(blob).collect()).unwrap();
+        store.put_blobs(&other, vec![blob(5)]).unwrap();
+        let noted = [
+            (id(1), Some(now - 500)),
+            (id(3), Some(now - grace)),
+            (id(4), Some(now - 1)),
+        ];
+        store.set_unreferenced(&repo, &noted).unwrap();
+        let mut round = Round::new(1);
+        round.mark([id(1)]);
+
+        // Pages of two keys: three pages, the last with only the other
+        // repository's blob.
+        let r = sweep_partition(&store, &repo, 7, &round, now, grace, 2).unwrap();
+
+        let expected = SweepReport {
+            cleared: 1,
+            noted: 1,
+            trashed: 1,
+            trashed_bytes: 13,
+            ..SweepReport::default()
+        };
+        assert_eq!(r, expected);
+        let ids = [id(1), id(2), id(3), id(4)];
+        assert_eq!(store.has(&repo, &ids).unwrap(), [true, true, false, true]);
+        assert_eq!(
+            store.in_trash(&repo, &ids).unwrap(),
+            [false, false, true, false]
+        );
+        assert_eq!(
+            store.unreferenced_since(&repo, &ids).unwrap(),
+            [None, Some(now), None, Some(now - 1)]
+        );
+        assert_eq!(store.unreferenced_since(&other, &[id(5)]).unwrap(), [None]);
+        assert_eq!(store.has(&other, &[id(5)]).unwrap(), [true]);
+    }
 }

@@ -17,7 +17,7 @@ use ringvault_net::quic::CallError;
 use tracing::warn;
 
 use crate::node::{Caller, Node, Reply};
-use crate::store::{ChunkStore, RecordKind, StoreError};
+use crate::store::{RecordKind, RecordStore, StoreError};
 
 /// Stores a key record here and, unless `local_only`, on every other node;
 /// succeeds once W nodes hold it. A coordinator whose own store fails still
@@ -216,7 +216,7 @@ type Records = Vec<([u8; 32], Vec<u8>)>;
 
 /// The records of `kind` in `repo` that no tombstone marks deleted.
 pub(crate) fn live_records(
-    store: &dyn ChunkStore,
+    store: &dyn RecordStore,
     kind: RecordKind,
     repo: &RepoId,
 ) -> Result<Records, StoreError> {
@@ -234,7 +234,7 @@ pub(crate) fn live_records(
 /// keys of its tombstones (of snapshots and of keys alike: their ids are
 /// random, so a key's tombstone hides no snapshot).
 pub(crate) fn snapshot_records(
-    store: &dyn ChunkStore,
+    store: &dyn RecordStore,
     repo: &RepoId,
 ) -> Result<(Records, Vec<[u8; 32]>), StoreError> {
     let dead: Vec<[u8; 32]> = store
@@ -412,7 +412,6 @@ async fn everywhere<R: PeerRpc<Response = ()> + Clone + Send + 'static>(
 mod tests {
     use super::*;
     use crate::node::test_callers::{agent, caller};
-    use crate::store::RecordStore;
 
     #[test]
     fn snapshot_records_carry_their_owner_and_writers_see_only_theirs() {

@@ -292,7 +292,9 @@ pub struct CompactReport {
 /// [`FsStore`] and [`MemStore`] implement the parts; the blanket impl makes
 /// any type implementing all of them a `ChunkStore`. A [`crate::node::Node`]
 /// holds its store as `Arc<dyn ChunkStore>`; a module that needs one part
-/// may take only that part, to which a `&dyn ChunkStore` upcasts.
+/// takes only that part, to which a `&dyn ChunkStore` upcasts: prune's
+/// sweep a [`GcStore`], the record listings a [`RecordStore`], the store
+/// call wrapper (`node::run_store_call`) a [`HealthStore`].
 ///
 /// # Errors
 /// As each part says.
