@@ -642,9 +642,8 @@ mod tests {
 
     #[test]
     fn a_store_error_tells_the_client_its_cause_and_not_the_path() {
-        let no_space = store_err(StoreError::Index(
-            "I/O error: No space left on device (os error 28)".into(),
-        ));
+        let enospc = std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+        let no_space = store_err(crate::store::IndexError::from(redb::Error::Io(enospc)).into());
         assert_eq!(no_space.code, ErrorCode::Internal);
         assert!(
             no_space.message.contains("No space left on device"),

@@ -125,6 +125,7 @@
 //! every type that implements the parts.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ringvault_common::{ChunkId, RepoId};
@@ -143,6 +144,7 @@ mod summaries;
 
 pub use fs::FsStore;
 pub use health::{StoreHealth, Watermark};
+pub use index::IndexError;
 pub(crate) use keys::unix_seconds;
 pub use mem::MemStore;
 pub use recover::RebuildReport;
@@ -167,18 +169,20 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The index database failed.
+    /// The index failed: redb's error, or an entry or state of ours (see
+    /// [`IndexError`]).
     #[error("index: {0}")]
-    Index(String),
+    Index(#[from] IndexError),
     /// A different value is already stored under this key.
     #[error("a different record is already stored under this key")]
     Exists,
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
-    /// A group commit failed (the whole batch was not stored).
+    /// A group commit failed (the whole batch was not stored): the error
+    /// that failed it, shared by every put of the batch.
     #[error("group commit failed: {0}")]
-    Commit(String),
+    Commit(#[source] Arc<StoreError>),
     /// Storing the new blobs of a put would take the stored blob bytes past
     /// the quota; none of the put was stored.
     #[error("store is full (quota {quota} bytes)")]
@@ -198,14 +202,15 @@ pub enum StoreError {
     },
     /// The index file is damaged: the store refuses to open it.
     #[error(
-        "the index {} is damaged ({reason}); stop the server and run `ringvault-chunkserver --config <its config> --rebuild-index`, which moves it aside and rebuilds it from the segment files (snapshot records and keys then come back from the other servers)",
+        "the index {} is damaged ({source}); stop the server and run `ringvault-chunkserver --config <its config> --rebuild-index`, which moves it aside and rebuilds it from the segment files (snapshot records and keys then come back from the other servers)",
         path.display()
     )]
     IndexCorrupt {
         /// The index file.
         path: PathBuf,
         /// What redb found.
-        reason: String,
+        #[source]
+        source: redb::Error,
     },
 }
 

@@ -427,7 +427,7 @@ fn corrupt_or_index(path: &Path, e: impl Into<redb::Error>) -> StoreError {
         }
         _ => StoreError::IndexCorrupt {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e,
         },
     }
 }

@@ -288,4 +288,20 @@ mod tests {
         h.recovered();
         assert_eq!(h.report().state, StoreState::Failing);
     }
+
+    #[test]
+    fn no_space_is_told_by_the_error_code_not_the_message() {
+        let errno = |e: rustix::io::Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        assert!(is_no_space(&errno(rustix::io::Errno::NOSPC)));
+        assert!(is_no_space(&errno(rustix::io::Errno::DQUOT)));
+        assert!(is_no_space(&std::io::Error::from(
+            std::io::ErrorKind::StorageFull
+        )));
+        assert!(!is_no_space(&errno(rustix::io::Errno::IO)));
+        assert!(!is_no_space(&errno(rustix::io::Errno::ROFS)));
+        // A message that merely reads like it is not the condition.
+        assert!(!is_no_space(&std::io::Error::other(
+            "No space left on device (os error 28)"
+        )));
+    }
 }

@@ -7,7 +7,8 @@
 //! its last commit), so the store recovers without a restart once the cause
 //! is gone. It waits (bounded) for the calls holding the old handle to end,
 //! and tries at most once per [`REOPEN_EVERY`]; meanwhile calls fail with
-//! [`StoreError::Index`].
+//! [`StoreError::Index`], carrying the error that broke it
+//! ([`IndexError::Broken`]).
 //!
 //! Known gap: a commit that failed but reached the disk anyway is in the
 //! reopened index while the store's in-memory summaries never counted it;
@@ -22,6 +23,47 @@ use redb::{Database, DatabaseError, ReadTransaction, ReadableDatabase, WriteTran
 
 use super::StoreError;
 use super::health::{Health, is_no_space};
+
+/// Why the index failed, as [`StoreError::Index`] carries it.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// redb failed: an I/O error, a transaction, table or commit it
+    /// refused. Shared with the index's memory of the I/O error that broke
+    /// it, if this is that error.
+    #[error(transparent)]
+    Redb(Arc<redb::Error>),
+    /// An entry does not parse as this version writes it.
+    #[error("malformed index entry")]
+    Malformed,
+    /// The database is closed while it is reopened after an I/O error, or
+    /// because its reopen failed (the store's health says why).
+    #[error("the index is closed for reopening")]
+    Closed,
+    /// An earlier I/O error broke the database: redb refuses every call
+    /// until it is reopened, at most once a second.
+    #[error("{first} (not cleared yet: the index is reopened at most every {REOPEN_EVERY:?})")]
+    Broken {
+        /// The I/O error that broke it.
+        #[source]
+        first: Arc<redb::Error>,
+    },
+    /// A rebuild was asked to replace an index that a running server
+    /// holds.
+    #[error(
+        "{} is in use by a running server: stop it before rebuilding its index",
+        path.display()
+    )]
+    InUse {
+        /// The index file.
+        path: PathBuf,
+    },
+}
+
+impl From<redb::Error> for IndexError {
+    fn from(e: redb::Error) -> Self {
+        Self::Redb(Arc::new(e))
+    }
+}
 
 /// Most often a broken index is reopened.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -49,7 +91,7 @@ enum Cause {
     /// Its file system ran out of space.
     NoSpace,
     /// Another I/O error, as redb reported it.
-    Io(String),
+    Io(Arc<redb::Error>),
 }
 
 impl Index {
@@ -77,7 +119,7 @@ impl Index {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| StoreError::Index("the index is closed for reopening".into()))
+            .ok_or(StoreError::Index(IndexError::Closed))
     }
 
     /// A read transaction.
@@ -138,22 +180,24 @@ impl Index {
             (redb::Error::PreviousIo, Some(Cause::Io(first))) => {
                 self.broken.store(true, Ordering::Release);
                 self.health.fail(format!("index: {first}"), false);
-                return StoreError::Index(format!(
-                    "{first} (not cleared yet: the index is reopened at most every {REOPEN_EVERY:?})"
-                ));
+                return IndexError::Broken { first }.into();
             }
-            (redb::Error::Io(_), _) => {
-                self.set_cause(Cause::Io(e.to_string()));
+            _ => {}
+        }
+        let e = Arc::new(e);
+        match &*e {
+            redb::Error::Io(_) => {
+                self.set_cause(Cause::Io(e.clone()));
                 self.broken.store(true, Ordering::Release);
                 self.health.fail(format!("index: {e}"), false);
             }
-            (redb::Error::PreviousIo | redb::Error::DatabaseClosed, _) => {
+            redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
                 self.broken.store(true, Ordering::Release);
                 self.health.fail(format!("index: {e}"), false);
             }
             _ => {}
         }
-        StoreError::Index(e.to_string())
+        IndexError::Redb(e).into()
     }
 
     fn set_cause(&self, cause: Cause) {
@@ -254,5 +298,33 @@ mod tests {
         let later = failing.error(redb::Error::PreviousIo);
         assert!(later.to_string().contains("sector not found"), "{later}");
         assert_eq!(failing.health.report().state, StoreState::Failing);
+    }
+
+    #[test]
+    fn the_io_error_that_broke_the_index_stays_typed_in_later_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = index(dir.path());
+        let first = failing.error(redb::Error::Io(std::io::Error::other("sector not found")));
+        assert!(
+            matches!(&first, StoreError::Index(IndexError::Redb(e)) if matches!(&**e, redb::Error::Io(_))),
+            "{first:?}"
+        );
+        let later = failing.error(redb::Error::PreviousIo);
+        let StoreError::Index(IndexError::Broken { first }) = &later else {
+            panic!("not the broken index: {later:?}");
+        };
+        let redb::Error::Io(io) = &**first else {
+            panic!("not the I/O error: {first:?}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::Other);
+        assert_eq!(
+            later.to_string(),
+            "index: I/O error: sector not found (not cleared yet: the index is reopened at most every 1s)"
+        );
+        let source = std::error::Error::source(&later).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some(&later.to_string()["index: ".len()..])
+        );
     }
 }

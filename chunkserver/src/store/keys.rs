@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::TableDefinition;
 use ringvault_common::{ChunkId, RepoId};
 
-use super::{RecordKey, RecordKind, StoreError};
+use super::{IndexError, RecordKey, RecordKind, StoreError};
 
 /// The blob index, keyed `id | repo_len | repo`.
 pub(super) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs-v2");
@@ -144,12 +144,14 @@ pub(super) fn record_prefix(kind: RecordKind, repo: &RepoId) -> Vec<u8> {
     record_prefix_raw(kind as u8, repo)
 }
 
-pub(super) fn index_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Index(e.to_string())
+/// A redb error as a [`StoreError::Index`].
+pub(super) fn index_err(e: impl Into<redb::Error>) -> StoreError {
+    IndexError::from(e.into()).into()
 }
 
+/// The error for an index entry that does not parse.
 pub(super) fn malformed() -> StoreError {
-    StoreError::Index("malformed index entry".into())
+    IndexError::Malformed.into()
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it): the one

@@ -26,12 +26,12 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::StoreError;
 use super::keys::{
     BLOBS, Location, QUARANTINE, RECORDS, TRASH, UNREFERENCED, blob_key, decode_key, index_err,
     malformed, timed_location, timed_value, unix_seconds,
 };
 use super::segment::{SEGMENT_MAGIC, list_segments, segment_path, sync_dir};
+use super::{IndexError, StoreError};
 use ringvault_common::{ChunkId, RepoId};
 
 /// Index entries written per transaction while rebuilding.
@@ -164,10 +164,10 @@ pub(super) fn rebuild(dir: &Path, index: &Path) -> Result<RebuildReport, StoreEr
     if index.exists()
         && let Err(redb::DatabaseError::DatabaseAlreadyOpen) = redb::ReadOnlyDatabase::open(index)
     {
-        return Err(StoreError::Index(format!(
-            "{} is in use by a running server: stop it before rebuilding its index",
-            index.display()
-        )));
+        return Err(IndexError::InUse {
+            path: index.to_owned(),
+        }
+        .into());
     }
     let seg_dir = dir.join("segments");
     let segments = list_segments(&seg_dir)?;

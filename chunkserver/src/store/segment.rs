@@ -178,13 +178,14 @@ impl SegmentWriter {
                 }
             }
             let mut refused = vec![None; jobs.len()];
-            let result = self.commit(&jobs, &mut refused);
+            // Shared: every put of the batch answers with its cause.
+            let result = self.commit(&jobs, &mut refused).map_err(Arc::new);
             if let Err(e) = &result {
                 self.failed(e);
             }
             // Out of space on the way: the batch is refused as full, so
             // coordinators place it elsewhere.
-            let no_space = match &result {
+            let no_space = match result.as_ref().map_err(|e| &**e) {
                 Err(StoreError::Io { source, .. }) => is_no_space(source),
                 Err(StoreError::DiskFull { .. }) => true,
                 _ => false,
@@ -202,7 +203,7 @@ impl SegmentWriter {
                         free: 0,
                         min_free: 0,
                     }),
-                    (Err(e), None) => Err(StoreError::Commit(e.to_string())),
+                    (Err(e), None) => Err(StoreError::Commit(e.clone())),
                 };
                 let _ = job.done.send(r);
             }

@@ -203,6 +203,29 @@ fn concurrent_puts_share_commits() {
     assert_eq!(s.stats().unwrap().0, 400);
 }
 
+#[test]
+fn a_failed_group_commit_carries_its_typed_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FsStore::open(dir.path(), FsStoreOptions::default()).unwrap();
+    // The first put makes segment 1: a directory in its place fails it.
+    let taken = segment_path(&dir.path().join("segments"), 1);
+    std::fs::create_dir(&taken).unwrap();
+    let e = s.put_blobs(&repo(), blobs(2)).unwrap_err();
+    let StoreError::Commit(cause) = &e else {
+        panic!("not a failed group commit: {e:?}");
+    };
+    assert!(
+        matches!(&**cause, StoreError::Io { path, source }
+            if *path == taken && source.kind() == std::io::ErrorKind::AlreadyExists),
+        "{cause:?}"
+    );
+    assert!(
+        e.to_string().starts_with("group commit failed: I/O on "),
+        "{e}"
+    );
+    assert_eq!(s.stats().unwrap().0, 0);
+}
+
 use ringvault_common::wire::{PARTITION_BITMAP_BYTES, bitmap_of};
 
 /// An id in partition `p`.
