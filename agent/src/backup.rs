@@ -159,7 +159,7 @@ pub async fn backup(repo: Arc<Repo>, opts: BackupOptions) -> anyhow::Result<Back
                     && e.chain().any(|c| {
                         matches!(
                             c.downcast_ref::<ClientError>(),
-                            Some(ClientError::FenceMoved(_))
+                            Some(ClientError::FenceMoved { .. })
                         )
                     }) =>
             {

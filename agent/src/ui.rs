@@ -705,7 +705,7 @@ impl ApiError {
     fn from_library(e: anyhow::Error, refused: StatusCode) -> Self {
         let status = match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
             Some(ClientError::Unreachable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Some(ClientError::CertificateRefused(_) | ClientError::Forbidden(_)) => {
+            Some(ClientError::CertificateRefused { .. } | ClientError::Forbidden(_)) => {
                 StatusCode::FORBIDDEN
             }
             Some(_) => StatusCode::BAD_GATEWAY,

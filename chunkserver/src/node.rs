@@ -18,7 +18,7 @@ use ringvault_common::wire::{
     ErrorCode, NodeStatus, PeerRpc, PeerState, Request, Response, WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
-use ringvault_net::quic::{self, CallError};
+use ringvault_net::quic::{self, CallError, ConnectFailure};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -446,7 +446,7 @@ impl Node {
             .map(str::to_owned)
             .ok_or_else(|| CallError::Connect {
                 addr: id.to_string(),
-                reason: "not in the cluster map".into(),
+                reason: ConnectFailure::NotInMap,
             })?;
         let request: Request = request.into();
         // Has-queries are cheap: a replica slower than this is treated as

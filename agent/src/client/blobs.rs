@@ -169,7 +169,7 @@ impl Cluster {
                 }) if e.code == ErrorCode::Corrupt => {
                     self.report_bad_copy(*id, node, e.message);
                 }
-                Err(e @ ClientError::CertificateRefused(_)) => return Err(e),
+                Err(e @ ClientError::CertificateRefused { .. }) => return Err(e),
                 Err(e) => notes.push(e.to_string()),
             }
         }

@@ -16,6 +16,7 @@ use ringvault_common::placement::ClusterMap;
 use ringvault_common::routing::{self};
 use ringvault_common::wire::{
     ClientRpc, ErrorCode, GetNodeStatus, Hello, PROTOCOL_VERSION, Request, Response, Welcome,
+    WireError,
 };
 use ringvault_common::{ChunkId, NodeId, RepoId};
 use ringvault_net::quic::{self, CallError, Peers};
@@ -41,9 +42,17 @@ pub enum ClientError {
     /// No configured server answered.
     #[error("cluster unreachable: no server answered ({0})")]
     Unreachable(String),
-    /// A server refused our certificate.
-    #[error("{0}")]
-    CertificateRefused(String),
+    /// One side refused the other's certificate: the connection to `addr`
+    /// ended with a TLS alert.
+    #[error(
+        "certificate refused by {addr}: the server does not accept this agent's certificate, or this agent does not trust the server's (are both signed by the same cluster CA?) [{alert}]"
+    )]
+    CertificateRefused {
+        /// The server's address.
+        addr: String,
+        /// How the connection ended.
+        alert: quinn::ConnectionError,
+    },
     /// Too few replicas stored a write.
     #[error(
         "write quorum not reached: chunk {chunk} has {copies} durable copies, {needed} required ({reason})"
@@ -74,9 +83,15 @@ pub enum ClientError {
     /// lacks that server (it was not reached when the backup began). The
     /// chunks must be checked again under a new reading.
     #[error(
-        "the snapshot record was refused under the garbage-collection fence the backup read ({0}); its chunks must be checked again"
+        "the snapshot record was refused under the garbage-collection fence the backup read ({node}: {}); its chunks must be checked again",
+        error.message
     )]
-    FenceMoved(String),
+    FenceMoved {
+        /// The server that refused it.
+        node: NodeId,
+        /// Its refusal ([`ErrorCode::FenceMoved`]).
+        error: WireError,
+    },
     /// Every live server was tried and none took the request: each is
     /// named with its cause (a full or failing store, too few copies, no
     /// answer).
@@ -132,7 +147,7 @@ impl Cluster {
         for addr in servers {
             let conn = match quic::connect(&endpoint, addr, connect_timeout).await {
                 Ok(c) => c,
-                Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
+                Err(CallError::CertificateRefused(e)) => return Err(refused(addr, e)),
                 Err(e) => {
                     reasons.push(format!("{addr}: {e}"));
                     continue;
@@ -184,7 +199,7 @@ impl Cluster {
                         next: std::sync::atomic::AtomicUsize::new(0),
                     });
                 }
-                Err(CallError::CertificateRefused(e)) => return Err(refused(addr, &e)),
+                Err(CallError::CertificateRefused(e)) => return Err(refused(addr, e)),
                 Err(CallError::Remote(e)) if e.code == ErrorCode::VersionMismatch => {
                     return Err(ClientError::Protocol(e.message));
                 }
@@ -342,7 +357,7 @@ impl Cluster {
             self.refresh_map(node).await;
         }
         result.map_err(|error| match error {
-            CallError::CertificateRefused(e) => refused(&addr, &e),
+            CallError::CertificateRefused(e) => refused(&addr, e),
             CallError::Remote(e) if e.code == ErrorCode::Forbidden => {
                 ClientError::Forbidden(format!("server {node}: {}", e.message))
             }
@@ -391,7 +406,7 @@ impl Cluster {
                     answered = true;
                     reasons.push(format!("{node}: {}", e.message));
                 }
-                Err(e @ (ClientError::CertificateRefused(_) | ClientError::Forbidden(_))) => {
+                Err(e @ (ClientError::CertificateRefused { .. } | ClientError::Forbidden(_))) => {
                     return Err(e);
                 }
                 Err(ClientError::Server { node, error }) => {
@@ -473,7 +488,7 @@ impl Cluster {
                         answers.push((node, answer));
                     }
                 }
-                Err(e @ (ClientError::CertificateRefused(_) | ClientError::Forbidden(_))) => {
+                Err(e @ (ClientError::CertificateRefused { .. } | ClientError::Forbidden(_))) => {
                     return Err(e);
                 }
                 Err(e) => reasons.push(e.to_string()),
@@ -527,10 +542,11 @@ fn expect_len(node: NodeId, kind: &str, got: usize, asked: usize) -> Result<(), 
     }
 }
 
-fn refused(addr: &str, detail: &str) -> ClientError {
-    ClientError::CertificateRefused(format!(
-        "certificate refused by {addr}: the server does not accept this agent's certificate, or this agent does not trust the server's (are both signed by the same cluster CA?) [{detail}]"
-    ))
+fn refused(addr: &str, alert: quinn::ConnectionError) -> ClientError {
+    ClientError::CertificateRefused {
+        addr: addr.to_owned(),
+        alert,
+    }
 }
 
 #[cfg(test)]

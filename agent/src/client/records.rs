@@ -71,7 +71,7 @@ impl Cluster {
                 node,
                 error: CallError::Remote(e),
             }) if e.code == ErrorCode::FenceMoved => {
-                Err(ClientError::FenceMoved(format!("{node}: {}", e.message)))
+                Err(ClientError::FenceMoved { node, error: e })
             }
             other => other.map(|_| ()),
         }

@@ -31,14 +31,15 @@ pub enum CallError {
         /// The address tried.
         addr: String,
         /// Why.
-        reason: String,
+        reason: ConnectFailure,
     },
     /// The connection or stream broke.
     #[error("connection lost: {0}")]
-    Connection(String),
-    /// The server refused our certificate.
+    Connection(Lost),
+    /// One side refused the other's certificate: the connection ended with
+    /// a TLS alert ([`tls_alert`]).
     #[error("the server refused this certificate ({0}); is it signed by the cluster's CA?")]
-    CertificateRefused(String),
+    CertificateRefused(quinn::ConnectionError),
     /// The response did not decode.
     #[error("malformed response: {0}")]
     Frame(#[from] FrameError),
@@ -56,6 +57,51 @@ pub enum CallError {
         /// What came back.
         answer: Box<Response>,
     },
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// The address did not resolve.
+    #[error("cannot resolve it: {0}")]
+    Resolve(std::io::Error),
+    /// The address resolved to nothing.
+    #[error("it resolves to no address")]
+    NoAddress,
+    /// quinn refused to start the connection (a bad address, the endpoint
+    /// is closing).
+    #[error("{0}")]
+    Endpoint(quinn::ConnectError),
+    /// No handshake within the connect timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The handshake timed out in QUIC itself.
+    #[error("no answer (is the server running?)")]
+    NoAnswer,
+    /// It failed lately and is routed around ([`Peers::is_down`]).
+    #[error("recently unreachable")]
+    RecentlyDown,
+    /// The node has no address in the cluster map.
+    #[error("not in the cluster map")]
+    NotInMap,
+}
+
+/// How an open connection or stream broke: quinn's error for the step that
+/// failed, or the connection's own close reason when it has one.
+#[derive(Debug, thiserror::Error)]
+pub enum Lost {
+    /// The connection ended (its close reason).
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing the request failed.
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+    /// Finishing the request's stream failed.
+    #[error(transparent)]
+    Finish(#[from] quinn::ClosedStream),
+    /// Reading the response failed.
+    #[error(transparent)]
+    Read(#[from] quinn::ReadToEndError),
 }
 
 /// Transport settings for throughput on fast links: large stream and
@@ -180,20 +226,20 @@ pub async fn connect(
     addr: &str,
     timeout: Duration,
 ) -> Result<Connection, CallError> {
-    let connect_err = |reason: String| CallError::Connect {
+    let connect_err = |reason: ConnectFailure| CallError::Connect {
         addr: addr.to_owned(),
         reason,
     };
     let sock = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| connect_err(e.to_string()))?
+        .map_err(|e| connect_err(ConnectFailure::Resolve(e)))?
         .next()
-        .ok_or_else(|| connect_err("address resolves to nothing".into()))?;
+        .ok_or_else(|| connect_err(ConnectFailure::NoAddress))?;
     let connecting = endpoint
         .connect(sock, NODE_SERVER_NAME)
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|e| connect_err(ConnectFailure::Endpoint(e)))?;
     match tokio::time::timeout(timeout, connecting).await {
-        Err(_) => Err(connect_err(format!("no answer within {timeout:?}"))),
+        Err(_) => Err(connect_err(ConnectFailure::Timeout(timeout))),
         Ok(Err(e)) => Err(classify(e, addr)),
         Ok(Ok(conn)) => Ok(conn),
     }
@@ -201,14 +247,14 @@ pub async fn connect(
 
 fn classify(e: quinn::ConnectionError, addr: &str) -> CallError {
     if tls_alert(&e).is_some() {
-        return CallError::CertificateRefused(e.to_string());
+        return CallError::CertificateRefused(e);
     }
     match e {
         quinn::ConnectionError::TimedOut => CallError::Connect {
             addr: addr.to_owned(),
-            reason: "no answer (is the server running?)".into(),
+            reason: ConnectFailure::NoAnswer,
         },
-        e => CallError::Connection(e.to_string()),
+        e => CallError::Connection(Lost::Connection(e)),
     }
 }
 
@@ -277,18 +323,18 @@ async fn call_inner(
     request: &Request,
     mut payload: Vec<Bytes>,
 ) -> Result<Answer, CallError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(conn, &e))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(conn, e))?;
     let mut parts = Vec::with_capacity(payload.len() + 1);
     parts.push(Bytes::from(wire::encode_header(request)));
     parts.append(&mut payload);
     send.write_all_chunks(&mut parts)
         .await
-        .map_err(|e| lost(conn, &e))?;
-    send.finish().map_err(|e| lost(conn, &e))?;
+        .map_err(|e| lost(conn, e))?;
+    send.finish().map_err(|e| lost(conn, e))?;
     let frame = recv
         .read_to_end(MAX_FRAME)
         .await
-        .map_err(|e| lost(conn, &e))?;
+        .map_err(|e| lost(conn, e))?;
     let frame = Bytes::from(frame);
     let (epoch, response, payload) = wire::decode_response(&frame)?;
     let start = frame.len() - payload.len();
@@ -301,13 +347,11 @@ async fn call_inner(
 /// Classifies a stream failure, preferring the connection's own close
 /// reason, which says more than the stream's "connection lost" (a TLS
 /// alert, for one).
-fn lost(conn: &Connection, e: &(impl std::fmt::Display + std::fmt::Debug)) -> CallError {
+fn lost(conn: &Connection, e: impl Into<Lost>) -> CallError {
     match conn.close_reason() {
-        Some(reason) if tls_alert(&reason).is_some() => {
-            CallError::CertificateRefused(reason.to_string())
-        }
-        Some(reason) => CallError::Connection(reason.to_string()),
-        None => CallError::Connection(format!("{e} [{e:?}]")),
+        Some(reason) if tls_alert(&reason).is_some() => CallError::CertificateRefused(reason),
+        Some(reason) => CallError::Connection(Lost::Connection(reason)),
+        None => CallError::Connection(e.into()),
     }
 }
 
@@ -488,7 +532,7 @@ impl Peers {
         if self.is_down(node) {
             return Err(CallError::Connect {
                 addr: addr.to_owned(),
-                reason: "recently unreachable".into(),
+                reason: ConnectFailure::RecentlyDown,
             });
         }
         match connect(&self.endpoint, addr, self.connect_timeout).await {
@@ -589,7 +633,8 @@ mod tests {
         assert_eq!(tls_alert(&ours), Some(42));
         assert!(matches!(
             classify(ours, "127.0.0.1:1"),
-            CallError::CertificateRefused(_)
+            CallError::CertificateRefused(ConnectionError::TransportError(t))
+                if t.code == TransportErrorCode::crypto(42)
         ));
         // Other transport errors, and ends that carry no code, are not TLS.
         assert_eq!(
@@ -600,7 +645,15 @@ mod tests {
         assert_eq!(tls_alert(&ConnectionError::Reset), None);
         assert!(matches!(
             classify(ConnectionError::TimedOut, "127.0.0.1:1"),
-            CallError::Connect { .. }
+            CallError::Connect {
+                reason: ConnectFailure::NoAnswer,
+                ..
+            }
+        ));
+        // Any other end keeps quinn's error, typed.
+        assert!(matches!(
+            classify(ConnectionError::Reset, "127.0.0.1:1"),
+            CallError::Connection(Lost::Connection(ConnectionError::Reset))
         ));
     }
 }
