@@ -15,10 +15,11 @@
 //! point leaves no partial snapshot.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -120,7 +121,8 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
             full_scan
         };
         let full_scan_due = scan_every.map(|every| last_full_scan + every);
-        if let Ok(mut s) = shared.lock() {
+        {
+            let mut s = shared.lock();
             s.status.dirty_paths = dirty.len();
             s.status.full_scan_pending = dirty.rescan_all;
             s.due = due;
@@ -157,7 +159,8 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
                     last_full_scan = Instant::now();
                 }
                 let counters = Arc::new(Counters::default());
-                if let Ok(mut s) = shared.lock() {
+                {
+                    let mut s = shared.lock();
                     s.running = Some((Instant::now(), work.rescan_all, counters.clone()));
                 }
                 let task = tokio::spawn(snapshot(
@@ -179,7 +182,8 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
                         if stored {
                             let time = status::now_rfc3339();
                             service::status(&format!("last snapshot {} at {time}", id.short()));
-                            if let Ok(mut s) = shared.lock() {
+                            {
+                                let mut s = shared.lock();
                                 s.status.last_snapshot =
                                     Some(status::LastSnapshot { id: id.to_hex(), time });
                             }
@@ -189,7 +193,8 @@ pub async fn run(repo: Arc<Repo>, watching: Watching, scan_first: bool) -> anyho
                     Ok(Err(e)) => Some(format!("{e:#}")),
                     Err(e) => Some(format!("the snapshot task failed: {e}")),
                 };
-                if let Ok(mut s) = shared.lock() {
+                {
+                    let mut s = shared.lock();
                     s.running = None;
                     s.status.last_error.clone_from(&failure);
                 }

@@ -5,10 +5,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -152,10 +153,7 @@ pub async fn listen(
 
 fn current(shared: &Mutex<Shared>, repo: &Repo) -> AgentStatus {
     let now = tokio::time::Instant::now();
-    let s = match shared.lock() {
-        Ok(s) => s,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let s = shared.lock();
     let mut status = s.status.clone();
     status.next_snapshot_in_ms = s
         .due

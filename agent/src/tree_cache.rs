@@ -9,10 +9,10 @@
 //! cache outgrows its bound, the least recently used files go first.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 use ringvault_common::ChunkId;
 
 /// The tree cache of one repository on this machine.
@@ -83,7 +83,7 @@ impl TreeCache {
         // Counting lists the whole cache: done once, then only when the
         // running total passes the limit (trimming leaves 90%, so at most
         // once per tenth of the limit written).
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock();
         let total = match *held {
             Some(t) => t + blob.len() as u64,
             None => trim(&self.dir, u64::MAX),

@@ -10,11 +10,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher as _};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 /// Most paths a [`DirtySet`] holds before it asks for a full scan instead
@@ -225,8 +226,7 @@ fn follow_mounts(
                 for m in &mounts {
                     tracing::info!(path = %m.display(), "mount changed under a watched path");
                     if m.is_dir()
-                        && let Ok(mut w) = watcher.lock()
-                        && let Err(e) = w.watch(m, RecursiveMode::Recursive)
+                        && let Err(e) = watcher.lock().watch(m, RecursiveMode::Recursive)
                     {
                         tracing::warn!(path = %m.display(), error = %e, "cannot watch the new mount");
                     }

@@ -79,14 +79,14 @@ pub fn spawn(node: Arc<Node>) -> Vec<JoinHandle<()>> {
 /// at or under `bytes_per_s` (0: no limit).
 pub(crate) struct RateLimiter {
     bytes_per_s: u64,
-    next_free: std::sync::Mutex<Instant>,
+    next_free: parking_lot::Mutex<Instant>,
 }
 
 impl RateLimiter {
     pub(crate) fn new(bytes_per_s: u64) -> Self {
         Self {
             bytes_per_s,
-            next_free: std::sync::Mutex::new(Instant::now()),
+            next_free: parking_lot::Mutex::new(Instant::now()),
         }
     }
 
@@ -96,7 +96,7 @@ impl RateLimiter {
             return;
         }
         let wait = {
-            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next_free.lock();
             let now = Instant::now();
             let start = (*next).max(now);
             *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);

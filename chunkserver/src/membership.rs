@@ -17,8 +17,8 @@
 //! older map than it served.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use ringvault_common::placement::ClusterMap;
 use ringvault_net::files::{WriteError, write_atomic};
 
@@ -123,7 +123,7 @@ impl Membership {
         digest: [u8; 32],
         base: u64,
     ) -> Result<(bool, u64), MembershipError> {
-        let mut promise = self.promise.lock().unwrap_or_else(|p| p.into_inner());
+        let mut promise = self.promise.lock();
         let promised = promise.map_or(0, |p| p.epoch);
         let highest = committed.max(promised);
         let same = *promise == Some(Promise { epoch, digest });
@@ -151,7 +151,7 @@ impl Membership {
     /// # Errors
     /// [`MembershipError::NotPromised`].
     pub fn check_promised(&self, map: &ClusterMap) -> Result<(), MembershipError> {
-        let promise = *self.promise.lock().unwrap_or_else(|p| p.into_inner());
+        let promise = *self.promise.lock();
         match promise {
             Some(p) if p.epoch == map.epoch && p.digest == map.digest() => Ok(()),
             Some(p) if p.epoch == map.epoch => Err(MembershipError::NotPromised {

@@ -6,11 +6,12 @@
 //! on none of them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use quinn::Endpoint;
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::tls::PeerIdentity;
@@ -246,14 +247,11 @@ impl Node {
 
     /// The current view (map, out nodes, owners).
     pub fn view(&self) -> Arc<View> {
-        self.view
-            .read()
-            .map(|v| v.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.view.read().clone()
     }
 
     fn set_view(&self, view: View) {
-        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.view.write();
         *slot = Arc::new(view);
     }
 
@@ -276,12 +274,12 @@ impl Node {
             nodes = map.nodes.len(),
             "adopting a new cluster map"
         );
-        if let Ok(mut seen) = self.last_ok.lock() {
-            let now = Instant::now();
-            for n in &map.nodes {
-                seen.entry(n.id).or_insert(now);
-            }
+        let now = Instant::now();
+        let mut seen = self.last_ok.lock();
+        for n in &map.nodes {
+            seen.entry(n.id).or_insert(now);
         }
+        drop(seen);
         let out = old
             .out
             .iter()
@@ -307,9 +305,7 @@ impl Node {
 
     /// Notes that `peer` answered.
     pub(crate) fn peer_answered(&self, peer: NodeId) {
-        if let Ok(mut seen) = self.last_ok.lock() {
-            seen.insert(peer, Instant::now());
-        }
+        self.last_ok.lock().insert(peer, Instant::now());
     }
 
     /// Recomputes which peers are out (unreachable past `out_after`) and
@@ -317,7 +313,7 @@ impl Node {
     pub(crate) fn update_out(&self) {
         let view = self.view();
         let out: BTreeSet<NodeId> = {
-            let seen = self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = self.last_ok.lock();
             view.map
                 .nodes
                 .iter()
@@ -408,7 +404,7 @@ impl Node {
     /// Every peer of `view` not seen up, with the seconds since it last
     /// answered this node (or since this node started).
     fn silent_peers(&self, view: &View) -> Vec<(NodeId, u64)> {
-        let seen = self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = self.last_ok.lock();
         view.map
             .nodes
             .iter()

@@ -5,7 +5,7 @@
 //! [`ringvault_common::gc::RoundTable`]'s; this adds its lock and the gate
 //! between round begins and snapshot stores.
 
-use std::sync::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
 pub use ringvault_common::gc::Round;
 use ringvault_common::gc::RoundTable;
@@ -37,7 +37,7 @@ impl Rounds {
     }
 
     fn table(&self) -> MutexGuard<'_, RoundTable> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        self.table.lock()
     }
 
     /// Starts round `id` of `repo`, replacing any earlier round (which

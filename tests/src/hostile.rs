@@ -40,12 +40,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringvault_common::listing;
 use ringvault_common::tls::{self, PemPair, TlsMaterial};
@@ -295,7 +296,7 @@ struct Decoys {
 
 /// A poisoned lock still holds usable data here (counters and rules).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.lock()
 }
 
 /// Accepts connections and relays each over its own upstream connection.

@@ -712,7 +712,7 @@ const PORT_SPAN: u16 = 12_000;
 /// # Errors
 /// When `n` free ports cannot be found in the span.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
     // The offset in the span of the next port to try; None before the first.
     static NEXT: Mutex<Option<u16>> = Mutex::new(None);
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -721,9 +721,7 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .unwrap_or(32_768);
     let low = ephemeral_low.saturating_sub(PORT_SPAN).max(1_024);
     let span = ephemeral_low.saturating_sub(low).max(1);
-    let mut next = NEXT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut next = NEXT.lock();
     // Each process starts at its own place, so that concurrent test
     // processes (nextest runs one per test) seldom try the same ports.
     let mut offset =

@@ -5,12 +5,12 @@
 //! around: blobs go to their first live replica, reads try replicas in
 //! placement order, records go to any live server.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use parking_lot::Mutex;
 use quinn::Endpoint;
 use ringvault_common::placement::ClusterMap;
 use ringvault_common::routing::{self};
@@ -123,7 +123,7 @@ pub struct Cluster {
     repo: RepoId,
     /// The newest cluster map learned; replaced when an answer carries a
     /// newer epoch.
-    map: std::sync::RwLock<std::sync::Arc<ClusterMap>>,
+    map: parking_lot::RwLock<std::sync::Arc<ClusterMap>>,
     bad_copies: Mutex<Vec<BadCopy>>,
     timeout: Duration,
     next: std::sync::atomic::AtomicUsize,
@@ -193,7 +193,7 @@ impl Cluster {
                     return Ok(Self {
                         peers,
                         repo,
-                        map: std::sync::RwLock::new(std::sync::Arc::new(map)),
+                        map: parking_lot::RwLock::new(std::sync::Arc::new(map)),
                         bad_copies: Mutex::new(Vec::new()),
                         timeout,
                         next: std::sync::atomic::AtomicUsize::new(0),
@@ -214,10 +214,7 @@ impl Cluster {
 
     /// The cluster map (the newest learned so far).
     pub fn map(&self) -> std::sync::Arc<ClusterMap> {
-        self.map
-            .read()
-            .map(|m| m.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.map.read().clone()
     }
 
     /// Fetches the map from `node` when an answer carried an epoch newer
@@ -242,9 +239,8 @@ impl Cluster {
             && map.epoch > self.map().epoch
         {
             tracing::info!(epoch = map.epoch, "adopting a newer cluster map");
-            if let Ok(mut m) = self.map.write()
-                && map.epoch > m.epoch
-            {
+            let mut m = self.map.write();
+            if map.epoch > m.epoch {
                 *m = std::sync::Arc::new(map);
             }
         }
@@ -257,19 +253,15 @@ impl Cluster {
 
     /// Bad copies met by reads so far.
     pub fn bad_copies(&self) -> Vec<BadCopy> {
-        self.bad_copies
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default()
+        self.bad_copies.lock().clone()
     }
 
     /// Notes a bad copy (reported at the end of a restore), once per chunk
     /// and server.
     pub fn report_bad_copy(&self, chunk: ChunkId, node: NodeId, reason: String) {
         tracing::warn!(chunk = %chunk, node = %node, %reason, "bad copy");
-        if let Ok(mut v) = self.bad_copies.lock()
-            && !v.iter().any(|b| b.chunk == chunk && b.node == node)
-        {
+        let mut v = self.bad_copies.lock();
+        if !v.iter().any(|b| b.chunk == chunk && b.node == node) {
             v.push(BadCopy {
                 chunk,
                 node,

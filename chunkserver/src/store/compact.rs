@@ -117,10 +117,7 @@ impl FsStore {
         // A reader opening the file after this finds it gone and looks its
         // blob up again; one holding a descriptor reads the unlinked file.
         // Dropping the cached one lets the file system free the space.
-        self.readers
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .remove(&segment);
+        self.readers.lock().remove(&segment);
         Ok(Some(written))
     }
 }

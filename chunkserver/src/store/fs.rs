@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
+use parking_lot::Mutex;
 use redb::{Database, ReadableTable};
 #[cfg(test)]
 use ringvault_common::{ChunkId, RepoId};
@@ -208,11 +209,9 @@ impl FsStore {
 
     /// Stops the group-commit thread after the writes already queued.
     pub fn close(&self) {
-        // A poisoned lock means a writer panicked; there is nothing to drain.
-        if let Ok(mut w) = self.writer.lock() {
-            w.take();
-        }
-        if let Some(t) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
+        self.writer.lock().take();
+        let thread = self.writer_thread.lock().take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -222,7 +221,7 @@ impl FsStore {
     }
 
     fn reader(&self, n: u32) -> Result<Arc<File>, StoreError> {
-        let mut readers = self.readers.lock().map_err(|_| StoreError::Closed)?;
+        let mut readers = self.readers.lock();
         if let Some(f) = readers.get(&n) {
             return Ok(f.clone());
         }
@@ -348,12 +347,7 @@ impl FsStore {
         job: impl FnOnce(mpsc::SyncSender<Result<T, StoreError>>) -> WriteJob,
     ) -> Result<T, StoreError> {
         let (done, wait) = mpsc::sync_channel(1);
-        let sender = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
+        let sender = self.writer.lock().clone().ok_or(StoreError::Closed)?;
         sender.send(job(done)).map_err(|_| StoreError::Closed)?;
         wait.recv().map_err(|_| StoreError::Closed)?
     }

@@ -509,7 +509,7 @@ impl GcStore for FsStore {
     }
 
     fn compact(&self, max_live_fraction: f64) -> Result<CompactReport, StoreError> {
-        let _one = self.compacting.lock().map_err(|_| StoreError::Closed)?;
+        let _one = self.compacting.lock();
         // Read before listing: a segment below it is sealed for good.
         let current = self.current.load(Ordering::Acquire);
         let mut sizes = list_segments(&self.dir.join("segments"))?;

@@ -16,8 +16,8 @@
 //! reopened), a panic in a store call until the process restarts.
 
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
 
+use parking_lot::Mutex;
 use ringvault_common::wire::StoreState;
 
 /// A store's health, as [`super::HealthStore::health`] reports it.
@@ -139,10 +139,10 @@ impl Default for Inner {
 }
 
 impl Health {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
         // Every update is a few field stores, so a panicking holder leaves
         // nothing half done.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
     /// Records a measurement: `room` bytes for new blobs, `free` bytes

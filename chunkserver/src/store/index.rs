@@ -15,10 +15,11 @@
 //! they agree again at the next start.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, DatabaseError, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use super::StoreError;
@@ -117,7 +118,6 @@ impl Index {
         }
         self.slot
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or(StoreError::Index(IndexError::Closed))
     }
@@ -152,11 +152,7 @@ impl Index {
     /// [`StoreError::DiskFull`]) or failing until it is.
     pub(super) fn error(&self, e: impl Into<redb::Error>) -> StoreError {
         let e: redb::Error = e.into();
-        let cause = self
-            .cause
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let cause = self.cause.lock().clone();
         match (&e, cause) {
             (redb::Error::Io(io), _) if is_no_space(io) => {
                 self.set_cause(Cause::NoSpace);
@@ -201,12 +197,12 @@ impl Index {
     }
 
     fn set_cause(&self, cause: Cause) {
-        *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = Some(cause);
+        *self.cause.lock() = Some(cause);
     }
 
     /// Closes and opens the database again; see the module docs.
     fn reopen(&self) {
-        let Ok(mut last) = self.reopening.try_lock() else {
+        let Some(mut last) = self.reopening.try_lock() else {
             return;
         };
         if !self.broken.load(Ordering::Acquire) || last.is_some_and(|t| t.elapsed() < REOPEN_EVERY)
@@ -215,11 +211,7 @@ impl Index {
         }
         *last = Some(Instant::now());
         let deadline = Instant::now() + REOPEN_WAIT;
-        let taken = self
-            .slot
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let taken = self.slot.write().take();
         if let Some(mut db) = taken {
             loop {
                 match Arc::try_unwrap(db) {
@@ -233,7 +225,7 @@ impl Index {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(held) => {
-                        *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                        *self.slot.write() = Some(held);
                         tracing::warn!(
                             "cannot reopen the index: calls still hold it; trying again later"
                         );
@@ -245,9 +237,9 @@ impl Index {
         loop {
             match Database::create(&self.path) {
                 Ok(db) => {
-                    *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+                    *self.slot.write() = Some(Arc::new(db));
                     self.broken.store(false, Ordering::Release);
-                    *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    *self.cause.lock() = None;
                     self.health.recovered();
                     tracing::warn!(path = %self.path.display(), "reopened the index after an I/O error");
                     return;

@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use ringvault_common::{ChunkId, RepoId};
 
 use super::health::{Health, StoreHealth};
@@ -73,9 +73,7 @@ impl MemStore {
     /// fails its checksum ([`StoreError::Corrupt`] on read, quarantined by
     /// scrub). Returns whether it was held. For tests.
     pub fn corrupt(&self, repo: &RepoId, id: &ChunkId) -> bool {
-        let Ok(mut blobs) = self.blobs.lock() else {
-            return false;
-        };
+        let mut blobs = self.blobs.lock();
         let Some(blob) = blobs.held.get_mut(&blob_key(repo, id)) else {
             return false;
         };
@@ -88,8 +86,8 @@ impl MemStore {
         true
     }
 
-    fn lock_blobs(&self) -> Result<MutexGuard<'_, MemBlobs>, StoreError> {
-        self.blobs.lock().map_err(|_| StoreError::Closed)
+    fn lock_blobs(&self) -> MutexGuard<'_, MemBlobs> {
+        self.blobs.lock()
     }
 }
 
@@ -108,7 +106,7 @@ impl MemBlobs {
 
 impl BlobStore for MemStore {
     fn put_blobs(&self, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         let mut fresh = BTreeMap::new();
         for (id, bytes) in blobs {
             let key = blob_key(repo, &id);
@@ -142,7 +140,7 @@ impl BlobStore for MemStore {
     }
 
     fn get_blob(&self, repo: &RepoId, id: &ChunkId) -> Result<Option<Bytes>, StoreError> {
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         match map.held.get(&blob_key(repo, id)) {
             None => Ok(None),
             Some(b) if *blake3::hash(&b.bytes).as_bytes() == b.checksum => {
@@ -153,7 +151,7 @@ impl BlobStore for MemStore {
     }
 
     fn has(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         Ok(ids
             .iter()
             .map(|id| map.held.contains_key(&blob_key(repo, id)))
@@ -161,7 +159,7 @@ impl BlobStore for MemStore {
     }
 
     fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         Ok(ids
             .iter()
             .map(|id| {
@@ -173,7 +171,7 @@ impl BlobStore for MemStore {
     }
 
     fn stats(&self) -> Result<(u64, u64), StoreError> {
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         Ok((map.summaries.blobs, map.summaries.bytes))
     }
 }
@@ -189,7 +187,7 @@ impl RecordStore for MemStore {
     ) -> Result<(), StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        let mut map = self.records.lock().map_err(|_| StoreError::Closed)?;
+        let mut map = self.records.lock();
         if exclusive && map.get(&k).is_some_and(|old| old != value) {
             return Err(StoreError::Exists);
         }
@@ -205,17 +203,12 @@ impl RecordStore for MemStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        Ok(self
-            .records
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .get(&k)
-            .cloned())
+        Ok(self.records.lock().get(&k).cloned())
     }
 
     fn list_records(&self, kind: RecordKind, repo: &RepoId) -> Result<Vec<Record>, StoreError> {
         let prefix = record_prefix(kind, repo);
-        let map = self.records.lock().map_err(|_| StoreError::Closed)?;
+        let map = self.records.lock();
         let mut out: Vec<_> = map
             .iter()
             .filter_map(|(k, v)| {
@@ -235,20 +228,19 @@ impl RecordStore for MemStore {
     ) -> Result<bool, StoreError> {
         let mut k = record_prefix(kind, repo);
         k.extend_from_slice(key);
-        let mut map = self.records.lock().map_err(|_| StoreError::Closed)?;
+        let mut map = self.records.lock();
         Ok(map.remove(&k).is_some())
     }
 
     fn record_keys(&self) -> Result<Vec<RecordKey>, StoreError> {
-        let map = self.records.lock().map_err(|_| StoreError::Closed)?;
+        let map = self.records.lock();
         Ok(map.keys().filter_map(|k| parse_record_key(k)).collect())
     }
 }
 
 impl PartitionStore for MemStore {
     fn partition_counts(&self) -> Vec<(u16, u32)> {
-        self.lock_blobs()
-            .map_or_else(|_| Vec::new(), |m| m.summaries.partition_counts())
+        self.lock_blobs().summaries.partition_counts()
     }
 
     fn list_partition(
@@ -260,7 +252,7 @@ impl PartitionStore for MemStore {
         let Some(range) = partition_range(partition, after) else {
             return Ok((Vec::new(), false));
         };
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         let mut keys = Vec::new();
         for k in map.held.range::<Vec<u8>, _>(range).map(|(k, _)| k) {
             if keys.len() == limit {
@@ -274,14 +266,13 @@ impl PartitionStore for MemStore {
 
 impl RepairStore for MemStore {
     fn digests(&self, partitions: &[u8], per_partition: bool) -> Vec<[u8; 32]> {
-        match self.lock_blobs() {
-            Ok(m) => m.summaries.digests(partitions, per_partition),
-            Err(_) => Summaries::new().digests(partitions, per_partition),
-        }
+        self.lock_blobs()
+            .summaries
+            .digests(partitions, per_partition)
     }
 
     fn quarantine(&self, repo: &RepoId, id: &ChunkId) -> Result<bool, StoreError> {
-        Ok(self.lock_blobs()?.quarantine(&blob_key(repo, id)))
+        Ok(self.lock_blobs().quarantine(&blob_key(repo, id)))
     }
 
     fn scrub(
@@ -290,7 +281,7 @@ impl RepairStore for MemStore {
         max_blobs: usize,
         max_bytes: u64,
     ) -> Result<ScrubStep, StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         let lower = after.map_or(Bound::Unbounded, |(repo, id)| {
             Bound::Excluded(blob_key(repo, id))
         });
@@ -318,7 +309,7 @@ impl RepairStore for MemStore {
     }
 
     fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         Ok(ids
             .iter()
             .map(|id| map.trash.contains_key(&blob_key(repo, id)))
@@ -326,7 +317,7 @@ impl RepairStore for MemStore {
     }
 
     fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         let mut removed = 0;
         for (repo, id) in keys {
             let key = blob_key(repo, id);
@@ -346,7 +337,7 @@ impl GcStore for MemStore {
         repo: &RepoId,
         ids: &[ChunkId],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let map = self.lock_blobs()?;
+        let map = self.lock_blobs();
         Ok(ids
             .iter()
             .map(|id| map.unreferenced.get(&blob_key(repo, id)).copied())
@@ -358,7 +349,7 @@ impl GcStore for MemStore {
         repo: &RepoId,
         entries: &[(ChunkId, Option<u64>)],
     ) -> Result<(), StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         for (id, since) in entries {
             let key = blob_key(repo, id);
             match since {
@@ -375,7 +366,7 @@ impl GcStore for MemStore {
     }
 
     fn trash(&self, keys: &[(RepoId, ChunkId)], now_s: u64) -> Result<u64, StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         let mut moved = 0;
         for (repo, id) in keys {
             let key = blob_key(repo, id);
@@ -395,12 +386,12 @@ impl GcStore for MemStore {
     }
 
     fn trash_stats(&self) -> (u64, u64) {
-        self.lock_blobs()
-            .map_or((0, 0), |m| (m.summaries.trash, m.summaries.trash_bytes))
+        let m = self.lock_blobs();
+        (m.summaries.trash, m.summaries.trash_bytes)
     }
 
     fn expire_trash(&self, trashed_before_s: u64) -> Result<(u64, u64), StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         let MemBlobs {
             trash, summaries, ..
         } = &mut *map;
@@ -419,7 +410,7 @@ impl GcStore for MemStore {
     }
 
     fn restore_trash(&self, repo: &RepoId) -> Result<u64, StoreError> {
-        let mut map = self.lock_blobs()?;
+        let mut map = self.lock_blobs();
         let mine: Vec<Vec<u8>> = map
             .trash
             .keys()
@@ -450,20 +441,19 @@ impl GcStore for MemStore {
 
     /// The blob bytes kept in memory: held, quarantined and trashed.
     fn disk_bytes(&self) -> u64 {
-        self.lock_blobs().map_or(0, |m| {
-            let quarantined: u64 = m.quarantine.values().map(|b| b.bytes.len() as u64).sum();
-            m.summaries
-                .bytes
-                .wrapping_add(m.summaries.trash_bytes)
-                .wrapping_add(quarantined)
-        })
+        let m = self.lock_blobs();
+        let quarantined: u64 = m.quarantine.values().map(|b| b.bytes.len() as u64).sum();
+        m.summaries
+            .bytes
+            .wrapping_add(m.summaries.trash_bytes)
+            .wrapping_add(quarantined)
     }
 }
 
 impl HealthStore for MemStore {
     /// Full only by the quota; free space is reported as `u64::MAX`.
     fn health(&self) -> StoreHealth {
-        let held = self.lock_blobs().map_or(0, |m| m.summaries.bytes);
+        let held = self.lock_blobs().summaries.bytes;
         self.health
             .observe(quota_room(self.quota_bytes, held), u64::MAX, false);
         self.health.report()
@@ -474,6 +464,6 @@ impl HealthStore for MemStore {
     }
 
     fn quarantined(&self) -> u64 {
-        self.lock_blobs().map_or(0, |m| m.summaries.quarantined)
+        self.lock_blobs().summaries.quarantined
     }
 }

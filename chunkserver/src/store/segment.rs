@@ -8,9 +8,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use redb::ReadableTable;
 use ringvault_common::{ChunkId, RepoId};
 

@@ -2,9 +2,10 @@
 //! store's totals, kept in memory equal to the blob index (see the module
 //! docs, "Summaries").
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use parking_lot::{Mutex, MutexGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use ringvault_common::wire::{DIGEST_BUCKETS, bitmap_has};
 
@@ -161,7 +162,7 @@ pub(super) fn xor_into(acc: &mut [u8; 32], x: &[u8; 32]) {
 /// by code that cannot panic, so a panicking holder never leaves them half
 /// updated.
 pub(super) fn lock(summaries: &Mutex<Summaries>) -> MutexGuard<'_, Summaries> {
-    summaries.lock().unwrap_or_else(PoisonError::into_inner)
+    summaries.lock()
 }
 
 /// Builds the summaries by one scan of the blob index.

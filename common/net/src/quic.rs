@@ -384,9 +384,9 @@ pub fn peer_identity(conn: &Connection) -> anyhow::Result<(PeerIdentity, String)
 /// `down_for`, so it costs one timeout, not one per request.
 pub struct Peers {
     endpoint: Endpoint,
-    conns: std::sync::Mutex<std::collections::HashMap<NodeId, Connection>>,
+    conns: parking_lot::Mutex<std::collections::HashMap<NodeId, Connection>>,
     /// The nodes that failed lately, read against this process's clock.
-    down: std::sync::Mutex<ringvault_common::routing::Health>,
+    down: parking_lot::Mutex<ringvault_common::routing::Health>,
     connect_timeout: Duration,
     /// UDP bytes sent on connections since dropped.
     retired_bytes: std::sync::atomic::AtomicU64,
@@ -399,8 +399,8 @@ impl Peers {
     pub fn new(endpoint: Endpoint, connect_timeout: Duration, down_for: Duration) -> Self {
         Self {
             endpoint,
-            conns: std::sync::Mutex::default(),
-            down: std::sync::Mutex::new(ringvault_common::routing::Health::new(down_for)),
+            conns: parking_lot::Mutex::default(),
+            down: parking_lot::Mutex::new(ringvault_common::routing::Health::new(down_for)),
             connect_timeout,
             retired_bytes: std::sync::atomic::AtomicU64::new(0),
             newest_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -420,9 +420,7 @@ impl Peers {
 
     /// Ends routing around `node` (it answered again).
     pub fn mark_up(&self, node: NodeId) {
-        if let Ok(mut d) = self.down.lock()
-            && d.mark_up(node)
-        {
+        if self.down.lock().mark_up(node) {
             tracing::info!(node = %node, "reachable again");
         }
     }
@@ -440,7 +438,7 @@ impl Peers {
         epoch: u64,
         timeout: Duration,
     ) -> Result<Welcome, CallError> {
-        let cached = self.conns.lock().ok().and_then(|c| c.get(&node).cloned());
+        let cached = self.conns.lock().get(&node).cloned();
         let conn = match cached {
             Some(c) if c.close_reason().is_none() => c,
             _ => {
@@ -478,34 +476,26 @@ impl Peers {
 
     /// Adds a connection made elsewhere (the agent's first hello).
     pub fn insert(&self, node: NodeId, conn: Connection) {
-        if let Ok(mut c) = self.conns.lock()
-            && let Some(old) = c.insert(node, conn)
-        {
+        let old = self.conns.lock().insert(node, conn);
+        if let Some(old) = old {
             self.retire(&old);
         }
     }
 
     /// Whether `node` failed within `down_for`.
     pub fn is_down(&self, node: NodeId) -> bool {
-        self.down
-            .lock()
-            .map(|d| d.is_down(node, std::time::Instant::now()))
-            .unwrap_or(false)
+        self.down.lock().is_down(node, std::time::Instant::now())
     }
 
     /// Routes around `node` for `down_for` from now and drops its
     /// connection. Logs a warning only when it was not already down.
     pub fn mark_down(&self, node: NodeId, why: &dyn std::fmt::Display) {
-        let newly = self
-            .down
-            .lock()
-            .map_or(true, |mut d| d.mark_down(node, std::time::Instant::now()));
+        let newly = self.down.lock().mark_down(node, std::time::Instant::now());
         if newly {
             tracing::warn!(node = %node, reason = %why, "unreachable; routing around it");
         }
-        if let Ok(mut c) = self.conns.lock()
-            && let Some(conn) = c.remove(&node)
-        {
+        let gone = self.conns.lock().remove(&node);
+        if let Some(conn) = gone {
             self.retire(&conn);
         }
     }
@@ -523,7 +513,7 @@ impl Peers {
     /// [`CallError::Connect`] when it is down or does not answer (then it
     /// is marked down), [`CallError::CertificateRefused`].
     pub async fn connection(&self, node: NodeId, addr: &str) -> Result<Connection, CallError> {
-        let cached = self.conns.lock().ok().and_then(|c| c.get(&node).cloned());
+        let cached = self.conns.lock().get(&node).cloned();
         if let Some(c) = cached
             && c.close_reason().is_none()
         {
@@ -603,8 +593,9 @@ impl Peers {
         let live: u64 = self
             .conns
             .lock()
-            .map(|c| c.values().map(|c| c.stats().udp_tx.bytes).sum())
-            .unwrap_or(0);
+            .values()
+            .map(|c| c.stats().udp_tx.bytes)
+            .sum();
         live + self
             .retired_bytes
             .load(std::sync::atomic::Ordering::Relaxed)
