@@ -1,6 +1,6 @@
 //! What the passes after a restore (`--verify`, `--delete`) share: the
 //! snapshot's directories walked again, each with where the restore put
-//! it, and the target opened as the restore opens it.
+//! it. They open the target with `target::open_existing`.
 //!
 //! The walk goes only into the directories a pass asks for (those the
 //! restore made or found, from its listed actions), so it reads no tree the
@@ -9,7 +9,6 @@
 //! symlink, as the restore does (see the restore module's notes).
 
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, valid_name};
-use rustix::fs::{Mode, OFlags};
 
 use super::push_name;
 use crate::repo::Repo;
@@ -119,21 +117,6 @@ pub(super) async fn for_each_level(
         visit(level);
     }
     Ok(())
-}
-
-/// Opens the target for a pass after the restore (following the path the
-/// user gave, as the restore does).
-///
-/// # Errors
-/// When it cannot be opened as a directory.
-pub(super) fn open_target(target: &Path) -> anyhow::Result<OwnedFd> {
-    rustix::fs::open(
-        target,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(std::io::Error::from)
-    .with_context(|| format!("opening {}", target.display()))
 }
 
 /// Every directory on the way from `target` (excluded) to each of `paths`

@@ -387,7 +387,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), t.join("x/y/out")).unwrap();
         // Not writable: removed all the same.
         std::fs::set_permissions(t.join("x/y"), std::fs::Permissions::from_mode(0o555)).unwrap();
-        let root = super::super::after::open_target(t).unwrap();
+        let root = super::super::target::open_existing(t).unwrap();
         let select = selection(&[], &[]);
 
         let mut listed = Vec::new();
@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn patterns_choose_what_may_go_as_they_choose_what_is_restored() {
         let dir = tempfile::tempdir().unwrap();
-        let root = super::super::after::open_target(dir.path()).unwrap();
+        let root = super::super::target::open_existing(dir.path()).unwrap();
         let excluding = selection(&[], &["*.keep", "/src/cache/"]);
         let c = clean(&excluding, &root, true);
         assert!(c.chosen(b"src/a.txt", false));

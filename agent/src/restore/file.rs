@@ -16,13 +16,15 @@ use ringvault_common::ChunkId;
 use ringvault_common::chunker::Chunker;
 use ringvault_common::keys::RepoKeys;
 use ringvault_common::tree::{ChunkRef, Content, Entry};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawMode, Stat};
+use rustix::fs::{FileType, RawMode, Stat};
 use tokio::sync::Semaphore;
 
 use super::fetch::Fetcher;
 use super::metadata::Meta;
 use super::progress::RestoreProgress;
-use super::target::{create_file, look, stat_mtime_ns, write_sparse};
+use super::target::{
+    create_file, fstat, look, open_to_read, remove_file, set_length, stat_mtime_ns, write_sparse,
+};
 use super::{
     Action, BYTES_IN_FLIGHT, CHUNKS_AHEAD, CHUNKS_AT_ONCE, FileJob, How, Overwrite, verify,
 };
@@ -171,20 +173,13 @@ fn compare_file(
     if !matches!(entry.content, Content::Chunks(_)) {
         bail!("not a file");
     }
-    // Non-blocking: should a FIFO have taken its place since, opening it
-    // neither waits for a writer nor reads from one (`fstat` tells).
-    let Ok(fd) = rustix::fs::openat(
-        dir,
-        OsStr::from_bytes(&entry.name),
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
+    // Should a FIFO have taken its place since, opening it neither waits
+    // for a writer nor reads from one (`fstat` tells).
+    let Ok(file) = open_to_read(dir, OsStr::from_bytes(&entry.name)) else {
         // Unreadable (or gone): write it anew.
         return Ok(Plan::Replace);
     };
-    let st = rustix::fs::fstat(&fd)
-        .map_err(std::io::Error::from)
-        .context("looking at the existing file")?;
+    let st = fstat(file.as_fd()).context("looking at the existing file")?;
     let same = FileType::from_raw_mode(st.st_mode).is_file()
         && st.st_nlink == 1
         && (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino)
@@ -192,7 +187,6 @@ fn compare_file(
     if !same {
         return Ok(Plan::Replace);
     }
-    let file = std::fs::File::from(fd);
     if same_mtime
         || same_chunks(&file, chunker, keys, &entry.chunk_ids().collect::<Vec<_>>())
             .context("reading the existing file")?
@@ -287,7 +281,7 @@ async fn write_file(ctx: &Arc<FileCtx>, job: &Arc<FileJob>, free: bool) -> anyho
         // Made here (O_EXCL): a file that failed is not left with holes
         // or a tail missing where the chunks that failed go. The error
         // says why; nothing else of it is worth keeping.
-        let _ = rustix::fs::unlinkat(dir, OsStr::from_bytes(&job.entry.name), AtFlags::empty());
+        let _ = remove_file(dir, OsStr::from_bytes(&job.entry.name));
     }
     written
 }
@@ -416,7 +410,7 @@ fn finish_file(
     sized: bool,
 ) -> anyhow::Result<u64> {
     if !sized {
-        file.set_len(written).context("writing")?;
+        set_length(file, written).context("writing")?;
     }
     if written != job.entry.size {
         bail!(
@@ -521,7 +515,7 @@ mod tests {
         let path = tmp.path().join("f");
         let fd = dir_fd(tmp.path());
         let plan = |same_mtime| {
-            let st = rustix::fs::statat(fd.as_fd(), "f", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            let st = look(fd.as_fd(), OsStr::new("f")).unwrap().unwrap();
             compare_file(fd.as_fd(), &entry, &st, same_mtime, &chunker, &keys).unwrap()
         };
         std::fs::write(&path, &data).unwrap();

@@ -19,14 +19,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, anyhow, bail};
-use rustix::fs::{AtFlags, FileType};
-use rustix::io::Errno;
+use anyhow::{Context, bail};
 
-use super::target::{look, open_beneath};
-use super::{
-    Action, DirState, How, MadeDir, OpenDir, Overwrite, RestoreReport, lineage, made_path,
-};
+use super::target::{open_beneath, place_link};
+use super::{Action, DirState, How, MadeDir, OpenDir, RestoreReport, lineage, made_path};
 
 /// Where a member of a hard-link group goes: a walked directory (`None`:
 /// the target) and its name there.
@@ -107,7 +103,7 @@ fn open_dir(root: &OpenDir, dirs: &[MadeDir], end: &LinkEnd) -> anyhow::Result<O
 }
 
 /// Links `job.to` to `job.from`, in place of what is there as the
-/// overwrite policy says; in a dry run only decides.
+/// overwrite policy says ([`place_link`]); in a dry run only decides.
 fn link(root: &OpenDir, dirs: &[MadeDir], job: &LinkJob, how: How) -> anyhow::Result<Action> {
     let (Some(from_dir), Some(to_dir)) = (
         open_dir(root, dirs, &job.from)?,
@@ -119,33 +115,5 @@ fn link(root: &OpenDir, dirs: &[MadeDir], job: &LinkJob, how: How) -> anyhow::Re
         OsStr::from_bytes(&job.from.name),
         OsStr::from_bytes(&job.to.name),
     );
-    let action = match look(to_dir.as_fd(), to)? {
-        None => Action::New,
-        Some(_) if how.overwrite == Overwrite::Never => return Ok(Action::Skipped),
-        Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
-            bail!("a directory is in the way (left alone)")
-        }
-        Some(st) => {
-            let first =
-                look(from_dir.as_fd(), from)?.ok_or_else(|| anyhow!("its first link is gone"))?;
-            if (st.st_dev, st.st_ino) == (first.st_dev, first.st_ino) {
-                return Ok(Action::Unchanged);
-            }
-            Action::Replaced
-        }
-    };
-    if how.dry_run {
-        return Ok(action);
-    }
-    if action == Action::Replaced {
-        match rustix::fs::unlinkat(to_dir.as_fd(), to, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(std::io::Error::from(e)).context("removing what is in the way"),
-        }
-    }
-    // No flags: a symlink put in the first's place is linked, not followed.
-    rustix::fs::linkat(from_dir.as_fd(), from, to_dir.as_fd(), to, AtFlags::empty())
-        .map_err(std::io::Error::from)
-        .context("making the hard link")?;
-    Ok(action)
+    place_link(from_dir.as_fd(), from, to_dir.as_fd(), to, how)
 }

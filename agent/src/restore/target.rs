@@ -1,12 +1,15 @@
 //! The system calls on the target directory: opening the target and the
-//! directories beneath it, making directories, symlinks, files and
-//! special files, looking at what is at a name, writing a file's bytes
-//! (long zero runs left as holes), giving an entry its owner, extended
-//! attributes, mode and times ([`Meta`]'s calls), and listing a directory
-//! and making it writable for `--delete`. Below the target, every call
-//! names one entry relative to a directory descriptor, or acts on a
-//! descriptor restore opened itself (see the parent module's notes on
-//! staying inside the target).
+//! directories beneath it, making directories, symlinks, files, hard
+//! links and special files, looking at what is at a name, opening a file
+//! already there for reading (`if-changed`, `--verify`), writing a file's
+//! bytes (long zero runs left as holes), giving an entry its owner,
+//! extended attributes, mode and times ([`Meta`]'s calls), and listing a
+//! directory, making it writable and removing entries for `--delete`.
+//! Below the target, every call names one entry relative to a directory
+//! descriptor, or acts on a descriptor restore opened itself (see the
+//! parent module's notes on staying inside the target). The other modules
+//! decide what to do and read the bytes of a file opened here; they make
+//! no system call on the target of their own.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::DirBuilder;
@@ -15,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use ringvault_common::tree::{Entry, EntryKind};
 use rustix::fs::{
     AtFlags, CWD, FileType, Mode, Nsecs, OFlags, RawMode, Stat, Timespec, Timestamps, XattrFlags,
@@ -49,6 +52,21 @@ pub(super) fn open_target(target: &Path, dry_run: bool) -> anyhow::Result<Option
     }
 }
 
+/// Opens the target for a pass after the restore (following the path the
+/// user gave, as the restore does), making nothing.
+///
+/// # Errors
+/// When it cannot be opened as a directory.
+pub(super) fn open_existing(target: &Path) -> anyhow::Result<OwnedFd> {
+    rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("opening {}", target.display()))
+}
+
 /// Opens the directory `names` leads to from `root`, one component at a
 /// time, following no symlink.
 ///
@@ -72,6 +90,20 @@ pub(super) fn open_beneath<'a>(
         Some(fd) => Ok(fd),
         None => root.try_clone_to_owned(),
     }
+}
+
+/// Opens directory `name` in `parent`, not following a symlink.
+///
+/// # Errors
+/// The `openat` error: `ENOTDIR` or `ELOOP` when `name` is not a
+/// directory or is a symlink.
+pub(super) fn open_dir(parent: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Makes directory `name` in `parent`; an existing directory is fine,
@@ -154,6 +186,64 @@ pub(super) fn place_symlink(
     Ok(Action::Replaced)
 }
 
+/// Places hard link `to` in `to_dir` to the file `from` in `from_dir`
+/// (both beneath the target), as `how` says: made when the name is free;
+/// kept when it already names `from`'s inode; otherwise replaced, but for
+/// a directory there (an error) and `never` (skipped). A dry run only
+/// decides. Neither name is followed: a symlink put in `from`'s place is
+/// linked itself.
+///
+/// # Errors
+/// When what is at either name cannot be looked at, `from` is gone, a
+/// directory is in the way, or what is there cannot be removed or the
+/// link made.
+pub(super) fn place_link(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+    how: How,
+) -> anyhow::Result<Action> {
+    let action = match look(to_dir, to)? {
+        None => Action::New,
+        Some(_) if how.overwrite == Overwrite::Never => return Ok(Action::Skipped),
+        Some(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+            bail!("a directory is in the way (left alone)")
+        }
+        Some(st) => {
+            let first = look(from_dir, from)?.ok_or_else(|| anyhow!("its first link is gone"))?;
+            if (st.st_dev, st.st_ino) == (first.st_dev, first.st_ino) {
+                return Ok(Action::Unchanged);
+            }
+            Action::Replaced
+        }
+    };
+    if how.dry_run {
+        return Ok(action);
+    }
+    if action == Action::Replaced {
+        remove_file(to_dir, to).context("removing what is in the way")?;
+    }
+    // No flags: a symlink put in the first's place is linked, not followed.
+    rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())
+        .map_err(std::io::Error::from)
+        .context("making the hard link")?;
+    Ok(action)
+}
+
+/// Removes `name` from `dir`, which is not a directory (a symlink goes
+/// itself, never followed); already gone counts as removed.
+///
+/// # Errors
+/// The `unlinkat` error but `ENOENT` (`EISDIR` or `EPERM` for a
+/// directory).
+pub(super) fn remove_file(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What is at `name` in `dir`, not following a symlink; `None` when
 /// nothing is.
 ///
@@ -170,6 +260,30 @@ pub(super) fn look(dir: BorrowedFd<'_>, name: &OsStr) -> anyhow::Result<Option<S
 /// `st`'s mtime, ns since the epoch (wide: the platform's field types vary).
 pub(super) fn stat_mtime_ns(st: &Stat) -> i128 {
     i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+}
+
+/// Opens `name` in `dir` for reading, not following a symlink and not
+/// blocking: should a FIFO be at the name, opening it neither waits for a
+/// writer nor reads from one ([`fstat`] tells what was opened).
+///
+/// # Errors
+/// The `openat` error: `ELOOP` when `name` is a symlink.
+pub(super) fn open_to_read(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<std::fs::File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// What `fd`, a descriptor restore opened, is.
+///
+/// # Errors
+/// The `fstat` error.
+pub(super) fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<Stat> {
+    Ok(rustix::fs::fstat(fd)?)
 }
 
 /// Makes symlink `name` in `dir`, pointing at `target`, with its mtime.
@@ -256,6 +370,15 @@ pub(super) fn write_sparse(
     }
     file.write_all_at(&data[start..], offset + start as u64)?;
     Ok(start < data.len() || data.is_empty() && offset == 0)
+}
+
+/// Gives `file`, just written, its length, `len` bytes: needed when its
+/// last bytes were a hole that [`write_sparse`] skipped.
+///
+/// # Errors
+/// The `ftruncate` error.
+pub(super) fn set_length(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)
 }
 
 /// Access and modification times both at `mtime_ns` (ns since the epoch).

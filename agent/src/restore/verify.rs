@@ -10,12 +10,13 @@
 //! cuts the same bytes in the same places. The first chunk that differs
 //! names the file and the offset where it starts; every file is checked,
 //! whatever the others gave. Files are opened as the restore opens them:
-//! beneath the target one component at a time, following no symlink.
+//! beneath the target one component at a time, following no symlink,
+//! through the `target` module; the bytes are read here.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,11 +28,11 @@ use ringvault_common::chunker::Chunker;
 use ringvault_common::keys::RepoKeys;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, Entry, EntryKind};
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::FileType;
 use tokio::sync::Semaphore;
 
-use super::after::{dirs_above, for_each_level, open_target};
-use super::target::open_beneath;
+use super::after::{dirs_above, for_each_level};
+use super::target::{fstat, open_beneath, open_existing, open_to_read};
 use super::{Action, RestoreReport};
 use crate::repo::Repo;
 
@@ -115,7 +116,7 @@ pub async fn verify(
     written: &HashSet<PathBuf>,
 ) -> anyhow::Result<VerifyReport> {
     hold_before_verify().await;
-    let root = Arc::new(open_target(target)?);
+    let root = Arc::new(open_existing(target)?);
     let chunker =
         Arc::new(Chunker::new(repo.chunker).context("the repository's chunker settings")?);
     let dirs = dirs_above(target, written);
@@ -185,18 +186,14 @@ pub(super) fn check_file(
         return Err(Mismatch::NotAFile);
     };
     let dir = open_beneath(root, dir.iter().map(Vec::as_slice)).map_err(Mismatch::Unreadable)?;
-    let fd: OwnedFd = rustix::fs::openat(
-        &dir,
-        OsStr::from_bytes(&entry.name),
-        // Non-blocking: a FIFO in its place is neither waited on nor read.
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP => Mismatch::NotAFile,
-        e => Mismatch::Unreadable(e.into()),
+    // A FIFO in its place is neither waited on nor read.
+    let file = open_to_read(dir.as_fd(), OsStr::from_bytes(&entry.name)).map_err(|e| {
+        match rustix::io::Errno::from_io_error(&e) {
+            Some(rustix::io::Errno::LOOP) => Mismatch::NotAFile,
+            _ => Mismatch::Unreadable(e),
+        }
     })?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| Mismatch::Unreadable(e.into()))?;
+    let st = fstat(file.as_fd()).map_err(Mismatch::Unreadable)?;
     if !FileType::from_raw_mode(st.st_mode).is_file() {
         return Err(Mismatch::NotAFile);
     }
@@ -207,7 +204,6 @@ pub(super) fn check_file(
             expected: entry.size,
         });
     }
-    let file = std::fs::File::from(fd);
     let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
     // The recorded lengths, when there are all and they add up (a
     // snapshot's lengths are not trusted to size a buffer beyond the
@@ -381,7 +377,7 @@ mod tests {
     }
 
     fn check(root: &Path, entry: &Entry) -> Result<u64, Mismatch> {
-        let fd = open_target(root).unwrap();
+        let fd = open_existing(root).unwrap();
         check_file(fd.as_fd(), &[b"d".to_vec()], entry, &keys(), &chunker())
     }
 

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use ringvault_common::ChunkId;
 use ringvault_common::tree::{Content, Entry, EntryKind, valid_name};
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::FileType;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::links::{LinkEnd, LinkJob};
 use super::metadata::Meta;
 use super::select::Selection;
-use super::target::{look, make_dir, open_beneath, place_symlink};
+use super::target::{look, make_dir, open_beneath, open_dir, place_symlink};
 use super::{
     Action, DirState, FileJob, How, MAX_DEPTH, MadeDir, OpenDir, PlannedAction, lineage, made_path,
     push_name,
@@ -488,18 +488,8 @@ impl Walker {
             if state == DirState::Present
                 && let Some(at) = &above
             {
-                let fd = rustix::fs::openat(
-                    at,
-                    OsStr::from_bytes(&entry.name),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| {
-                    (
-                        j,
-                        anyhow!(std::io::Error::from(e)).context("opening the directory"),
-                    )
-                })?;
+                let fd = open_dir(at.as_fd(), OsStr::from_bytes(&entry.name))
+                    .map_err(|e| (j, anyhow!(e).context("opening the directory")))?;
                 parent = Some(fd);
             }
         }
