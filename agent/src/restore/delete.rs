@@ -20,26 +20,22 @@
 //! which the removals changed.
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::EntryKind;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use rustix::io::Errno;
+use rustix::fs::FileType;
 
 use super::after::{Level, for_each_level};
 use super::progress::RestoreProgress;
-use super::target::{names, open_beneath, open_target, timestamps, writable};
+use super::target::{
+    Removal, fstat, look, names, open_beneath, open_target, set_mode, set_mtime, writable,
+};
 use super::{RestoreOptions, RestoreReport, Selection, push_name};
 use crate::repo::Repo;
-
-/// Directories open at once while one is removed: a directory nested
-/// deeper below the removed one is left, with an error.
-const MAX_DEPTH: usize = 256;
 
 /// What `--delete` did (in a dry run: would do).
 #[derive(Debug, Default)]
@@ -73,9 +69,7 @@ pub async fn delete_extra(
     let Some(root) = open_target(target, true)? else {
         return Ok(out);
     };
-    let dev = rustix::fs::fstat(&root)
-        .map_err(std::io::Error::from)?
-        .st_dev;
+    let dev = fstat(root.as_fd())?.st_dev;
     let mut cleaned: HashSet<PathBuf> = report
         .actions
         .iter()
@@ -148,8 +142,9 @@ impl Clean<'_> {
                     if keep.contains(name.as_bytes()) {
                         continue;
                     }
-                    let is_dir = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_dir());
+                    let is_dir = look(dir.as_fd(), &name).is_ok_and(|st| {
+                        st.is_some_and(|st| FileType::from_raw_mode(st.st_mode).is_dir())
+                    });
                     let mut snap_path = level.snap_path.clone();
                     push_name(&mut snap_path, name.as_bytes());
                     if self.chosen(&snap_path, is_dir) {
@@ -171,9 +166,14 @@ impl Clean<'_> {
         } else {
             writable(dir.as_fd())
         };
+        let removal = Removal {
+            dev: self.dev,
+            dry_run: self.dry_run,
+        };
         for name in extra {
             let path = level.target.join(&name);
-            if let Err((path, e)) = self.remove(dir.as_fd(), &name, path, &mut out.deleted) {
+            if let Err((path, e)) = removal.remove_tree(dir.as_fd(), &name, path, &mut out.deleted)
+            {
                 out.errors.push((path, e));
             }
         }
@@ -182,14 +182,14 @@ impl Clean<'_> {
         }
         // Its mode and recorded mtime back, as the restore set them.
         if let Some(mode) = mode {
-            let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode));
+            let _ = set_mode(dir.as_fd(), mode);
         }
         if let Some(entry) = &level.dir
-            && let Err(e) = rustix::fs::futimens(&dir, &timestamps(entry.mtime_ns))
+            && let Err(e) = set_mtime(dir.as_fd(), entry.mtime_ns)
         {
             out.errors.push((
                 level.target.clone(),
-                format!("setting its mtime again: {}", std::io::Error::from(e)),
+                format!("setting its mtime again: {e}"),
             ));
         }
     }
@@ -219,145 +219,15 @@ impl Clean<'_> {
         }
         chosen == Some(true)
     }
-
-    /// Removes `name` in `parent` (at `path`), a directory with everything
-    /// below it, recording each entry removed (in a dry run, each that
-    /// would be).
-    ///
-    /// # Errors
-    /// The first entry that could not be removed, with why (what could be
-    /// is removed and recorded).
-    fn remove(
-        &self,
-        parent: BorrowedFd<'_>,
-        name: &OsStr,
-        path: PathBuf,
-        removed: &mut Vec<PathBuf>,
-    ) -> Result<(), (PathBuf, String)> {
-        let fail = |path: &Path, what: &str, e: Errno| {
-            (
-                path.to_owned(),
-                format!("{what}: {}", std::io::Error::from(e)),
-            )
-        };
-        let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(fail(&path, "looking at it", e)),
-        };
-        if !FileType::from_raw_mode(st.st_mode).is_dir() {
-            if !self.dry_run {
-                match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(fail(&path, "removing it", e)),
-                }
-            }
-            removed.push(path);
-            return Ok(());
-        }
-        // A directory: emptied depth first, one open descriptor per level.
-        let mut stack = vec![self.frame(parent, name.to_owned(), path, removed)?];
-        while let Some(depth) = stack.len().checked_sub(1) {
-            let frame = &mut stack[depth];
-            if let Some(sub) = frame.subdirs.pop() {
-                let path = frame.path.join(&sub);
-                if depth + 1 >= MAX_DEPTH {
-                    return Err((
-                        path,
-                        format!("nested more than {MAX_DEPTH} directories deep (left)"),
-                    ));
-                }
-                let child = self.frame(frame.fd.as_fd(), sub, path, removed)?;
-                stack.push(child);
-                continue;
-            }
-            let Some(done) = stack.pop() else { break };
-            let at = stack.last().map_or(parent, |p| p.fd.as_fd());
-            if !self.dry_run {
-                drop(done.fd);
-                rustix::fs::unlinkat(at, &done.name, AtFlags::REMOVEDIR)
-                    .map_err(|e| fail(&done.path, "removing the directory", e))?;
-            }
-            removed.push(done.path);
-        }
-        Ok(())
-    }
-
-    /// Opens directory `name` in `parent` to empty it: removes (or, in a
-    /// dry run, only records) what is not a directory in it, recording
-    /// each in `removed`, and lists the directories.
-    fn frame(
-        &self,
-        parent: BorrowedFd<'_>,
-        name: OsString,
-        path: PathBuf,
-        removed: &mut Vec<PathBuf>,
-    ) -> Result<Frame, (PathBuf, String)> {
-        let fail =
-            |path: &Path, what: &str, e: std::io::Error| (path.to_owned(), format!("{what}: {e}"));
-        let fd = rustix::fs::openat(
-            parent,
-            &name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| fail(&path, "opening the directory", e.into()))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| fail(&path, "looking at it", e.into()))?;
-        if st.st_dev != self.dev {
-            return Err((
-                path,
-                "on another file system than the target (left alone)".into(),
-            ));
-        }
-        if !self.dry_run {
-            writable(fd.as_fd());
-        }
-        let mut subdirs = Vec::new();
-        for sub in names(fd.as_fd()).map_err(|e| fail(&path, "listing it", e))? {
-            let sub_path = path.join(&sub);
-            let st = match rustix::fs::statat(&fd, &sub, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(fail(&sub_path, "looking at it", e.into())),
-            };
-            if FileType::from_raw_mode(st.st_mode).is_dir() {
-                subdirs.push(sub);
-                continue;
-            }
-            if !self.dry_run {
-                match rustix::fs::unlinkat(&fd, &sub, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(fail(&sub_path, "removing it", e.into())),
-                }
-            }
-            removed.push(sub_path);
-        }
-        Ok(Frame {
-            fd,
-            name,
-            path,
-            subdirs,
-        })
-    }
-}
-
-/// A directory being emptied.
-struct Frame {
-    fd: OwnedFd,
-    /// Its name in its parent.
-    name: OsString,
-    path: PathBuf,
-    /// Its subdirectories still to empty and remove.
-    subdirs: Vec<OsString>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::fd::OwnedFd;
 
     fn clean<'a>(select: &'a Selection, root: &'a OwnedFd, dry_run: bool) -> Clean<'a> {
-        let dev = rustix::fs::fstat(root).unwrap().st_dev;
+        let dev = fstat(root.as_fd()).unwrap().st_dev;
         Clean {
             root: root.as_fd(),
             dev,
@@ -373,46 +243,6 @@ mod tests {
             ..RestoreOptions::default()
         })
         .unwrap()
-    }
-
-    #[test]
-    fn a_tree_goes_whole_and_a_symlink_in_it_is_never_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("precious"), b"p").unwrap();
-        let t = dir.path();
-        std::fs::create_dir_all(t.join("x/y/z")).unwrap();
-        std::fs::write(t.join("x/f"), b"f").unwrap();
-        std::fs::write(t.join("x/y/z/g"), b"g").unwrap();
-        std::os::unix::fs::symlink(outside.path(), t.join("x/y/out")).unwrap();
-        // Not writable: removed all the same.
-        std::fs::set_permissions(t.join("x/y"), std::fs::Permissions::from_mode(0o555)).unwrap();
-        let root = super::super::target::open_existing(t).unwrap();
-        let select = selection(&[], &[]);
-
-        let mut listed = Vec::new();
-        clean(&select, &root, true)
-            .remove(root.as_fd(), OsStr::new("x"), t.join("x"), &mut listed)
-            .unwrap();
-        assert!(t.join("x/y/z/g").exists(), "a dry run removed something");
-        let mut removed = Vec::new();
-        clean(&select, &root, false)
-            .remove(root.as_fd(), OsStr::new("x"), t.join("x"), &mut removed)
-            .unwrap();
-        assert!(!t.join("x").exists());
-        assert_eq!(listed, removed);
-        let mut rel: Vec<String> = removed
-            .iter()
-            .map(|p| p.strip_prefix(t).unwrap().to_str().unwrap().to_owned())
-            .collect();
-        // Children before their directory.
-        assert_eq!(rel.last().map(String::as_str), Some("x"));
-        rel.sort();
-        assert_eq!(rel, ["x", "x/f", "x/y", "x/y/out", "x/y/z", "x/y/z/g"]);
-        assert_eq!(
-            std::fs::read(outside.path().join("precious")).unwrap(),
-            b"p"
-        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::fs::DirBuilder;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use ringvault_common::tree::{Entry, EntryKind};
@@ -382,7 +382,7 @@ pub(super) fn set_length(file: &std::fs::File, len: u64) -> std::io::Result<()> 
 }
 
 /// Access and modification times both at `mtime_ns` (ns since the epoch).
-pub(super) fn timestamps(mtime_ns: i64) -> Timestamps {
+fn timestamps(mtime_ns: i64) -> Timestamps {
     let at = Timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000),
         // In 0..1e9, which fits every platform's type.
@@ -596,6 +596,172 @@ pub(super) fn writable(dir: BorrowedFd<'_>) -> Option<RawMode> {
     Some(mode)
 }
 
+/// Gives what `fd` (a descriptor restore opened) is permission bits
+/// `mode`.
+///
+/// # Errors
+/// The `fchmod` error.
+pub(super) fn set_mode(fd: BorrowedFd<'_>, mode: RawMode) -> std::io::Result<()> {
+    Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?)
+}
+
+/// Gives what `fd` (a descriptor restore opened) is access and
+/// modification times `mtime_ns` (ns since the epoch).
+///
+/// # Errors
+/// The `futimens` error.
+pub(super) fn set_mtime(fd: BorrowedFd<'_>, mtime_ns: i64) -> std::io::Result<()> {
+    Ok(rustix::fs::futimens(fd, &timestamps(mtime_ns))?)
+}
+
+/// Directories open at once while one is removed: a directory nested
+/// deeper below the removed one is left, with an error.
+const MAX_REMOVE_DEPTH: usize = 256;
+
+/// Removing entries beneath the target for `--delete`: never following a
+/// symlink (the link goes), never leaving the target's file system, a
+/// directory made writable before it is emptied.
+#[derive(Clone, Copy)]
+pub(super) struct Removal {
+    /// The target's device: removal stays on it.
+    pub(super) dev: u64,
+    /// Remove nothing, only record what would go.
+    pub(super) dry_run: bool,
+}
+
+impl Removal {
+    /// Removes `name` in `parent` (at `path`), a directory with everything
+    /// below it, recording each entry removed (in a dry run, each that
+    /// would be), children before their directory.
+    ///
+    /// # Errors
+    /// The first entry that could not be removed, with why (what could be
+    /// is removed and recorded): also a directory on another file system
+    /// than `dev`, or nested more than [`MAX_REMOVE_DEPTH`] deep.
+    pub(super) fn remove_tree(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: PathBuf,
+        removed: &mut Vec<PathBuf>,
+    ) -> Result<(), (PathBuf, String)> {
+        let fail = |path: &Path, what: &str, e: Errno| {
+            (
+                path.to_owned(),
+                format!("{what}: {}", std::io::Error::from(e)),
+            )
+        };
+        let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(fail(&path, "looking at it", e)),
+        };
+        if !FileType::from_raw_mode(st.st_mode).is_dir() {
+            if !self.dry_run {
+                match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(fail(&path, "removing it", e)),
+                }
+            }
+            removed.push(path);
+            return Ok(());
+        }
+        // A directory: emptied depth first, one open descriptor per level.
+        let mut stack = vec![self.frame(parent, name.to_owned(), path, removed)?];
+        while let Some(depth) = stack.len().checked_sub(1) {
+            let frame = &mut stack[depth];
+            if let Some(sub) = frame.subdirs.pop() {
+                let path = frame.path.join(&sub);
+                if depth + 1 >= MAX_REMOVE_DEPTH {
+                    return Err((
+                        path,
+                        format!("nested more than {MAX_REMOVE_DEPTH} directories deep (left)"),
+                    ));
+                }
+                let child = self.frame(frame.fd.as_fd(), sub, path, removed)?;
+                stack.push(child);
+                continue;
+            }
+            let Some(done) = stack.pop() else { break };
+            let at = stack.last().map_or(parent, |p| p.fd.as_fd());
+            if !self.dry_run {
+                drop(done.fd);
+                rustix::fs::unlinkat(at, &done.name, AtFlags::REMOVEDIR)
+                    .map_err(|e| fail(&done.path, "removing the directory", e))?;
+            }
+            removed.push(done.path);
+        }
+        Ok(())
+    }
+
+    /// Opens directory `name` in `parent` to empty it: removes (or, in a
+    /// dry run, only records) what is not a directory in it, recording
+    /// each in `removed`, and lists the directories.
+    fn frame(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: OsString,
+        path: PathBuf,
+        removed: &mut Vec<PathBuf>,
+    ) -> Result<Frame, (PathBuf, String)> {
+        let fail =
+            |path: &Path, what: &str, e: std::io::Error| (path.to_owned(), format!("{what}: {e}"));
+        let fd = rustix::fs::openat(
+            parent,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(&path, "opening the directory", e.into()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| fail(&path, "looking at it", e.into()))?;
+        if st.st_dev != self.dev {
+            return Err((
+                path,
+                "on another file system than the target (left alone)".into(),
+            ));
+        }
+        if !self.dry_run {
+            writable(fd.as_fd());
+        }
+        let mut subdirs = Vec::new();
+        for sub in names(fd.as_fd()).map_err(|e| fail(&path, "listing it", e))? {
+            let sub_path = path.join(&sub);
+            let st = match rustix::fs::statat(&fd, &sub, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(fail(&sub_path, "looking at it", e.into())),
+            };
+            if FileType::from_raw_mode(st.st_mode).is_dir() {
+                subdirs.push(sub);
+                continue;
+            }
+            if !self.dry_run {
+                match rustix::fs::unlinkat(&fd, &sub, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(fail(&sub_path, "removing it", e.into())),
+                }
+            }
+            removed.push(sub_path);
+        }
+        Ok(Frame {
+            fd,
+            name,
+            path,
+            subdirs,
+        })
+    }
+}
+
+/// A directory being emptied.
+struct Frame {
+    fd: OwnedFd,
+    /// Its name in its parent.
+    name: OsString,
+    path: PathBuf,
+    /// Its subdirectories still to empty and remove.
+    subdirs: Vec<OsString>,
+}
+
 /// A directory opened for the unit tests of `restore`'s modules.
 #[cfg(test)]
 pub(super) fn dir_fd(path: &Path) -> OwnedFd {
@@ -610,7 +776,7 @@ pub(super) fn dir_fd(path: &Path) -> OwnedFd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn write_sparse_says_when_a_trailing_hole_leaves_the_file_short() {
@@ -735,5 +901,46 @@ mod tests {
         assert!(place("dir", how(Overwrite::IfChanged, false)).is_err());
         assert!(target.join("dir").is_dir());
         assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn a_tree_goes_whole_and_a_symlink_in_it_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), b"p").unwrap();
+        let t = dir.path();
+        std::fs::create_dir_all(t.join("x/y/z")).unwrap();
+        std::fs::write(t.join("x/f"), b"f").unwrap();
+        std::fs::write(t.join("x/y/z/g"), b"g").unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.join("x/y/out")).unwrap();
+        // Not writable: removed all the same.
+        std::fs::set_permissions(t.join("x/y"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let root = open_existing(t).unwrap();
+        let dev = fstat(root.as_fd()).unwrap().st_dev;
+        let removal = |dry_run| Removal { dev, dry_run };
+
+        let mut listed = Vec::new();
+        removal(true)
+            .remove_tree(root.as_fd(), OsStr::new("x"), t.join("x"), &mut listed)
+            .unwrap();
+        assert!(t.join("x/y/z/g").exists(), "a dry run removed something");
+        let mut removed = Vec::new();
+        removal(false)
+            .remove_tree(root.as_fd(), OsStr::new("x"), t.join("x"), &mut removed)
+            .unwrap();
+        assert!(!t.join("x").exists());
+        assert_eq!(listed, removed);
+        let mut rel: Vec<String> = removed
+            .iter()
+            .map(|p| p.strip_prefix(t).unwrap().to_str().unwrap().to_owned())
+            .collect();
+        // Children before their directory.
+        assert_eq!(rel.last().map(String::as_str), Some("x"));
+        rel.sort();
+        assert_eq!(rel, ["x", "x/f", "x/y", "x/y/out", "x/y/z", "x/y/z/g"]);
+        assert_eq!(
+            std::fs::read(outside.path().join("precious")).unwrap(),
+            b"p"
+        );
     }
 }
