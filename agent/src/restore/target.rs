@@ -79,12 +79,7 @@ pub(super) fn open_beneath<'a>(
     let mut fd: Option<OwnedFd> = None;
     for name in names {
         let at = fd.as_ref().map_or(root, |f| f.as_fd());
-        fd = Some(rustix::fs::openat(
-            at,
-            OsStr::from_bytes(name),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?);
+        fd = Some(open_dir(at, OsStr::from_bytes(name))?);
     }
     match fd {
         Some(fd) => Ok(fd),
@@ -175,12 +170,7 @@ pub(super) fn place_symlink(
         );
     }
     if !how.dry_run {
-        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => {
-                return Err(std::io::Error::from(e)).context("removing what is in the way");
-            }
-        }
+        remove_file(dir, name).context("removing what is in the way")?;
         make_symlink(dir, name, target, mtime_ns)?;
     }
     Ok(Action::Replaced)
@@ -321,12 +311,7 @@ pub(super) fn create_file(
         Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
             bail!("a directory is in the way (left alone)")
         }
-        Ok(_) => match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => {
-                return Err(std::io::Error::from(e)).context("removing what is in the way");
-            }
-        },
+        Ok(_) => remove_file(dir, name).context("removing what is in the way")?,
         Err(Errno::NOENT) => {}
         Err(e) => return Err(std::io::Error::from(e)).context("looking at what is there"),
     }
@@ -414,12 +399,8 @@ impl Meta {
             rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
         });
         // Only permission bits go in: 0o7777 fits in every platform's mode_t.
-        rustix::fs::fchmod(fd, Mode::from_raw_mode((entry.mode & 0o7777) as RawMode))
-            .map_err(std::io::Error::from)
-            .context("setting the mode")?;
-        rustix::fs::futimens(fd, &timestamps(entry.mtime_ns))
-            .map_err(std::io::Error::from)
-            .context("setting the mtime")?;
+        set_mode(fd, (entry.mode & 0o7777) as RawMode).context("setting the mode")?;
+        set_mtime(fd, entry.mtime_ns).context("setting the mtime")?;
         Ok(())
     }
 
@@ -497,12 +478,7 @@ impl Meta {
             return Ok(Some(action));
         }
         if action == Action::Replaced {
-            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(e) => {
-                    return Err(std::io::Error::from(e)).context("removing what is in the way");
-                }
-            }
+            remove_file(dir, name).context("removing what is in the way")?;
         }
         let rdev = if file_type == FileType::Fifo {
             0
@@ -657,11 +633,10 @@ impl Removal {
             Err(e) => return Err(fail(&path, "looking at it", e)),
         };
         if !FileType::from_raw_mode(st.st_mode).is_dir() {
-            if !self.dry_run {
-                match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(fail(&path, "removing it", e)),
-                }
+            if !self.dry_run
+                && let Err(e) = remove_file(parent, name)
+            {
+                return Err((path, format!("removing it: {e}")));
             }
             removed.push(path);
             return Ok(());
@@ -706,14 +681,8 @@ impl Removal {
     ) -> Result<Frame, (PathBuf, String)> {
         let fail =
             |path: &Path, what: &str, e: std::io::Error| (path.to_owned(), format!("{what}: {e}"));
-        let fd = rustix::fs::openat(
-            parent,
-            &name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| fail(&path, "opening the directory", e.into()))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| fail(&path, "looking at it", e.into()))?;
+        let fd = open_dir(parent, &name).map_err(|e| fail(&path, "opening the directory", e))?;
+        let st = fstat(fd.as_fd()).map_err(|e| fail(&path, "looking at it", e))?;
         if st.st_dev != self.dev {
             return Err((
                 path,
@@ -735,11 +704,10 @@ impl Removal {
                 subdirs.push(sub);
                 continue;
             }
-            if !self.dry_run {
-                match rustix::fs::unlinkat(&fd, &sub, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(fail(&sub_path, "removing it", e.into())),
-                }
+            if !self.dry_run
+                && let Err(e) = remove_file(fd.as_fd(), &sub)
+            {
+                return Err(fail(&sub_path, "removing it", e));
             }
             removed.push(sub_path);
         }
