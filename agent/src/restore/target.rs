@@ -8,8 +8,9 @@
 //! Below the target, every call names one entry relative to a directory
 //! descriptor, or acts on a descriptor restore opened itself (see the
 //! parent module's notes on staying inside the target). The other modules
-//! decide what to do and read the bytes of a file opened here; they make
-//! no system call on the target of their own.
+//! decide what to do; the one call they make on the target themselves is
+//! reading a file opened here ([`open_to_read`]) to compare it with the
+//! snapshot (`verify`'s comparisons, which `file`'s `if-changed` shares).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::DirBuilder;
