@@ -912,4 +912,59 @@ mod tests {
             b"p"
         );
     }
+
+    #[test]
+    fn a_hard_link_is_kept_replaced_or_skipped_by_the_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        std::fs::write(t.join("first"), b"first").unwrap();
+        std::fs::write(t.join("other"), b"other").unwrap();
+        std::fs::create_dir(t.join("dir")).unwrap();
+        let fd = dir_fd(t);
+        let how = |overwrite, dry_run| How {
+            overwrite,
+            dry_run,
+            list: dry_run,
+        };
+        let place = |to: &str, how| {
+            place_link(
+                fd.as_fd(),
+                OsStr::new("first"),
+                fd.as_fd(),
+                OsStr::new(to),
+                how,
+            )
+        };
+        let ino = |name: &str| std::fs::symlink_metadata(t.join(name)).unwrap().ino();
+        assert_eq!(
+            place("new", how(Overwrite::Always, false)).unwrap(),
+            Action::New
+        );
+        assert_eq!(ino("new"), ino("first"));
+        assert_eq!(
+            place("new", how(Overwrite::Always, false)).unwrap(),
+            Action::Unchanged
+        );
+        assert_eq!(
+            place("other", how(Overwrite::Never, false)).unwrap(),
+            Action::Skipped
+        );
+        assert_eq!(
+            place("other", how(Overwrite::IfChanged, true)).unwrap(),
+            Action::Replaced
+        );
+        assert_eq!(std::fs::read(t.join("other")).unwrap(), b"other", "dry run");
+        assert_eq!(
+            place("other", how(Overwrite::Always, false)).unwrap(),
+            Action::Replaced
+        );
+        assert_eq!(ino("other"), ino("first"));
+        let e = place("dir", how(Overwrite::IfChanged, false)).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("directory is in the way"),
+            "{e:#}"
+        );
+        assert!(t.join("dir").is_dir());
+        remove_file(fd.as_fd(), OsStr::new("gone")).unwrap();
+    }
 }
