@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use ringvault_common::listing;
 use ringvault_common::tls::{self, PemPair, TlsMaterial};
@@ -214,12 +214,12 @@ impl HostileServer {
     /// Replaces what it falsifies from now on (requests in flight keep the
     /// rules they started with).
     pub fn set_rules(&self, rules: Rules) {
-        *lock(&self.shared.rules) = rules;
+        *self.shared.rules.lock() = rules;
     }
 
     /// The chunks whose blob it has falsified at least once so far.
     pub fn tampered_blobs(&self) -> BTreeSet<ChunkId> {
-        lock(&self.shared.tampered_blobs).clone()
+        self.shared.tampered_blobs.lock().clone()
     }
 
     /// Answers it has falsified a snapshot record in so far (lists,
@@ -230,7 +230,7 @@ impl HostileServer {
 
     /// Sealed blobs it keeps as decoys for [`BlobLie::OtherChunk`].
     pub fn decoys(&self) -> usize {
-        lock(&self.shared.decoys).blobs.len()
+        self.shared.decoys.lock().blobs.len()
     }
 
     /// Requests relayed to the real server so far.
@@ -242,19 +242,19 @@ impl HostileServer {
     /// with at least one copy: with one server, its own durable copy), as
     /// it was sent. Holds them all in memory: for tests of a few MiB.
     pub fn acknowledged_blobs(&self) -> BTreeMap<ChunkId, Bytes> {
-        lock(&self.shared.acked_blobs).clone()
+        self.shared.acked_blobs.lock().clone()
     }
 
     /// Every snapshot record the real server has acknowledged so far.
     pub fn acknowledged_snapshots(&self) -> BTreeSet<SnapshotId> {
-        lock(&self.shared.acked_snapshots).clone()
+        self.shared.acked_snapshots.lock().clone()
     }
 
     /// Forgets what was acknowledged so far: from now on the witness
     /// starts afresh (after a test put the server's state back).
     pub fn clear_acknowledged(&self) {
-        lock(&self.shared.acked_blobs).clear();
-        lock(&self.shared.acked_snapshots).clear();
+        self.shared.acked_blobs.lock().clear();
+        self.shared.acked_snapshots.lock().clear();
     }
 }
 
@@ -292,11 +292,6 @@ struct Shared {
 struct Decoys {
     blobs: BTreeMap<ChunkId, Bytes>,
     bytes: usize,
-}
-
-/// A poisoned lock still holds usable data here (counters and rules).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock()
 }
 
 /// Accepts connections and relays each over its own upstream connection.
@@ -339,7 +334,7 @@ async fn relay(shared: Arc<Shared>, up: Connection, mut send: SendStream, mut re
         return;
     };
     let frame = Bytes::from(frame);
-    let rules = lock(&shared.rules).clone();
+    let rules = shared.rules.lock().clone();
     let (request, payload) = match wire::decode_frame::<Request>(&frame) {
         Ok((request, payload)) => {
             let payload = frame.slice(frame.len() - payload.len()..);
@@ -425,7 +420,7 @@ impl Shared {
             (Request::PutBlobs(PutBlobs { blobs, .. }), Response::Put { copies })
                 if copies.len() == blobs.len() =>
             {
-                let mut acked = lock(&self.acked_blobs);
+                let mut acked = self.acked_blobs.lock();
                 let mut offset = 0usize;
                 for ((id, len), copies) in blobs.iter().zip(copies) {
                     let end = offset + *len as usize;
@@ -439,7 +434,7 @@ impl Shared {
                 }
             }
             (Request::PutSnapshot(PutSnapshot { id, .. }), Response::Ok) => {
-                lock(&self.acked_snapshots).insert(*id);
+                self.acked_snapshots.lock().insert(*id);
             }
             _ => {}
         }
@@ -462,7 +457,7 @@ impl Shared {
     }
 
     fn remember(&self, id: ChunkId, blob: Bytes) {
-        let mut decoys = lock(&self.decoys);
+        let mut decoys = self.decoys.lock();
         if decoys.blobs.contains_key(&id) || decoys.bytes + blob.len() > MAX_DECOY_BYTES {
             return;
         }
@@ -486,7 +481,7 @@ impl Shared {
                 self.remember(*id, payload);
                 match lie {
                     Some(fake) => {
-                        lock(&self.tampered_blobs).insert(*id);
+                        self.tampered_blobs.lock().insert(*id);
                         response_frame(epoch, &Response::Data, &[fake])
                     }
                     None => answer,
@@ -562,7 +557,7 @@ impl Shared {
             self.remember(*id, blob.clone());
             let sent = match lie {
                 Some(fake) => {
-                    lock(&self.tampered_blobs).insert(*id);
+                    self.tampered_blobs.lock().insert(*id);
                     fake
                 }
                 None => blob,
@@ -577,7 +572,9 @@ impl Shared {
     /// `blob` (the real blob of `id`) as `lie` tells it, if it can.
     fn lie_about(&self, lie: BlobLie, id: &ChunkId, blob: &Bytes) -> Option<Bytes> {
         match lie {
-            BlobLie::OtherChunk => lock(&self.decoys)
+            BlobLie::OtherChunk => self
+                .decoys
+                .lock()
                 .blobs
                 .iter()
                 .find(|(other, _)| *other != id)

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::Hash;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use fuser::{
@@ -14,6 +14,7 @@ use fuser::{
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyXattr, Request,
 };
+use parking_lot::Mutex;
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{ChunkRef, Content, Entry, EntryKind, Tree};
 use ringvault_common::{ChunkId, SnapshotId};
@@ -151,7 +152,7 @@ impl RepoFs {
             SNAPSHOTS => Some(Node::Snapshots),
             HOSTS => Some(Node::Hosts),
             LATEST => Some(Node::Latest),
-            _ => lock(&self.inodes).nodes.get(&ino).cloned(),
+            _ => self.inodes.lock().nodes.get(&ino).cloned(),
         }
     }
 
@@ -161,36 +162,37 @@ impl RepoFs {
         if refresh {
             self.refresh();
         }
-        lock(&self.listing).clone()
+        self.listing.lock().clone()
     }
 
     fn refresh(&self) {
         // One reader at a time; the others serve the listing they have.
-        let mut refreshed = match self.refreshed.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+        let Some(mut refreshed) = self.refreshed.try_lock() else {
+            return;
         };
         if refreshed.elapsed() < REFRESH_INTERVAL {
             return;
         }
         *refreshed = Instant::now();
         match self.rt.block_on(self.repo.snapshots()) {
-            Ok(snapshots) => *lock(&self.listing) = Arc::new(Listing::new(&snapshots)),
+            Ok(snapshots) => *self.listing.lock() = Arc::new(Listing::new(&snapshots)),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading the snapshot list again"),
         }
     }
 
     fn intern_snap(&self, info: &Arc<SnapInfo>) -> (u64, Node) {
         let node = Node::Snap(info.clone());
-        let ino = lock(&self.inodes).intern(Key::Snap(info.id), || node.clone());
+        let ino = self
+            .inodes
+            .lock()
+            .intern(Key::Snap(info.id), || node.clone());
         (ino, node)
     }
 
     fn intern_host(&self, host: &str) -> (u64, Node) {
         let host: Arc<str> = host.into();
         let node = Node::Host(host.clone());
-        let ino = lock(&self.inodes).intern(Key::Host(host), || node.clone());
+        let ino = self.inodes.lock().intern(Key::Host(host), || node.clone());
         (ino, node)
     }
 
@@ -204,14 +206,16 @@ impl RepoFs {
         }
         path.extend_from_slice(&entry.name);
         let path = path.into_boxed_slice();
-        lock(&self.inodes).intern(Key::Entry(snap, path.clone()), || {
-            Node::Entry(Arc::new(EntryNode {
-                snap,
-                path,
-                parent,
-                entry: entry.clone(),
-            }))
-        })
+        self.inodes
+            .lock()
+            .intern(Key::Entry(snap, path.clone()), || {
+                Node::Entry(Arc::new(EntryNode {
+                    snap,
+                    path,
+                    parent,
+                    entry: entry.clone(),
+                }))
+            })
     }
 
     /// A directory inside a snapshot: the snapshot, its path and its tree.
@@ -227,7 +231,7 @@ impl RepoFs {
     }
 
     fn tree(&self, id: ChunkId) -> Result<Arc<Tree>, Errno> {
-        if let Some(tree) = lock(&self.trees).get(&id) {
+        if let Some(tree) = self.trees.lock().get(&id) {
             return Ok(tree);
         }
         let tree = self.rt.block_on(self.repo.read_tree(id)).map_err(|e| {
@@ -235,7 +239,7 @@ impl RepoFs {
             Errno::EIO
         })?;
         let tree = Arc::new(tree);
-        lock(&self.trees).insert(id, tree.clone(), tree_cost(&tree));
+        self.trees.lock().insert(id, tree.clone(), tree_cost(&tree));
         Ok(tree)
     }
 
@@ -406,7 +410,7 @@ impl RepoFs {
             .size
             .min(offset.saturating_add(u64::from(size)));
         let mut out = Vec::with_capacity(usize::try_from(end.saturating_sub(offset)).unwrap_or(0));
-        let mut ends = lock(&file.ends);
+        let mut ends = file.ends.lock();
         let mut pos = offset;
         while pos < end {
             let Some(i) = self.chunk_at(&chunks, &mut ends, pos)? else {
@@ -465,12 +469,12 @@ impl RepoFs {
         let Some(first) = ids.first() else {
             return Err(Errno::EIO);
         };
-        if let Some(data) = lock(&self.chunks).get(first) {
+        if let Some(data) = self.chunks.lock().get(first) {
             return Ok(vec![data]);
         }
         let run = &ids[..ids.len().min(READ_AHEAD_CHUNKS)];
         let cached: Vec<Option<Arc<Vec<u8>>>> = {
-            let mut cache = lock(&self.chunks);
+            let mut cache = self.chunks.lock();
             run.iter().map(|id| cache.get(id)).collect()
         };
         let fetched = self.rt.block_on(futures::future::join_all(
@@ -487,7 +491,7 @@ impl RepoFs {
                 None => match fetched.next() {
                     Some(Ok(data)) => {
                         let data = Arc::new(data);
-                        lock(&self.chunks).insert(*id, data.clone(), data.len());
+                        self.chunks.lock().insert(*id, data.clone(), data.len());
                         data
                     }
                     Some(Err(e)) => {
@@ -547,7 +551,7 @@ impl Filesystem for RepoFs {
                     node,
                     ends: Mutex::new(Vec::new()),
                 };
-                lock(&self.open).insert(fh, Arc::new(file));
+                self.open.lock().insert(fh, Arc::new(file));
                 // The contents never change: the page cache may outlive a close.
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
@@ -571,7 +575,7 @@ impl Filesystem for RepoFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(file) = lock(&self.open).get(&fh.0).cloned() else {
+        let Some(file) = self.open.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
         match self.read_at(&file, offset, size) {
@@ -602,7 +606,7 @@ impl Filesystem for RepoFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.open).remove(&fh.0);
+        self.open.lock().remove(&fh.0);
         reply.ok();
     }
 
@@ -755,12 +759,6 @@ fn tree_cost(tree: &Tree) -> usize {
         })
         .sum::<usize>()
         + std::mem::size_of::<Tree>()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves consistent data here: every
-    // critical section is a single map or list update.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

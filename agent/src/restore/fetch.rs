@@ -32,11 +32,12 @@
 //! [`Request::GetBlobs`]: ringvault_common::wire::Request::GetBlobs
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use parking_lot::Mutex;
 use ringvault_common::wire::MAX_GET_BLOBS;
 use ringvault_common::{ChunkId, NodeId, seal};
 use tokio::sync::{mpsc, oneshot};
@@ -169,11 +170,7 @@ impl Sharing {
     }
 
     fn take(&self) -> Vec<Then> {
-        self.later
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id)
-            .unwrap_or_default()
+        self.later.lock().remove(&self.id).unwrap_or_default()
     }
 }
 
@@ -189,7 +186,7 @@ impl Drop for Sharing {
 /// Queues `want`, or, when its chunk is already being fetched, adds it to
 /// that fetch's later askers. The first asker's `then` shares its answer.
 fn ask_once(later: &Later, want: Want) -> Option<Want> {
-    let mut waiting = later.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut waiting = later.lock();
     if let Some(thens) = waiting.get_mut(&want.id) {
         thens.push(want.then);
         return None;
@@ -456,6 +453,6 @@ mod tests {
             second_rx.recv().is_err(),
             "the later asker's sender dropped"
         );
-        assert!(later.lock().unwrap().is_empty());
+        assert!(later.lock().is_empty());
     }
 }

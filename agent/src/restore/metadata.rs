@@ -42,9 +42,9 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Mutex;
 
 use anyhow::Context;
+use parking_lot::Mutex;
 use ringvault_common::tree::Entry;
 use rustix::fs::{Gid, Uid};
 use rustix::io::Errno;
@@ -87,18 +87,16 @@ impl Meta {
 
     /// The warnings given, once per cause.
     pub(super) fn warnings(&self) -> Vec<String> {
-        self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
+        self.warnings.lock().clone()
     }
 
     /// Gives `text` as a warning unless `cause` was met before.
     pub(super) fn warn_once(&self, cause: String, text: impl FnOnce() -> String) {
-        let new = self.causes.lock().is_ok_and(|mut c| c.insert(cause));
+        let new = self.causes.lock().insert(cause);
         if new {
             let text = text();
             tracing::warn!("{text}");
-            if let Ok(mut w) = self.warnings.lock() {
-                w.push(text);
-            }
+            self.warnings.lock().push(text);
         }
     }
 
@@ -109,9 +107,8 @@ impl Meta {
             return None;
         }
         let (mut uid, mut gid) = (entry.uid, entry.gid);
-        if !self.numeric_owner
-            && let Ok(mut ids) = self.ids.lock()
-        {
+        if !self.numeric_owner {
+            let mut ids = self.ids.lock();
             uid = ids.uid(&entry.user).unwrap_or(uid);
             gid = ids.gid(&entry.group).unwrap_or(gid);
         }
