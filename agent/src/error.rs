@@ -11,6 +11,7 @@
 //! ringvault's own and stable.
 
 use crate::client::ClientError;
+use crate::gc::PruneError;
 use crate::mount::FuseUnavailable;
 use crate::repo::WrongPassword;
 
@@ -61,13 +62,24 @@ impl ErrorKind {
                 if cause.is::<FuseUnavailable>() {
                     return Some(Self::FuseUnavailable);
                 }
-                match cause.downcast_ref::<ClientError>()? {
-                    ClientError::Unreachable(_) => Some(Self::Unreachable),
-                    ClientError::Forbidden(_) => Some(Self::Forbidden),
-                    _ => None,
+                // A prune's refusal shows its cause as its own message
+                // (`transparent`), so the client error is not a link of
+                // the chain: look inside.
+                if let Some(PruneError::Forbidden(e)) = cause.downcast_ref::<PruneError>() {
+                    return Self::of_client(e);
                 }
+                Self::of_client(cause.downcast_ref::<ClientError>()?)
             })
             .unwrap_or(Self::Other)
+    }
+
+    /// The kind of a cluster error, if it has one.
+    fn of_client(e: &ClientError) -> Option<Self> {
+        match e {
+            ClientError::Unreachable(_) => Some(Self::Unreachable),
+            ClientError::Forbidden(_) => Some(Self::Forbidden),
+            _ => None,
+        }
     }
 
     /// The exit code a command that failed with this kind of error ends
@@ -111,6 +123,12 @@ mod tests {
                     reason: "no /dev/fuse".into(),
                 }),
                 EXIT_FUSE_UNAVAILABLE,
+            ),
+            (
+                anyhow::Error::new(PruneError::Forbidden(ClientError::Forbidden(
+                    "prune needs an admin certificate".into(),
+                ))),
+                EXIT_FORBIDDEN,
             ),
             (
                 anyhow::Error::new(ClientError::NotFound("chunk".into())),

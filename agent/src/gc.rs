@@ -16,12 +16,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use ringvault_common::gc::ListingShort;
 use ringvault_common::retention::{self, Group, Item, Policy};
 use ringvault_common::snapshot::Snapshot;
 use ringvault_common::tree::{Content, EntryKind};
 use ringvault_common::wire::{MAX_HAS_IDS, SweepReport};
 use ringvault_common::{ChunkId, NodeId, SnapshotId};
 
+use crate::client::ClientError;
 use crate::repo::Repo;
 
 /// What [`forget`] decided and did.
@@ -189,6 +191,36 @@ async fn walk(
         .with_context(|| format!("tree {root} was not walked"))
 }
 
+/// Why [`prune`] swept nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The certificate may not prune ([`ClientError::Forbidden`]).
+    #[error(transparent)]
+    Forbidden(ClientError),
+    /// No server could start a round, each with why.
+    #[error("no server could start a prune round: {}", describe(.0))]
+    NoRound(Vec<(NodeId, ClientError)>),
+    /// The snapshots could not be listed.
+    #[error("listing the snapshots: {0:#}")]
+    Listing(anyhow::Error),
+    /// Too few servers of the round answered the listing for it to hold
+    /// every stored snapshot.
+    #[error(transparent)]
+    ListingShort(#[from] ListingShort),
+    /// A tree could not be read, so what is live is not known.
+    #[error("{0:#}")]
+    TreeUnreadable(anyhow::Error),
+}
+
+/// `node: error; ...` for a list of servers' failures.
+fn describe(failures: &[(NodeId, ClientError)]) -> String {
+    failures
+        .iter()
+        .map(|(node, e)| format!("{node}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// What [`prune`] did, summed over the servers.
 #[derive(Debug, Default)]
 pub struct PruneReport {
@@ -200,7 +232,7 @@ pub struct PruneReport {
     pub swept: Vec<NodeId>,
     /// Servers that could not take part, with why (their chunks wait for
     /// the next prune).
-    pub skipped: Vec<(NodeId, String)>,
+    pub skipped: Vec<(NodeId, ClientError)>,
     /// The sweeps' figures, summed.
     pub sweep: SweepReport,
 }
@@ -210,17 +242,17 @@ pub struct PruneReport {
 /// trash older than this is dropped for good.
 ///
 /// # Errors
-/// A certificate without the admin role, no server able to start a round,
-/// snapshots that cannot be listed by enough servers of the round
-/// ([`ringvault_common::gc::ListingShort`]), or a tree that cannot be read
+/// [`PruneError`]: a certificate without the admin role, no server able to
+/// start a round, snapshots that cannot be listed, or not by enough
+/// servers of the round ([`ListingShort`]), or a tree that cannot be read
 /// (nothing is swept then; the rounds begun stay until the next prune
 /// replaces them, and backups meanwhile ask for every chunk they reuse).
 pub async fn prune(
     repo: &Arc<Repo>,
     grace_s: u64,
     trash_keep_s: u64,
-) -> anyhow::Result<PruneReport> {
-    repo.require_admin("prune")?;
+) -> Result<PruneReport, PruneError> {
+    repo.require_admin("prune").map_err(PruneError::Forbidden)?;
     let cluster = &repo.cluster;
     let round = u64::from_le_bytes(crate::repo::random::<8>());
     let mut report = PruneReport::default();
@@ -228,17 +260,17 @@ pub async fn prune(
     for (node, _, _) in cluster.servers() {
         match cluster.begin_prune(node, round).await {
             Ok(()) => begun.push(node),
-            Err(e) => report.skipped.push((node, e.to_string())),
+            Err(e) => report.skipped.push((node, e)),
         }
     }
     if begun.is_empty() {
-        bail!("no server could start a prune round: {:?}", report.skipped);
+        return Err(PruneError::NoRound(report.skipped));
     }
     // Listed after every round began: a snapshot stored later has its
     // chunks protected by the round instead. The listing must reach enough
     // of those servers to meet every write quorum, or a snapshot could be
     // missed and its chunks swept.
-    let listed = repo.snapshot_list().await?;
+    let listed = repo.snapshot_list().await.map_err(PruneError::Listing)?;
     let map = cluster.map();
     let servers: Vec<NodeId> = map.nodes.iter().map(|n| n.id).collect();
     ringvault_common::gc::check_listing_quorum(
@@ -248,7 +280,9 @@ pub async fn prune(
         &listed.answered,
     )?;
     let snapshots = listed.snapshots;
-    let reach = reach(repo, &snapshots).await?;
+    let reach = reach(repo, &snapshots)
+        .await
+        .map_err(PruneError::TreeUnreadable)?;
     let live: HashSet<ChunkId> = reach.per_snapshot.iter().flatten().copied().collect();
     report.snapshots = snapshots.len();
     report.live_chunks = live.len();
@@ -257,7 +291,7 @@ pub async fn prune(
     'nodes: for node in begun {
         for part in live.chunks(MAX_HAS_IDS) {
             if let Err(e) = cluster.prune_mark(node, round, part.to_vec()).await {
-                report.skipped.push((node, e.to_string()));
+                report.skipped.push((node, e));
                 continue 'nodes;
             }
         }
@@ -280,7 +314,7 @@ pub async fn prune(
                 t.expired += s.expired;
                 t.expired_bytes += s.expired_bytes;
             }
-            Err(e) => report.skipped.push((node, e.to_string())),
+            Err(e) => report.skipped.push((node, e)),
         }
     }
     Ok(report)

@@ -240,7 +240,7 @@ struct MapChangeJson<'a> {
     node_dir: Option<String>,
     nodes: Vec<MapNodeJson<'a>>,
     revoked: &'a [String],
-    unreachable: Vec<NodeErrorJson<'a>>,
+    unreachable: Vec<NodeErrorJson>,
 }
 
 /// A node of the map in a map change's report.
@@ -255,15 +255,15 @@ struct MapNodeJson<'a> {
 /// A server that did not take part, and why (a map change's
 /// `unreachable`, prune's `skipped`).
 #[derive(Serialize)]
-pub(super) struct NodeErrorJson<'a> {
-    error: &'a str,
+pub(super) struct NodeErrorJson {
+    error: String,
     node: u32,
 }
 
-impl<'a> From<&'a (ringvault_common::NodeId, String)> for NodeErrorJson<'a> {
-    fn from((node, error): &'a (ringvault_common::NodeId, String)) -> Self {
+impl<E: std::fmt::Display> From<&(ringvault_common::NodeId, E)> for NodeErrorJson {
+    fn from((node, error): &(ringvault_common::NodeId, E)) -> Self {
         Self {
-            error,
+            error: error.to_string(),
             node: node.0,
         }
     }

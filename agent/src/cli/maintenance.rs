@@ -121,7 +121,7 @@ struct KeptJson<'a> {
 /// `prune --json`: the mark phase's counts, the servers that swept or did
 /// not, and the sweep's totals.
 #[derive(Serialize)]
-struct PruneJson<'a> {
+struct PruneJson {
     cleared: u64,
     expired: u64,
     expired_bytes: u64,
@@ -129,7 +129,7 @@ struct PruneJson<'a> {
     noted: u64,
     partitions: u64,
     partitions_skipped: u64,
-    skipped: Vec<NodeErrorJson<'a>>,
+    skipped: Vec<NodeErrorJson>,
     snapshots: usize,
     swept: Vec<u32>,
     trashed: u64,
