@@ -83,14 +83,14 @@ pub fn ensure_layout(home: &Path, make_password: bool) -> anyhow::Result<PathBuf
     Ok(layout.agent_config)
 }
 
+/// `n` loopback ports for the servers, below the kernel's ephemeral range
+/// ([`ringvault_net::ports`]): the kernel never gives them to a client
+/// socket, now or after a reboot, while the quickstart's map names them.
 fn free_udp_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    // Hold all sockets at once so the ports differ; they are released
-    // before the servers bind them.
-    let sockets = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free UDP ports")?;
-    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+    let start = u16::try_from(std::process::id() % 4_000).unwrap_or(0);
+    let (ports, _) = ringvault_net::ports::free_below_ephemeral(n, 4_000, start)
+        .context("finding free loopback ports for the servers")?;
+    Ok(ports)
 }
 
 /// Finds `ringvault-chunkserver`: next to this executable, then on PATH.

@@ -715,40 +715,14 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     use parking_lot::Mutex;
     // The offset in the span of the next port to try; None before the first.
     static NEXT: Mutex<Option<u16>> = Mutex::new(None);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let low = ephemeral_low.saturating_sub(PORT_SPAN).max(1_024);
-    let span = ephemeral_low.saturating_sub(low).max(1);
     let mut next = NEXT.lock();
     // Each process starts at its own place, so that concurrent test
     // processes (nextest runs one per test) seldom try the same ports.
-    let mut offset =
-        next.unwrap_or_else(|| u16::try_from(std::process::id() % u32::from(span)).unwrap_or(0));
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..span {
-        if held.len() == n {
-            break;
-        }
-        let port = low + offset;
-        offset = (offset + 1) % span;
-        let addr = (Ipv4Addr::LOCALHOST, port);
-        if let (Ok(udp), Ok(tcp)) = (
-            std::net::UdpSocket::bind(addr),
-            std::net::TcpListener::bind(addr),
-        ) {
-            held.push((port, udp, tcp));
-        }
-    }
-    *next = Some(offset);
-    if held.len() < n {
-        bail!(
-            "only {} of {n} free loopback ports in {low}..{ephemeral_low}",
-            held.len()
-        );
-    }
-    Ok(held.into_iter().map(|(port, ..)| port).collect())
+    let start = next
+        .unwrap_or_else(|| u16::try_from(std::process::id() % u32::from(PORT_SPAN)).unwrap_or(0));
+    let (ports, after) = ringvault_net::ports::free_below_ephemeral(n, PORT_SPAN, start)?;
+    *next = Some(after);
+    Ok(ports)
 }
 
 /// Compares two directory trees: names, kinds, file bytes, symlink targets,

@@ -19,6 +19,7 @@
 //! (`cargo tree -p ringvault-common -e normal`).
 
 pub mod files;
+pub mod ports;
 pub mod quic;
 pub mod service;
 
