@@ -22,6 +22,28 @@ use super::{
     RecordStore, RepairStore, ScrubStep, StoreError, quota_room, read_within, scrub_step_full,
 };
 
+impl FsStore {
+    /// Per id, whether `table` (blobs or trash, keyed by [`blob_key`]) holds
+    /// it for `repo`.
+    fn keyed_in(
+        &self,
+        table: redb::TableDefinition<&[u8], &[u8]>,
+        repo: &RepoId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, StoreError> {
+        let txn = self.index.begin_read()?;
+        let table = txn.open_table(table).map_err(index_err)?;
+        ids.iter()
+            .map(|id| {
+                Ok(table
+                    .get(blob_key(repo, id).as_slice())
+                    .map_err(index_err)?
+                    .is_some())
+            })
+            .collect()
+    }
+}
+
 impl BlobStore for FsStore {
     fn put_blobs(&self, repo: &RepoId, blobs: Vec<(ChunkId, Bytes)>) -> Result<(), StoreError> {
         if blobs.is_empty() {
@@ -83,16 +105,7 @@ impl BlobStore for FsStore {
     }
 
     fn has(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
-        let txn = self.index.begin_read()?;
-        let table = txn.open_table(BLOBS).map_err(index_err)?;
-        ids.iter()
-            .map(|id| {
-                Ok(table
-                    .get(blob_key(repo, id).as_slice())
-                    .map_err(index_err)?
-                    .is_some())
-            })
-            .collect()
+        self.keyed_in(BLOBS, repo, ids)
     }
 
     fn sizes(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<u32>, StoreError> {
@@ -296,16 +309,7 @@ impl RepairStore for FsStore {
     }
 
     fn in_trash(&self, repo: &RepoId, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
-        let txn = self.index.begin_read()?;
-        let table = txn.open_table(TRASH).map_err(index_err)?;
-        ids.iter()
-            .map(|id| {
-                Ok(table
-                    .get(blob_key(repo, id).as_slice())
-                    .map_err(index_err)?
-                    .is_some())
-            })
-            .collect()
+        self.keyed_in(TRASH, repo, ids)
     }
 
     fn delete_blobs(&self, keys: &[(RepoId, ChunkId)]) -> Result<u64, StoreError> {

@@ -102,6 +102,33 @@ fn unless_local(local_only: bool, access: Access) -> Access {
     if local_only { Access::Internal } else { access }
 }
 
+/// Writes [`Rpc::access`] for a request of one access class.
+macro_rules! access {
+    ($class:ident) => {
+        fn access(&self) -> Access {
+            Access::$class
+        }
+    };
+}
+
+/// Writes [`Rpc::repo`] for a request on the repository in its `repo`.
+macro_rules! in_repo {
+    () => {
+        fn repo(&self) -> Option<&RepoId> {
+            Some(&self.repo)
+        }
+    };
+}
+
+/// Writes [`Rpc::repo`] for a request on no one repository.
+macro_rules! no_repo {
+    () => {
+        fn repo(&self) -> Option<&RepoId> {
+            None
+        }
+    };
+}
+
 /// Writes [`Rpc::answer`] and [`Rpc::respond`] from one pairing of the
 /// answer's value and its response, each written so that it reads both as
 /// a pattern and as an expression.
@@ -184,12 +211,8 @@ impl Rpc for Hello {
         }]
     );
     const KIND: &'static str = "hello";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Read);
+    no_repo!();
 }
 
 impl Rpc for Has {
@@ -198,9 +221,7 @@ impl Rpc for Has {
     fn access(&self) -> Access {
         unless_local(self.local_only, Access::Read)
     }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    in_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         at_most(&self.ids, MAX_HAS_IDS, payload)
     }
@@ -212,9 +233,7 @@ impl Rpc for PutBlobs {
     fn access(&self) -> Access {
         unless_local(self.local_only, Access::Write)
     }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    in_repo!();
     /// The declared blob lengths' sum (over [`super::MAX_PAYLOAD`] when the
     /// header lies; [`Rpc::validate`] refuses it).
     fn payload_limit(&self) -> u64 {
@@ -234,12 +253,8 @@ impl Rpc for PutBlobs {
 impl Rpc for GetBlob {
     answered_by!((), [()], [Response::Data]);
     const KIND: &'static str = "get";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
 }
 
 impl Rpc for PutSnapshot {
@@ -248,9 +263,7 @@ impl Rpc for PutSnapshot {
     fn access(&self) -> Access {
         unless_local(self.local_only, Access::Write)
     }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    in_repo!();
     fn payload_limit(&self) -> u64 {
         MAX_RECORD_BYTES as u64
     }
@@ -269,23 +282,15 @@ impl Rpc for ListSnapshots {
         [Response::Snapshots { records }]
     );
     const KIND: &'static str = "list-snapshots";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
 }
 
 impl Rpc for GetSnapshot {
     answered_by!((), [()], [Response::Data]);
     const KIND: &'static str = "get-snapshot";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
 }
 
 impl Rpc for PutKey {
@@ -294,9 +299,7 @@ impl Rpc for PutKey {
     fn access(&self) -> Access {
         unless_local(self.local_only, Access::Manage)
     }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    in_repo!();
     fn payload_limit(&self) -> u64 {
         MAX_RECORD_BYTES as u64
     }
@@ -312,23 +315,15 @@ impl Rpc for ListKeys {
         [Response::Records { records }]
     );
     const KIND: &'static str = "list-keys";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
 }
 
 impl Rpc for Digests {
     answered_by!(Vec<[u8; 32]>, [digests], [Response::Digests { digests }]);
     const KIND: &'static str = "digests";
-    fn access(&self) -> Access {
-        Access::Internal
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Internal);
+    no_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         if self.partitions.len() != PARTITION_BITMAP_BYTES {
             return invalid("partition bitmap of the wrong size");
@@ -344,23 +339,15 @@ impl Rpc for ListPartition {
         [Response::Keys { keys, more }]
     );
     const KIND: &'static str = "list-partition";
-    fn access(&self) -> Access {
-        Access::Internal
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Internal);
+    no_repo!();
 }
 
 impl Rpc for Copies {
     answered_by!(Vec<u32>, [copies], [Response::Copies { copies }]);
     const KIND: &'static str = "copies";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         at_most(&self.ids, MAX_HAS_IDS, payload)
     }
@@ -369,12 +356,8 @@ impl Rpc for Copies {
 impl Rpc for GetNodeStatus {
     answered_by!(NodeStatus, [status], [Response::NodeStatus(status)]);
     const KIND: &'static str = "node-status";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Read);
+    no_repo!();
 }
 
 impl Rpc for PrepareMap {
@@ -384,23 +367,15 @@ impl Rpc for PrepareMap {
         [Response::Prepared { granted, highest }]
     );
     const KIND: &'static str = "prepare-map";
-    fn access(&self) -> Access {
-        Access::Map
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Map);
+    no_repo!();
 }
 
 impl Rpc for CommitMap {
     answered_by!((), [()], [Response::Ok]);
     const KIND: &'static str = "commit-map";
-    fn access(&self) -> Access {
-        Access::Map
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Map);
+    no_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         if self.map.validate().is_err() {
             return invalid("invalid map");
@@ -416,12 +391,8 @@ impl Rpc for RecordKeys {
         [Response::RecordKeys { keys, same }]
     );
     const KIND: &'static str = "record-keys";
-    fn access(&self) -> Access {
-        Access::Internal
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        None
-    }
+    access!(Internal);
+    no_repo!();
 }
 
 impl Rpc for DeleteSnapshot {
@@ -430,42 +401,28 @@ impl Rpc for DeleteSnapshot {
     fn access(&self) -> Access {
         unless_local(self.local_only, Access::Manage)
     }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    in_repo!();
 }
 
 impl Rpc for GetRecord {
     answered_by!((), [()], [Response::Data]);
     const KIND: &'static str = "get-record";
-    fn access(&self) -> Access {
-        Access::Internal
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Internal);
+    in_repo!();
 }
 
 impl Rpc for BeginPrune {
     answered_by!((), [()], [Response::Ok]);
     const KIND: &'static str = "begin-prune";
-    fn access(&self) -> Access {
-        Access::Manage
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Manage);
+    in_repo!();
 }
 
 impl Rpc for PruneMark {
     answered_by!((), [()], [Response::Ok]);
     const KIND: &'static str = "prune-mark";
-    fn access(&self) -> Access {
-        Access::Manage
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Manage);
+    in_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         at_most(&self.ids, MAX_HAS_IDS, payload)
     }
@@ -474,34 +431,22 @@ impl Rpc for PruneMark {
 impl Rpc for PruneSweep {
     answered_by!(SweepReport, [report], [Response::Swept(report)]);
     const KIND: &'static str = "prune-sweep";
-    fn access(&self) -> Access {
-        Access::Manage
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Manage);
+    in_repo!();
 }
 
 impl Rpc for RestoreTrash {
     answered_by!(u64, [count], [Response::Count(count)]);
     const KIND: &'static str = "restore-trash";
-    fn access(&self) -> Access {
-        Access::Manage
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Manage);
+    in_repo!();
 }
 
 impl Rpc for Sizes {
     answered_by!(Vec<u32>, [sizes], [Response::Sizes { sizes }]);
     const KIND: &'static str = "sizes";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         at_most(&self.ids, MAX_HAS_IDS, payload)
     }
@@ -513,20 +458,14 @@ impl Rpc for DeleteKey {
     fn access(&self) -> Access {
         unless_local(self.local_only, Access::Manage)
     }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    in_repo!();
 }
 
 impl Rpc for GetGcFence {
     answered_by!(GcFence, [fence], [Response::GcFence(fence)]);
     const KIND: &'static str = "gc-fence";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
 }
 
 impl Rpc for ListSnapshotsAndTombstones {
@@ -542,23 +481,15 @@ impl Rpc for ListSnapshotsAndTombstones {
         }]
     );
     const KIND: &'static str = "list-snapshots-and-tombstones";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
 }
 
 impl Rpc for GetBlobs {
     answered_by!(Vec<BlobReply>, [replies], [Response::Blobs { replies }]);
     const KIND: &'static str = "get-blobs";
-    fn access(&self) -> Access {
-        Access::Read
-    }
-    fn repo(&self) -> Option<&RepoId> {
-        Some(&self.repo)
-    }
+    access!(Read);
+    in_repo!();
     fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
         at_most(&self.ids, MAX_GET_BLOBS, payload)
     }
