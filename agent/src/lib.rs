@@ -38,4 +38,5 @@ pub mod service;
 pub mod status;
 pub mod tree_cache;
 pub mod ui;
+pub mod vfs;
 pub mod watch;

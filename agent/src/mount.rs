@@ -56,7 +56,6 @@ use crate::repo::Repo;
 
 mod cache;
 mod fs;
-mod listing;
 
 use fs::RepoFs;
 

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `GET /api/snapshots` | every snapshot, oldest first ([`SnapshotInfo`]) |
 //! | `GET /api/tree?snapshot=ID&path=P` | a directory's entries ([`Listing`]) |
+//! | `GET /api/vfs?path=P` | a directory of the repository's view, as the mount shows it (`hosts/`, `latest`, `snapshots/`; [`VfsListing`]) |
 //! | `GET /api/versions?path=P` | every version of a path ([`browse::Version`]) |
 //! | `GET /api/diff?from=ID&to=ID&path=P` | [`browse::DiffReport`] |
 //! | `GET /api/file?snapshot=ID&path=P` | a file's bytes, as a download |
@@ -67,6 +68,7 @@ use tracing::Instrument;
 use crate::browse::{self, Trees};
 use crate::client::ClientError;
 use crate::repo::Repo;
+use crate::vfs::{self, Place};
 
 mod restore;
 
@@ -206,6 +208,7 @@ pub fn router(repo: Arc<Repo>, token: Token) -> Router {
     let api = Router::new()
         .route("/snapshots", get(api_snapshots))
         .route("/tree", get(api_tree))
+        .route("/vfs", get(api_vfs))
         .route("/versions", get(api_versions))
         .route("/diff", get(api_diff))
         .route("/file", get(api_file))
@@ -534,12 +537,27 @@ async fn api_tree(
     Query(q): Query<TreeQuery>,
 ) -> Result<Json<Listing>, ApiError> {
     let (id, snap) = ui.snapshot(&q.snapshot).await?;
-    let path = normalize(&q.path);
+    Ok(Json(
+        tree_listing(&ui, &id, &snap, &normalize(&q.path)).await?,
+    ))
+}
+
+/// The directory at `path` (normalized) in snapshot `id`.
+///
+/// # Errors
+/// 404 when nothing is there, 400 when it is no directory.
+async fn tree_listing(
+    ui: &Ui,
+    id: &SnapshotId,
+    snap: &Snapshot,
+    path: &str,
+) -> Result<Listing, ApiError> {
+    let path = path.to_owned();
     let mut trees = Trees::default();
     let tree_id = if path.is_empty() {
         snap.root
     } else {
-        match entry_at(&ui, &mut trees, &id, &snap, &path).await?.content {
+        match entry_at(ui, &mut trees, id, snap, &path).await?.content {
             Content::Subtree(t) => t,
             _ => {
                 return Err(ApiError::bad_request(format!(
@@ -552,7 +570,7 @@ async fn api_tree(
         .get(&ui.repo, tree_id)
         .await
         .map_err(ApiError::library)?;
-    Ok(Json(Listing {
+    Ok(Listing {
         snapshot: id.to_hex(),
         entries: tree
             .entries
@@ -560,6 +578,84 @@ async fn api_tree(
             .map(|e| EntryInfo::new(&path, e))
             .collect(),
         path,
+    })
+}
+
+#[derive(Deserialize)]
+struct VfsQuery {
+    #[serde(default)]
+    path: String,
+}
+
+/// A directory of the repository's view ([`crate::vfs`], the mount's
+/// directories), `GET /api/vfs?path=`: one of its top levels, or, below a
+/// snapshot's directory, the snapshot's own [`Listing`].
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum VfsListing {
+    /// `/`, `snapshots`, `hosts` or `hosts/<host>`.
+    Top {
+        /// The directory's path in the view (normalized).
+        path: String,
+        /// Its entries, in the view's order.
+        entries: Vec<VfsEntry>,
+    },
+    /// A directory inside a snapshot.
+    Tree(Listing),
+}
+
+/// One entry of a top-level directory of the view.
+#[derive(Serialize)]
+pub struct VfsEntry {
+    /// Its name in the view.
+    pub name: String,
+    /// `dir`, or `symlink` for `latest`.
+    pub kind: &'static str,
+    /// The snapshot it is (or `latest` points to), hex id.
+    pub snapshot: Option<String>,
+}
+
+async fn api_vfs(
+    State(ui): State<Arc<Ui>>,
+    Query(q): Query<VfsQuery>,
+) -> Result<Json<VfsListing>, ApiError> {
+    let all = ui.refresh().await?;
+    let view = vfs::Listing::new(&all);
+    let (place, rest) = view
+        .resolve(&q.path)
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    if let Place::Snapshot(info) = place {
+        let snap = all
+            .iter()
+            .find_map(|(id, s)| (*id == info.id).then_some(s))
+            .ok_or_else(|| ApiError::not_found(format!("no snapshot {}", info.id.short())))?;
+        let listing = tree_listing(&ui, &info.id, snap, &rest.join("/")).await?;
+        return Ok(Json(VfsListing::Tree(listing)));
+    }
+    let newest = view
+        .latest
+        .as_ref()
+        .and_then(|name| view.snapshots.get(name))
+        .map(|info| info.id.to_hex());
+    let entries = view
+        .children(&place)
+        .into_iter()
+        .map(|(name, child)| {
+            let (kind, snapshot) = match child {
+                Place::Latest => ("symlink", newest.clone()),
+                Place::Snapshot(info) => ("dir", Some(info.id.to_hex())),
+                _ => ("dir", None),
+            };
+            VfsEntry {
+                name,
+                kind,
+                snapshot,
+            }
+        })
+        .collect();
+    Ok(Json(VfsListing::Top {
+        path: normalize(&q.path),
+        entries,
     }))
 }
 

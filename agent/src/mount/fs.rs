@@ -23,8 +23,8 @@ use tokio::runtime::Handle;
 use crate::repo::Repo;
 
 use super::cache::Lru;
-use super::listing::{Listing, SnapInfo, latest_target, system_time};
 use super::{CHUNK_CACHE_BYTES, READ_AHEAD_CHUNKS, REFRESH_INTERVAL, TREE_CACHE_BYTES};
+use crate::vfs::{Listing, Place, SnapInfo, latest_target, system_time};
 
 /// How long the kernel may cache names and attributes inside a snapshot
 /// (they never change).
@@ -243,36 +243,40 @@ impl RepoFs {
         Ok(tree)
     }
 
+    /// The view's place for a node of its top levels (`None` below a
+    /// snapshot's directory).
+    fn place(node: &Node) -> Option<Place> {
+        match node {
+            Node::Root => Some(Place::Root),
+            Node::Snapshots => Some(Place::Snapshots),
+            Node::Hosts => Some(Place::Hosts),
+            Node::Latest => Some(Place::Latest),
+            Node::Host(host) => Some(Place::Host(host.to_string())),
+            Node::Snap(info) => Some(Place::Snapshot(info.clone())),
+            Node::Entry(_) => None,
+        }
+    }
+
+    /// The inode and node of one of the view's places.
+    fn node_at(&self, place: &Place) -> (u64, Node) {
+        match place {
+            Place::Root => (ROOT, Node::Root),
+            Place::Snapshots => (SNAPSHOTS, Node::Snapshots),
+            Place::Hosts => (HOSTS, Node::Hosts),
+            Place::Latest => (LATEST, Node::Latest),
+            Place::Host(host) => self.intern_host(host),
+            Place::Snapshot(info) => self.intern_snap(info),
+        }
+    }
+
     fn lookup_child(&self, parent: u64, name: &[u8]) -> Result<(u64, Node), Errno> {
         let node = self.node(parent).ok_or(Errno::ENOENT)?;
-        let text = || std::str::from_utf8(name).map_err(|_| Errno::ENOENT);
         match &node {
-            Node::Root => match name {
-                b"snapshots" => Ok((SNAPSHOTS, Node::Snapshots)),
-                b"hosts" => Ok((HOSTS, Node::Hosts)),
-                b"latest" if self.listing(true).latest.is_some() => Ok((LATEST, Node::Latest)),
-                _ => Err(Errno::ENOENT),
-            },
-            Node::Snapshots => {
-                let listing = self.listing(true);
-                let info = listing.snapshots.get(text()?).ok_or(Errno::ENOENT)?;
-                Ok(self.intern_snap(info))
-            }
-            Node::Hosts => {
-                let host = text()?;
-                if !self.listing(true).hosts.contains_key(host) {
-                    return Err(Errno::ENOENT);
-                }
-                Ok(self.intern_host(host))
-            }
-            Node::Host(host) => {
-                let listing = self.listing(true);
-                let info = listing
-                    .hosts
-                    .get(&**host)
-                    .and_then(|snaps| snaps.get(text().ok()?))
-                    .ok_or(Errno::ENOENT)?;
-                Ok(self.intern_snap(info))
+            Node::Root | Node::Snapshots | Node::Hosts | Node::Host(_) => {
+                let name = std::str::from_utf8(name).map_err(|_| Errno::ENOENT)?;
+                let dir = Self::place(&node).ok_or(Errno::EIO)?;
+                let place = self.listing(true).child(&dir, name).ok_or(Errno::ENOENT)?;
+                Ok(self.node_at(&place))
             }
             Node::Latest => Err(Errno::ENOTDIR),
             Node::Snap(_) | Node::Entry(_) => {
@@ -334,40 +338,23 @@ impl RepoFs {
     fn virtual_dir(&self, ino: u64, node: &Node) -> Vec<(u64, FileType, Vec<u8>)> {
         let dir = |ino, name: &str| (ino, FileType::Directory, name.as_bytes().to_vec());
         let mut out = Vec::new();
-        match node {
-            Node::Root => {
-                out.push(dir(ROOT, "."));
-                out.push(dir(ROOT, ".."));
-                out.push(dir(HOSTS, "hosts"));
-                if self.listing(true).latest.is_some() {
-                    out.push((LATEST, FileType::Symlink, b"latest".to_vec()));
-                }
-                out.push(dir(SNAPSHOTS, "snapshots"));
-            }
-            Node::Snapshots => {
-                out.push(dir(ino, "."));
-                out.push(dir(ROOT, ".."));
-                for (name, info) in &self.listing(true).snapshots {
-                    out.push(dir(self.intern_snap(info).0, name));
-                }
-            }
-            Node::Hosts => {
-                out.push(dir(ino, "."));
-                out.push(dir(ROOT, ".."));
-                for host in self.listing(true).hosts.keys() {
-                    out.push(dir(self.intern_host(host).0, host));
-                }
-            }
-            Node::Host(host) => {
-                out.push(dir(ino, "."));
-                out.push(dir(HOSTS, ".."));
-                if let Some(snaps) = self.listing(true).hosts.get(&**host) {
-                    for (name, info) in snaps {
-                        out.push(dir(self.intern_snap(info).0, name));
-                    }
-                }
-            }
-            Node::Latest | Node::Snap(_) | Node::Entry(_) => {}
+        let up = match node {
+            Node::Root | Node::Snapshots | Node::Hosts => ROOT,
+            Node::Host(_) => HOSTS,
+            Node::Latest | Node::Snap(_) | Node::Entry(_) => return out,
+        };
+        out.push(dir(ino, "."));
+        out.push(dir(up, ".."));
+        let Some(place) = Self::place(node) else {
+            return out;
+        };
+        for (name, child) in self.listing(true).children(&place) {
+            let (child_ino, child_node) = self.node_at(&child);
+            let kind = match child_node {
+                Node::Latest => FileType::Symlink,
+                _ => FileType::Directory,
+            };
+            out.push((child_ino, kind, name.into_bytes()));
         }
         out
     }

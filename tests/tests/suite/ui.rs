@@ -635,6 +635,59 @@ fn check_api_access(ui: &UiProcess, s1: &str, s2: &str) {
             .contains("content-disposition: attachment; filename=\"notes.txt\""),
         "{head}"
     );
+    // The mount's view of the repository: its top directories, `latest`
+    // pointing at the newest snapshot, and below a snapshot's directory the
+    // same listing /api/tree gives.
+    let vfs = |path: &str| -> Value {
+        let (status, _, body) =
+            request(addr, &format!("/api/vfs?path={path}"), Some(token)).unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[key].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let top = vfs("");
+    assert_eq!(
+        names(&top, "name"),
+        ["hosts", "latest", "snapshots"],
+        "{top}"
+    );
+    assert_eq!(top["entries"][1]["snapshot"].as_str(), Some(s2), "{top}");
+    // Named by time (with ids where two share a second): both are there.
+    let snapshots = vfs("snapshots");
+    let mut listed = names(&snapshots, "snapshot");
+    listed.sort();
+    let mut both = [s1.to_owned(), s2.to_owned()];
+    both.sort();
+    assert_eq!(listed, both, "{snapshots}");
+    let by_tree = |snapshot: &str| -> Value {
+        let (status, _, body) = request(
+            addr,
+            &format!("/api/tree?snapshot={snapshot}&path=src/docs"),
+            Some(token),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert_eq!(vfs("latest/src/docs"), by_tree(s2));
+    let first = snapshots["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["snapshot"] == s1)
+        .and_then(|e| e["name"].as_str())
+        .unwrap();
+    assert_eq!(vfs(&format!("snapshots/{first}/src/docs")), by_tree(s1));
+    let (status, _, _) = request(addr, "/api/vfs?path=snapshots/nothing", Some(token)).unwrap();
+    assert_eq!(status, 404);
+
     // Errors: JSON with a 4xx status.
     let (status, _, body) = request(
         addr,
