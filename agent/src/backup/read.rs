@@ -20,7 +20,7 @@ use crate::fsutil::times;
 use crate::host::now_ns;
 use crate::index::FileRecord;
 
-use super::walk::{WalkError, Walker};
+use super::walk::{Pack, WalkError, Walker};
 use super::{Pinned, UPLOAD_BUDGET, Upload, sparse};
 
 /// Read size for large files, bytes.
@@ -38,16 +38,6 @@ const PACK_ITEM_MAX: usize = 256 << 10;
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// Tries to read a file that keeps changing before giving up on it.
 const READ_ATTEMPTS: usize = 3;
-
-/// A read buffer being filled with small files and trees. Their ids are
-/// known (and in their trees) at once; their bytes go to the uploader when
-/// the pack is full or before the walker waits for budget.
-pub(super) struct Pack {
-    buf: Vec<u8>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    /// Chunk ids and their byte ranges in `buf`.
-    items: Vec<(ChunkId, std::ops::Range<usize>)>,
-}
 
 impl Walker {
     /// Waits for room for a buffer of `bytes` in the upload budget, after
@@ -138,7 +128,7 @@ impl Walker {
     }
 
     /// The chunk of a long zero run (computed at the first sparse file).
-    fn zero_runs(&mut self) -> sparse::ZeroRuns {
+    fn zero_finder(&mut self) -> sparse::ZeroRuns {
         *self
             .zero_runs
             .get_or_insert_with(|| sparse::ZeroRuns::new(&self.chunker, &self.repo.keys))
@@ -257,7 +247,7 @@ impl Walker {
         // chunker's work where they are long (see `sparse`).
         let holes = sparse::looks_sparse(&before);
         let mut reader = sparse::HoleReader::new(&f, 0, holes);
-        let zeros = holes.then(|| self.zero_runs());
+        let zeros = holes.then(|| self.zero_finder());
         // Each block: the tail of the last one that held no boundary yet,
         // then up to READ_BLOCK fresh bytes (a small file's whole size).
         let mut remaining = before.len();

@@ -21,8 +21,17 @@ use crate::index::{IndexReader, UpdateLog};
 use crate::repo::Repo;
 use crate::watch::DirtySet;
 
-use super::read::Pack;
 use super::{Counters, Upload, sparse};
+
+/// A read buffer being filled with small files and trees. Their ids are
+/// known (and in their trees) at once; their bytes go to the uploader when
+/// the pack is full or before the walker waits for budget.
+pub(super) struct Pack {
+    pub(super) buf: Vec<u8>,
+    pub(super) permit: tokio::sync::OwnedSemaphorePermit,
+    /// Chunk ids and their byte ranges in `buf`.
+    pub(super) items: Vec<(ChunkId, std::ops::Range<usize>)>,
+}
 
 pub(super) enum WalkError {
     /// Skip this entry, report it, go on.
