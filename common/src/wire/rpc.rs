@@ -9,6 +9,13 @@
 //! answer by hand (garage's `Message { type Response }`, in
 //! `garage_net::message`). [`ClientRpc`] marks what an agent or operator
 //! may send, [`PeerRpc`] what one server sends another.
+//!
+//! On the wire a request is one variant of [`Request`], in declaration
+//! order: postcard encodes the variant's index, then the struct's fields in
+//! order, exactly as for the struct variants of protocol 5 (the test
+//! `every_request_encodes_as_in_protocol_5` holds the bytes).
+
+use serde::{Deserialize, Serialize};
 
 use super::request::*;
 use super::{
@@ -506,9 +513,119 @@ marked!(ClientRpc: Hello, Has, PutBlobs, GetBlob, PutSnapshot, ListSnapshots, Ge
 marked!(PeerRpc: Hello, Has, PutBlobs, GetBlob, PutSnapshot, PutKey, Digests, ListPartition,
     GetNodeStatus, PrepareMap, CommitMap, RecordKeys, DeleteSnapshot, GetRecord, DeleteKey);
 
+/// Declares [`Request`], one newtype variant per request type in wire
+/// order, and its dispatch to each type's [`Rpc`] items.
+macro_rules! requests {
+    ($($variant:ident($ty:ident),)*) => {
+        /// A request on the wire: one variant per request type. Variant
+        /// order is the format: append only.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Request {
+            $(
+                #[doc = concat!("A [`", stringify!($ty), "`].")]
+                $variant($ty),
+            )*
+        }
+
+        $(
+            impl From<$ty> for Request {
+                fn from(request: $ty) -> Self {
+                    Request::$variant(request)
+                }
+            }
+        )*
+
+        impl Request {
+            /// A short name for logs and metrics ([`Rpc::KIND`]).
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Request::$variant(_) => <$ty as Rpc>::KIND,)*
+                }
+            }
+
+            /// What this request does, for authorization ([`Rpc::access`]).
+            pub fn access(&self) -> Access {
+                match self {
+                    $(Request::$variant(r) => r.access(),)*
+                }
+            }
+
+            /// The repository a request acts on ([`Rpc::repo`]).
+            pub fn repo(&self) -> Option<&RepoId> {
+                match self {
+                    $(Request::$variant(r) => r.repo(),)*
+                }
+            }
+
+            /// The most payload bytes this request may carry
+            /// ([`Rpc::payload_limit`]).
+            pub fn payload_limit(&self) -> u64 {
+                match self {
+                    $(Request::$variant(r) => r.payload_limit(),)*
+                }
+            }
+
+            /// Checks a decoded request's limits against its payload
+            /// ([`Rpc::validate`]).
+            ///
+            /// # Errors
+            /// [`FrameError::Invalid`] naming the broken limit.
+            pub fn validate(&self, payload: &[u8]) -> Result<(), FrameError> {
+                match self {
+                    $(Request::$variant(r) => r.validate(payload),)*
+                }
+            }
+        }
+    };
+}
+
+requests! {
+    Hello(Hello),
+    Has(Has),
+    PutBlobs(PutBlobs),
+    GetBlob(GetBlob),
+    PutSnapshot(PutSnapshot),
+    ListSnapshots(ListSnapshots),
+    GetSnapshot(GetSnapshot),
+    PutKey(PutKey),
+    ListKeys(ListKeys),
+    Digests(Digests),
+    ListPartition(ListPartition),
+    Copies(Copies),
+    NodeStatus(GetNodeStatus),
+    PrepareMap(PrepareMap),
+    CommitMap(CommitMap),
+    RecordKeys(RecordKeys),
+    DeleteSnapshot(DeleteSnapshot),
+    GetRecord(GetRecord),
+    BeginPrune(BeginPrune),
+    PruneMark(PruneMark),
+    PruneSweep(PruneSweep),
+    RestoreTrash(RestoreTrash),
+    Sizes(Sizes),
+    DeleteKey(DeleteKey),
+    GcFence(GetGcFence),
+    ListSnapshotsAndTombstones(ListSnapshotsAndTombstones),
+    GetBlobs(GetBlobs),
+}
+
+impl Request {
+    /// Whether this is a server-to-server request (only node certificates
+    /// may send it).
+    pub fn is_internal(&self) -> bool {
+        self.access() == Access::Internal
+    }
+
+    /// Whether this changes the cluster map (operator or node certificates
+    /// only).
+    pub fn is_map_change(&self) -> bool {
+        self.access() == Access::Map
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::ErrorCode;
+    use super::super::{ErrorCode, decode_frame, encode_header};
     use super::*;
 
     #[test]
@@ -544,5 +661,192 @@ mod tests {
         // An answer of another request's shape is not taken.
         assert!(Copies::answer(Sizes::respond(vec![1])).is_err());
         assert!(GetBlob::answer(Response::Ok).is_err());
+    }
+
+    /// One of every request, with every field set to a value that shows in
+    /// its encoding.
+    fn every_request() -> Vec<Request> {
+        let repo = RepoId::new("r").unwrap();
+        let id = ChunkId([7; 32]);
+        let fence = GcFence {
+            boot: 9,
+            counter: 2,
+            active: true,
+        };
+        vec![
+            Request::Hello(Hello {
+                protocol: 5,
+                epoch: 300,
+            }),
+            Request::Has(Has {
+                repo: repo.clone(),
+                ids: vec![id],
+                local_only: true,
+            }),
+            Request::PutBlobs(PutBlobs {
+                repo: repo.clone(),
+                blobs: vec![(id, 3)],
+                local_only: true,
+            }),
+            Request::GetBlob(GetBlob {
+                repo: repo.clone(),
+                id,
+            }),
+            Request::PutSnapshot(PutSnapshot {
+                repo: repo.clone(),
+                id: SnapshotId([5; 32]),
+                local_only: true,
+                fence: vec![(NodeId(4), fence)],
+            }),
+            Request::ListSnapshots(ListSnapshots { repo: repo.clone() }),
+            Request::GetSnapshot(GetSnapshot {
+                repo: repo.clone(),
+                id: SnapshotId([5; 32]),
+            }),
+            Request::PutKey(PutKey {
+                repo: repo.clone(),
+                id: [6; 32],
+                local_only: true,
+            }),
+            Request::ListKeys(ListKeys { repo: repo.clone() }),
+            Request::Digests(Digests {
+                partitions: vec![1, 2],
+                per_partition: true,
+            }),
+            Request::ListPartition(ListPartition {
+                partition: 513,
+                after: Some((repo.clone(), id)),
+            }),
+            Request::Copies(Copies {
+                repo: repo.clone(),
+                ids: vec![id],
+            }),
+            Request::NodeStatus(GetNodeStatus),
+            Request::PrepareMap(PrepareMap {
+                epoch: 8,
+                digest: [3; 32],
+                base: 7,
+            }),
+            Request::CommitMap(CommitMap {
+                map: crate::placement::test_map(3, 2, 2),
+            }),
+            Request::RecordKeys(RecordKeys { digest: [2; 32] }),
+            Request::DeleteSnapshot(DeleteSnapshot {
+                repo: repo.clone(),
+                id: SnapshotId([5; 32]),
+                local_only: true,
+            }),
+            Request::GetRecord(GetRecord {
+                repo: repo.clone(),
+                kind: 3,
+                key: [1; 32],
+            }),
+            Request::BeginPrune(BeginPrune {
+                repo: repo.clone(),
+                round: 77,
+            }),
+            Request::PruneMark(PruneMark {
+                repo: repo.clone(),
+                round: 77,
+                ids: vec![id],
+            }),
+            Request::PruneSweep(PruneSweep {
+                repo: repo.clone(),
+                round: 77,
+                grace_s: 3600,
+                trash_keep_s: 86400,
+            }),
+            Request::RestoreTrash(RestoreTrash { repo: repo.clone() }),
+            Request::Sizes(Sizes {
+                repo: repo.clone(),
+                ids: vec![id],
+            }),
+            Request::DeleteKey(DeleteKey {
+                repo: repo.clone(),
+                id: [6; 32],
+                local_only: true,
+            }),
+            Request::GcFence(GetGcFence { repo: repo.clone() }),
+            Request::ListSnapshotsAndTombstones(ListSnapshotsAndTombstones { repo: repo.clone() }),
+            Request::GetBlobs(GetBlobs {
+                repo,
+                ids: vec![id, ChunkId([8; 32])],
+            }),
+        ]
+    }
+
+    /// Each of [`every_request`], as protocol 5 encoded it before requests
+    /// became types (hex of [`super::super::encode_header`]).
+    const PROTOCOL_5: [&str; 27] = [
+        "040000000005ac02",
+        "2500000001017201070707070707070707070707070707070707070707070707070707070707070701",
+        "260000000201720107070707070707070707070707070707070707070707070707070707070707070301",
+        "230000000301720707070707070707070707070707070707070707070707070707070707070707",
+        "290000000401720505050505050505050505050505050505050505050505050505050505050505010104090201",
+        "03000000050172",
+        "230000000601720505050505050505050505050505050505050505050505050505050505050505",
+        "24000000070172060606060606060606060606060606060606060606060606060606060606060601",
+        "03000000080172",
+        "050000000902010201",
+        "260000000a81040101720707070707070707070707070707070707070707070707070707070707070707",
+        "240000000b0172010707070707070707070707070707070707070707070707070707070707070707",
+        "010000000c",
+        "230000000d08030303030303030303030303030303030303030303030303030303030303030307",
+        "3c0000000e0102020003010e3132372e302e302e313a373030310100020e3132372e302e302e313a373030320100030e3132372e302e302e313a373030330100",
+        "210000000f0202020202020202020202020202020202020202020202020202020202020202",
+        "24000000100172050505050505050505050505050505050505050505050505050505050505050501",
+        "24000000110172030101010101010101010101010101010101010101010101010101010101010101",
+        "040000001201724d",
+        "250000001301724d010707070707070707070707070707070707070707070707070707070707070707",
+        "090000001401724d901c80a305",
+        "03000000150172",
+        "24000000160172010707070707070707070707070707070707070707070707070707070707070707",
+        "24000000170172060606060606060606060606060606060606060606060606060606060606060601",
+        "03000000180172",
+        "03000000190172",
+        "440000001a01720207070707070707070707070707070707070707070707070707070707070707070808080808080808080808080808080808080808080808080808080808080808",
+    ];
+
+    #[test]
+    fn every_request_encodes_as_in_protocol_5() {
+        let all = every_request();
+        assert_eq!(all.len(), PROTOCOL_5.len());
+        for (request, golden) in all.iter().zip(PROTOCOL_5) {
+            assert_eq!(
+                hex::encode(encode_header(request)),
+                golden,
+                "{}",
+                request.kind()
+            );
+            let frame = hex::decode(golden).unwrap();
+            let (back, payload): (Request, _) = decode_frame(&frame).unwrap();
+            assert!(payload.is_empty());
+            assert_eq!(&back, request);
+        }
+    }
+
+    #[test]
+    fn local_forms_are_internal_and_the_rest_keep_their_class() {
+        for r in every_request() {
+            let expected = match &r {
+                Request::Has(_)
+                | Request::PutBlobs(_)
+                | Request::PutSnapshot(_)
+                | Request::PutKey(_)
+                | Request::DeleteSnapshot(_)
+                | Request::DeleteKey(_)
+                | Request::Digests(_)
+                | Request::ListPartition(_)
+                | Request::RecordKeys(_)
+                | Request::GetRecord(_) => Access::Internal,
+                Request::PrepareMap(_) | Request::CommitMap(_) => Access::Map,
+                Request::BeginPrune(_)
+                | Request::PruneMark(_)
+                | Request::PruneSweep(_)
+                | Request::RestoreTrash(_) => Access::Manage,
+                _ => Access::Read,
+            };
+            assert_eq!(r.access(), expected, "{}", r.kind());
+        }
     }
 }
