@@ -506,7 +506,8 @@ pub async fn change_map(dir: &Path, change: &MapChange) -> anyhow::Result<MapCha
     })
 }
 
-fn describe(failures: &[(NodeId, String)]) -> String {
+/// Servers' failures as one line: `node: error; node: error`.
+pub(crate) fn describe<E: std::fmt::Display>(failures: &[(NodeId, E)]) -> String {
     failures
         .iter()
         .map(|(n, e)| format!("{n}: {e}"))

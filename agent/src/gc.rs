@@ -198,7 +198,7 @@ pub enum PruneError {
     #[error(transparent)]
     Forbidden(ClientError),
     /// No server could start a round, each with why.
-    #[error("no server could start a prune round: {}", describe(.0))]
+    #[error("no server could start a prune round: {}", crate::cluster::describe(.0))]
     NoRound(Vec<(NodeId, ClientError)>),
     /// The snapshots could not be listed.
     #[error("listing the snapshots: {0:#}")]
@@ -210,15 +210,6 @@ pub enum PruneError {
     /// A tree could not be read, so what is live is not known.
     #[error("{0:#}")]
     TreeUnreadable(anyhow::Error),
-}
-
-/// `node: error; ...` for a list of servers' failures.
-fn describe(failures: &[(NodeId, ClientError)]) -> String {
-    failures
-        .iter()
-        .map(|(node, e)| format!("{node}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// What [`prune`] did, summed over the servers.

@@ -579,7 +579,6 @@ async fn handle(node: &Arc<Node>, caller: &Caller, request: Request, payload: By
 }
 
 /// `answer` as `R`'s response, with no payload.
-#[allow(clippy::unnecessary_wraps)] // a handler's reply
 fn answered<R: Rpc>(answer: R::Response) -> Reply {
     Ok((R::respond(answer), vec![]))
 }
