@@ -11,7 +11,6 @@
 //! ringvault's own and stable.
 
 use crate::client::ClientError;
-use crate::gc::PruneError;
 use crate::mount::FuseUnavailable;
 use crate::repo::WrongPassword;
 
@@ -62,24 +61,13 @@ impl ErrorKind {
                 if cause.is::<FuseUnavailable>() {
                     return Some(Self::FuseUnavailable);
                 }
-                // A prune's refusal shows its cause as its own message
-                // (`transparent`), so the client error is not a link of
-                // the chain: look inside.
-                if let Some(PruneError::Forbidden(e)) = cause.downcast_ref::<PruneError>() {
-                    return Self::of_client(e);
+                match cause.downcast_ref::<ClientError>()? {
+                    ClientError::Unreachable(_) => Some(Self::Unreachable),
+                    ClientError::Forbidden(_) => Some(Self::Forbidden),
+                    _ => None,
                 }
-                Self::of_client(cause.downcast_ref::<ClientError>()?)
             })
             .unwrap_or(Self::Other)
-    }
-
-    /// The kind of a cluster error, if it has one.
-    fn of_client(e: &ClientError) -> Option<Self> {
-        match e {
-            ClientError::Unreachable(_) => Some(Self::Unreachable),
-            ClientError::Forbidden(_) => Some(Self::Forbidden),
-            _ => None,
-        }
     }
 
     /// The exit code a command that failed with this kind of error ends
@@ -98,6 +86,7 @@ impl ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gc::PruneError;
     use anyhow::Context;
 
     #[test]

@@ -194,9 +194,10 @@ async fn walk(
 /// Why [`prune`] swept nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
-    /// The certificate may not prune ([`ClientError::Forbidden`]).
-    #[error(transparent)]
-    Forbidden(ClientError),
+    /// The certificate may not prune ([`ClientError::Forbidden`], its
+    /// source: the exit-code table finds it in the chain).
+    #[error("prune refused")]
+    Forbidden(#[source] ClientError),
     /// No server could start a round, each with why.
     #[error("no server could start a prune round: {}", crate::cluster::describe(.0))]
     NoRound(Vec<(NodeId, ClientError)>),
